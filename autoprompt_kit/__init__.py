@@ -1,5 +1,23 @@
-"""autoprompt-kit: search for the best prompt for a pretrained language model."""
+"""autoprompt-kit: search for the best prompt for a pretrained language model.
+
+    from autoprompt_kit import Harness, Template, Verbalizer, load_task
+
+    task = load_task("mr", shots=16, seed=13)
+    h = Harness()                                   # the embedded Gemma 3 270M
+    result = h.evaluate(task.test, "{text_a} It was {mask}.", {"negative": "terrible", "positive": "great"})
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .data import Example, Split, Task, few_shot, list_builtin_tasks, load_task
+from .errors import AutoPromptError
+from .harness import EvalResult, Harness, ScoreOutput
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .prompts import Template, Verbalizer
+
+__all__ = [
+    "AutoPromptError", "DEFAULT_MODEL", "EvalResult", "Example", "Harness", "LoadedModel", "ScoreOutput", "Split",
+    "Task", "Template", "Verbalizer", "__version__", "few_shot", "list_builtin_tasks", "load_task", "load_model",
+]

@@ -1,0 +1,262 @@
+"""Turning (template, example, verbalizer) into model rows.
+
+A *row* is one model input plus the targets read from it: ``(position, token id, word index)``.
+How a label word is read depends on the model kind:
+
+* causal — the word (plus the rest of the template when the mask is not at the end) is the
+  continuation of the prompt; the row is ``prompt + continuation[:-1]`` and every continuation
+  token is a target. Words whose continuations share all but the last token share one row, so
+  single-token words at a final mask cost one forward per example.
+* mlm — one row per distinct word length ``L`` with ``L`` mask tokens; the word's tokens are
+  read at those masks (independently, as in LAMA-style multi-token probing).
+* seq2seq — the mask becomes the first sentinel in the encoder input; the decoder reads
+  ``<start> <sentinel> word[:-1]`` and the word's tokens are the targets.
+
+Text is tokenised piece by piece (fields and literal text separately, cached) so fields can be
+truncated to fit the model and identical texts are tokenised once.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..data import Example
+from ..errors import AutoPromptError
+from ..prompts.template import Field, Mask, Soft, Template, Text, Trigger
+
+_PUNCT_ONLY = set(string.punctuation + string.whitespace)
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of one example in one template, without special tokens or label words."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    space_before_mask: bool
+    # Positions (in prefix + [mask] + suffix, before special tokens) of trigger and soft tokens.
+    trigger_positions: tuple[int, ...]
+    soft_positions: tuple[int, ...]
+    # True when only punctuation/whitespace follows the mask: a causal LM then reads the word as
+    # the next token(s) and ignores the trailing punctuation.
+    mask_at_end: bool
+
+
+@dataclass
+class Row:
+    """One model input and the targets read from it."""
+
+    item: int                      # which (template, example) item the targets belong to
+    input_ids: list[int]
+    decoder_input_ids: list[int] | None
+    targets: list[tuple[int, int, int]]   # (position, token id, word index); position in the decoder for seq2seq
+    hidden_position: int           # where the mask's hidden state is read
+    trigger_positions: list[int] = field(default_factory=list)
+    soft_positions: list[int] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids) + len(self.decoder_input_ids or ())
+
+
+class PromptEncoder:
+    """Tokenises templates and builds rows for one tokenizer and model kind."""
+
+    def __init__(self, tokenizer: Any, kind: str, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.max_length = max_length
+        self._piece_cache: dict[str, tuple[int, ...]] = {}
+        self._word_cache: dict[tuple[str, bool], tuple[int, ...]] = {}
+        self.special_prefix, self.special_suffix = self._special_tokens()
+        if kind == "causal":
+            self.special_suffix = []  # the continuation follows the prompt directly
+        self.mask_id = self._mask_token_id()
+        fallback = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+        self.soft_fallback_id = int(fallback if fallback is not None else 0)
+        self.decoder_start_id: int | None = None
+
+    # -- tokenizer facts ------------------------------------------------------------------------
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a single text."""
+        plain = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("hello", add_special_tokens=True)["input_ids"]
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return list(full[:start]), list(full[start + len(plain):])
+        return [], []
+
+    def _mask_token_id(self) -> int | None:
+        if self.kind == "mlm":
+            if self.tokenizer.mask_token_id is None:
+                raise AutoPromptError("this masked LM's tokenizer has no mask token")
+            return int(self.tokenizer.mask_token_id)
+        if self.kind == "seq2seq":
+            ids = self.tokenizer.convert_tokens_to_ids(["<extra_id_0>"])
+            if not ids or ids[0] is None or ids[0] == self.tokenizer.unk_token_id:
+                raise AutoPromptError("this seq2seq tokenizer has no <extra_id_0> sentinel (T5-style models only)")
+            return int(ids[0])
+        return None
+
+    def tokenize(self, text: str) -> tuple[int, ...]:
+        """Token ids of a piece of text, no special tokens (cached)."""
+        ids = self._piece_cache.get(text)
+        if ids is None:
+            ids = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+            self._piece_cache[text] = ids
+        return ids
+
+    def word_ids(self, word: str, space_before: bool) -> tuple[int, ...]:
+        """Token ids of a label word as it appears at the mask (with its leading space)."""
+        key = (word, space_before)
+        ids = self._word_cache.get(key)
+        if ids is None:
+            ids = self.tokenize((" " + word.strip()) if space_before else word.strip())
+            if not ids:
+                raise AutoPromptError(f"label word {word!r} tokenizes to nothing with this model's tokenizer")
+            self._word_cache[key] = ids
+        return ids
+
+    # -- templates --------------------------------------------------------------------------------
+    def encode(self, template: Template, example: Example) -> EncodedPrompt:
+        """Tokenise one example in one template, truncating its fields to fit ``max_length``."""
+        pieces: list[tuple[str, Any]] = []  # (kind, payload): text/field → ids, trigger → id, soft → ids
+        pending_space = False
+        space_before_mask = False
+        for part in template.parts:
+            if isinstance(part, (Text, Field)):
+                raw = example.get_field(part.name) if isinstance(part, Field) else part.text
+                text = raw.strip() if isinstance(part, Field) else raw
+                if not text:
+                    continue
+                if pending_space or (text[0].isspace() and pieces):
+                    text = " " + text.lstrip()
+                elif not pieces:
+                    text = text.lstrip()
+                pending_space = text[-1].isspace()
+                text = text.rstrip()
+                if text:
+                    pieces.append(("field" if isinstance(part, Field) else "text", list(self.tokenize(text))))
+            elif isinstance(part, Mask):
+                space_before_mask = pending_space or not pieces or pieces[-1][0] in ("trigger", "soft")
+                pending_space = False
+                pieces.append(("mask", None))
+            elif isinstance(part, Trigger):
+                token_id = part.token_id
+                if token_id is None:
+                    token_id = self.mask_id if self.mask_id is not None else self.soft_fallback_id
+                pieces.append(("trigger", [int(token_id)]))
+                pending_space = True
+            elif isinstance(part, Soft):
+                init = (" " + part.init.strip()) if (pending_space and part.init) else part.init.strip()
+                ids = list(self.tokenize(init)) if init else [self.soft_fallback_id]
+                pieces.append(("soft", ids))
+                pending_space = True
+        self._truncate(pieces, template)
+
+        prefix: list[int] = []
+        suffix: list[int] = []
+        triggers: list[int] = []
+        softs: list[int] = []
+        seen_mask = False
+        for kind, ids in pieces:
+            if kind == "mask":
+                seen_mask = True
+                continue
+            offset = len(prefix) + (1 if seen_mask else 0) + len(suffix)
+            if kind == "trigger":
+                triggers.append(offset)
+            elif kind == "soft":
+                softs.extend(range(offset, offset + len(ids)))
+            (suffix if seen_mask else prefix).extend(ids)
+        after = "".join(p.text if isinstance(p, Text) else "x" for p in
+                        template.parts[[isinstance(p, Mask) for p in template.parts].index(True) + 1:])
+        return EncodedPrompt(tuple(prefix), tuple(suffix), space_before_mask, tuple(triggers), tuple(softs),
+                             mask_at_end=set(after) <= _PUNCT_ONLY)
+
+    def _truncate(self, pieces: list[tuple[str, Any]], template: Template) -> None:
+        """Cut the longest field from its end until the row fits (reserving room for the label word)."""
+        budget = self.max_length - len(self.special_prefix) - len(self.special_suffix) - 8
+        total = sum(len(ids) for kind, ids in pieces if ids is not None)
+        while total > budget:
+            fields = [i for i, (kind, ids) in enumerate(pieces) if kind == "field" and ids]
+            if not fields:
+                raise AutoPromptError(
+                    f"template {template.text!r} alone is longer than the model's maximum length ({self.max_length})"
+                )
+            longest = max(fields, key=lambda i: len(pieces[i][1]))
+            cut = min(total - budget, len(pieces[longest][1]))
+            del pieces[longest][1][len(pieces[longest][1]) - cut:]
+            total -= cut
+
+    # -- rows --------------------------------------------------------------------------------------
+    def rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:
+        """Rows that score every word (token ids) for one encoded prompt; ``words=None`` → hidden state only."""
+        if self.kind == "causal":
+            return self._causal_rows(item, enc, words)
+        if self.kind == "mlm":
+            return self._mlm_rows(item, enc, words)
+        return self._seq2seq_rows(item, enc, words)
+
+    def _causal_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:
+        prompt = self.special_prefix + list(enc.prefix)
+        if not prompt:
+            raise AutoPromptError("a causal LM needs some text before the mask (its tokenizer adds no BOS token)")
+        shift = len(self.special_prefix)
+        trig = [p + shift for p in enc.trigger_positions if p < len(enc.prefix)]
+        soft = [p + shift for p in enc.soft_positions if p < len(enc.prefix)]
+        last = len(prompt) - 1
+        if words is None:
+            return [Row(item, prompt, None, [], last, trig, soft)]
+        tail = () if enc.mask_at_end else enc.suffix
+        groups: dict[tuple[int, ...], Row] = {}
+        for w, ids in enumerate(words):
+            cont = tuple(ids) + tuple(tail)
+            key = cont[:-1]
+            row = groups.get(key)
+            if row is None:
+                row = Row(item, prompt + list(key), None, [], last, trig, soft)
+                groups[key] = row
+            row.targets.extend((last + j, tok, w) for j, tok in enumerate(cont))
+        return sorted(groups.values(), key=lambda r: len(r.input_ids))
+
+    def _mlm_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:
+        shift = len(self.special_prefix)
+        lengths = sorted({len(ids) for ids in words}) if words is not None else [1]
+        rows = []
+        for length in lengths:
+            ids = self.special_prefix + list(enc.prefix) + [self.mask_id] * length + list(enc.suffix) + self.special_suffix
+            start = shift + len(enc.prefix)
+
+            def moved(p: int) -> int:  # positions after the mask move by the extra masks
+                return p + shift + (length - 1 if p > len(enc.prefix) else 0)
+
+            row = Row(item, ids, None, [], start, [moved(p) for p in enc.trigger_positions],
+                      [moved(p) for p in enc.soft_positions])
+            if words is not None:
+                for w, wids in enumerate(words):
+                    if len(wids) == length:
+                        row.targets.extend((start + j, tok, w) for j, tok in enumerate(wids))
+            rows.append(row)
+        return rows
+
+    def _seq2seq_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:
+        shift = len(self.special_prefix)
+        encoder_ids = self.special_prefix + list(enc.prefix) + [self.mask_id] + list(enc.suffix) + self.special_suffix
+        trig = [p + shift for p in enc.trigger_positions]
+        soft = [p + shift for p in enc.soft_positions]
+        assert self.decoder_start_id is not None
+        head = [self.decoder_start_id, self.mask_id]
+        if words is None:
+            return [Row(item, encoder_ids, head, [], 1, trig, soft)]
+        groups: dict[tuple[int, ...], Row] = {}
+        for w, ids in enumerate(words):
+            key = tuple(ids[:-1])
+            row = groups.get(key)
+            if row is None:
+                row = Row(item, encoder_ids, head + list(key), [], 1, trig, soft)
+                groups[key] = row
+            row.targets.extend((1 + j, tok, w) for j, tok in enumerate(ids))
+        return sorted(groups.values(), key=lambda r: r.length)

@@ -1,0 +1,670 @@
+"""The evaluation harness: the one scoring path every search method uses.
+
+``Harness.evaluate`` scores a template + verbalizer on a split. Under it, ``Harness.score`` runs
+the model over length-bucketed batches of rows (see :mod:`.encoding`) and returns each example's
+label-word log-probabilities and its hidden state at the mask. The model's output layer is never
+applied to every position: while the harness runs, the output embedding layer is swapped for
+one that first gathers the few positions that are read and, when only one position per example is
+read, projects onto the label-word rows alone (Gemma's 262k-row output matrix is most of its
+compute). The same path exposes the gradient with respect to input embeddings (AutoPrompt), the
+mask hidden state (ProtoVerb) and a short training loop (prompt-based fine-tuning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Example, Split
+from ..errors import AutoPromptError
+from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
+from ..prompts.template import Template, as_template
+from ..prompts.verbalizer import Verbalizer, as_verbalizer
+from .encoding import EncodedPrompt, PromptEncoder, Row
+
+if TYPE_CHECKING:
+    from tqdm import tqdm as _tqdm  # noqa: F401
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreOutput:
+    """Raw scores of items (examples, possibly across several templates).
+
+    Attributes:
+        word_logprobs: ``(N, W)`` log-probability of each label word (summed over its tokens).
+            When every word is one token read at one position, these are normalised over the
+            label words only (the class decision is the same; the full vocabulary is skipped).
+        hidden: ``(N, d)`` the input of the output layer at the mask (None if not asked for).
+    """
+
+    word_logprobs: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+@dataclass
+class EvalResult:
+    """Accuracy, macro-F1 and per-example scores of one prompt on one split."""
+
+    accuracy: float
+    macro_f1: float
+    predictions: np.ndarray
+    labels: np.ndarray
+    class_logprobs: np.ndarray
+    word_logprobs: np.ndarray
+    prior: np.ndarray | None = None
+    seconds: float = 0.0
+    template: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(len(self.labels))
+
+    def metrics(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": self.n}
+
+    def prediction_rate(self) -> np.ndarray:
+        """Fraction of examples predicted as each class."""
+        counts = np.bincount(self.predictions, minlength=self.class_logprobs.shape[1])
+        return counts / max(1, len(self.predictions))
+
+    def summary(self) -> str:
+        return f"accuracy {self.accuracy:.4f}  macro-F1 {self.macro_f1:.4f}  (n={self.n}, {self.seconds:.1f}s)"
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """Accuracy and macro-F1 over the labelled examples (label >= 0)."""
+    from sklearn.metrics import f1_score
+
+    keep = labels >= 0
+    if not keep.any():
+        return float("nan"), float("nan")
+    y, p = labels[keep], predictions[keep]
+    acc = float((y == p).mean())
+    f1 = float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0))
+    return acc, f1
+
+
+class Harness:
+    """Scores prompts with one model.
+
+    Args:
+        model: ``None`` (the embedded Gemma 3 270M), an HF name or local folder, a
+            :class:`LoadedModel`, or a ``PreTrainedModel`` (then pass ``tokenizer``).
+        tokenizer: the tokenizer, when ``model`` is a model object.
+        kind: ``mlm``, ``seq2seq`` or ``causal``; detected when omitted.
+        device: ``"cuda"``/``"cpu"``/…; CUDA when available, else CPU.
+        batch_size: rows per forward pass.
+        max_length: longest row in tokens (fields are truncated to fit).
+        progress: show a progress bar on long evaluations.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        *,
+        kind: str | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        max_length: int = 512,
+        progress: bool = True,
+    ) -> None:
+        if model is None or isinstance(model, str):
+            loaded = load_model(model, kind)
+        elif isinstance(model, LoadedModel):
+            loaded = model
+        else:
+            if tokenizer is None:
+                raise AutoPromptError("pass the tokenizer together with a model object")
+            loaded = LoadedModel(model, tokenizer, kind or detect_kind(model.config), type(model).__name__)
+        if loaded.kind not in KINDS:
+            raise AutoPromptError(f"unknown model kind {loaded.kind!r}; choose one of {KINDS}")
+        if batch_size < 1:
+            raise AutoPromptError("batch_size must be at least 1")
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.kind = loaded.kind
+        self.model_name = loaded.name
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.model.eval()
+        self.batch_size = batch_size
+        self.progress = progress
+        limits = [max_length, getattr(self.model.config, "max_position_embeddings", None),
+                  getattr(self.tokenizer, "model_max_length", None)]
+        self.max_length = int(min(x for x in limits if isinstance(x, int) and 0 < x < 10**7))
+        self.encoder = PromptEncoder(self.tokenizer, self.kind, self.max_length)
+        if self.kind == "seq2seq":
+            start = self.model.config.decoder_start_token_id
+            self.encoder.decoder_start_id = int(start if start is not None else self.tokenizer.pad_token_id)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.head = self.model.get_output_embeddings()
+        if self.head is None or not hasattr(self.head, "weight"):
+            raise AutoPromptError(f"{type(self.model).__name__} has no output embedding layer to score words with")
+        self._encoded: OrderedDict[tuple[Template, str], list[EncodedPrompt]] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        split: Split | Sequence[Example],
+        template: Template | str,
+        verbalizer: Verbalizer | dict[str, Any],
+        *,
+        label_names: Sequence[str] | None = None,
+        exact: bool = False,
+    ) -> EvalResult:
+        """Score one prompt on a split: accuracy, macro-F1 and per-example class scores.
+
+        Args:
+            split: the examples (a :class:`Split`, e.g. ``task.dev``).
+            template: a :class:`Template` or its text.
+            verbalizer: a :class:`Verbalizer` or its JSON / ``{label: words}`` dict.
+            label_names: the task's labels, checked against the verbalizer's.
+            exact: always compute full-vocabulary log-probabilities (slower; same decisions).
+        """
+        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact)[0]
+
+    def evaluate_many(
+        self,
+        split: Split | Sequence[Example],
+        templates: Sequence[Template | str],
+        verbalizer: Verbalizer | dict[str, Any],
+        *,
+        label_names: Sequence[str] | None = None,
+        exact: bool = False,
+    ) -> list[EvalResult]:
+        """Score several templates with one verbalizer, batched together (one pass over the data)."""
+        start = time.perf_counter()
+        split = self._as_split(split)
+        templates = [as_template(t) for t in templates]
+        verbalizer = as_verbalizer(verbalizer)
+        self._check(split, templates, verbalizer, label_names)
+        calibrate = verbalizer.calibration == "content_free"
+        cf = [self._content_free(t, verbalizer) for t in templates] if calibrate else [[] for _ in templates]
+        blocks = [list(split) + c for c in cf]
+        out = self.score_blocks(templates, blocks, verbalizer, exact=exact)
+        labels = split.labels if isinstance(split, Split) else np.array([e.label for e in split])
+        results = []
+        seconds = (time.perf_counter() - start) / len(templates)
+        for template, block_out, cf_block in zip(templates, out, cf):
+            word_lp = block_out.word_logprobs.float()
+            prior = None
+            if calibrate:
+                cf_probs = verbalizer.class_logprobs(word_lp[len(split):]).exp().mean(dim=0)
+                prior = cf_probs.clamp_min(1e-12).log()
+                word_lp = word_lp[: len(split)]
+            class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
+            preds = class_lp.argmax(dim=1).cpu().numpy()
+            acc, f1 = classification_metrics(labels, preds, verbalizer.num_classes)
+            results.append(EvalResult(
+                accuracy=acc, macro_f1=f1, predictions=preds, labels=labels,
+                class_logprobs=class_lp.cpu().numpy(), word_logprobs=word_lp.cpu().numpy(),
+                prior=None if prior is None else prior.cpu().numpy(), seconds=seconds, template=template.display(),
+            ))
+        return results
+
+    def score(
+        self,
+        split: Split | Sequence[Example],
+        template: Template | str,
+        verbalizer: Verbalizer | dict[str, Any] | None,
+        *,
+        exact: bool = False,
+        hidden: bool = False,
+        grad: bool = False,
+        soft_embeddings: torch.Tensor | None = None,
+    ) -> ScoreOutput:
+        """Label-word log-probabilities (and optionally mask hidden states) for every example.
+
+        With ``grad=True`` the result is differentiable (for training); otherwise it runs under
+        ``torch.inference_mode``. ``verbalizer=None`` reads only the hidden state.
+        """
+        template = as_template(template)
+        verbalizer = as_verbalizer(verbalizer) if verbalizer is not None else None
+        return self.score_blocks([template], [list(self._as_split(split))], verbalizer, exact=exact,
+                                 hidden=hidden, grad=grad, soft_embeddings=soft_embeddings)[0]
+
+    def score_blocks(
+        self,
+        templates: Sequence[Template],
+        blocks: Sequence[Sequence[Example]],
+        verbalizer: Verbalizer | None,
+        *,
+        exact: bool = False,
+        hidden: bool = False,
+        grad: bool = False,
+        soft_embeddings: torch.Tensor | None = None,
+    ) -> list[ScoreOutput]:
+        """Score ``blocks[i]`` with ``templates[i]``, all in one length-bucketed pass."""
+        rows, sizes = self._build_rows(templates, blocks, verbalizer)
+        n_items = sum(sizes)
+        n_words = len(verbalizer.flat_words) if verbalizer is not None else 0
+        subset = None if exact or verbalizer is None else self._label_subset(rows)
+        ctx = torch.enable_grad() if grad else torch.inference_mode()
+        with ctx:
+            word_lp, hid = self._run(rows, n_items, n_words, subset, hidden=hidden or verbalizer is None,
+                                     soft_embeddings=soft_embeddings, sort=not grad)
+        outs, start = [], 0
+        for size in sizes:
+            outs.append(ScoreOutput(word_lp[start:start + size], None if hid is None else hid[start:start + size]))
+            start += size
+        return outs
+
+    def mask_hidden(self, split: Split | Sequence[Example], template: Template | str) -> torch.Tensor:
+        """``(N, d)`` hidden state at the mask (the output layer's input), e.g. for ProtoVerb."""
+        hidden = self.score(split, template, None, hidden=True).hidden
+        assert hidden is not None
+        return hidden
+
+    def mask_logprobs(
+        self, split: Split | Sequence[Example], template: Template | str, *, reduce: str | None = "mean"
+    ) -> torch.Tensor:
+        """Full-vocabulary log-probabilities of the first token at the mask.
+
+        ``reduce="mean"`` returns the log of the mean distribution ``(V,)`` (a contextualised prior,
+        as KPT uses) without holding ``N × V`` values; ``reduce=None`` returns ``(N, V)``.
+        """
+        template = as_template(template)
+        rows, sizes = self._build_rows([template], [list(self._as_split(split))], None)
+        total: torch.Tensor | None = None
+        per_row = []
+        with torch.inference_mode():
+            for batch in self._batches(rows, sort=True):
+                logp, _, _ = self._forward(batch, None, full_at_hidden=True)
+                if reduce == "mean":
+                    chunk = logp.exp().sum(dim=0)
+                    total = chunk if total is None else total + chunk
+                else:
+                    per_row.append((batch, logp))
+        if reduce == "mean":
+            assert total is not None
+            return (total / sizes[0]).clamp_min(1e-30).log()
+        out = torch.empty(sizes[0], self.head.weight.shape[0])
+        for batch, logp in per_row:
+            out[[r.item for r in batch]] = logp.float().cpu()
+        return out
+
+    def class_prior(self, template: Template | str, verbalizer: Verbalizer | dict[str, Any]) -> torch.Tensor:
+        """Class log-probabilities ``(C,)`` the prompt gives to content-free inputs (for calibration)."""
+        template = as_template(template)
+        verbalizer = as_verbalizer(verbalizer)
+        word_lp = self.score(self._content_free(template, verbalizer), template, verbalizer).word_logprobs
+        return verbalizer.class_logprobs(word_lp.float()).exp().mean(dim=0).clamp_min(1e-12).log()
+
+    def embedding_gradient(
+        self,
+        split: Split | Sequence[Example],
+        template: Template | str,
+        verbalizer: Verbalizer | dict[str, Any],
+    ) -> tuple[torch.Tensor, float]:
+        """Gradient of the gold label log-likelihood loss w.r.t. the trigger-slot input embeddings.
+
+        The loss is AutoPrompt's: ``-mean log Σ_{w ∈ gold class} p(w | prompt)`` over the examples
+        (exact log-probabilities). Returns ``(num_triggers, d)`` summed over examples and the loss.
+        """
+        template = as_template(template)
+        verbalizer = as_verbalizer(verbalizer)
+        if template.num_triggers == 0:
+            raise AutoPromptError(f"template {template.text!r} has no {{trigger}} slot to take gradients at")
+        split = self._as_split(split)
+        labels = torch.tensor([e.label for e in split], device=self.device)
+        rows, sizes = self._build_rows([template], [list(split)], verbalizer)
+        grads = torch.zeros(template.num_triggers, self.model.get_input_embeddings().weight.shape[1], device=self.device)
+        with torch.enable_grad():
+            word_lp, _ = self._run(rows, sizes[0], len(verbalizer.flat_words), None, hidden=False,
+                                   sort=False, trigger_grads=grads, labels=(labels, verbalizer))
+        gold = verbalizer.aggregate(word_lp.detach()).gather(1, labels[:, None]).squeeze(1)
+        return grads, float(-gold.mean())
+
+    def train(
+        self,
+        split: Split | Sequence[Example],
+        template: Template | str,
+        verbalizer: Verbalizer | dict[str, Any],
+        parameters: Iterable[nn.Parameter],
+        *,
+        epochs: int = 10,
+        lr: float = 1e-5,
+        batch_size: int = 8,
+        weight_decay: float = 0.0,
+        head: Callable[[ScoreOutput], torch.Tensor] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        soft_embeddings: torch.Tensor | None = None,
+        seed: int = 0,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> list[float]:
+        """Prompt-based fine-tuning of ``parameters`` (model weights, deltas, verbalizer weights, heads).
+
+        Each step scores a minibatch through the same path as :meth:`evaluate` with gradients on,
+        turns word scores into class log-probabilities (or ``head(output)`` logits) and minimises
+        cross-entropy (or ``loss_fn(logits, labels)``). Dropout is on while training.
+
+        Returns the mean loss of each epoch.
+        """
+        template = as_template(template)
+        verbalizer = as_verbalizer(verbalizer)
+        split = self._as_split(split)
+        self._check(split, [template], verbalizer, None)
+        params = [p for p in parameters if p.requires_grad]
+        if not params:
+            raise AutoPromptError("train() got no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        generator = torch.Generator().manual_seed(seed)
+        examples = list(split)
+        losses = []
+        self.model.train()
+        try:
+            for epoch in range(epochs):
+                order = torch.randperm(len(examples), generator=generator).tolist()
+                total = 0.0
+                for start in range(0, len(order), batch_size):
+                    batch = [examples[i] for i in order[start:start + batch_size]]
+                    labels = torch.tensor([e.label for e in batch], device=self.device)
+                    out = self.score(batch, template, verbalizer, exact=True, hidden=head is not None, grad=True,
+                                     soft_embeddings=soft_embeddings)
+                    logits = head(out) if head is not None else verbalizer.class_logprobs(out.word_logprobs.float())
+                    loss = loss_fn(logits, labels) if loss_fn else nn.functional.cross_entropy(logits, labels)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss) * len(batch)
+                losses.append(total / len(examples))
+                if on_epoch:
+                    on_epoch(epoch, losses[-1])
+        finally:
+            self.model.eval()
+        return losses
+
+    # ------------------------------------------------------------------------------------------
+    # Internals
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _as_split(split: Split | Sequence[Example]) -> Split:
+        if isinstance(split, Split):
+            if len(split) == 0:
+                raise AutoPromptError(f"split {split.name!r} is empty")
+            return split
+        examples = list(split)
+        if not examples:
+            raise AutoPromptError("no examples to score (empty split)")
+        return Split(examples, name="examples")
+
+    def _check(self, split: Split, templates: Sequence[Template], verbalizer: Verbalizer,
+               label_names: Sequence[str] | None) -> None:
+        fields = split.fields()
+        for template in templates:
+            template.check_fields(fields)
+        names = label_names if label_names is not None else getattr(split, "label_names", None)
+        if names:
+            verbalizer.check_labels(names)
+        top = int(split.labels.max()) if len(split) else -1
+        if top >= verbalizer.num_classes:
+            raise AutoPromptError(
+                f"the examples have label {top} but the verbalizer has only {verbalizer.num_classes} classes"
+            )
+
+    def _content_free(self, template: Template, verbalizer: Verbalizer) -> list[Example]:
+        """Content-free examples (every field the template reads set to e.g. ``"N/A"``)."""
+        out = []
+        for text in verbalizer.content_free_inputs:
+            extra = {f: text for f in template.fields if f not in ("text_a", "text_b")}
+            out.append(Example(text_a=text, label=-1, text_b=text, meta=extra))
+        return out
+
+    def _encode(self, template: Template, examples: Sequence[Example]) -> list[EncodedPrompt]:
+        """Tokenised prompts, cached per (template, examples) — searches score the same split often."""
+        key = (template, Split(examples).fingerprint if not isinstance(examples, Split) else examples.fingerprint)
+        hit = self._encoded.get(key)
+        if hit is not None:
+            self._encoded.move_to_end(key)
+            return hit
+        encoded = [self.encoder.encode(template, e) for e in examples]
+        self._encoded[key] = encoded
+        if len(self._encoded) > 256:
+            self._encoded.popitem(last=False)
+        return encoded
+
+    def _build_rows(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
+                    verbalizer: Verbalizer | None) -> tuple[list[Row], list[int]]:
+        rows: list[Row] = []
+        sizes = []
+        item = 0
+        for template, block in zip(templates, blocks):
+            encoded = self._encode(template, block)
+            for enc in encoded:
+                words = None
+                if verbalizer is not None:
+                    words = [self.encoder.word_ids(w, enc.space_before_mask) for w in verbalizer.flat_words]
+                rows.extend(self.encoder.rows(item, enc, words))
+                item += 1
+            sizes.append(len(encoded))
+        return rows, sizes
+
+    @staticmethod
+    def _label_subset(rows: list[Row]) -> list[int] | None:
+        """Token ids to project onto, when each item is read at exactly one position in one row."""
+        items = set()
+        tokens: set[int] = set()
+        for row in rows:
+            if row.item in items or len({t[0] for t in row.targets}) > 1:
+                return None
+            items.add(row.item)
+            tokens.update(t[1] for t in row.targets)
+        return sorted(tokens)
+
+    def _batches(self, rows: list[Row], sort: bool) -> Iterator[list[Row]]:
+        """Length-bucketed batches (``sort``), or batches in item order that never split an item."""
+        if sort:
+            ordered = sorted(rows, key=lambda r: r.length)
+            for start in range(0, len(ordered), self.batch_size):
+                yield ordered[start:start + self.batch_size]
+            return
+        batch: list[Row] = []
+        for row in rows:
+            if len(batch) >= self.batch_size and row.item != batch[-1].item:
+                yield batch
+                batch = []
+            batch.append(row)
+        if batch:
+            yield batch
+
+    def _run(
+        self,
+        rows: list[Row],
+        n_items: int,
+        n_words: int,
+        subset: list[int] | None,
+        *,
+        hidden: bool,
+        sort: bool,
+        soft_embeddings: torch.Tensor | None = None,
+        trigger_grads: torch.Tensor | None = None,
+        labels: tuple[torch.Tensor, Verbalizer] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward all rows; scatter target log-probs into ``(n_items, n_words)``.
+
+        With ``trigger_grads`` set, each batch's loss is back-propagated to the input embeddings
+        and the gradient at trigger slots is added into ``trigger_grads`` (batch by batch, so the
+        graph of one batch is freed before the next).
+        """
+        word_lp = torch.zeros(n_items, n_words, device=self.device)
+        hid: torch.Tensor | None = None
+        col = {tok: i for i, tok in enumerate(subset)} if subset is not None else None
+        subset_t = torch.tensor(subset, device=self.device) if subset is not None else None
+        batches = list(self._batches(rows, sort))
+        bar = None
+        if self.progress and len(batches) > 8 and not torch.is_grad_enabled():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(batches), desc="scoring", unit="batch", leave=False)
+        for batch in batches:
+            logp, h, embeds = self._forward(batch, subset_t, soft_embeddings=soft_embeddings,
+                                            embeds_grad=trigger_grads is not None)
+            b_idx, k_idx, c_idx, items, words = [], [], [], [], []
+            for b, row in enumerate(batch):
+                kpos = self._positions(row)
+                for pos, tok, w in row.targets:
+                    b_idx.append(b)
+                    k_idx.append(kpos.index(pos))
+                    c_idx.append(col[tok] if col is not None else tok)
+                    items.append(row.item)
+                    words.append(w)
+            if b_idx:
+                dev = self.device
+                values = logp[torch.tensor(b_idx, device=dev), torch.tensor(k_idx, device=dev),
+                              torch.tensor(c_idx, device=dev)].float()
+                index = (torch.tensor(items, device=dev), torch.tensor(words, device=dev))
+                if trigger_grads is not None:
+                    assert labels is not None and embeds is not None
+                    self._accumulate_trigger_grad(batch, values, index, embeds, trigger_grads, labels, n_words)
+                    values = values.detach()
+                word_lp = word_lp.index_put(index, values, accumulate=True)
+            if hidden and h is not None:
+                if hid is None:
+                    hid = torch.zeros(n_items, h.shape[-1], device=self.device, dtype=h.dtype)
+                # An item may span several rows; they share the mask position, so any row will do.
+                hid = hid.index_put((torch.tensor([r.item for r in batch], device=self.device),), h)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return word_lp, hid
+
+    def _accumulate_trigger_grad(self, batch: list[Row], values: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
+                                 embeds: torch.Tensor, grads: torch.Tensor,
+                                 labels: tuple[torch.Tensor, Verbalizer], n_words: int) -> None:
+        gold, verbalizer = labels
+        items = sorted({r.item for r in batch})
+        local = {it: i for i, it in enumerate(items)}
+        word_lp = torch.zeros(len(items), n_words, device=self.device)
+        word_lp = word_lp.index_put((torch.tensor([local[int(i)] for i in index[0]], device=self.device), index[1]),
+                                    values, accumulate=True)
+        # Unsorted batches never split an item's rows (see _batches), so class scores are whole.
+        class_scores = verbalizer.aggregate(word_lp)
+        loss = -class_scores.gather(1, gold[items][:, None]).sum()
+        (g,) = torch.autograd.grad(loss, embeds)
+        for b, row in enumerate(batch):
+            if row.trigger_positions:
+                grads += g[b, row.trigger_positions].float()
+
+    @staticmethod
+    def _positions(row: Row) -> list[int]:
+        return sorted({row.hidden_position, *(t[0] for t in row.targets)})
+
+    def _forward(
+        self,
+        batch: list[Row],
+        subset: torch.Tensor | None,
+        *,
+        full_at_hidden: bool = False,
+        soft_embeddings: torch.Tensor | None = None,
+        embeds_grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One padded forward pass.
+
+        Returns log-probs ``(B, K, V or |subset|)`` at each row's read positions, the output
+        layer's input at each row's hidden position ``(B, d)``, and the input embeddings when
+        gradients w.r.t. them were asked for.
+        """
+        dev = self.device
+        width = max(len(r.input_ids) for r in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, r in enumerate(batch):
+            ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
+            mask[b, : len(r.input_ids)] = 1
+        kwargs: dict[str, Any] = {"attention_mask": mask.to(dev), "use_cache": False}
+        if self.kind == "seq2seq":
+            dwidth = max(len(r.decoder_input_ids or ()) for r in batch)
+            dec = torch.full((len(batch), dwidth), self.pad_id, dtype=torch.long)
+            dmask = torch.zeros((len(batch), dwidth), dtype=torch.long)
+            for b, r in enumerate(batch):
+                d = r.decoder_input_ids or []
+                dec[b, : len(d)] = torch.tensor(d)
+                dmask[b, : len(d)] = 1
+            kwargs["decoder_input_ids"] = dec.to(dev)
+            kwargs["decoder_attention_mask"] = dmask.to(dev)
+        ids = ids.to(dev)
+        embeds = None
+        has_soft = soft_embeddings is not None and any(r.soft_positions for r in batch)
+        if embeds_grad or has_soft:
+            embeds = self.model.get_input_embeddings()(ids)
+            if has_soft:
+                embeds = self._put_soft(embeds, batch, soft_embeddings)  # type: ignore[arg-type]
+            if embeds_grad:
+                embeds = embeds.detach().requires_grad_(True)
+            kwargs["inputs_embeds"] = embeds
+        else:
+            kwargs["input_ids"] = ids
+        positions = [self._positions(r) for r in batch]
+        k = max(len(p) for p in positions)
+        pos = torch.tensor([p + [p[0]] * (k - len(p)) for p in positions], device=dev)
+        hid_k = torch.tensor([p.index(r.hidden_position) for p, r in zip(positions, batch)], device=dev)
+        captured: dict[str, torch.Tensor] = {}
+        rows_only = None if full_at_hidden else subset
+        with self._gathering_head(pos, rows_only, captured), self._autocast():
+            logits = self.model(**kwargs).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        hidden = captured["x"][torch.arange(len(batch), device=dev), hid_k]
+        if full_at_hidden:
+            logp = logp[torch.arange(len(batch), device=dev), hid_k]
+        return logp, hidden, embeds
+
+    def _put_soft(self, embeds: torch.Tensor, batch: list[Row], soft: torch.Tensor) -> torch.Tensor:
+        """Replace soft-token embeddings with the trainable ones (same order in every row)."""
+        embeds = embeds.clone()
+        for b, row in enumerate(batch):
+            if row.soft_positions:
+                if len(row.soft_positions) != soft.shape[0]:
+                    raise AutoPromptError(
+                        f"the template has {len(row.soft_positions)} soft tokens, soft_embeddings has {soft.shape[0]}"
+                    )
+                embeds[b, row.soft_positions] = soft.to(embeds.dtype)
+        return embeds
+
+    @contextlib.contextmanager
+    def _gathering_head(self, pos: torch.Tensor, subset: torch.Tensor | None,
+                        captured: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Swap the output layer for one that reads only ``pos`` (and only ``subset`` rows)."""
+        head = self.head
+        original = head.forward
+        patched_before = "forward" in head.__dict__  # e.g. accelerate's hooks set an instance forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            gathered = x.gather(1, pos[:, :, None].expand(-1, -1, x.shape[-1]))
+            captured["x"] = gathered
+            if subset is None:
+                return original(gathered)
+            bias = head.bias[subset] if getattr(head, "bias", None) is not None else None
+            return nn.functional.linear(gathered, head.weight[subset], bias)
+
+        head.forward = forward
+        try:
+            yield
+        finally:
+            if patched_before:
+                head.forward = original
+            else:
+                del head.forward
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -1,0 +1,199 @@
+"""Verbalizers: label → label words, and how word scores become class scores.
+
+Pipeline (OpenPrompt's vocabulary): the harness *projects* the model's output onto each label
+word (log-probability of the whole word, summed over its tokens), the verbalizer *aggregates*
+the words of each class into one class score, *normalises* over classes and optionally
+*calibrates* (contextual calibration: divide by the class probabilities the model gives to
+content-free inputs such as ``"N/A"``; Zhao et al., 2021).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import AutoPromptError
+
+AGGREGATIONS = ("mean", "max", "sum", "weighted")
+CALIBRATIONS = ("none", "content_free")
+DEFAULT_CONTENT_FREE = ("N/A", "", "[MASK]")
+
+
+@dataclass(frozen=True)
+class Verbalizer:
+    """Label words per class.
+
+    Args:
+        label_words: for each class (in the task's label order), its label words. A word may be
+            several tokens; it is scored as a whole (sum of its tokens' log-probabilities).
+        labels: class names, in order; checked against the task's label names.
+        weights: optional per-word weights, same shape as ``label_words`` (used by ``weighted``).
+        aggregation: how a class's words combine — ``mean`` (log of the mean word probability),
+            ``max``, ``sum`` (log of the summed probability, AutoPrompt's choice) or ``weighted``
+            (log of the weighted mean; weights are normalised within each class).
+        calibration: ``none`` or ``content_free``.
+        content_free_inputs: the inputs used to estimate the calibration prior.
+    """
+
+    label_words: tuple[tuple[str, ...], ...]
+    labels: tuple[str, ...] = ()
+    weights: tuple[tuple[float, ...], ...] | None = None
+    aggregation: str = "mean"
+    calibration: str = "none"
+    content_free_inputs: tuple[str, ...] = DEFAULT_CONTENT_FREE
+
+    def __post_init__(self) -> None:
+        words = tuple(tuple(str(w) for w in ws) if not isinstance(ws, str) else (ws,) for ws in self.label_words)
+        object.__setattr__(self, "label_words", words)
+        object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
+        object.__setattr__(self, "content_free_inputs", tuple(self.content_free_inputs))
+        if len(words) < 2:
+            raise AutoPromptError(f"verbalizer needs label words for at least two classes, got {len(words)}")
+        for i, ws in enumerate(words):
+            name = self.labels[i] if i < len(self.labels) else str(i)
+            if not ws:
+                raise AutoPromptError(f"verbalizer: class {name!r} has no label words")
+            if any(not w.strip() for w in ws):
+                raise AutoPromptError(f"verbalizer: class {name!r} has an empty label word")
+        if self.labels and len(self.labels) != len(words):
+            raise AutoPromptError(
+                f"verbalizer has {len(words)} classes of label words but {len(self.labels)} label names"
+            )
+        if self.aggregation not in AGGREGATIONS:
+            raise AutoPromptError(f"unknown aggregation {self.aggregation!r}; choose one of {AGGREGATIONS}")
+        if self.calibration not in CALIBRATIONS:
+            raise AutoPromptError(f"unknown calibration {self.calibration!r}; choose one of {CALIBRATIONS}")
+        if self.weights is not None:
+            weights = tuple(tuple(float(x) for x in ws) for ws in self.weights)
+            if [len(w) for w in weights] != [len(w) for w in words]:
+                raise AutoPromptError("verbalizer weights must have the same shape as label_words")
+            object.__setattr__(self, "weights", weights)
+        elif self.aggregation == "weighted":
+            raise AutoPromptError("aggregation 'weighted' needs weights")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_words(
+        cls, words: Mapping[str, Sequence[str] | str] | Sequence[Sequence[str] | str], **kwargs: Any
+    ) -> "Verbalizer":
+        """Build from ``{"negative": ["terrible"], "positive": ["great"]}`` or ``[["terrible"], ["great"]]``."""
+        if isinstance(words, Mapping):
+            labels = tuple(words.keys())
+            values = [[v] if isinstance(v, str) else list(v) for v in words.values()]
+            return cls(tuple(tuple(v) for v in values), labels=labels, **kwargs)
+        return cls(tuple((w,) if isinstance(w, str) else tuple(w) for w in words), **kwargs)
+
+    def replace(self, **changes: Any) -> "Verbalizer":
+        data = self.to_dict()
+        data.update(changes)
+        return Verbalizer.from_dict(data)
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_words)
+
+    @property
+    def flat_words(self) -> list[str]:
+        """All label words, class by class."""
+        return [w for ws in self.label_words for w in ws]
+
+    @property
+    def word_class(self) -> list[int]:
+        """Class index of each word in :attr:`flat_words`."""
+        return [c for c, ws in enumerate(self.label_words) for _ in ws]
+
+    def check_labels(self, label_names: Sequence[str]) -> None:
+        """Raise if the verbalizer does not fit the task's classes."""
+        if len(label_names) != self.num_classes:
+            raise AutoPromptError(
+                f"verbalizer has {self.num_classes} classes but the task has {len(label_names)}: {list(label_names)}"
+            )
+        if self.labels and list(self.labels) != list(label_names):
+            raise AutoPromptError(
+                f"verbalizer labels {list(self.labels)} do not match the task's labels {list(label_names)}"
+            )
+
+    # -- scoring ------------------------------------------------------------------------------
+    def aggregate(self, word_logprobs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Combine word log-probabilities ``(N, W)`` into class scores ``(N, C)`` (not normalised).
+
+        ``weights`` (``(W,)`` logits, softmaxed within each class) overrides the stored weights —
+        used when the weights are being learned.
+        """
+        out = []
+        start = 0
+        for c, ws in enumerate(self.label_words):
+            block = word_logprobs[:, start:start + len(ws)]
+            if weights is not None or self.aggregation == "weighted":
+                if weights is not None:
+                    logw = torch.log_softmax(weights[start:start + len(ws)], dim=0)
+                else:
+                    w = torch.tensor(self.weights[c], dtype=block.dtype, device=block.device)  # type: ignore[index]
+                    logw = torch.log(w.clamp_min(1e-12) / w.clamp_min(1e-12).sum())
+                out.append(torch.logsumexp(block + logw, dim=1))
+            elif self.aggregation == "mean":
+                out.append(torch.logsumexp(block, dim=1) - math.log(len(ws)))
+            elif self.aggregation == "sum":
+                out.append(torch.logsumexp(block, dim=1))
+            else:  # max
+                out.append(block.max(dim=1).values)
+            start += len(ws)
+        return torch.stack(out, dim=1)
+
+    def class_logprobs(
+        self, word_logprobs: torch.Tensor, prior: torch.Tensor | None = None, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class log-probabilities ``(N, C)``, normalised over classes, calibrated by ``prior`` if given.
+
+        ``prior`` is the class log-probability vector ``(C,)`` of content-free inputs.
+        """
+        scores = torch.log_softmax(self.aggregate(word_logprobs, weights), dim=1)
+        if prior is not None:
+            scores = torch.log_softmax(scores - prior, dim=1)
+        return scores
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "label_words": {
+                (self.labels[i] if self.labels else str(i)): list(ws) for i, ws in enumerate(self.label_words)
+            },
+            "aggregation": self.aggregation,
+            "calibration": self.calibration,
+        }
+        if self.weights is not None:
+            out["weights"] = [list(w) for w in self.weights]
+        if self.calibration != "none":
+            out["content_free_inputs"] = list(self.content_free_inputs)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Verbalizer":
+        if "label_words" not in data:
+            raise AutoPromptError("verbalizer JSON needs a 'label_words' key")
+        words = data["label_words"]
+        kwargs = {k: data[k] for k in ("aggregation", "calibration") if k in data}
+        if data.get("weights") is not None:
+            kwargs["weights"] = tuple(tuple(w) for w in data["weights"])
+        if "content_free_inputs" in data:
+            kwargs["content_free_inputs"] = tuple(data["content_free_inputs"])
+        if isinstance(words, Mapping):
+            labels = tuple(words.keys())
+            if all(k.isdigit() for k in labels):
+                labels = ()
+            values = tuple(tuple([v] if isinstance(v, str) else v) for v in words.values())
+            return cls(values, labels=labels, **kwargs)
+        return cls.from_words(words, **kwargs)
+
+
+def as_verbalizer(value: "Verbalizer | Mapping[str, Any] | Sequence[Any]") -> Verbalizer:
+    """Accept a Verbalizer, its JSON dict, or a plain ``{label: words}`` mapping."""
+    if isinstance(value, Verbalizer):
+        return value
+    if isinstance(value, Mapping) and "label_words" in value:
+        return Verbalizer.from_dict(value)
+    return Verbalizer.from_words(value)  # type: ignore[arg-type]

@@ -1,0 +1,260 @@
+"""Harness mechanics on tiny random models of all three kinds: equality with a plain forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer
+
+ARCHS = ["bert", "gpt2", "gemma3", "t5"]
+EXAMPLES = Split([
+    Example("the movie was great and the acting was wonderful", 1),
+    Example("a bad film with awful dialogue", 0),
+    Example("brilliant , moving and funny", 1),
+    Example("what a waste of time , truly awful", 0),
+    Example("the story is dull", 0),
+], name="tiny")
+# "lovely" is not in the tiny vocabularies: it splits into several pieces.
+VERB = Verbalizer.from_words({"negative": ["bad", "awful"], "positive": ["great", "lovely"]})
+
+
+def harness(tiny_models, arch, **kw):
+    model, tok, kind = tiny_models[arch]
+    return Harness(model, tok, kind=kind, progress=False, **kw)
+
+
+def plain_word_logprobs(h: Harness, template: Template, example: Example, words) -> torch.Tensor:
+    """Reference: one unpadded forward per (example, word), full logits, no harness tricks."""
+    enc = h.encoder.encode(template, example)
+    model, out = h.model, []
+    for word in words:
+        wids = list(h.encoder.word_ids(word, enc.space_before_mask))
+        with torch.no_grad():
+            if h.kind == "causal":
+                prompt = h.encoder.special_prefix + list(enc.prefix)
+                cont = wids + ([] if enc.mask_at_end else list(enc.suffix))
+                ids = torch.tensor([prompt + cont[:-1]])
+                lp = model(input_ids=ids).logits.log_softmax(-1)[0]
+                out.append(sum(lp[len(prompt) - 1 + j, t] for j, t in enumerate(cont)))
+            elif h.kind == "mlm":
+                pre = h.encoder.special_prefix + list(enc.prefix)
+                ids = torch.tensor([pre + [h.encoder.mask_id] * len(wids) + list(enc.suffix) + h.encoder.special_suffix])
+                lp = model(input_ids=ids).logits.log_softmax(-1)[0]
+                out.append(sum(lp[len(pre) + j, t] for j, t in enumerate(wids)))
+            else:
+                ids = torch.tensor([list(enc.prefix) + [h.encoder.mask_id] + list(enc.suffix) + h.encoder.special_suffix])
+                dec = torch.tensor([[model.config.decoder_start_token_id, h.encoder.mask_id] + wids[:-1]])
+                lp = model(input_ids=ids, decoder_input_ids=dec).logits.log_softmax(-1)[0]
+                out.append(sum(lp[1 + j, t] for j, t in enumerate(wids)))
+    return torch.stack([torch.as_tensor(x) for x in out])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("text", ["{text_a} It was {mask}.", "{text_a} All in all, a {mask} movie overall!"])
+def test_scores_equal_a_plain_forward(tiny_models, arch, text):
+    h = harness(tiny_models, arch, batch_size=3)
+    template = Template(text)
+    assert any(len(h.encoder.word_ids(w, True)) > 1 for w in VERB.flat_words), "need a multi-token word"
+    got = h.score(EXAMPLES, template, VERB, exact=True).word_logprobs
+    expected = torch.stack([plain_word_logprobs(h, template, e, VERB.flat_words) for e in EXAMPLES])
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_label_rows_only_path_gives_the_same_class_scores(tiny_models, arch):
+    h = harness(tiny_models, arch)
+    candidates = ["bad", "good", "great", "awful", "the", "was", "film", "movie", "and", "it", "of", "is", "a", "with"]
+    single = [w for w in candidates if len(h.encoder.word_ids(w, True)) == 1][:4]
+    assert len(single) == 4
+    verb = Verbalizer.from_words({"negative": single[:2], "positive": single[2:]})
+    template = Template("{text_a} It was {mask}.")
+    fast = h.score(EXAMPLES, template, verb).word_logprobs
+    exact = h.score(EXAMPLES, template, verb, exact=True).word_logprobs
+    assert not torch.allclose(fast, exact)  # fast path is normalised over label words only…
+    torch.testing.assert_close(verb.class_logprobs(fast), verb.class_logprobs(exact), atol=1e-5, rtol=1e-5)  # …same classes
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batching_and_padding_do_not_change_scores(tiny_models, arch):
+    one = harness(tiny_models, arch, batch_size=1).score(EXAMPLES, "{text_a} It was {mask}.", VERB, exact=True)
+    many = harness(tiny_models, arch, batch_size=16).score(EXAMPLES, "{text_a} It was {mask}.", VERB, exact=True)
+    torch.testing.assert_close(one.word_logprobs, many.word_logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluate_many_equals_separate_evaluations(tiny_models):
+    h = harness(tiny_models, "gpt2", batch_size=4)
+    templates = ["{text_a} It was {mask}.", "{text_a} Overall {mask}", "Review: {text_a} Verdict: {mask}."]
+    together = h.evaluate_many(EXAMPLES, templates, VERB)
+    for t, res in zip(templates, together):
+        alone = h.evaluate(EXAMPLES, t, VERB)
+        assert (alone.predictions == res.predictions).all()
+        assert abs(alone.accuracy - res.accuracy) < 1e-9
+        torch.testing.assert_close(torch.tensor(alone.class_logprobs), torch.tensor(res.class_logprobs))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_calibration_divides_by_the_content_free_prior(tiny_models, arch):
+    h = harness(tiny_models, arch)
+    plain = h.evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
+    cal = h.evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB.replace(calibration="content_free"))
+    prior = h.class_prior("{text_a} It was {mask}.", VERB)
+    assert cal.prior is not None
+    torch.testing.assert_close(torch.tensor(cal.prior), prior)
+    expected = torch.log_softmax(torch.tensor(plain.class_logprobs) - prior, dim=1)
+    torch.testing.assert_close(torch.tensor(cal.class_logprobs), expected, atol=1e-5, rtol=1e-5)
+    assert cal.n == len(EXAMPLES) and 0 <= cal.accuracy <= 1 and 0 <= cal.macro_f1 <= 1
+
+
+def test_metrics_are_accuracy_and_macro_f1(tiny_models):
+    res = harness(tiny_models, "bert").evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
+    from sklearn.metrics import f1_score
+
+    assert res.accuracy == pytest.approx((res.predictions == EXAMPLES.labels).mean())
+    assert res.macro_f1 == pytest.approx(f1_score(EXAMPLES.labels, res.predictions, average="macro"))
+    assert res.class_logprobs.shape == (5, 2) and res.word_logprobs.shape == (5, 4)
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "t5"])
+def test_mask_hidden_state_is_the_output_layer_input(tiny_models, arch):
+    h = harness(tiny_models, arch)
+    template = Template("{text_a} It was {mask}.")
+    hidden = h.mask_hidden(EXAMPLES, template)
+    captured = []
+    handle = h.head.register_forward_hook(lambda mod, inp, out: captured.append(inp[0].detach()))
+    try:
+        for i, example in enumerate(EXAMPLES):
+            row = h.encoder.rows(0, h.encoder.encode(template, example), None)[0]
+            kwargs = {"input_ids": torch.tensor([row.input_ids])}
+            if row.decoder_input_ids:
+                kwargs["decoder_input_ids"] = torch.tensor([row.decoder_input_ids])
+            with torch.no_grad():
+                h.model(**kwargs)
+            torch.testing.assert_close(hidden[i], captured[-1][0, row.hidden_position], atol=1e-5, rtol=1e-5)
+    finally:
+        handle.remove()
+
+
+def test_mask_logprobs_full_vocabulary(tiny_models):
+    h = harness(tiny_models, "gpt2")
+    full = h.mask_logprobs(EXAMPLES, "{text_a} It was {mask}.", reduce=None)
+    assert full.shape == (5, len(h.tokenizer))
+    torch.testing.assert_close(full.exp().sum(1), torch.ones(5))
+    mean = h.mask_logprobs(EXAMPLES, "{text_a} It was {mask}.")
+    torch.testing.assert_close(mean.exp(), full.exp().mean(0), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models, arch):
+    h = harness(tiny_models, arch, batch_size=2)
+    model, tok, _ = tiny_models[arch]
+    trig = tok.convert_tokens_to_ids(tok.tokenize(" movie" if arch == "gpt2" else "movie"))[0]
+    template = Template("{text_a} {trigger} {trigger} {mask}.").with_triggers([trig, trig])
+    grads, loss = h.embedding_gradient(EXAMPLES, template, VERB)
+    assert grads.shape == (2, model.get_input_embeddings().weight.shape[1]) and grads.abs().sum() > 0
+
+    emb = model.get_input_embeddings()
+    expected = torch.zeros_like(grads)
+    total = 0.0
+    for example in EXAMPLES:
+        enc = h.encoder.encode(template, example)
+        words = [h.encoder.word_ids(w, enc.space_before_mask) for w in VERB.flat_words]
+        rows = h.encoder.rows(0, enc, words)
+        word_lp = torch.zeros(len(words))
+        leaves = []
+        for row in rows:
+            e = emb(torch.tensor([row.input_ids])).detach().requires_grad_(True)
+            kwargs = {"inputs_embeds": e}
+            if row.decoder_input_ids:
+                kwargs["decoder_input_ids"] = torch.tensor([row.decoder_input_ids])
+            lp = model(**kwargs).logits.log_softmax(-1)[0]
+            for pos, t, w in row.targets:
+                word_lp = word_lp.index_add(0, torch.tensor([w]), lp[pos, t].reshape(1))
+            leaves.append((e, row))
+        loss_i = -VERB.aggregate(word_lp[None])[0, example.label]
+        total += float(loss_i)
+        gs = torch.autograd.grad(loss_i, [e for e, _ in leaves])
+        for g, (_, row) in zip(gs, leaves):
+            expected += g[0, row.trigger_positions]
+    torch.testing.assert_close(grads, expected, atol=1e-4, rtol=1e-3)
+    assert loss == pytest.approx(total / len(EXAMPLES), rel=1e-4)
+
+
+def test_train_lowers_the_loss_and_changes_predictions_scores(tiny_models):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok, _ = tiny_models["gpt2"]
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128))
+    h = Harness(model, tok, kind="causal", progress=False)
+    before = h.evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
+    losses = h.train(EXAMPLES, "{text_a} It was {mask}.", VERB, model.parameters(), epochs=15, lr=3e-3, batch_size=2)
+    after = h.evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
+    assert losses[-1] < losses[0] * 0.5
+    assert after.accuracy == 1.0 and after.accuracy >= before.accuracy
+    assert not model.training
+
+
+def test_train_with_a_custom_head_and_learned_word_weights(tiny_models):
+    h = harness(tiny_models, "bert")
+    weights = torch.nn.Parameter(torch.zeros(len(VERB.flat_words)))
+    losses = h.train(EXAMPLES, "{text_a} It was {mask}.", VERB, [weights], epochs=20, lr=0.1, batch_size=5,
+                     head=lambda out: VERB.class_logprobs(out.word_logprobs, weights=weights))
+    assert losses[-1] < losses[0]
+    assert weights.grad is not None and weights.abs().sum() > 0
+
+
+def test_soft_embeddings_replace_the_soft_token_inputs(tiny_models):
+    h = harness(tiny_models, "gpt2")
+    template = Template("{text_a} {soft} {soft} {mask}")
+    base = h.score(EXAMPLES, template, VERB, exact=True).word_logprobs
+    d = h.model.get_input_embeddings().weight.shape[1]
+    soft = torch.nn.Parameter(torch.randn(2, d))
+    moved = h.score(EXAMPLES, template, VERB, exact=True, soft_embeddings=soft).word_logprobs
+    assert not torch.allclose(base, moved)
+    with pytest.raises(AutoPromptError, match="2 soft tokens"):
+        h.score(EXAMPLES, template, VERB, soft_embeddings=torch.zeros(3, d))
+
+
+def test_long_inputs_are_truncated_to_the_model_length(tiny_models):
+    h = harness(tiny_models, "gpt2", max_length=32)
+    long = Split([Example("the movie was great " * 40, 1), Example("bad", 0)])
+    res = h.evaluate(long, "{text_a} It was {mask}.", VERB)
+    assert res.n == 2
+    enc = h.encoder.encode(Template("{text_a} It was {mask}."), long[0])
+    assert len(enc.prefix) + len(enc.suffix) <= 32
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_label_word_that_tokenizes_to_nothing(tiny_models):
+    h = harness(tiny_models, "bert")
+    with pytest.raises(AutoPromptError, match="tokenizes to nothing"):
+        h.evaluate(EXAMPLES, "{text_a} It was {mask}.", {"negative": "bad", "positive": "\u0301"})
+
+
+def test_verbalizer_labels_must_match_the_task(tiny_models):
+    h = harness(tiny_models, "bert")
+    with pytest.raises(AutoPromptError, match="do not match"):
+        h.evaluate(EXAMPLES, "{text_a} {mask}", {"neg": "bad", "pos": "great"}, label_names=["negative", "positive"])
+    three = Split([Example("x", 2), Example("y", 0)])
+    with pytest.raises(AutoPromptError, match="label 2 but the verbalizer has only 2"):
+        h.evaluate(three, "{text_a} {mask}", VERB)
+
+
+def test_empty_split_and_unknown_field(tiny_models):
+    h = harness(tiny_models, "gpt2")
+    with pytest.raises(AutoPromptError, match="empty"):
+        h.evaluate(Split([], name="dev"), "{text_a} {mask}", VERB)
+    with pytest.raises(AutoPromptError, match="unknown field"):
+        h.evaluate(EXAMPLES, "{text_a} {text_b} {mask}", VERB)
+
+
+def test_unknown_model_name():
+    with pytest.raises(AutoPromptError, match="unknown model 'no/such-model-anywhere'"):
+        Harness("no/such-model-anywhere")
+
+
+def test_embedding_gradient_needs_a_trigger(tiny_models):
+    with pytest.raises(AutoPromptError, match="no {trigger} slot"):
+        harness(tiny_models, "gpt2").embedding_gradient(EXAMPLES, "{text_a} {mask}", VERB)
