@@ -11,6 +11,10 @@ import os
 import pytest
 import torch
 
+# Tests never reach the hub: unknown names must fail at once, not after network retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 CORPUS = [
     "the movie was great and the acting was wonderful",
     "the film was terrible and the plot was boring",

@@ -137,13 +137,16 @@ class Split(Sequence[Example]):
     a boolean mask it gives a new :class:`Split` with the same name.
     """
 
-    def __init__(self, examples: Iterable[Example], name: str = "split") -> None:
+    def __init__(self, examples: Iterable[Example], name: str = "split",
+                 label_names: Sequence[str] | None = None) -> None:
         items = tuple(examples)
         for i, ex in enumerate(items):
             if not isinstance(ex, Example):
                 raise AutoPromptError(f"split {name!r} item {i} is a {type(ex).__name__}, not an Example")
         self._examples = items
         self.name = str(name)
+        # The task's class names, when known: lets the harness check a verbalizer against them.
+        self.label_names: list[str] | None = list(label_names) if label_names is not None else None
 
     @cached_property
     def fingerprint(self) -> str:
@@ -183,7 +186,7 @@ class Split(Sequence[Example]):
         if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
             return self._examples[index]
         if isinstance(index, slice):
-            return Split(self._examples[index], name=self.name)
+            return Split(self._examples[index], name=self.name, label_names=self.label_names)
         arr = np.asarray(index)
         if arr.dtype == bool:
             if arr.shape != (len(self),):
@@ -191,7 +194,7 @@ class Split(Sequence[Example]):
             arr = np.flatnonzero(arr)
         if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"split indices must be ints, slices, int sequences or masks, not {index!r}")
-        return Split((self._examples[int(i)] for i in arr), name=self.name)
+        return Split((self._examples[int(i)] for i in arr), name=self.name, label_names=self.label_names)
 
     def __iter__(self) -> Iterator[Example]:
         return iter(self._examples)
@@ -249,6 +252,8 @@ class Task:
                     f"task {self.name!r}: split {key!r} has label {top} but only "
                     f"{len(self.label_names)} label names {self.label_names}"
                 )
+            if split.label_names is None:
+                split.label_names = self.label_names
             splits[key] = split
         self.splits = splits
 
@@ -329,4 +334,5 @@ def few_shot(
     """
     rng = np.random.default_rng(seed)
     idx = _few_shot_indices(split.labels, k, rng, f"split {split.name!r}", label_names)
-    return Split((split[int(i)] for i in idx), name=split.name if name is None else name)
+    return Split((split[int(i)] for i in idx), name=split.name if name is None else name,
+                 label_names=split.label_names)

@@ -1,0 +1,39 @@
+"""CLI behaviour that needs no model: help, and exit code 2 with one clear line on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+W = ["--words", "negative=terrible", "--words", "positive=great"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
+                          timeout=120, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                                            **__import__("os").environ})
+
+
+def test_help_everywhere():
+    assert cli("--help").returncode == 0
+    assert "--template" in cli("evaluate", "--help").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--template", "{text_a} great", *W], "has no mask"),
+    (["--template", "{text_a} {mask} {mask}", *W], "2 masks"),
+    (["--template", "{text_b} {mask}", "--task", "mr", "--max-examples", "20", *W], "unknown field"),
+    (["--words", "oops"], "expected LABEL=word1,word2"),
+    (["--task", "mr", "--max-examples", "20", "--words", "neg=bad", "--words", "pos=good"], "do not match"),
+    (["--task", "no_such_task_anywhere", *W], "unknown task 'no_such_task_anywhere'"),
+    (["--task", "missing.csv", *W], "missing.csv"),
+    (["--task", "mr", "--max-examples", "20", "--model", "no/such-model", *W], "unknown model 'no/such-model'"),
+])
+def test_bad_input_exits_2_with_one_clear_line(args, message):
+    proc = cli("evaluate", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

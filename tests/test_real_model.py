@@ -1,0 +1,65 @@
+"""End-to-end on the real default model (Gemma 3 270M) and real data (MR). Slow: run with -m slow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from autoprompt_kit import Template, Verbalizer, load_task
+from autoprompt_kit.harness import classification_metrics
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mr_test_sample():
+    return load_task("mr").test[:400]
+
+
+def test_calibration_lifts_the_biased_manual_prompt(real_harness, mr_test_sample):
+    verb = Verbalizer.from_words({"negative": "terrible", "positive": "great"}, calibration="content_free")
+    cal = real_harness.evaluate(mr_test_sample, "{text_a} It was {mask}.", verb)
+    raw_pred = verb.class_logprobs(torch.tensor(cal.word_logprobs)).argmax(1).numpy()
+    raw_acc, raw_f1 = classification_metrics(cal.labels, raw_pred, 2)
+    # Gemma 270M says "great" for almost every review; calibration must undo that bias clearly.
+    # (Full MR test split, 2,121 reviews: accuracy 0.525 -> 0.632, macro-F1 0.417 -> 0.585.)
+    assert raw_pred.mean() > 0.85
+    assert raw_acc < 0.6
+    assert cal.accuracy > raw_acc
+    assert cal.macro_f1 > raw_f1 + 0.08
+    assert 0.1 < cal.predictions.mean() < 0.9
+
+
+def test_real_model_scores_match_a_plain_forward(real_harness, mr_test_sample):
+    h = real_harness
+    template = Template("{text_a} All in all, the film was {mask} to watch.")  # mask mid-template
+    verb = Verbalizer.from_words({"negative": ["terrible", "a waste of time"], "positive": ["great", "worth it"]})
+    got = h.score(mr_test_sample[:3], template, verb, exact=True).word_logprobs
+    for i, example in enumerate(mr_test_sample[:3]):
+        enc = h.encoder.encode(template, example)
+        prompt = h.encoder.special_prefix + list(enc.prefix)
+        for w, word in enumerate(verb.flat_words):
+            cont = list(h.encoder.word_ids(word, enc.space_before_mask)) + list(enc.suffix)
+            with torch.no_grad():
+                lp = h.model(input_ids=torch.tensor([prompt + cont[:-1]])).logits.log_softmax(-1)[0]
+            ref = sum(float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(cont))
+            assert got[i, w].item() == pytest.approx(ref, abs=2e-3)
+
+
+def test_demo_command_prints_both_calibrations(tmp_path):
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprompt_kit.cli", "evaluate", "--task", "mr", "--max-examples", "120",
+         "--words", "negative=terrible", "--words", "positive=great", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "calibration=none" in proc.stdout and "calibration=content_free" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["n"] == 120 and set(report["results"]) == {"none", "content_free"}
+    assert all(0 <= r["accuracy"] <= 1 for r in report["results"].values())

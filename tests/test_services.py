@@ -1,0 +1,68 @@
+"""Self-tests of the service helpers in ``tests/services.py`` (PostgreSQL, optuna-dashboard, headless Chromium).
+
+Marked ``services``: as root they install Debian's postgresql / chromium on first use (apt-get).
+"""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+import pytest
+from services import chromium_dump_dom, chromium_screenshot, dashboard_server, postgres_server
+
+TEMPLATE = "{text_a} It was {mask}."
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(before)
+
+
+@pytest.mark.services
+def test_postgres_server_holds_an_optuna_study():
+    with postgres_server() as url:
+        assert url.startswith("postgresql+psycopg2://postgres@127.0.0.1:") and url.endswith("/optuna")
+        storage = optuna.storages.RDBStorage(url)
+        try:
+            study = optuna.create_study(storage=storage, study_name="svc")
+            study.optimize(lambda t: t.suggest_int("x", 0, 10) ** 2, n_trials=3)
+            # Read back through a second, independent connection pool.
+            reader = optuna.storages.RDBStorage(url)
+            try:
+                trials = optuna.load_study(study_name="svc", storage=reader).get_trials(deepcopy=False)
+            finally:
+                reader.engine.dispose()
+            assert len(trials) == 3
+            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+            assert [t.value for t in trials] == [t.params["x"] ** 2 for t in trials]
+        finally:
+            storage.engine.dispose()
+
+
+@pytest.mark.services
+def test_dashboard_renders_study_in_headless_chromium(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="svc-dashboard")
+
+    def objective(trial):
+        trial.set_user_attr("template", TEMPLATE)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    study.optimize(objective, n_trials=1)
+    study_id = study._study_id  # type: ignore[attr-defined]
+
+    with dashboard_server(url) as base:
+        page = f"{base}/dashboard/studies/{study_id}/trials"
+        dom = chromium_dump_dom(page, expect=["svc-dashboard", TEMPLATE])
+        assert "svc-dashboard" in dom
+        assert TEMPLATE in dom
+
+        png = chromium_screenshot(page, tmp_path / "trials.png", width=1400, height=900)
+        assert png.exists()
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(png) > 10_000  # a rendered page, not a blank one (~60 KB seen)
