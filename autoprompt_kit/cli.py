@@ -47,8 +47,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .harness import Harness, classification_metrics
     from .prompts import Template, Verbalizer
 
-    template = Template(args.template)
-    verbalizer = Verbalizer.from_dict(_load_verbalizer_arg(args))
+    saved = _read_prompt_file(args.prompt) if args.prompt else None
+    if saved is not None:
+        from .search import Candidate
+
+        candidate = Candidate.from_dict(saved)
+        template, verbalizer = candidate.template, candidate.verbalizer
+        task_info = saved.get("task", {})
+        args.task = args.task or task_info.get("name")
+        args.shots = args.shots if args.shots is not None else task_info.get("shots")
+        args.seed = args.seed if args.seed is not None else task_info.get("seed", 13)
+        args.model = args.model or saved.get("model", {}).get("name")
+        args.kind = args.kind or saved.get("model", {}).get("kind")
+        args.calibration = args.calibration or verbalizer.calibration
+        if len(candidate.templates) > 1:
+            return _evaluate_candidate(args, candidate, saved)
+    else:
+        template = Template(args.template)
+        verbalizer = Verbalizer.from_dict(_load_verbalizer_arg(args))
+    args.task = args.task or "mr"
+    args.seed = 13 if args.seed is None else args.seed
+    args.calibration = args.calibration or "both"
     task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
     split = task[args.split]
     if not verbalizer.labels:
@@ -79,11 +98,138 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{args.split:5s} calibration={mode:13s} accuracy {acc:.4f}  macro-F1 {f1:.4f}  (n={result.n}; predicted: {share})")
         report["results"][mode] = {"accuracy": acc, "macro_f1": f1, "predicted_share": rate.tolist()}
     print(f"time     {result.seconds:.1f}s")
+    _compare_with_saved(saved, args.split, result.accuracy if "content_free" in modes or modes == ["none"] else None)
     if args.out:
         from .io import write_json_atomic
 
         write_json_atomic(Path(args.out), report)
     return 0
+
+
+def _read_prompt_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise AutoPromptError(f"--prompt file {path!r} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise AutoPromptError(f"--prompt file {path!r} is not JSON: {exc.msg} (line {exc.lineno})") from None
+    if not isinstance(data, dict) or "template" not in data or "verbalizer" not in data:
+        raise AutoPromptError(f"--prompt file {path!r} has no 'template' and 'verbalizer' (is it a best.json?)")
+    return data
+
+
+def _compare_with_saved(saved: dict[str, Any] | None, split: str, accuracy: float | None) -> None:
+    if saved is None or accuracy is None:
+        return
+    before = saved.get("metrics", {}).get(split)
+    if before:
+        print(f"saved    {split} accuracy {before['accuracy']:.4f} (n={before.get('n')}) -> now {accuracy:.4f}")
+
+
+def _evaluate_candidate(args: argparse.Namespace, candidate: Any, saved: dict[str, Any]) -> int:
+    """Re-score a saved ensemble."""
+    from .data import load_task
+    from .harness import Harness
+
+    task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
+    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet)
+    result = candidate.evaluate(harness, task[args.split], task.label_names)
+    print(f"task     {task.summary()}")
+    print(f"prompt   {candidate.describe()}")
+    print(f"{args.split:5s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  (n={result.n})")
+    _compare_with_saved(saved, args.split, result.accuracy)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import subprocess
+    import time
+
+    from .data import load_task
+    from .harness import Harness
+    from .search import SearchContext, SearchJob, build_best_json, get_searcher, run_search, write_best_json
+    from .search.runner import summary
+
+    searcher_cls = get_searcher(args.method)
+    if args.space is None:
+        raise AutoPromptError(f"give a search space: --space search_spaces/<file>.yaml (method {args.method!r})")
+    config = searcher_cls.config_class.from_yaml(args.space)
+    searcher = searcher_cls(config)
+    if args.trials < 1:
+        raise AutoPromptError("--trials must be at least 1")
+    if args.workers < 1:
+        raise AutoPromptError("--workers must be at least 1")
+    start = time.perf_counter()
+    task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
+    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=False)
+    study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem}-s{args.seed}"
+    job = SearchJob(
+        searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
+        heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet,
+        task_info={"name": task.name, "label_names": task.label_names, "shots": args.shots, "seed": args.seed,
+                   "max_examples": args.max_examples, "splits": {k: len(v) for k, v in task.splits.items()}},
+        model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
+    )
+    if not args.worker:
+        print(f"task     {task.summary()}")
+        print(f"model    {job.model_info['name']} ({harness.kind}, {harness.device})")
+        print(f"study    {study_name} in {job.storage_url or 'sqlite:///runs/autoprompt.db'}; {args.trials} trials"
+              + (f", {args.workers} workers" if args.workers > 1 else ""))
+
+    def start_workers() -> list[subprocess.Popen]:
+        # Extra processes join the same study (the queue is already filled, so none duplicates work).
+        if args.workers == 1:
+            return []
+        argv = [sys.executable, "-m", "autoprompt_kit.cli", *[a for a in sys.argv[1:]], "--worker", "--quiet",
+                "--study", study_name, "--workers", "1"]
+        return [subprocess.Popen(argv) for _ in range(args.workers - 1)]
+
+    ctx = SearchContext(task=task, harness=harness, seed=args.seed)
+    study = run_search(job, ctx, start_workers=start_workers if not args.worker else None)
+    if args.worker:
+        return 0
+    from .search import best_candidate
+
+    _, candidate = best_candidate(study)
+    test = None
+    if args.test_split and args.test_split in task.splits:
+        test = candidate.evaluate(harness, task[args.test_split], task.label_names)
+    doc = build_best_json(study, job, test, time.perf_counter() - start, args.test_split)
+    if args.out:
+        write_best_json(args.out, doc)
+    print(summary(study, doc, args.out))
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from .search import storage_summaries
+    from .search.runner import default_storage
+
+    rows = storage_summaries(args.storage or default_storage())
+    if not rows:
+        print("no studies")
+        return 0
+    print(f"{'study':40s} {'method':10s} {'trials':>6s} {'best':>7s}  best template")
+    for r in rows:
+        best = "-" if r["best"] is None else f"{r['best']:.4f}"
+        print(f"{r['name']:40s} {str(r['method']):10s} {r['trials']:6d} {best:>7s}  {r['template'] or ''}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from .search.runner import default_storage, open_storage
+
+    url = args.storage or default_storage()
+    open_storage(url)  # fails early and clearly on a bad URL
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
+    if not Path(exe).exists():
+        raise AutoPromptError("optuna-dashboard is not installed: pip install optuna-dashboard")
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard  (Ctrl-C to stop)")
+    return subprocess.call([exe, url, "--host", args.host, "--port", str(args.port)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,22 +239,59 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a template + verbalizer on a task split",
                         description="Score a template + verbalizer on a task split and print accuracy and macro-F1.")
-    ev.add_argument("--task", default="mr", help="built-in task (mr, tweets, amazon, nyt), local file/folder or HF dataset")
+    ev.add_argument("--prompt", default=None, help="a best.json written by a search: re-score its prompt")
+    ev.add_argument("--task", default=None, help="built-in task (mr, tweets, amazon, nyt), local file/folder or HF dataset")
     ev.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     ev.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None, help="model kind (detected if omitted)")
     ev.add_argument("--template", default="{text_a} It was {mask}.", help="template text, e.g. '{text_a} It was {mask}.'")
     ev.add_argument("--words", action="append", default=[], metavar="LABEL=W1,W2",
                     help="label words of one class (repeat per class, in label order)")
     ev.add_argument("--verbalizer", default=None, help="verbalizer JSON text or file (a best.json works too)")
-    ev.add_argument("--calibration", choices=["none", "content_free", "both"], default="both")
+    ev.add_argument("--calibration", choices=["none", "content_free", "both"], default=None,
+                    help="default: both (or the saved prompt's)")
     ev.add_argument("--split", default="test", help="split to score (train, dev, test)")
     ev.add_argument("--shots", type=int, default=None, help="K examples per class for train/dev (few-shot)")
-    ev.add_argument("--seed", type=int, default=13)
+    ev.add_argument("--seed", type=int, default=None, help="few-shot seed (default 13)")
     ev.add_argument("--max-examples", type=int, default=None, help="cap every split (seeded subsample)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
+
+    se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
+                        description="Run a search method as a resumable Optuna study; write best.json.")
+    se.add_argument("method", help="search method: select (more land with their issues)")
+    se.add_argument("--space", default=None, help="search-space YAML (see search_spaces/)")
+    se.add_argument("--task", default="mr")
+    se.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
+    se.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None)
+    se.add_argument("--shots", type=int, default=16, help="K per class for train and dev (default 16; 0 = full splits)")
+    se.add_argument("--seed", type=int, default=13)
+    se.add_argument("--max-examples", type=int, default=None, help="cap every split, test included (seeded)")
+    se.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
+    se.add_argument("--study", default=None, help="study name (same name + storage = resume / join)")
+    se.add_argument("--trials", type=int, default=20, help="finished trials the study should hold")
+    se.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (use PostgreSQL)")
+    se.add_argument("--heartbeat", type=int, default=30,
+                    help="seconds between trial heartbeats; a trial silent for 2x this is failed and retried")
+    se.add_argument("--test-split", default="test", help="split scored with the best prompt at the end ('' = none)")
+    se.add_argument("--out", default="best.json", help="where to write the result (default best.json)")
+    se.add_argument("--batch-size", type=int, default=16)
+    se.add_argument("--quiet", action="store_true")
+    se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    se.set_defaults(func=cmd_search)
+
+    st = sub.add_parser("studies", help="list the studies in a storage with their best values",
+                        description="List the studies in a storage with their best values.")
+    st.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
+    st.set_defaults(func=cmd_studies)
+
+    da = sub.add_parser("dashboard", help="start optuna-dashboard on a storage (localhost)",
+                        description="Start optuna-dashboard on a storage, listening on localhost.")
+    da.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
+    da.add_argument("--host", default="127.0.0.1")
+    da.add_argument("--port", type=int, default=8080)
+    da.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""Template / verbalizer selection over a declared space — the simplest search.
+
+Every trial scores one candidate on the dev split: one manual template (or an ensemble of all
+templates, averaged uniformly or weighted by each template's dev accuracy) × one label-word set ×
+one calibration mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AutoPromptError
+from ..prompts import CALIBRATIONS, Template, Verbalizer
+from ..search.base import (ENSEMBLE_WEIGHTINGS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome,
+                           combine_results, register)
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass
+class SelectConfig(SearchConfig):
+    templates: list[str] = field(default_factory=list, metadata={"help": "manual templates to choose from"})
+    label_words: list[dict[str, Any]] = field(
+        default_factory=list, metadata={"help": "label-word sets: each maps every label to its word(s)"})
+    calibration: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "none and/or content_free"})
+    aggregation: str = field(default="mean", metadata={"help": "how a class's words combine"})
+    ensembles: list[str] = field(
+        default_factory=list, metadata={"help": "also try the ensemble of all templates: uniform and/or dev"})
+
+    def __post_init__(self) -> None:
+        if not self.templates:
+            raise AutoPromptError("the select space needs at least one template under 'templates'")
+        if not self.label_words:
+            raise AutoPromptError("the select space needs at least one label-word set under 'label_words'")
+        for t in self.templates:
+            Template(t)  # validates (mask, fields) with a clear message
+        for words in self.label_words:
+            if not isinstance(words, dict):
+                raise AutoPromptError(f"each label-word set must map labels to words, got {words!r}")
+            Verbalizer.from_words(words)
+        bad = [c for c in self.calibration if c not in CALIBRATIONS]
+        if bad or not self.calibration:
+            raise AutoPromptError(f"calibration must be a non-empty list of {CALIBRATIONS}, got {self.calibration}")
+        bad = [e for e in self.ensembles if e not in ENSEMBLE_WEIGHTINGS]
+        if bad:
+            raise AutoPromptError(f"ensembles must be a list of {ENSEMBLE_WEIGHTINGS}, got {self.ensembles}")
+
+
+@register
+class TemplateSelection(Searcher):
+    """Pick the best (template, label words, calibration) on dev."""
+
+    name = "select"
+    config_class = SelectConfig
+    config: SelectConfig
+
+    def _template_choices(self) -> list[str]:
+        return [str(i) for i in range(len(self.config.templates))] + [f"ensemble-{e}" for e in self.config.ensembles]
+
+    def grid(self) -> list[dict[str, Any]]:
+        return [
+            {"template": t, "label_words": str(w), "calibration": c}
+            for t, w, c in itertools.product(self._template_choices(),
+                                             range(len(self.config.label_words)), self.config.calibration)
+        ]
+
+    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+        cfg = self.config
+        choice = trial.suggest_categorical("template", self._template_choices())
+        words = cfg.label_words[int(trial.suggest_categorical("label_words", [str(i) for i in range(len(cfg.label_words))]))]
+        calibration = trial.suggest_categorical("calibration", cfg.calibration)
+        verbalizer = Verbalizer.from_words(words, calibration=calibration, aggregation=cfg.aggregation)
+        names = ctx.task.label_names
+        if not verbalizer.labels:
+            verbalizer = Verbalizer.from_words(dict(zip(names, verbalizer.label_words)), calibration=calibration,
+                                               aggregation=cfg.aggregation)
+        if choice.startswith("ensemble-"):
+            weighting = choice.split("-", 1)[1]
+            templates = [Template(t) for t in cfg.templates]
+            singles = ctx.harness.evaluate_many(ctx.task.dev, templates, verbalizer, label_names=names)
+            weights = [1.0] * len(templates) if weighting == "uniform" else [r.accuracy for r in singles]
+            candidate = Candidate(templates, verbalizer, ensemble=weighting, weights=weights)
+            dev = combine_results(singles, weights)
+            return TrialOutcome(candidate, dev, {"member_dev_accuracy": [r.accuracy for r in singles]})
+        candidate = Candidate([Template(cfg.templates[int(choice)])], verbalizer)
+        return TrialOutcome(candidate, candidate.evaluate(ctx.harness, ctx.task.dev, names))

@@ -1,0 +1,260 @@
+"""The search backbone: every search is a resumable Optuna study.
+
+It owns the study and its storage, seeds, the queue of candidates, pruning, heartbeats (a killed
+job's running trial is marked failed and retried when the job starts again), per-trial artifacts
+(user attributes the dashboard shows), progress lines and the ``best.json`` output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from .. import __version__
+from ..errors import AutoPromptError
+from ..io import write_json_atomic
+from .base import Candidate, SearchContext, Searcher
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
+QUEUED = "autoprompt.queued"
+SCHEMA_VERSION = 1
+
+
+def default_storage() -> str:
+    Path("runs").mkdir(exist_ok=True)
+    return DEFAULT_STORAGE
+
+
+def public_url(url: str) -> str:
+    """The storage URL without a password (it goes into best.json and logs)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage with heartbeats: a trial whose process died is failed and retried."""
+    url = url or default_storage()
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+        )
+    except Exception as exc:  # noqa: BLE001 — any failure to open is a bad --storage
+        raise AutoPromptError(f"cannot open storage {public_url(url)!r}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: dict[str, Any] | None = None,
+               create: bool = True) -> optuna.Study:
+    """Create the study, or load it to resume; checks it was made by the same method."""
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if not create:
+        try:
+            return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            raise AutoPromptError(f"no study named {name!r} in this storage") from None
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
+    if meta:
+        made_by = study.user_attrs.get("method")
+        if made_by and made_by != meta.get("method"):
+            raise AutoPromptError(f"study {name!r} was made by method {made_by!r}, not {meta.get('method')!r}")
+        for key, value in meta.items():
+            if key not in study.user_attrs:
+                study.set_user_attr(key, value)
+    return study
+
+
+def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int) -> int:
+    """Enqueue distinct candidates so the study holds ``n_trials`` of them (finished or pending).
+
+    Returns the number enqueued now. Failed trials do not count: the heartbeat's retry callback
+    re-enqueues their parameters.
+    """
+    # A queued trial carries its candidate's key as a user attribute: WAITING trials have no
+    # params yet, and the heartbeat's retry copies keep user attributes.
+    key = lambda params: json.dumps(params, sort_keys=True)  # noqa: E731
+    present = {t.user_attrs[QUEUED] for t in study.get_trials(deepcopy=False)
+               if QUEUED in t.user_attrs and t.state != TrialState.FAIL}
+    if n_trials > len(grid):
+        logger.warning("the space has %d candidates; running %d trials, not %d", len(grid), len(grid), n_trials)
+        n_trials = len(grid)
+    need = n_trials - len(present)
+    order = np.random.default_rng(seed).permutation(len(grid))
+    added = 0
+    for i in order:
+        if added >= need:
+            break
+        if key(grid[i]) not in present:
+            study.enqueue_trial(grid[i], user_attrs={QUEUED: key(grid[i])})
+            added += 1
+    return added
+
+
+def waiting(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+@dataclass
+class SearchJob:
+    """One search run: the method, where the study lives, and how many trials."""
+
+    searcher: Searcher
+    study_name: str
+    storage_url: str | None = None
+    n_trials: int = 20
+    seed: int = 13
+    heartbeat: int = 30
+    worker: bool = False                       # a helper process: runs trials, writes nothing
+    progress: bool = True
+    task_info: dict[str, Any] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_search(job: SearchJob, ctx: SearchContext,
+               start_workers: Callable[[], list[Any]] | None = None) -> optuna.Study:
+    """Run (or resume) the study until it holds ``n_trials`` finished trials; return it."""
+    if job.n_trials < 1:
+        raise AutoPromptError("--trials must be at least 1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(job.storage_url, job.heartbeat)
+    meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info,
+            "config": job.searcher.config.to_dict(), "seed": job.seed}
+    study = open_study(job.study_name, storage, job.seed, meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # trials of a killed job: failed now, retried below
+    grid = job.searcher.grid()
+    if grid is not None and not job.worker:
+        fill_queue(study, grid, job.n_trials, job.seed)
+    workers = start_workers() if start_workers else []
+    metric = ctx.task.metric
+
+    def objective(trial: optuna.Trial) -> float:
+        if grid is not None and not trial.user_attrs.get(QUEUED):
+            # Another worker took the last queued candidate between our check and our ask.
+            trial.set_user_attr("note", "no queued candidate left")
+            raise optuna.TrialPruned()
+        ctx.seed_everything(trial.number)
+        start = time.perf_counter()
+        outcome = job.searcher.run_trial(trial, ctx)
+        cand = outcome.candidate
+        trial.set_user_attr("template", cand.template.display() if len(cand.templates) == 1
+                            else " | ".join(t.display() for t in cand.templates))
+        trial.set_user_attr("label_words", json.dumps(cand.verbalizer.to_dict()["label_words"]))
+        trial.set_user_attr("candidate", cand.to_dict())
+        trial.set_user_attr("dev_accuracy", outcome.dev.accuracy)
+        trial.set_user_attr("dev_macro_f1", outcome.dev.macro_f1)
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        for name, value in outcome.artifacts.items():
+            trial.set_user_attr(name, value)
+        return outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if grid is not None and waiting(study) == 0:
+            study.stop()
+        if not job.progress or trial.state != TrialState.COMPLETE:
+            return
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        print(f"[trial {trial.number:3d} · {done}/{job.n_trials}] dev {metric} {trial.value:.4f}  "
+              f"best {study.best_value:.4f}  {Candidate.from_dict(trial.user_attrs['candidate']).describe()}",
+              flush=True)
+
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [report]
+    if grid is None:
+        callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    if (grid is not None and waiting(study) > 0) or (grid is None and finished < job.n_trials):
+        study.optimize(objective, callbacks=callbacks)
+    for proc in workers:
+        if proc.wait() != 0:
+            raise AutoPromptError(f"a worker process exited with code {proc.returncode}")
+    return study
+
+
+def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Candidate]:
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise AutoPromptError(f"study {study.study_name!r} has no completed trial yet") from None
+    return best, Candidate.from_dict(best.user_attrs["candidate"])
+
+
+def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, seconds: float,
+                    test_split: str) -> dict[str, Any]:
+    """The document a search job writes (schema: ``autoprompt_kit/schemas/best.schema.json``)."""
+    best, cand = best_candidate(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -(t.value or 0.0))
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "method": job.searcher.name,
+        **cand.to_dict(),
+        "model": job.model_info,
+        "task": job.task_info,
+        "metrics": {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
+                            "n": job.task_info.get("splits", {}).get("dev")}},
+        "study": {"name": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
+                  "best_trial": best.number, "trials": counts, "direction": "maximize"},
+        "params": best.params,
+        "config": job.searcher.config.to_dict(),
+        "seed": job.seed,
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 2),
+        "candidates": [{"trial": t.number, "value": t.value, **{k: t.user_attrs.get(k) for k in ("template", "label_words")},
+                        "params": t.params} for t in ranked],
+    }
+    if test is not None:
+        doc["metrics"][test_split] = {"accuracy": test.accuracy, "macro_f1": test.macro_f1, "n": test.n}
+    return doc
+
+
+def write_best_json(path: str | Path, doc: dict[str, Any]) -> None:
+    write_json_atomic(Path(path), doc)
+
+
+def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int = 5) -> str:
+    lines = [f"\nstudy {study.study_name!r}: " + ", ".join(f"{v} {k}" for k, v in doc["study"]["trials"].items() if v)]
+    lines.append(f"top {min(top, len(doc['candidates']))} on dev:")
+    for c in doc["candidates"][:top]:
+        lines.append(f"  #{c['trial']:<3d} {c['value']:.4f}  {c['template']}  {c['label_words']}")
+    lines.append(f"best prompt: {doc['template']['text']}" + (f"  (ensemble of {len(doc['templates'])})" if doc.get("templates") else ""))
+    lines.append(f"label words: {json.dumps(doc['verbalizer']['label_words'])}  calibration: {doc['verbalizer']['calibration']}")
+    for split, m in doc["metrics"].items():
+        lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
+    if out:
+        lines.append(f"wrote {out}")
+    lines.append(f"inspect: autoprompt-kit dashboard --storage {doc['study']['storage']}")
+    return "\n".join(lines)
+
+
+def storage_summaries(url: str) -> list[dict[str, Any]]:
+    """Every study in a storage with its trial count and best value (for ``autoprompt-kit studies``)."""
+    storage = open_storage(url)
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        best = s.best_trial
+        out.append({"name": s.study_name, "method": s.user_attrs.get("method"), "trials": s.n_trials,
+                    "best": None if best is None else best.value,
+                    "template": None if best is None else best.user_attrs.get("template")})
+    return out
+
+

@@ -1,0 +1,202 @@
+"""The search backbone: studies, resume after kill -9, best.json schema, CLI, PostgreSQL workers, dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprompt_kit import AutoPromptError, Harness, load_task
+from autoprompt_kit.methods import SelectConfig, TemplateSelection
+from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
+from autoprompt_kit.search.runner import fill_queue
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
+SCHEMA = json.loads((ROOT / "autoprompt_kit" / "schemas" / "best.schema.json").read_text())
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_models):
+    """The tiny GPT-2 saved as a local model folder, so CLI subprocesses can load it."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    model, tok, _ = tiny_models["gpt2"]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def search_args(model: str, storage: str, study: str, trials: int, out: Path | None = None, *extra: str) -> list[str]:
+    args = ["search", "select", "--space", str(SPACE), "--model", model, "--storage", storage, "--study", study,
+            "--trials", str(trials), "--max-examples", "160", "--shots", "8", "--quiet", *extra]
+    return args + (["--out", str(out)] if out else ["--test-split", "", "--out", ""])
+
+
+def complete_params(storage: str, study: str) -> list[str]:
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    return [json.dumps(t.params, sort_keys=True) for t in trials]
+
+
+def test_search_writes_a_valid_best_json_and_evaluate_rescoring_it(tiny_model_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    out = tmp_path / "best.json"
+    proc = cli(*search_args(tiny_model_dir, storage, "sel", 5, out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["method"] == "select" and doc["study"]["name"] == "sel" and doc["study"]["trials"]["complete"] == 5
+    values = [c["value"] for c in doc["candidates"]]
+    assert doc["metrics"]["dev"]["accuracy"] == max(values) and len(values) == 5
+    assert doc["metrics"]["test"]["n"] == 160 and doc["model"]["kind"] == "causal"
+    assert "best prompt:" in proc.stdout and "test  accuracy" in proc.stdout
+    assert not list(tmp_path.glob(".best.json.*"))  # no temp file left behind
+
+    again = cli("evaluate", "--prompt", str(out), "--max-examples", "160", "--quiet")
+    assert again.returncode == 0, again.stderr
+    saved = doc["metrics"]["test"]["accuracy"]
+    assert f"saved    test accuracy {saved:.4f} (n=160) -> now {saved:.4f}" in again.stdout
+
+    listing = cli("studies", "--storage", storage)
+    assert listing.returncode == 0 and "sel" in listing.stdout and "select" in listing.stdout
+
+
+def test_rerunning_a_study_resumes_it(tiny_model_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    assert cli(*search_args(tiny_model_dir, storage, "res", 3)).returncode == 0
+    first = complete_params(storage, "res")
+    proc = cli(*search_args(tiny_model_dir, storage, "res", 6))
+    assert proc.returncode == 0, proc.stderr
+    after = complete_params(storage, "res")
+    assert after[:3] == first and len(after) == 6 and len(set(after)) == 6
+    assert cli(*search_args(tiny_model_dir, storage, "res", 6)).returncode == 0  # nothing left to do
+    assert len(complete_params(storage, "res")) == 6
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    args = search_args(tiny_model_dir, storage, "kill", 14, None, "--heartbeat", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_trial = None
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and killed_trial is None:
+            time.sleep(0.05)
+            try:
+                trials = optuna.load_study(study_name="kill", storage=storage).get_trials(deepcopy=False)
+            except (KeyError, Exception):  # study not created yet
+                continue
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if len(done) >= 2 and running:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_trial = running[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed_trial is not None, "never caught the job mid-trial"
+    time.sleep(3)  # past the grace period (2 x heartbeat)
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    trials = optuna.load_study(study_name="kill", storage=storage).get_trials()
+    complete = [json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(complete) == 14 and len(set(complete)) == 14
+    assert [t.number for t in failed] == [killed_trial.number]
+    assert json.dumps(failed[0].params, sort_keys=True) in complete  # the interrupted candidate was retried
+
+
+def test_python_api_and_queue(tiny_models, tmp_path):
+    model, tok, kind = tiny_models["gpt2"]
+    harness = Harness(model, tok, kind=kind, progress=False)
+    task = load_task("mr", shots=4, max_examples=80)
+    config = SelectConfig(templates=["{text_a} It was {mask}.", "{text_a} Overall: {mask}"],
+                          label_words=[{"negative": ["bad"], "positive": ["good"]}], calibration=["none"])
+    searcher = get_searcher("select")(config)
+    assert isinstance(searcher, TemplateSelection) and len(searcher.grid()) == 2
+    job = SearchJob(searcher, "api", f"sqlite:///{tmp_path / 'a.db'}", n_trials=5, progress=False,
+                    task_info={"name": "mr"}, model_info={"name": "tiny", "kind": kind})
+    study = run_search(job, SearchContext(task, harness, 13))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2  # capped to the space
+    best = study.best_trial
+    assert best.user_attrs["template"] in config.templates
+    assert fill_queue(study, searcher.grid(), 2, 13) == 0  # nothing new to enqueue
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"templates": [], "label_words": [{"a": "x", "b": "y"}]}, "at least one template"),
+    ({"templates": ["{text_a} {mask}"], "label_words": []}, "at least one label-word set"),
+    ({"templates": ["{text_a} no mask"], "label_words": [{"a": "x", "b": "y"}]}, "no mask"),
+    ({"templates": ["{text_a} {mask}"], "label_words": [{"a": "x", "b": "y"}], "calibration": ["odd"]}, "calibration"),
+    ({"templates": ["{text_a} {mask}"], "label_words": [{"a": "x", "b": "y"}], "ensembles": ["max"]}, "ensembles"),
+])
+def test_bad_search_spaces(space, message):
+    with pytest.raises(AutoPromptError, match=message):
+        SelectConfig.from_dict(space)
+
+
+def test_cli_search_bad_input(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("templates: [\n")
+    for args, message in [
+        (["search", "nosuch", "--space", str(SPACE)], "unknown search method 'nosuch'"),
+        (["search", "select", "--space", str(tmp_path / "missing.yaml")], "does not exist"),
+        (["search", "select", "--space", str(bad)], "not valid YAML"),
+        (["search", "select", "--space", str(SPACE), "--trials", "0"], "--trials must be at least 1"),
+        (["search", "select", "--space", str(SPACE), "--storage", "nosuchdb://x", "--model", tiny_model_dir,
+          "--max-examples", "60", "--shots", "4"], "cannot open storage"),
+        (["evaluate", "--prompt", str(tmp_path / "none.json")], "does not exist"),
+        (["evaluate", "--prompt", str(bad)], "not JSON"),
+    ]:
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.services
+def test_three_workers_share_one_postgresql_study(tiny_model_dir, tmp_path):
+    from services import postgres_server
+
+    with postgres_server() as url:
+        proc = cli(*search_args(tiny_model_dir, url, "pg", 12, tmp_path / "best.json", "--workers", "3"), timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        complete = complete_params(url, "pg")
+        assert len(complete) == 12 and len(set(complete)) == 12
+        doc = json.loads((tmp_path / "best.json").read_text())
+        jsonschema.validate(doc, SCHEMA)
+        assert doc["study"]["storage"].startswith("postgresql")
+
+
+@pytest.mark.services
+def test_dashboard_shows_a_real_search_study(tiny_model_dir, tmp_path):
+    from services import chromium_dump_dom, chromium_screenshot, dashboard_server
+
+    storage = f"sqlite:///{tmp_path / 'd.db'}"
+    assert cli(*search_args(tiny_model_dir, storage, "dash-study", 3)).returncode == 0
+    study = optuna.load_study(study_name="dash-study", storage=storage)
+    template = study.best_trial.user_attrs["template"]
+    with dashboard_server(storage) as base:
+        url = f"{base}/dashboard/studies/{study._study_id}/trials"
+        dom = chromium_dump_dom(url, expect=["dash-study", "template"])
+        assert "dash-study" in dom
+        import html
+
+        assert html.escape(template, quote=False) in dom or template in dom
+        png = tmp_path / "dashboard.png"
+        chromium_screenshot(url, png)
+        assert png.stat().st_size > 10_000
