@@ -63,3 +63,26 @@ def test_demo_command_prints_both_calibrations(tmp_path):
     report = json.loads(out.read_text())
     assert report["n"] == 120 and set(report["results"]) == {"none", "content_free"}
     assert all(0 <= r["accuracy"] <= 1 for r in report["results"].values())
+
+
+def test_select_search_on_the_real_model(tmp_path):
+    """The issue's acceptance run, smaller: a real study on Gemma + MR writes a valid best.json."""
+    from pathlib import Path
+
+    import jsonschema
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "best.json"
+    args = [sys.executable, "-m", "autoprompt_kit.cli", "search", "select", "--task", "mr",
+            "--space", str(root / "search_spaces" / "select_sentiment.yaml"), "--trials", "6",
+            "--max-examples", "300", "--storage", f"sqlite:///{tmp_path / 'r.db'}", "--study", "real",
+            "--out", str(out), "--quiet"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, json.loads((root / "autoprompt_kit" / "schemas" / "best.schema.json").read_text()))
+    values = [c["value"] for c in doc["candidates"]]
+    assert doc["metrics"]["dev"]["accuracy"] == max(values) > min(values)
+    assert doc["model"] == {"name": "gemma-3-270m", "kind": "causal"} and doc["metrics"]["test"]["n"] == 300
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=1200)  # same study: nothing to redo
+    assert resumed.returncode == 0 and json.loads(out.read_text())["study"]["trials"]["complete"] == 6
