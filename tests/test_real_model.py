@@ -86,3 +86,18 @@ def test_select_search_on_the_real_model(tmp_path):
     assert doc["model"] == {"name": "gemma-3-270m", "kind": "causal"} and doc["metrics"]["test"]["n"] == 300
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=1200)  # same study: nothing to redo
     assert resumed.returncode == 0 and json.loads(out.read_text())["study"]["trials"]["complete"] == 6
+
+
+def test_autoprompt_trial_on_the_real_model(real_harness):
+    """Two AutoPrompt iterations on Gemma: real gradients, whole-word triggers, a readable template."""
+    from autoprompt_kit.methods.autoprompt import TriggerSearch, init_triggers, trigger_token_mask
+
+    task = load_task("mr", shots=8, seed=13)
+    verb = Verbalizer.from_words({"negative": "terrible", "positive": "great"}, aggregation="sum")
+    template = init_triggers(real_harness, Template("{text_a} {trigger*3} {mask}."), "the")
+    search = TriggerSearch(real_harness, verb, num_candidates=5, batch_size=8,
+                           token_mask=trigger_token_mask(real_harness, verb), seed=13)
+    result = search.run(template, task.train, task.dev, iterations=2)
+    assert len(result.history) == 2 and all(e["best_loss"] <= e["loss"] for e in result.history)
+    tokens = real_harness.tokenizer.convert_ids_to_tokens(result.template.trigger_ids)
+    assert all(t.startswith("▁") and t[1:].isalpha() for t in tokens)
