@@ -53,9 +53,13 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but stable since 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Optuna 4.9 renamed the retry hook; older releases (>= 3.6 is supported) only have the old one.
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+            else:
+                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
             )
     except Exception as exc:  # noqa: BLE001 — any failure to open is a bad --storage
         raise AutoPromptError(f"cannot open storage {public_url(url)!r}: {str(exc).splitlines()[0][:200]}") from None
