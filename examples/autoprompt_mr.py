@@ -10,6 +10,7 @@ under runs/), then the manual template and the found trigger template — same l
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
 
@@ -25,8 +26,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--triggers", type=int, default=3)
     parser.add_argument("--test-examples", type=int, default=None, help="cap the test split (seeded subsample)")
+    parser.add_argument("--loss", default="likelihood", choices=["likelihood", "cross_entropy"])
     parser.add_argument("--storage", default="sqlite:///runs/examples.db")
     args = parser.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("autoprompt_kit.methods.autoprompt").setLevel(logging.INFO)  # one line per iteration
 
     harness = Harness(progress=False)
     words = {"negative": ["terrible"], "positive": ["great"]}
@@ -34,14 +38,14 @@ def main() -> None:
     verbalizer = Verbalizer.from_words(words)
     config = AutoPromptConfig(template="{text_a} {trigger*3} {mask}.", label_words=words,
                               num_triggers=[args.triggers], num_candidates=[args.candidates], init_token=["the"],
-                              iterations=args.iterations, batch_size=16)
+                              iterations=args.iterations, batch_size=16, loss=[args.loss])
     rows = []
     manual_cache: dict[str, float] = {}
     for seed in args.seeds:
         start = time.perf_counter()
         task = load_task("mr", shots=16, seed=seed)
         test = task.test if args.test_examples is None else load_task("mr", max_examples=args.test_examples).test
-        job = SearchJob(get_searcher("autoprompt")(config), f"autoprompt-mr-example-s{seed}-it{args.iterations}",
+        job = SearchJob(get_searcher("autoprompt")(config), f"autoprompt-mr-example-s{seed}-it{args.iterations}-{args.loss}",
                         args.storage, n_trials=1, seed=seed, progress=False,
                         task_info={"name": "mr", "shots": 16, "seed": seed}, model_info={"name": "gemma-3-270m"})
         study = run_search(job, SearchContext(task, harness, seed))
@@ -55,7 +59,8 @@ def main() -> None:
         print(f"seed {seed}: manual {manual_cache[key]:.4f}  found {found_acc:.4f}  dev {trial.value:.4f}  "
               f"{found.template.display()}  ({rows[-1][-1]:.0f}s)", flush=True)
 
-    print(f"\nMR test (n={len(test)}), Gemma 3 270M, words terrible/great, no calibration")
+    print(f"\nMR test (n={len(test)}), Gemma 3 270M, words terrible/great, no calibration, loss {args.loss}, "
+          f"{args.iterations} iterations, k={args.candidates}, {args.triggers} triggers")
     print("| seed | manual `{text_a} It was {mask}.` | AutoPrompt | found template | dev (16-shot) |")
     print("|---|---|---|---|---|")
     for seed, m, f, t, dev, _ in rows:

@@ -7,8 +7,8 @@ import torch
 from optuna.trial import TrialState
 
 from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer, load_task
-from autoprompt_kit.methods.autoprompt import (AutoPromptConfig, TriggerSearch, gold_loglik, init_triggers,
-                                               label_token_search, resize_triggers, trigger_token_mask)
+from autoprompt_kit.methods.autoprompt import (AutoPromptConfig, TriggerSearch, init_triggers, label_token_search,
+                                               resize_triggers, trigger_token_mask)
 from autoprompt_kit.models.vocab import word_of
 from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
 
@@ -33,18 +33,19 @@ def test_resize_triggers():
         resize_triggers(Template("{text_a} {mask}."), 3)
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "t5"])
-def test_batched_candidate_losses_equal_one_forward_per_candidate(tiny_models, arch):
+@pytest.mark.parametrize("arch, loss", [("bert", "likelihood"), ("gpt2", "likelihood"), ("t5", "likelihood"),
+                                        ("gpt2", "cross_entropy")])
+def test_batched_candidate_losses_equal_one_forward_per_candidate(tiny_models, arch, loss):
     h = harness(tiny_models, arch)
     template = init_triggers(h, Template("{text_a} {trigger*2} {mask}."), "mask")
     mask = trigger_token_mask(h, VERB, word_initial=False)  # tiny vocabularies have few whole words
-    search = TriggerSearch(h, VERB, num_candidates=5, token_mask=mask, seed=0)
+    search = TriggerSearch(h, VERB, num_candidates=5, token_mask=mask, seed=0, loss=loss)
     cands = search.candidates(template, TRAIN, 1)
     assert len(cands) == 5 and all(bool(mask[c]) for c in cands)
     templates = [template] + [template.with_triggers([template.trigger_ids[0], c]) for c in cands]
     batched = search.losses(templates, TRAIN)
     labels = torch.tensor(TRAIN.labels)
-    one_by_one = [float(-gold_loglik(VERB, h.score(TRAIN, t, VERB, exact=True).word_logprobs, labels).mean())
+    one_by_one = [float(-VERB.gold_logprob(h.score(TRAIN, t, VERB, exact=True).word_logprobs, labels, loss).mean())
                   for t in templates]
     assert batched == pytest.approx(one_by_one, abs=1e-5)
 

@@ -144,13 +144,13 @@ def test_mask_logprobs_full_vocabulary(tiny_models):
     torch.testing.assert_close(mean.exp(), full.exp().mean(0), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models, arch):
+@pytest.mark.parametrize("arch, loss", [(a, "likelihood") for a in ARCHS] + [("gpt2", "cross_entropy")])
+def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models, arch, loss):
     h = harness(tiny_models, arch, batch_size=2)
     model, tok, _ = tiny_models[arch]
     trig = tok.convert_tokens_to_ids(tok.tokenize(" movie" if arch == "gpt2" else "movie"))[0]
     template = Template("{text_a} {trigger} {trigger} {mask}.").with_triggers([trig, trig])
-    grads, loss = h.embedding_gradient(EXAMPLES, template, VERB)
+    grads, mean_loss = h.embedding_gradient(EXAMPLES, template, VERB, loss=loss)
     assert grads.shape == (2, model.get_input_embeddings().weight.shape[1]) and grads.abs().sum() > 0
 
     emb = model.get_input_embeddings()
@@ -171,13 +171,13 @@ def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models
             for pos, t, w in row.targets:
                 word_lp = word_lp.index_add(0, torch.tensor([w]), lp[pos, t].reshape(1))
             leaves.append((e, row))
-        loss_i = -VERB.aggregate(word_lp[None])[0, example.label]
+        loss_i = -VERB.gold_logprob(word_lp[None], torch.tensor([example.label]), loss)[0]
         total += float(loss_i)
         gs = torch.autograd.grad(loss_i, [e for e, _ in leaves])
         for g, (_, row) in zip(gs, leaves):
             expected += g[0, row.trigger_positions]
     torch.testing.assert_close(grads, expected, atol=1e-4, rtol=1e-3)
-    assert loss == pytest.approx(total / len(EXAMPLES), rel=1e-4)
+    assert mean_loss == pytest.approx(total / len(EXAMPLES), rel=1e-4)
 
 
 def test_train_lowers_the_loss_and_changes_predictions_scores(tiny_models):

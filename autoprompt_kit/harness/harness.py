@@ -313,11 +313,14 @@ class Harness:
         split: Split | Sequence[Example],
         template: Template | str,
         verbalizer: Verbalizer | dict[str, Any],
+        *,
+        loss: str = "likelihood",
     ) -> tuple[torch.Tensor, float]:
-        """Gradient of the gold label log-likelihood loss w.r.t. the trigger-slot input embeddings.
+        """Gradient of the gold-label loss w.r.t. the trigger-slot input embeddings.
 
-        The loss is AutoPrompt's: ``-mean log Σ_{w ∈ gold class} p(w | prompt)`` over the examples
-        (exact log-probabilities). Returns ``(num_triggers, d)`` summed over examples and the loss.
+        ``likelihood`` is AutoPrompt's loss, ``-mean log Σ_{w ∈ gold class} p(w | prompt)`` (exact
+        log-probabilities); ``cross_entropy`` normalises over the classes first. Returns
+        ``(num_triggers, d)`` summed over examples, and the mean loss.
         """
         template = as_template(template)
         verbalizer = as_verbalizer(verbalizer)
@@ -329,9 +332,8 @@ class Harness:
         grads = torch.zeros(template.num_triggers, self.model.get_input_embeddings().weight.shape[1], device=self.device)
         with torch.enable_grad():
             word_lp, _ = self._run(rows, sizes[0], len(verbalizer.flat_words), None, hidden=False,
-                                   sort=False, trigger_grads=grads, labels=(labels, verbalizer))
-        gold = verbalizer.aggregate(word_lp.detach()).gather(1, labels[:, None]).squeeze(1)
-        return grads, float(-gold.mean())
+                                   sort=False, trigger_grads=grads, labels=(labels, verbalizer, loss))
+        return grads, float(-verbalizer.gold_logprob(word_lp.detach(), labels, loss).mean())
 
     def train(
         self,
@@ -496,7 +498,7 @@ class Harness:
         sort: bool,
         soft_embeddings: torch.Tensor | None = None,
         trigger_grads: torch.Tensor | None = None,
-        labels: tuple[torch.Tensor, Verbalizer] | None = None,
+        labels: tuple[torch.Tensor, Verbalizer, str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward all rows; scatter target log-probs into ``(n_items, n_words)``.
 
@@ -549,16 +551,15 @@ class Harness:
 
     def _accumulate_trigger_grad(self, batch: list[Row], values: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
                                  embeds: torch.Tensor, grads: torch.Tensor,
-                                 labels: tuple[torch.Tensor, Verbalizer], n_words: int) -> None:
-        gold, verbalizer = labels
+                                 labels: tuple[torch.Tensor, Verbalizer, str], n_words: int) -> None:
+        gold, verbalizer, loss_kind = labels
         items = sorted({r.item for r in batch})
         local = {it: i for i, it in enumerate(items)}
         word_lp = torch.zeros(len(items), n_words, device=self.device)
         word_lp = word_lp.index_put((torch.tensor([local[int(i)] for i in index[0]], device=self.device), index[1]),
                                     values, accumulate=True)
         # Unsorted batches never split an item's rows (see _batches), so class scores are whole.
-        class_scores = verbalizer.aggregate(word_lp)
-        loss = -class_scores.gather(1, gold[items][:, None]).sum()
+        loss = -verbalizer.gold_logprob(word_lp, gold[items], loss_kind).sum()
         (g,) = torch.autograd.grad(loss, embeds)
         for b, row in enumerate(batch):
             if row.trigger_positions:

@@ -30,6 +30,7 @@ import torch
 from ..errors import AutoPromptError
 from ..models.vocab import token_strings, word_of, word_token_mask
 from ..prompts import Template, Verbalizer
+from ..prompts.verbalizer import LOSSES
 from ..prompts.template import Trigger
 from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, register
 
@@ -60,11 +61,6 @@ def resize_triggers(template: Template, n: int) -> Template:
     return Template(text, tuple(parts))
 
 
-def gold_loglik(verbalizer: Verbalizer, word_logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example gold-class log-likelihood under the verbalizer's aggregation."""
-    return verbalizer.aggregate(word_logprobs.float()).gather(1, labels[:, None]).squeeze(1)
-
-
 @dataclass
 class TriggerSearchResult:
     template: Template
@@ -83,16 +79,20 @@ class TriggerSearch:
         accumulation_steps: batches per gradient estimate and per candidate evaluation.
         token_mask: allowed trigger tokens ``(V,)``; see :func:`trigger_token_mask`.
         seed: batches and positions are drawn from this seed.
+        loss: ``likelihood`` (AutoPrompt's) or ``cross_entropy`` (normalised over classes, which
+            also pushes the other classes down — useful for a model with a strong class bias).
     """
 
     def __init__(self, harness: "Harness", verbalizer: Verbalizer, *, num_candidates: int = 10, batch_size: int = 16,
-                 accumulation_steps: int = 1, token_mask: torch.Tensor | None = None, seed: int = 0) -> None:
+                 accumulation_steps: int = 1, token_mask: torch.Tensor | None = None, seed: int = 0,
+                 loss: str = "likelihood") -> None:
         if num_candidates < 1:
             raise AutoPromptError(f"num_candidates (k) must be at least 1, got {num_candidates}")
         if batch_size < 1 or accumulation_steps < 1:
             raise AutoPromptError("batch_size and accumulation_steps must be at least 1")
         self.harness = harness
         self.verbalizer = verbalizer
+        self.loss = loss
         self.k = num_candidates
         self.batch_size = batch_size
         self.accumulation_steps = accumulation_steps
@@ -108,7 +108,7 @@ class TriggerSearch:
 
     def candidates(self, template: Template, batch: "Split", position: int) -> list[int]:
         """Top-k tokens for one trigger slot by the first-order estimate ``-e_w · ∇loss``."""
-        grads, _ = self.harness.embedding_gradient(batch, template, self.verbalizer)
+        grads, _ = self.harness.embedding_gradient(batch, template, self.verbalizer, loss=self.loss)
         emb = self.harness.model.get_input_embeddings().weight
         scores = -(emb.detach() @ grads[position].to(emb.dtype)).float()
         scores[~self.token_mask.to(scores.device)] = float("-inf")
@@ -122,7 +122,7 @@ class TriggerSearch:
         """Mean gold log-likelihood loss of each template on one batch, all templates in one pass."""
         labels = torch.tensor([e.label for e in batch], device=self.harness.device)
         outs = self.harness.score_blocks(list(templates), [batch] * len(templates), self.verbalizer, exact=True)
-        return [float(-gold_loglik(self.verbalizer, o.word_logprobs, labels).mean()) for o in outs]
+        return [float(-self.verbalizer.gold_logprob(o.word_logprobs, labels, self.loss).mean()) for o in outs]
 
     def step(self, template: Template, train: "Split") -> tuple[Template, dict[str, Any]]:
         """One iteration: propose candidates for one slot, keep the best if it lowers the loss."""
@@ -237,6 +237,8 @@ class AutoPromptConfig(SearchConfig):
     num_triggers: list[int] = field(default_factory=lambda: [3], metadata={"help": "choices for the trigger count"})
     num_candidates: list[int] = field(default_factory=lambda: [10], metadata={"help": "choices for k"})
     init_token: list[str] = field(default_factory=lambda: ["mask"], metadata={"help": "choices: mask or a word"})
+    loss: list[str] = field(default_factory=lambda: ["likelihood"],
+                            metadata={"help": "choices: likelihood (AutoPrompt) and/or cross_entropy"})
     iterations: int = field(default=20, metadata={"help": "trigger-search iterations (reference: 100-180)"})
     batch_size: int = field(default=16, metadata={"help": "examples per batch (reference: 24-32)"})
     accumulation_steps: int = field(default=1, metadata={"help": "batches per estimate (reference: 10-30)"})
@@ -254,6 +256,8 @@ class AutoPromptConfig(SearchConfig):
             raise AutoPromptError(f"num_triggers must be a list of integers >= 1, got {self.num_triggers}")
         if self.iterations < 1:
             raise AutoPromptError("iterations must be at least 1")
+        if not self.loss or any(x not in LOSSES for x in self.loss):
+            raise AutoPromptError(f"loss must be a list of {LOSSES}, got {self.loss}")
 
 
 @register
@@ -269,6 +273,7 @@ class AutoPromptSearcher(Searcher):
         n = trial.suggest_categorical("num_triggers", cfg.num_triggers)
         k = trial.suggest_categorical("num_candidates", cfg.num_candidates)
         init = trial.suggest_categorical("init_token", cfg.init_token)
+        loss = trial.suggest_categorical("loss", cfg.loss)
         seed = ctx.seed + trial.number
         template = resize_triggers(Template(cfg.template), n)
         template = init_triggers(h, template, init)
@@ -281,7 +286,7 @@ class AutoPromptSearcher(Searcher):
         mask = trigger_token_mask(h, verbalizer, word_initial=cfg.word_initial_only,
                                   lowercase_only=cfg.lowercase_only, exclude_words=cfg.exclude_words)
         search = TriggerSearch(h, verbalizer, num_candidates=k, batch_size=cfg.batch_size,
-                               accumulation_steps=cfg.accumulation_steps, token_mask=mask, seed=seed)
+                               accumulation_steps=cfg.accumulation_steps, token_mask=mask, seed=seed, loss=loss)
 
         def report(it: int, dev_acc: float, current: Template) -> None:
             trial.report(dev_acc, it)

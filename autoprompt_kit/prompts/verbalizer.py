@@ -10,7 +10,7 @@ content-free inputs such as ``"N/A"``; Zhao et al., 2021).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -19,6 +19,7 @@ from ..errors import AutoPromptError
 
 AGGREGATIONS = ("mean", "max", "sum", "weighted")
 CALIBRATIONS = ("none", "content_free")
+LOSSES = ("likelihood", "cross_entropy")
 DEFAULT_CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
@@ -155,6 +156,16 @@ class Verbalizer:
         if prior is not None:
             scores = torch.log_softmax(scores - prior, dim=1)
         return scores
+
+    def gold_logprob(self, word_logprobs: torch.Tensor, labels: torch.Tensor, loss: str = "likelihood") -> torch.Tensor:
+        """Per-example score of the gold class: ``likelihood`` = the aggregated class score
+        (AutoPrompt's log Σ p(w)); ``cross_entropy`` = normalised over classes first."""
+        if loss not in LOSSES:
+            raise AutoPromptError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        scores = self.aggregate(word_logprobs.float())
+        if loss == "cross_entropy":
+            scores = torch.log_softmax(scores, dim=1)
+        return scores.gather(1, labels[:, None]).squeeze(1)
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
