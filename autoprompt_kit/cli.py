@@ -194,6 +194,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     _, candidate = best_candidate(study)
     test = None
     if args.test_split and args.test_split in task.splits:
+        print(f"scoring the best prompt on {args.test_split} ({len(task[args.test_split])} examples)…", flush=True)
+        harness.progress = not args.quiet  # a progress bar for the long final pass
         test = candidate.evaluate(harness, task[args.test_split], task.label_names)
     doc = build_best_json(study, job, test, time.perf_counter() - start, args.test_split)
     if args.out:
