@@ -172,7 +172,7 @@ def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models
                 word_lp = word_lp.index_add(0, torch.tensor([w]), lp[pos, t].reshape(1))
             leaves.append((e, row))
         loss_i = -VERB.gold_logprob(word_lp[None], torch.tensor([example.label]), loss)[0]
-        total += float(loss_i)
+        total += float(loss_i.detach())
         gs = torch.autograd.grad(loss_i, [e for e, _ in leaves])
         for g, (_, row) in zip(gs, leaves):
             expected += g[0, row.trigger_positions]
