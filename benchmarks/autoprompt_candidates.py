@@ -36,12 +36,7 @@ def reference_losses(h: Harness, templates: list[Template], batch, verbalizer: V
             enc = h.encoder.encode(template, example)
             word_ids = [h.encoder.word_ids(w, enc.space_before_mask) for w in verbalizer.flat_words]
             rows.extend(h.encoder.rows(i, enc, word_ids))
-        width = max(len(r.input_ids) for r in rows)
-        ids = torch.full((len(rows), width), h.pad_id)
-        mask = torch.zeros_like(ids)
-        for b, r in enumerate(rows):
-            ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            mask[b, : len(r.input_ids)] = 1
+        ids, mask = h.pad([r.input_ids for r in rows])
         with torch.inference_mode():
             logp = torch.log_softmax(h.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         word_lp = torch.zeros(len(batch), len(verbalizer.flat_words))

@@ -79,21 +79,11 @@ def batches_of(h: Harness, split, template: Template, verbalizer: Verbalizer) ->
     return [rows[i:i + h.batch_size] for i in range(0, len(rows), h.batch_size)]
 
 
-def padded(h: Harness, batch: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r.input_ids) for r in batch)
-    ids = torch.full((len(batch), width), h.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(batch):
-        ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-        mask[b, : len(r.input_ids)] = 1
-    return ids.to(h.device), mask.to(h.device)
-
-
 def naive_loop(h: Harness, batches: list[list[Row]]) -> list[int]:
     """The usual loop: full logits at every position, then read the mask row."""
     preds = []
     for batch in batches:
-        ids, mask = padded(h, batch)
+        ids, mask = h.pad([r.input_ids for r in batch])
         logp = torch.log_softmax(h.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         for b, r in enumerate(batch):
             scores = [logp[b, pos, tok] for pos, tok, _ in r.targets]
@@ -103,7 +93,7 @@ def naive_loop(h: Harness, batches: list[list[Row]]) -> list[int]:
 
 def body_only(h: Harness, batches: list[list[Row]]) -> None:
     for batch in batches:
-        ids, mask = padded(h, batch)
+        ids, mask = h.pad([r.input_ids for r in batch])
         h.model.base_model(input_ids=ids, attention_mask=mask)
 
 

@@ -585,24 +585,12 @@ class Harness:
         gradients w.r.t. them were asked for.
         """
         dev = self.device
-        width = max(len(r.input_ids) for r in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, r in enumerate(batch):
-            ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            mask[b, : len(r.input_ids)] = 1
-        kwargs: dict[str, Any] = {"attention_mask": mask.to(dev), "use_cache": False}
+        ids, mask = self.pad([r.input_ids for r in batch])
+        kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
         if self.kind == "seq2seq":
-            dwidth = max(len(r.decoder_input_ids or ()) for r in batch)
-            dec = torch.full((len(batch), dwidth), self.pad_id, dtype=torch.long)
-            dmask = torch.zeros((len(batch), dwidth), dtype=torch.long)
-            for b, r in enumerate(batch):
-                d = r.decoder_input_ids or []
-                dec[b, : len(d)] = torch.tensor(d)
-                dmask[b, : len(d)] = 1
-            kwargs["decoder_input_ids"] = dec.to(dev)
-            kwargs["decoder_attention_mask"] = dmask.to(dev)
-        ids = ids.to(dev)
+            dec, dmask = self.pad([r.decoder_input_ids or [] for r in batch])
+            kwargs["decoder_input_ids"] = dec
+            kwargs["decoder_attention_mask"] = dmask
         embeds = None
         has_soft = soft_embeddings is not None and any(r.soft_positions for r in batch)
         if embeds_grad or has_soft:
@@ -627,6 +615,16 @@ class Harness:
         if full_at_hidden:
             logp = logp[torch.arange(len(batch), device=dev), hid_k]
         return logp, hidden, embeds
+
+    def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-pad token id lists into ``(ids, attention_mask)`` on the harness device."""
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for b, seq in enumerate(sequences):
+            ids[b, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+            mask[b, : len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     def _put_soft(self, embeds: torch.Tensor, batch: list[Row], soft: torch.Tensor) -> torch.Tensor:
         """Replace soft-token embeddings with the trainable ones (same order in every row)."""
