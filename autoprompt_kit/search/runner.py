@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from .. import __version__
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
+from ..prompts import Template
 from .base import Candidate, SearchContext, Searcher
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,8 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
     lines.append(f"top {min(top, len(doc['candidates']))} on dev:")
     for c in doc["candidates"][:top]:
         lines.append(f"  #{c['trial']:<3d} {c['value']:.4f}  {c['template']}  {c['label_words']}")
-    lines.append(f"best prompt: {doc['template']['text']}" + (f"  (ensemble of {len(doc['templates'])})" if doc.get("templates") else ""))
+    best = Template.from_dict(doc["template"]).display()  # filled trigger slots shown as [token]
+    lines.append(f"best prompt: {best}" + (f"  (ensemble of {len(doc['templates'])})" if doc.get("templates") else ""))
     lines.append(f"label words: {json.dumps(doc['verbalizer']['label_words'])}  calibration: {doc['verbalizer']['calibration']}")
     for split, m in doc["metrics"].items():
         lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
