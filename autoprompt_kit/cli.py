@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
                         description="Run a search method as a resumable Optuna study; write best.json.")
-    se.add_argument("method", help="search method: select (more land with their issues)")
+    se.add_argument("method", help="search method: select or autoprompt")
     se.add_argument("--space", default=None, help="search-space YAML (see search_spaces/)")
     se.add_argument("--task", default="mr")
     se.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
