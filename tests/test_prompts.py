@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autoprompt_kit import AutoPromptError, Template, Verbalizer
-from autoprompt_kit.prompts.template import Field, Mask, Soft, Text, Trigger
+from autoprompt_kit.prompts.template import Field, Mask, Soft, Text
 
 
 def test_shorthand_and_openprompt_syntax_parse_to_the_same_parts():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
