@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,6 @@ from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
 from .encoding import EncodedPrompt, PromptEncoder, Row
-
-if TYPE_CHECKING:
-    from tqdm import tqdm as _tqdm  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
