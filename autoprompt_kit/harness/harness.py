@@ -13,6 +13,7 @@ mask hidden state (ProtoVerb) and a short training loop (prompt-based fine-tunin
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections import OrderedDict
@@ -382,13 +383,46 @@ class Harness:
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-                    total += float(loss) * len(batch)
+                    total += float(loss.detach()) * len(batch)
                 losses.append(total / len(examples))
                 if on_epoch:
                     on_epoch(epoch, losses[-1])
         finally:
             self.model.eval()
         return losses
+
+    def output_logprobs(self, hidden: torch.Tensor, chunk: int = 256) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Full-vocabulary log-probabilities of the output layer on hidden states ``(n, d)``.
+
+        Yields ``(rows, log_probs)`` chunks so that ``n × V`` values never exist at once (Gemma's
+        vocabulary has 262k tokens). Applies the model's final logit soft-capping when it has one.
+        """
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, min(start + chunk, hidden.shape[0]))
+            with self._autocast():
+                logits = self.head(hidden[rows]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            yield rows, torch.log_softmax(logits, dim=-1)
+
+    def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None,
+             position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Causal-LM body with a KV cache: last hidden state at every position and the cache.
+
+        For incremental decoding (LM-BFF's causal template generation); pair with
+        :meth:`output_logprobs`. ``attention_mask`` covers cached + new tokens; left padding needs
+        explicit ``position_ids``.
+        """
+        if self.kind != "causal":
+            raise AutoPromptError("body() is for causal LMs")
+        body = self.model.base_model
+        # transformers 5.x renames ``past_key_values`` to ``cache``; older versions know only the former.
+        key = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        with self._autocast():
+            out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                       **{key: cache})
+        return out.last_hidden_state, out.past_key_values
 
     # ------------------------------------------------------------------------------------------
     # Internals

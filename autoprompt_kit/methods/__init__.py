@@ -1,7 +1,8 @@
 """Search methods; importing this package registers them with the backbone."""
 
 from .autoprompt import AutoPromptConfig, AutoPromptSearcher, TriggerSearch, label_token_search
+from .lmbff import LMBFFConfig, LMBFFSearcher, label_word_search
 from .select import SelectConfig, TemplateSelection
 
-__all__ = ["AutoPromptConfig", "AutoPromptSearcher", "SelectConfig", "TemplateSelection", "TriggerSearch",
-           "label_token_search"]
+__all__ = ["AutoPromptConfig", "AutoPromptSearcher", "LMBFFConfig", "LMBFFSearcher", "SelectConfig",
+           "TemplateSelection", "TriggerSearch", "label_token_search", "label_word_search"]

@@ -212,6 +212,22 @@ class Template:
             parts.append(part)
         return Template(self.text, tuple(parts))
 
+    def fill(self, example: Any, word: str) -> str:
+        """The template as plain text for one example with ``word`` at the mask (e.g. a demonstration)."""
+        out = []
+        for p in self.parts:
+            if isinstance(p, Text):
+                out.append(p.text)
+            elif isinstance(p, Field):
+                out.append(example.get_field(p.name).strip())
+            elif isinstance(p, Mask):
+                out.append(word)
+            elif isinstance(p, Soft):
+                out.append(p.init)
+            elif isinstance(p, Trigger):
+                out.append(p.token or "")
+        return re.sub(r"\s+", " ", "".join(out)).strip()
+
     # -- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"text": self.text}

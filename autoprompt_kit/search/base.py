@@ -170,6 +170,17 @@ class Searcher(ABC):
             raise AutoPromptError(f"this search space is for method {config.method!r}, not {self.name!r}")
         self.config = config
 
+    #: Run the grid's candidates in the order :meth:`grid` gives (e.g. best-first), not shuffled.
+    ordered_grid: ClassVar[bool] = False
+
+    def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
+        """Work shared by every trial, done once before :meth:`grid` (e.g. generating candidates).
+
+        Results that are costly to recompute belong in the study's user attributes, so a resumed
+        job and extra workers reuse them; :func:`study_artifacts` reads the ``artifacts`` key into
+        ``best.json``.
+        """
+
     def grid(self) -> list[dict[str, Any]] | None:
         """All parameter sets of a finite space, or None when the space is sampled."""
         return None

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
 QUEUED = "autoprompt.queued"
+ARTIFACT_KEYS = "autoprompt.artifacts"  # names of the user attributes a trial's method produced
 SCHEMA_VERSION = 1
 
 
@@ -87,7 +88,8 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
     return study
 
 
-def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int) -> int:
+def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int,
+               shuffle: bool = True) -> int:
     """Enqueue distinct candidates so the study holds ``n_trials`` of them (finished or pending).
 
     Returns the number enqueued now. Failed trials do not count: the heartbeat's retry callback
@@ -102,7 +104,7 @@ def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: in
         logger.warning("the space has %d candidates; running %d trials, not %d", len(grid), len(grid), n_trials)
         n_trials = len(grid)
     need = n_trials - len(present)
-    order = np.random.default_rng(seed).permutation(len(grid))
+    order = np.random.default_rng(seed).permutation(len(grid)) if shuffle else np.arange(len(grid))
     added = 0
     for i in order:
         if added >= need:
@@ -146,9 +148,10 @@ def run_search(job: SearchJob, ctx: SearchContext,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # trials of a killed job: failed now, retried below
+    job.searcher.prepare(ctx, study)
     grid = job.searcher.grid()
     if grid is not None and not job.worker:
-        fill_queue(study, grid, job.n_trials, job.seed)
+        fill_queue(study, grid, job.n_trials, job.seed, shuffle=not job.searcher.ordered_grid)
     workers = start_workers() if start_workers else []
     metric = ctx.task.metric
 
@@ -170,6 +173,7 @@ def run_search(job: SearchJob, ctx: SearchContext,
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         for name, value in outcome.artifacts.items():
             trial.set_user_attr(name, value)
+        trial.set_user_attr(ARTIFACT_KEYS, sorted(outcome.artifacts))
         return outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -228,6 +232,11 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
         "candidates": [{"trial": t.number, "value": t.value, **{k: t.user_attrs.get(k) for k in ("template", "label_words")},
                         "params": t.params} for t in ranked],
     }
+    keys = best.user_attrs.get(ARTIFACT_KEYS) or []
+    if keys:
+        doc["trial_artifacts"] = {k: best.user_attrs[k] for k in keys if k in best.user_attrs}
+    if study.user_attrs.get("artifacts"):
+        doc["artifacts"] = study.user_attrs["artifacts"]
     if test is not None:
         doc["metrics"][test_split] = {"accuracy": test.accuracy, "macro_f1": test.macro_f1, "n": test.n}
     return doc

@@ -1,0 +1,219 @@
+"""LM-BFF on tiny random models: generation scores equal plain forwards, span → template mapping,
+label-word search agrees with the harness, demonstrations, fine-tuning restore, the study."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer
+from autoprompt_kit.data import Task
+from autoprompt_kit.methods.lmbff import (CausalTemplateGenerator, LMBFFConfig, Seq2SeqTemplateGenerator,
+                                          SentenceEncoder, add_demonstrations, demonstration_template,
+                                          label_word_search, prompt_finetune, restored_weights)
+from autoprompt_kit.search import SearchContext, SearchJob, build_best_json, get_searcher, run_search
+
+LABELS = ["negative", "positive"]
+TRAIN = Split([Example(t, y) for t, y in [
+    ("the movie was great and the acting was wonderful", 1), ("a bad film with awful dialogue", 0),
+    ("brilliant , moving and funny", 1), ("what a waste of time , truly awful", 0),
+    ("it was a good movie with a fine cast", 1), ("the story is dull", 0),
+]], name="train", label_names=LABELS)
+DEV = Split([Example(t, y) for t, y in [("i loved the ending", 1), ("the film was terrible and the plot was boring", 0),
+                                        ("overall it was great fun to watch", 1), ("not good", 0)]],
+            name="dev", label_names=LABELS)
+WORDS = {"negative": ["bad"], "positive": ["good"]}
+
+
+def harness(tiny_models, arch):
+    model, tok, kind = tiny_models[arch]
+    return Harness(model, tok, kind=kind, progress=False, batch_size=4)
+
+
+def plain_causal_score(h, example, span_ids, word):
+    """log p(span | s) + log p(first token of word | s, span) with one unpadded, uncached forward."""
+    prefix = list(h.encoder.special_prefix) + list(h.encoder.tokenize(example.text_a))
+    target = list(span_ids) + [h.encoder.word_ids(word, True)[0]]
+    ids = torch.tensor([prefix + target])
+    with torch.no_grad():
+        logp = torch.log_softmax(h.model(input_ids=ids).logits[0].float(), -1)
+    return sum(float(logp[len(prefix) - 1 + j, t]) for j, t in enumerate(target))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_causal_generation_scores_equal_plain_forwards(tiny_models, arch):
+    h = harness(tiny_models, arch)
+    verbalizer = Verbalizer.from_words(WORDS)
+    gen = CausalTemplateGenerator(h, beam=6, max_span_tokens=3, ascii_only=False)
+    out = gen.generate(TRAIN, verbalizer, keep=10)
+    assert out and all(g.template.startswith("{text_a}") and g.template.endswith("{mask}.") for g in out)
+    assert [g.score for g in out] == sorted((g.score for g in out), reverse=True)
+    for g in out[:4]:
+        span = h.tokenizer.convert_tokens_to_ids(g.span_tokens)
+        expected = sum(plain_causal_score(h, ex, span, verbalizer.label_words[ex.label][0]) for ex in TRAIN)
+        assert g.score == pytest.approx(expected, abs=1e-3)
+        Template(g.template)  # every generated template parses
+
+
+def test_causal_generation_with_full_beam_finds_the_best_one_token_span(tiny_models):
+    h = harness(tiny_models, "gpt2")
+    verbalizer = Verbalizer.from_words(WORDS)
+    gen = CausalTemplateGenerator(h, beam=1000, max_span_tokens=1, ascii_only=False)
+    best = gen.generate(TRAIN, verbalizer, keep=1)[0]
+    allowed = [i for i in range(len(h.tokenizer)) if gen.template_text([i]) == best.template or True]
+    scores = {}
+    from autoprompt_kit.methods.lmbff import span_token_mask
+
+    mask = span_token_mask(h, ascii_only=False)
+    for i in allowed:
+        if mask[i]:
+            scores[gen.template_text([i])] = max(scores.get(gen.template_text([i]), -1e9), sum(
+                plain_causal_score(h, ex, [i], verbalizer.label_words[ex.label][0]) for ex in TRAIN))
+    top = max(scores, key=scores.get)
+    assert best.template == top and best.score == pytest.approx(scores[top], abs=1e-3)
+
+
+def test_seq2seq_sources_and_span_mapping(tiny_models):
+    h = harness(tiny_models, "t5")
+    gen = Seq2SeqTemplateGenerator(h, beam=4, max_tokens=5)
+    ex = Example("a fine film", 1, text_b="i agree")
+    assert gen.source(ex, "good", "after") == "a fine film <extra_id_0> good <extra_id_1>"
+    assert gen.source(ex, "good", "before") == "<extra_id_0> good <extra_id_1> a fine film"
+    assert gen.source(ex, "good", "pair") == "a fine film <extra_id_0> good <extra_id_1> i agree"
+    tok = h.tokenizer
+    x, y = tok.encode("it was", add_special_tokens=False), tok.encode(".", add_special_tokens=False)
+    s1 = gen.sentinels[1]
+    assert gen.template_text(x + [s1] + y, "after") == "{text_a} it was {mask}."
+    assert gen.template_text(x + [s1] + y, "before") == "it was {mask}. {text_a}"
+    assert gen.template_text(x + [s1], "pair") == "{text_a} it was {mask} {text_b}"
+    assert gen.template_text([s1] + x, "after") == "{text_a} {mask} it was"
+    with pytest.raises(AutoPromptError, match="unknown template format"):
+        gen.source(ex, "good", "middle")
+
+
+def test_seq2seq_beam_scores_equal_summed_decoder_likelihoods(tiny_models):
+    h = harness(tiny_models, "t5")
+    gen = Seq2SeqTemplateGenerator(h, beam=5, max_tokens=4, ascii_only=False)
+    verbalizer = Verbalizer.from_words(WORDS)
+    out = gen.generate(TRAIN, verbalizer, ["after"], keep=5)
+    assert out
+    tok = h.tokenizer
+    for g in out[:3]:
+        target = tok.convert_tokens_to_ids(g.span_tokens)           # <extra_id_0> is forced, not scored
+        total = 0.0
+        for ex in TRAIN:
+            src = tok(gen.source(ex, verbalizer.label_words[ex.label][0], "after"), return_tensors="pt")
+            dec = torch.tensor([[h.encoder.decoder_start_id, gen.sentinels[0]] + target[:-1]])
+            with torch.no_grad():
+                logp = torch.log_softmax(h.model(**src, decoder_input_ids=dec).logits[0].float(), -1)
+            total += sum(float(logp[1 + j, t]) for j, t in enumerate(target))
+        assert g.score == pytest.approx(total, abs=1e-3)
+        Template(g.template)
+
+
+def test_label_word_search_agrees_with_the_harness(tiny_models):
+    h = harness(tiny_models, "bert")
+    result = label_word_search(h, TRAIN, DEV, "{text_a} it was {mask} .", LABELS, k=6, n_assignments=4)
+    assert len(result.per_class) == 2 and all(len(c) == 6 for c in result.per_class)
+    assert len(result.ranked) == 4
+    for r in result.ranked:
+        words = r["words"]
+        assert words["negative"] != words["positive"]
+        verbalizer = Verbalizer.from_words({k: [v] for k, v in words.items()})
+        assert h.evaluate(TRAIN, "{text_a} it was {mask} .", verbalizer).accuracy == pytest.approx(r["train_accuracy"])
+        assert h.evaluate(DEV, "{text_a} it was {mask} .", verbalizer).accuracy == pytest.approx(r["dev_accuracy"])
+    best = result.ranked[0]
+    assert result.verbalizer.label_words == ((best["words"]["negative"],), (best["words"]["positive"],))
+    assert best["dev_accuracy"] == max(r["dev_accuracy"] for r in result.ranked)
+
+
+def test_label_word_search_needs_every_class(tiny_models):
+    h = harness(tiny_models, "bert")
+    with pytest.raises(AutoPromptError, match="no train example of class"):
+        label_word_search(h, TRAIN[[0, 2]], DEV, "{text_a} it was {mask} .", LABELS)
+
+
+def test_demonstrations_one_per_class_never_itself(tiny_models, tmp_path):
+    verbalizer = Verbalizer.from_words(WORDS)
+    out = add_demonstrations(TRAIN, TRAIN, "{text_a} It was {mask}.", verbalizer, seed=0)
+    for ex, orig in zip(out, TRAIN):
+        demos = ex.get_field("demos")
+        assert demos.count("It was bad.") == 1 and demos.count("It was good.") == 1
+        assert orig.text_a not in demos
+    assert demonstration_template("{text_a} It was {mask}.", "causal").text == "{demos} {text_a} It was {mask}."
+    assert demonstration_template("{text_a} It was {mask}.", "mlm").text == "{text_a} It was {mask}. {demos}"
+    # Similar selection with any HF encoder: here the tiny BERT, saved as a local folder.
+    model, tok, _ = tiny_models["bert"]
+    model.bert.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    sim = add_demonstrations(DEV, TRAIN, "{text_a} It was {mask}.", verbalizer, selection="similar",
+                             encoder=SentenceEncoder(str(tmp_path)), top_fraction=0.34)
+    assert all(ex.get_field("demos").count("It was") == 2 for ex in sim)
+    h = harness(tiny_models, "gpt2")
+    assert h.evaluate(out, demonstration_template("{text_a} It was {mask}.", "causal"), verbalizer).n == len(TRAIN)
+    with pytest.raises(AutoPromptError, match="no example of class"):
+        add_demonstrations(DEV, TRAIN[[0, 2]], "{text_a} It was {mask}.", verbalizer)
+
+
+def test_prompt_finetune_learns_and_weights_are_restored(tiny_models):
+    h = harness(tiny_models, "gpt2")
+    before = {n: p.detach().clone() for n, p in h.model.named_parameters()}
+    verbalizer = Verbalizer.from_words(WORDS)
+    with restored_weights(h.model):
+        losses = prompt_finetune(h, TRAIN, "{text_a} It was {mask}.", verbalizer, epochs=8, lr=1e-2, batch_size=3)
+        assert losses[-1] < losses[0]
+        assert any(not torch.equal(p, before[n]) for n, p in h.model.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in h.model.named_parameters())
+
+
+def test_config_errors():
+    with pytest.raises(AutoPromptError, match="nothing to search"):
+        LMBFFConfig(generate_templates=False, search_label_words=False)
+    with pytest.raises(AutoPromptError, match="needs label_words"):
+        LMBFFConfig()
+    with pytest.raises(AutoPromptError, match="formats"):
+        LMBFFConfig(label_words=WORDS, formats=["middle"])
+    with pytest.raises(AutoPromptError, match="beam must be at least 1"):
+        LMBFFConfig(label_words=WORDS, beam=0)
+
+
+def test_masked_lm_needs_a_generator_model(tiny_models):
+    h = harness(tiny_models, "bert")
+    task = Task("toy", LABELS, {"train": TRAIN, "dev": DEV, "test": DEV})
+    searcher = get_searcher("lmbff")(LMBFFConfig(label_words=WORDS))
+    with pytest.raises(AutoPromptError, match="generator_model"):
+        searcher.run_generation(SearchContext(task, h, 13))
+
+
+def test_study_runs_best_first_and_resumes_without_regenerating(tiny_models, tmp_path, monkeypatch):
+    h = harness(tiny_models, "gpt2")
+    task = Task("toy", LABELS, {"train": TRAIN, "dev": DEV, "test": DEV})
+    config = LMBFFConfig(label_words=WORDS, search_label_words=True, label_k=3, label_assignments=2, beam=4,
+                         max_span_tokens=2, keep_generated=6, top_n=2, ascii_only=False)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    job = SearchJob(get_searcher("lmbff")(config), "lmbff-toy", storage, n_trials=3, seed=13, progress=False,
+                    task_info={"name": "toy", "label_names": LABELS, "splits": {"dev": 4}},
+                    model_info={"name": "tiny", "kind": "causal"})
+    study = run_search(job, SearchContext(task, h, 13))
+    art = study.user_attrs["artifacts"]
+    gen = art["generated_templates"]
+    assert len(gen) == 6 and art["trial_templates"] == [g["template"] for g in gen[:2]]
+    assert [g["dev_accuracy"] for g in gen] == sorted((g["dev_accuracy"] for g in gen), reverse=True)
+    assert len(art["trial_words"]) == 2 and art["label_word_assignments"]
+    trials = study.get_trials()
+    assert len(trials) == 3
+    # Best-first: the first trial scores the top-ranked template with the top label words.
+    assert trials[0].params["template"] == gen[0]["template"]
+    assert json.loads(trials[0].params["label_words"]) == art["trial_words"][0]
+    doc = build_best_json(study, job, None, 1.0, "test")
+    assert doc["artifacts"]["generated_templates"] == gen
+
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated on resume")
+
+    monkeypatch.setattr(CausalTemplateGenerator, "generate", fail)
+    job2 = SearchJob(get_searcher("lmbff")(config), "lmbff-toy", storage, n_trials=4, seed=13, progress=False)
+    study = run_search(job2, SearchContext(task, h, 13))
+    assert len(study.get_trials()) == 4
