@@ -107,6 +107,16 @@ def tiny_models():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_models):
+    """The tiny GPT-2 saved as a local model folder, so CLI subprocesses can load it."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    model, tok, _ = tiny_models["gpt2"]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def real_harness():
     """The embedded default model (Gemma 3 270M); converted once into the cache."""
     from autoprompt_kit import Harness

@@ -217,3 +217,29 @@ def test_study_runs_best_first_and_resumes_without_regenerating(tiny_models, tmp
     job2 = SearchJob(get_searcher("lmbff")(config), "lmbff-toy", storage, n_trials=4, seed=13, progress=False)
     study = run_search(job2, SearchContext(task, h, 13))
     assert len(study.get_trials()) == 4
+
+
+def test_cli_search_lmbff_writes_generated_templates_to_best_json(tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import jsonschema
+
+    root = Path(__file__).resolve().parents[1]
+    space = tmp_path / "space.yaml"
+    space.write_text("method: lmbff\nlabel_words: {negative: [bad], positive: [good]}\nbeam: 4\nmax_span_tokens: 2\n"
+                     "keep_generated: 6\ntop_n: 3\nascii_only: false\n")
+    out = tmp_path / "best.json"
+    proc = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "search", "lmbff", "--space", str(space),
+                           "--model", tiny_model_dir, "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "3",
+                           "--max-examples", "160", "--shots", "8", "--quiet", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, json.loads((root / "autoprompt_kit" / "schemas" / "best.schema.json").read_text()))
+    generated = doc["artifacts"]["generated_templates"]
+    assert len(generated) == 6 and all({"template", "score", "dev_accuracy"} <= set(g) for g in generated)
+    assert doc["method"] == "lmbff" and len(doc["candidates"]) == 3
+    assert doc["template"]["text"] in [g["template"] for g in generated[:3]]
+    assert "best prompt:" in proc.stdout

@@ -26,16 +26,6 @@ SCHEMA = json.loads((ROOT / "autoprompt_kit" / "schemas" / "best.schema.json").r
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_models):
-    """The tiny GPT-2 saved as a local model folder, so CLI subprocesses can load it."""
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model, tok, _ = tiny_models["gpt2"]
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
-
-
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=ENV)
