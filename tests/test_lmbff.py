@@ -243,3 +243,46 @@ def test_cli_search_lmbff_writes_generated_templates_to_best_json(tiny_model_dir
     assert doc["method"] == "lmbff" and len(doc["candidates"]) == 3
     assert doc["template"]["text"] in [g["template"] for g in generated[:3]]
     assert "best prompt:" in proc.stdout
+
+
+def test_masked_lm_with_a_t5_generator_model(tiny_models, tmp_path):
+    """The paper's setting: T5 writes templates, the masked LM scores them."""
+    model, tok, _ = tiny_models["t5"]
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    h = harness(tiny_models, "bert")
+    task = Task("toy", LABELS, {"train": TRAIN, "dev": DEV, "test": DEV})
+    config = LMBFFConfig(label_words=WORDS, generator_model=str(tmp_path), formats=["after", "before"], beam=3,
+                         max_decode_tokens=4, keep_generated=6, top_n=2, ascii_only=False)
+    art = get_searcher("lmbff")(config).run_generation(SearchContext(task, h, 13))
+    formats = {g["format"] for g in art["generated_templates"]}
+    assert formats == {"after", "before"} and len(art["trial_templates"]) == 2
+    for g in art["generated_templates"]:
+        assert h.evaluate(DEV, g["template"], Verbalizer.from_words(WORDS)).accuracy == pytest.approx(g["dev_accuracy"])
+
+
+@pytest.mark.slow
+def test_lmbff_on_the_real_model(real_harness):
+    """Gemma 3 270M + MR: fluent generated templates, sensible label words, fine-tuning restores weights."""
+    from autoprompt_kit import load_task
+
+    h = real_harness
+    task = load_task("mr", shots=4, seed=13)
+    verbalizer = Verbalizer.from_words({"negative": ["terrible"], "positive": ["great"]})
+    out = CausalTemplateGenerator(h, beam=8, max_span_tokens=3).generate(task.train, verbalizer, keep=8)
+    assert len(out) == 8
+    # Fluent: every span is ASCII text of real words, e.g. "{text_a} It's a {mask}."
+    spans = [g.template[len("{text_a}"):-len("{mask}.")].strip() for g in out]
+    assert all(s.isascii() and any(c.isalpha() for c in s) for s in spans[:5]), spans
+    found = label_word_search(h, task.train, task.dev, "{text_a} It was {mask}.", task.label_names, k=10,
+                              n_assignments=3)
+    assert all(w.isalpha() for c in found.per_class for w in c)
+    best = found.ranked[0]["words"]
+    assert best["negative"] != best["positive"] and found.ranked[0]["train_accuracy"] >= 0.5
+    before = h.model.get_input_embeddings().weight[:5].detach().clone()
+    demo = add_demonstrations(task.train, task.train, "{text_a} It was {mask}.", verbalizer, selection="similar")
+    with restored_weights(h.model):
+        losses = prompt_finetune(h, demo, demonstration_template("{text_a} It was {mask}.", "causal"), verbalizer,
+                                 epochs=2, lr=1e-5, batch_size=4)
+        assert all(torch.isfinite(torch.tensor(losses)))
+    assert torch.equal(h.model.get_input_embeddings().weight[:5], before)

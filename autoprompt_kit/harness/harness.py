@@ -422,7 +422,8 @@ class Harness:
         with self._autocast():
             out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                        **{key: cache})
-        return out.last_hidden_state, out.past_key_values
+        new_cache = out.get("cache")
+        return out.last_hidden_state, new_cache if new_cache is not None else out.past_key_values
 
     # ------------------------------------------------------------------------------------------
     # Internals
