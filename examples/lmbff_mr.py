@@ -54,8 +54,9 @@ def main() -> None:
         task = load_task("mr", shots=16, seed=seed)
         info = {"name": "mr", "shots": 16, "seed": seed, "label_names": task.label_names}
         start = time.perf_counter()
-        templates = LMBFFConfig(template=MANUAL, label_words=WORDS, beam=args.beam, keep_generated=40, top_n=args.top_n)
-        job = SearchJob(get_searcher("lmbff")(templates), f"lmbff-mr-templates-s{seed}-b{args.beam}", args.storage,
+        templates = LMBFFConfig(template=MANUAL, label_words=WORDS, beam=args.beam, keep_generated=40, top_n=args.top_n,
+                                calibration=["content_free"])  # uncalibrated, Gemma says "great" to ~every review
+        job = SearchJob(get_searcher("lmbff")(templates), f"lmbff-mr-templates-cal-s{seed}-b{args.beam}", args.storage,
                         n_trials=args.top_n, seed=seed, progress=False, task_info=info,
                         model_info={"name": "gemma-3-270m", "kind": "causal"})
         study = run_search(job, SearchContext(task, h, seed))
@@ -68,7 +69,7 @@ def main() -> None:
             print(f"  dev {g['dev_accuracy']:.4f}  gen {g['score']:9.2f}  {g['template']}")
         words_cfg = LMBFFConfig(template=MANUAL, generate_templates=False, search_label_words=True, label_k=20,
                                 label_assignments=5)
-        job = SearchJob(get_searcher("lmbff")(words_cfg), f"lmbff-mr-words-s{seed}", args.storage, n_trials=5,
+        job = SearchJob(get_searcher("lmbff")(words_cfg), f"lmbff-mr-words-contrastive-s{seed}", args.storage, n_trials=5,
                         seed=seed, progress=False, task_info=info, model_info={"name": "gemma-3-270m", "kind": "causal"})
         wstudy = run_search(job, SearchContext(task, h, seed))
         wart = wstudy.user_attrs["artifacts"]

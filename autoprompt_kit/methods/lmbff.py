@@ -286,14 +286,24 @@ class LabelWordSearchResult:
 
 def label_word_search(harness: "Harness", train: Split, dev: Split, template: Template | str,
                       label_names: Sequence[str], *, k: int = 20, n_assignments: int = 10,
+                      candidates: str = "contrastive", pool: int = 1000, lowercase_only: bool = True,
                       max_combinations: int = 200_000) -> LabelWordSearchResult:
     """LM-BFF's automatic label words with a fixed template.
 
-    Per class: the ``k`` whole-word tokens with the highest mean log-probability at the mask over
-    the class's train examples. Every assignment of one candidate per class (distinct words) is
-    ranked by zero-shot train accuracy (ties: mean gold-class margin); the top ``n_assignments`` are
-    re-ranked by dev accuracy.
+    Candidates per class (``k`` whole-word tokens):
+
+    * ``likelihood`` (the paper): highest mean log-probability at the mask over the class's train
+      examples. With a biased model (Gemma 270M) every class gets the same generic words ("the",
+      "not", "one"), which no assignment can separate.
+    * ``contrastive`` (default): among the ``pool`` words most likely at the mask over all train
+      examples, the highest mean log-probability on the class minus that on the other classes —
+      words that are both plausible and class-specific (MR negative: "annoying", "worse", "boring").
+
+    Every assignment of one candidate per class (distinct words) is ranked by zero-shot train
+    accuracy (ties: mean gold-class margin); the top ``n_assignments`` are re-ranked by dev accuracy.
     """
+    if candidates not in ("contrastive", "likelihood"):
+        raise AutoPromptError(f"label-word candidates must be 'contrastive' or 'likelihood', got {candidates!r}")
     template = Template(template) if isinstance(template, str) else template
     num = len(label_names)
     if k < 1 or n_assignments < 1:
@@ -306,13 +316,21 @@ def label_word_search(harness: "Harness", train: Split, dev: Split, template: Te
         k = max(1, int(max_combinations ** (1 / num)))
         logger.info("label-word search: k reduced to %d so that k^%d assignments stay below %d", k, num, max_combinations)
     vocab = harness.head.weight.shape[0]
-    usable = word_token_mask(harness.tokenizer, vocab, word_initial=True, alphabetic=True)
+    usable = word_token_mask(harness.tokenizer, vocab, word_initial=True, alphabetic=True, lowercase_only=lowercase_only)
     strings = token_strings(harness.tokenizer)
     lp_train = harness.mask_logprobs(train, template, reduce=None)          # (N, V): small, few-shot
+    if candidates == "contrastive":
+        overall = lp_train.exp().mean(dim=0).masked_fill(~usable, 0.0)
+        keep = torch.zeros_like(usable)
+        keep[overall.topk(min(pool, int(usable.sum()))).indices] = True
+        usable = usable & keep
     per_class_ids: list[list[int]] = []
     for c in range(num):
-        mean = lp_train[torch.as_tensor(labels == c)].mean(dim=0).masked_fill(~usable, float("-inf"))
-        per_class_ids.append(mean.topk(min(k, int(usable.sum()))).indices.tolist())
+        in_class = torch.as_tensor(labels == c)
+        score = lp_train[in_class].mean(dim=0)
+        if candidates == "contrastive":
+            score = score - lp_train[~in_class].mean(dim=0)
+        per_class_ids.append(score.masked_fill(~usable, float("-inf")).topk(min(k, int(usable.sum()))).indices.tolist())
     cand = torch.tensor(per_class_ids)                                       # (C, k)
     combos = torch.tensor([c for c in itertools.product(range(cand.shape[1]), repeat=num)
                            if len({int(cand[i, j]) for i, j in enumerate(c)}) == num])
@@ -472,8 +490,11 @@ class LMBFFConfig(SearchConfig):
     top_n: int = field(default=10, metadata={"help": "best templates (by zero-shot dev) that become trials"})
     label_k: int = field(default=20, metadata={"help": "label-word candidates per class"})
     label_assignments: int = field(default=5, metadata={"help": "label-word assignments that become trials"})
+    label_candidates: str = field(default="contrastive", metadata={
+        "help": "likelihood (the paper: most likely words per class) or contrastive (likely and class-specific)"})
+    label_pool: int = field(default=1000, metadata={"help": "contrastive: only the N words most likely at the mask"})
     calibration: list[str] = field(default_factory=lambda: ["none"],
-                                   metadata={"help": "choices: none and/or content_free"})
+                                   metadata={"help": "choices: none and/or content_free; the first also ranks generated templates on dev"})
     finetune_epochs: int = field(default=0, metadata={"help": "re-rank trials by prompt fine-tuning (0 = zero-shot)"})
     finetune_lr: float = field(default=1e-5, metadata={"help": "fine-tuning learning rate"})
     finetune_batch_size: int = field(default=8, metadata={"help": "fine-tuning batch size"})
@@ -488,11 +509,13 @@ class LMBFFConfig(SearchConfig):
         if bad or not self.formats:
             raise AutoPromptError(f"formats must be a list of {SEQ2SEQ_FORMATS}, got {self.formats}")
         for name in ("beam", "max_span_tokens", "max_decode_tokens", "keep_generated", "top_n", "label_k",
-                     "label_assignments"):
+                     "label_assignments", "label_pool"):
             if getattr(self, name) < 1:
                 raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.calibration or any(c not in ("none", "content_free") for c in self.calibration):
             raise AutoPromptError(f"calibration must be a list of none/content_free, got {self.calibration}")
+        if self.label_candidates not in ("contrastive", "likelihood"):
+            raise AutoPromptError(f"label_candidates must be contrastive or likelihood, got {self.label_candidates!r}")
         if self.finetune_epochs < 0:
             raise AutoPromptError("finetune_epochs must be >= 0")
 
@@ -529,7 +552,8 @@ class LMBFFSearcher(Searcher):
         if cfg.search_label_words:
             start = time.perf_counter()
             found = label_word_search(h, task.train, task.dev, cfg.template, task.label_names, k=cfg.label_k,
-                                      n_assignments=cfg.label_assignments)
+                                      n_assignments=cfg.label_assignments, candidates=cfg.label_candidates,
+                                      pool=cfg.label_pool)
             artifacts["label_word_candidates"] = dict(zip(task.label_names, found.per_class))
             artifacts["label_word_assignments"] = found.ranked
             artifacts["label_search_seconds"] = round(time.perf_counter() - start, 2)
