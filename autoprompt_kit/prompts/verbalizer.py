@@ -4,7 +4,9 @@ Pipeline (OpenPrompt's vocabulary): the harness *projects* the model's output on
 word (log-probability of the whole word, summed over its tokens), the verbalizer *aggregates*
 the words of each class into one class score, *normalises* over classes and optionally
 *calibrates* (contextual calibration: divide by the class probabilities the model gives to
-content-free inputs such as ``"N/A"``; Zhao et al., 2021).
+content-free inputs such as ``"N/A"``; Zhao et al., 2021). ``contextual`` calibration (KPT, Hu et
+al., 2022) instead divides each *word's* probability by its stored prior (``word_prior``: the mean
+mask distribution over unlabelled support examples) before aggregating.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from ..errors import AutoPromptError
 
 AGGREGATIONS = ("mean", "max", "sum", "weighted")
-CALIBRATIONS = ("none", "content_free")
+CALIBRATIONS = ("none", "content_free", "contextual")
 LOSSES = ("likelihood", "cross_entropy")
 DEFAULT_CONTENT_FREE = ("N/A", "", "[MASK]")
 
@@ -35,8 +37,10 @@ class Verbalizer:
         aggregation: how a class's words combine — ``mean`` (log of the mean word probability),
             ``max``, ``sum`` (log of the summed probability, AutoPrompt's choice) or ``weighted``
             (log of the weighted mean; weights are normalised within each class).
-        calibration: ``none`` or ``content_free``.
+        calibration: ``none``, ``content_free`` or ``contextual`` (needs ``word_prior``).
         content_free_inputs: the inputs used to estimate the calibration prior.
+        word_prior: per-word prior log-probabilities, same shape as ``label_words``; with
+            ``contextual`` calibration they are subtracted from the word log-probabilities.
     """
 
     label_words: tuple[tuple[str, ...], ...]
@@ -45,6 +49,7 @@ class Verbalizer:
     aggregation: str = "mean"
     calibration: str = "none"
     content_free_inputs: tuple[str, ...] = DEFAULT_CONTENT_FREE
+    word_prior: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         words = tuple(tuple(str(w) for w in ws) if not isinstance(ws, str) else (ws,) for ws in self.label_words)
@@ -74,6 +79,13 @@ class Verbalizer:
             object.__setattr__(self, "weights", weights)
         elif self.aggregation == "weighted":
             raise AutoPromptError("aggregation 'weighted' needs weights")
+        if self.word_prior is not None:
+            prior = tuple(tuple(float(x) for x in ws) for ws in self.word_prior)
+            if [len(w) for w in prior] != [len(w) for w in words]:
+                raise AutoPromptError("verbalizer word_prior must have the same shape as label_words")
+            object.__setattr__(self, "word_prior", prior)
+        elif self.calibration == "contextual":
+            raise AutoPromptError("calibration 'contextual' needs word_prior (per-word prior log-probabilities)")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -125,6 +137,12 @@ class Verbalizer:
         ``weights`` (``(W,)`` logits, softmaxed within each class) overrides the stored weights —
         used when the weights are being learned.
         """
+        if self.calibration == "contextual" and self.word_prior is not None:
+            # KPT's contextualised calibration: p(w | x) / p(w); a per-example constant (the
+            # normalisation over label words) cancels when classes are normalised.
+            prior = torch.tensor([p for ps in self.word_prior for p in ps], dtype=word_logprobs.dtype,
+                                 device=word_logprobs.device)
+            word_logprobs = word_logprobs - prior
         out = []
         start = 0
         for c, ws in enumerate(self.label_words):
@@ -178,8 +196,10 @@ class Verbalizer:
         }
         if self.weights is not None:
             out["weights"] = [list(w) for w in self.weights]
-        if self.calibration != "none":
+        if self.calibration == "content_free":
             out["content_free_inputs"] = list(self.content_free_inputs)
+        if self.word_prior is not None:
+            out["word_prior"] = [list(p) for p in self.word_prior]
         return out
 
     @classmethod
@@ -192,6 +212,8 @@ class Verbalizer:
             kwargs["weights"] = tuple(tuple(w) for w in data["weights"])
         if "content_free_inputs" in data:
             kwargs["content_free_inputs"] = tuple(data["content_free_inputs"])
+        if data.get("word_prior") is not None:
+            kwargs["word_prior"] = tuple(tuple(p) for p in data["word_prior"])
         if isinstance(words, Mapping):
             labels = tuple(words.keys())
             if all(k.isdigit() for k in labels):

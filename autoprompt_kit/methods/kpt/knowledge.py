@@ -1,0 +1,304 @@
+"""Knowledge sources for KPT's label-word expansion: WordNet, the VADER lexicon, a user KB file, and
+the model's own output-embedding neighbours.
+
+WordNet is read through nltk, offline. :func:`wordnet` finds the data in this order:
+
+1. an nltk data folder (``$NLTK_DATA`` or nltk's default paths) holding ``corpora/wordnet`` (what
+   ``nltk.download("wordnet")`` installs);
+2. the kit's own copy under ``cache_dir("nltk_data")``;
+3. Debian/Ubuntu's ``wordnet-base`` package (``/usr/share/wordnet``, or ``$WNHOME/dict``): its files
+   are *copied* into the kit's copy (nltk 3.10 refuses symlinked corpus files) and the ``lexnames``
+   file nltk needs, which Debian lacks, is written. ``index.sense`` comes from Debian's
+   ``wordnet-sense-index``; without it an empty one is written (nltk insists on the file; only
+   sense-key look-ups, which KPT does not use, need its content).
+
+When none is there, one :class:`AutoPromptError` names both install routes.
+
+User knowledge-base files (``kb_file``) map a key to related words; the key is a class label or one
+of a class's seed words (case-insensitive) and the words join that class. Two formats:
+
+* JSON: ``{"positive": ["superb", "lovely"], "bad": ["awful"]}``;
+* text (any other suffix): one entry a line, ``key<TAB>word1,word2,...``; blank lines and lines
+  starting with ``#`` are ignored. Multi-word entries (``"well made"``) are allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import torch
+
+from ...cache import cache_dir
+from ...errors import AutoPromptError
+
+if TYPE_CHECKING:
+    from ...harness import Harness
+
+logger = logging.getLogger(__name__)
+
+WORDNET_INSTALL = ("WordNet for nltk was not found. Install it with either\n"
+                   "  apt-get install wordnet-base wordnet-sense-index   (Debian/Ubuntu; copied into the kit's cache)\n"
+                   "  python -c 'import nltk; nltk.download(\"wordnet\")'   (needs internet)\n"
+                   "or point $NLTK_DATA at a folder holding corpora/wordnet.")
+WORDNET_RELATIONS = ("synonyms", "similar", "derived", "hypernyms", "hyponyms")
+SOURCES = ("wordnet", "vader", "kb", "embedding")
+
+# WordNet's 45 lexicographer files in their standard order (nltk reads ``lexnames``; Debian's
+# wordnet-base omits it). Columns: number, name, syntactic category (1 noun, 2 verb, 3 adj, 4 adv).
+_LEXNAMES = (
+    ["adj.all 3", "adj.pert 3", "adv.all 4"]
+    + [f"noun.{n} 1" for n in ("Tops act animal artifact attribute body cognition communication event feeling food "
+                                "group location motive object person phenomenon plant possession process quantity "
+                                "relation shape state substance time").split()]
+    + [f"verb.{n} 2" for n in ("body change cognition communication competition consumption contact creation "
+                                "emotion motion perception possession social stative weather").split()]
+    + ["adj.ppl 3"]
+)
+_WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv", "index.noun", "index.verb", "index.adj",
+                  "index.adv")
+_WORD = re.compile(r"^[A-Za-z][A-Za-z' -]*[A-Za-z]$|^[A-Za-z]$")
+
+
+def lexnames_text() -> str:
+    """The ``lexnames`` file nltk expects: ``NN<TAB>name<TAB>pos`` for the 45 lexicographer files."""
+    assert len(_LEXNAMES) == 45
+    return "".join(f"{i:02d}\t{entry.split()[0]}\t{entry.split()[1]}\n" for i, entry in enumerate(_LEXNAMES))
+
+
+def _system_wordnet_dirs() -> list[Path]:
+    dirs = [Path("/usr/share/wordnet")]
+    if os.environ.get("WNHOME"):
+        dirs.insert(0, Path(os.environ["WNHOME"]) / "dict")
+    return dirs
+
+
+def install_wordnet_from(source: Path, target_root: Path) -> Path:
+    """Copy a WordNet 3.0 ``dict`` folder into ``<target_root>/corpora/wordnet`` for nltk; return it.
+
+    Files are copied, not linked (nltk 3.10 rejects symlinks that leave its data root), and the
+    ``lexnames`` file is written when the source lacks it.
+    """
+    target = target_root / "corpora" / "wordnet"
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copyfile(item.resolve(), target / item.name)
+    if not (target / "lexnames").exists():
+        (target / "lexnames").write_text(lexnames_text())
+    for name in ("index.sense", "cntlist.rev"):  # nltk's reader requires them to exist
+        if not (target / name).exists():
+            logger.warning("WordNet at %s has no %s; writing an empty one", source, name)
+            (target / name).write_text("")
+    return target
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in _WORDNET_FILES + ("lexnames", "index.sense"))
+
+
+@lru_cache(maxsize=1)
+def wordnet() -> Any:
+    """nltk's WordNet reader, found (or set up from ``wordnet-base``) as the module docstring says."""
+    try:
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+    except ImportError:  # pragma: no cover - nltk is a dependency
+        raise AutoPromptError("KPT's WordNet source needs nltk: pip install nltk") from None
+    root: Any = None
+    try:
+        root = nltk.data.find("corpora/wordnet")
+    except LookupError:
+        try:
+            root = nltk.data.find("corpora/wordnet.zip/wordnet/")
+        except LookupError:
+            root = None
+    if root is None:
+        own = cache_dir("nltk_data") / "corpora" / "wordnet"
+        if _complete(own):
+            root = str(own)
+        else:
+            for source in _system_wordnet_dirs():
+                if (source / "data.noun").is_file():
+                    logger.info("setting up WordNet for nltk from %s in %s", source, own)
+                    root = str(install_wordnet_from(source, cache_dir("nltk_data")))
+                    break
+    if root is None:
+        raise AutoPromptError(WORDNET_INSTALL)
+    own_root = str(cache_dir("nltk_data"))
+    if str(root).startswith(own_root) and own_root not in nltk.data.path:
+        nltk.data.path.append(own_root)  # nltk 3.10 reads corpora only under its data paths
+    try:
+        with warnings.catch_warnings():  # "multilingual functions are not available": KPT needs none
+            warnings.simplefilter("ignore", UserWarning)
+            return WordNetCorpusReader(root, None)
+    except (OSError, LookupError) as exc:
+        raise AutoPromptError(f"WordNet data at {root} is incomplete ({exc}).\n{WORDNET_INSTALL}") from None
+
+
+def _clean(word: str) -> str | None:
+    """A WordNet/KB lemma as a label word (``ice_cream`` → ``ice cream``), or None if unusable."""
+    word = word.replace("_", " ").strip()
+    if not _WORD.match(word) or word != word.lower():  # capitalised lemmas are names, not label words
+        return None
+    return word
+
+
+def wordnet_related(word: str, *, relations: Sequence[str] = WORDNET_RELATIONS, depth: int = 1,
+                    senses: int = 3) -> dict[str, str] | None:
+    """Words related to ``word`` in WordNet: ``{related: relation}``; None if WordNet lacks the word.
+
+    ``senses`` limits the synsets used (WordNet lists a word's senses most frequent first, and rare
+    senses bring most of the noise); ``depth`` is how many hypernym/hyponym steps are followed.
+    """
+    bad = [r for r in relations if r not in WORDNET_RELATIONS]
+    if bad:
+        raise AutoPromptError(f"unknown WordNet relation(s) {bad}; choose from {WORDNET_RELATIONS}")
+    wn = wordnet()
+    synsets = wn.synsets(word.replace(" ", "_"))[:max(1, senses)]
+    if not synsets:
+        return None
+    out: dict[str, str] = {}
+
+    def add(lemma_names: Iterable[str], relation: str) -> None:
+        for name in lemma_names:
+            clean = _clean(name)
+            if clean and clean != word and clean not in out:
+                out[clean] = relation
+
+    for syn in synsets:
+        if "synonyms" in relations:
+            add(syn.lemma_names(), "synonym")
+        if "similar" in relations:
+            for other in syn.similar_tos() + syn.also_sees():
+                add(other.lemma_names(), "similar")
+        if "derived" in relations:
+            for lemma in syn.lemmas():
+                if lemma.name().lower() == word.lower().replace(" ", "_"):
+                    add([d.name() for d in lemma.derivationally_related_forms() + lemma.pertainyms()], "derived")
+        for rel, step in (("hypernyms", lambda s: s.hypernyms() + s.instance_hypernyms()),
+                          ("hyponyms", lambda s: s.hyponyms())):
+            if rel not in relations:
+                continue
+            frontier = [syn]
+            for d in range(depth):
+                frontier = [n for s in frontier for n in step(s)]
+                for other in frontier:
+                    add(other.lemma_names(), f"{rel[:-1]}@{d + 1}")
+    return out
+
+
+@lru_cache(maxsize=4)
+def vader_lexicon(path: str | None = None) -> dict[str, float]:
+    """The VADER lexicon ``{word: mean valence in [-4, 4]}`` (alphabetic entries only)."""
+    if path is None:
+        from ...data.vader import vader_lexicon_path
+
+        path = str(vader_lexicon_path())
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and _clean(parts[0]):
+            try:
+                out[parts[0].strip()] = float(parts[1])
+            except ValueError:
+                continue
+    if not out:
+        raise AutoPromptError(f"the VADER lexicon at {path} has no word entries")
+    return out
+
+
+def vader_words(seeds: Sequence[str], *, threshold: float, max_words: int,
+                lexicon: Mapping[str, float] | None = None) -> tuple[dict[str, str], int]:
+    """Lexicon words with the seeds' polarity: ``({word: "vader±v"}, polarity)``.
+
+    The class's polarity is the sign of its seeds' mean valence (0 → no words: a class whose seeds
+    the lexicon does not know, or a neutral class); words need ``|valence| >= threshold`` and the
+    ``max_words`` strongest are kept.
+    """
+    lexicon = lexicon if lexicon is not None else vader_lexicon()
+    known = [lexicon[s.lower()] for s in seeds if s.lower() in lexicon]
+    mean = sum(known) / len(known) if known else 0.0
+    polarity = (mean > 0) - (mean < 0)
+    if polarity == 0:
+        return {}, 0
+    ranked = sorted(((w, v) for w, v in lexicon.items() if v * polarity >= threshold), key=lambda x: -abs(x[1]))
+    return {w: f"vader{v:+.1f}" for w, v in ranked[:max_words]}, polarity
+
+
+def read_kb(path: str | Path) -> dict[str, list[str]]:
+    """A user knowledge-base file (format in the module docstring): ``{key: [words]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AutoPromptError(f"knowledge-base file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    out: dict[str, list[str]] = {}
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise AutoPromptError(f"knowledge-base file {str(path)!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, (list, str)) for v in data.values()):
+            raise AutoPromptError(f"knowledge-base file {str(path)!r} must map keys to lists of words")
+        for key, words in data.items():
+            out[str(key).strip().lower()] = [words] if isinstance(words, str) else [str(w) for w in words]
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if "\t" not in line:
+                raise AutoPromptError(f"{path}:{lineno}: expected 'key<TAB>word1,word2,...', got {line[:60]!r}")
+            key, words = line.split("\t", 1)
+            out.setdefault(key.strip().lower(), []).extend(w for w in words.split(","))
+    out = {k: [w.strip() for w in ws if w.strip()] for k, ws in out.items()}
+    out = {k: ws for k, ws in out.items() if ws}
+    if not out:
+        raise AutoPromptError(f"knowledge-base file {str(path)!r} has no entries (expected 'key<TAB>word1,word2' "
+                              "lines or a JSON object of key → words)")
+    return out
+
+
+def embedding_neighbours(harness: "Harness", seeds: Sequence[str], k: int,
+                         candidates: torch.Tensor | None = None) -> dict[str, str]:
+    """The ``k`` vocabulary words nearest to each single-token seed by output-embedding cosine.
+
+    ``candidates`` is a boolean mask over the vocabulary (default: alphabetic, lower-case, word-initial
+    tokens). Multi-token seeds have no single embedding and are skipped.
+    """
+    from ...models.vocab import token_strings, word_of
+
+    emb = harness.head.weight.detach().float()
+    if candidates is None:
+        candidates = _word_tokens(harness)
+    strings = token_strings(harness.tokenizer)
+    out: dict[str, str] = {}
+    for seed in seeds:
+        ids = harness.encoder.word_ids(seed, True)
+        if len(ids) != 1:
+            logger.info("embedding neighbours: seed %r is %d tokens; skipped", seed, len(ids))
+            continue
+        sims = torch.nn.functional.cosine_similarity(emb, emb[ids[0]][None], dim=1)
+        sims[~candidates[: sims.shape[0]].to(sims.device)] = -2.0
+        sims[ids[0]] = -2.0
+        for i in sims.topk(min(k, int((sims > -2).sum()))).indices.tolist():
+            word = word_of(strings[i])[0]
+            if word not in out:
+                out[word] = f"neighbour:{seed}"
+    return out
+
+
+def _word_tokens(harness: "Harness") -> torch.Tensor:
+    from ...models.vocab import word_token_mask
+
+    cached = getattr(harness, "_kpt_word_tokens", None)
+    if cached is None:
+        cached = word_token_mask(harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3)
+        harness._kpt_word_tokens = cached  # type: ignore[attr-defined]  # 262k-token scan: once per harness
+    return cached

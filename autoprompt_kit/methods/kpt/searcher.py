@@ -1,0 +1,152 @@
+"""The ``kpt`` search method: expansion sources, depth, thresholds and aggregation as trial parameters."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import AutoPromptError
+from ...prompts import Template
+from ...search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, register
+from . import knowledge
+from .refine import (ExpansionSettings, RefineSettings, SupportScores, expand, learn_weights, refine,
+                     support_scores)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ...data import Split, Task
+
+logger = logging.getLogger(__name__)
+
+
+def _sources(choice: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in choice.split("+") if p.strip())
+    bad = [p for p in parts if p not in knowledge.SOURCES]
+    if not parts or bad:
+        raise AutoPromptError(f"a sources choice is '+'-joined names from {knowledge.SOURCES}, got {choice!r}")
+    return parts
+
+
+@dataclass
+class KPTConfig(SearchConfig):
+    template: str = field(default="{text_a} It was {mask}.", metadata={"help": "the prompt template"})
+    seed_words: dict[str, Any] = field(default_factory=dict,
+                                       metadata={"help": "label → seed word(s), the class names KPT expands"})
+    sources: list[str] = field(default_factory=lambda: ["wordnet+vader"], metadata={
+        "help": "choices: '+'-joined knowledge sources from wordnet, vader, kb, embedding"})
+    wordnet_relations: list[str] = field(default_factory=lambda: list(knowledge.WORDNET_RELATIONS),
+                                         metadata={"help": "WordNet relations followed"})
+    depth: list[int] = field(default_factory=lambda: [1], metadata={"help": "choices: hypernym/hyponym steps"})
+    wordnet_senses: int = field(default=3, metadata={"help": "WordNet senses (most frequent first) per seed"})
+    vader_threshold: list[float] = field(default_factory=lambda: [2.0],
+                                         metadata={"help": "choices: minimum |valence| of VADER words"})
+    vader_max_words: int = field(default=150, metadata={"help": "strongest VADER words per class"})
+    kb_file: str | None = field(default=None, metadata={"help": "knowledge-base file (key<TAB>w1,w2 or JSON)"})
+    neighbours: int = field(default=20, metadata={"help": "output-embedding neighbours per seed"})
+    on_missing_seed: str = field(default="warn",
+                                 metadata={"help": "a seed unknown to WordNet: warn (keep it) or error"})
+    max_tokens: list[int] = field(default_factory=lambda: [1], metadata={"help": "choices: tokens per word"})
+    prior_cut: list[float] = field(default_factory=lambda: [0.5], metadata={
+        "help": "choices: drop words whose support prior is below this vocabulary quantile"})
+    relevance_cut: list[float] = field(default_factory=lambda: [0.0, 0.5], metadata={
+        "help": "choices: fraction of non-seed words with the lowest tf-idf relevance dropped"})
+    calibration: list[str] = field(default_factory=lambda: ["contextual"],
+                                   metadata={"help": "choices: contextual (divide by the prior) and/or none"})
+    aggregation: list[str] = field(default_factory=lambda: ["mean"], metadata={"help": "choices: mean, max, sum"})
+    learn_weights: list[bool] = field(default_factory=lambda: [False],
+                                      metadata={"help": "choices: train per-word weights on the few-shot train split"})
+    support_size: int = field(default=200, metadata={
+        "help": "unlabelled support examples (the task's 'unlabeled' split, else train) for priors"})
+    epochs: int = field(default=5, metadata={"help": "epochs of weight learning"})
+    lr: float = field(default=0.06, metadata={"help": "learning rate of weight learning"})
+
+    def __post_init__(self) -> None:
+        Template(self.template)
+        if not isinstance(self.seed_words, dict) or len(self.seed_words) < 2:
+            raise AutoPromptError("kpt needs seed_words: a mapping of every label to its seed word(s)")
+        self.seed_words = {str(k): [v] if isinstance(v, str) else list(v) for k, v in self.seed_words.items()}
+        for choice in self.sources:
+            _sources(choice)
+        if any("kb" in _sources(c) for c in self.sources) and not self.kb_file:
+            raise AutoPromptError("a sources choice uses 'kb' but kb_file is not set")
+        for name in ("sources", "depth", "vader_threshold", "max_tokens", "prior_cut", "relevance_cut", "calibration",
+                     "aggregation", "learn_weights"):
+            if not getattr(self, name):
+                raise AutoPromptError(f"kpt: {name} must be a non-empty list of choices")
+        for depth, thr in zip(self.depth, self.vader_threshold):
+            ExpansionSettings(depth=depth, vader_threshold=thr, on_missing_seed=self.on_missing_seed)
+        for mt in self.max_tokens:
+            for pc in self.prior_cut:
+                for rc in self.relevance_cut:
+                    for cal in self.calibration:
+                        for agg in self.aggregation:
+                            RefineSettings(mt, pc, rc, cal, agg)
+        if self.support_size < 2 or self.epochs < 1 or self.lr <= 0:
+            raise AutoPromptError("support_size must be >= 2, epochs >= 1 and lr > 0")
+
+
+def support_split(task: "Task", size: int, seed: int) -> "Split":
+    """Unlabelled support examples: the task's ``unlabeled`` split if any, else train (labels unused)."""
+    pool = task.splits.get("unlabeled") or task.train
+    if len(pool) <= size:
+        return pool
+    return pool[np.random.default_rng(seed).choice(len(pool), size=size, replace=False)]
+
+
+@register
+class KPTSearcher(Searcher):
+    """KPT: expand seed words through knowledge sources, refine on support data, calibrate."""
+
+    name = "kpt"
+    config_class = KPTConfig
+    config: KPTConfig
+
+    def __init__(self, config: SearchConfig) -> None:
+        super().__init__(config)
+        self._scores: SupportScores | None = None  # grows as trials bring new candidate words
+        self._support: Split | None = None
+
+    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+        cfg, h, task = self.config, ctx.harness, ctx.task
+        missing = [lab for lab in task.label_names if lab not in cfg.seed_words]
+        if missing or len(cfg.seed_words) != len(task.label_names):
+            raise AutoPromptError(f"seed_words must cover exactly the task's labels {task.label_names}; "
+                                  f"got {list(cfg.seed_words)}")
+        seeds = {lab: cfg.seed_words[lab] for lab in task.label_names}
+        exp_settings = ExpansionSettings(
+            sources=_sources(trial.suggest_categorical("sources", cfg.sources)), relations=tuple(cfg.wordnet_relations),
+            depth=trial.suggest_categorical("depth", cfg.depth), senses=cfg.wordnet_senses,
+            vader_threshold=trial.suggest_categorical("vader_threshold", cfg.vader_threshold),
+            vader_max_words=cfg.vader_max_words, kb_file=cfg.kb_file, neighbours=cfg.neighbours,
+            on_missing_seed=cfg.on_missing_seed)
+        ref_settings = RefineSettings(
+            max_tokens=trial.suggest_categorical("max_tokens", cfg.max_tokens),
+            prior_cut=trial.suggest_categorical("prior_cut", cfg.prior_cut),
+            relevance_cut=trial.suggest_categorical("relevance_cut", cfg.relevance_cut),
+            calibration=trial.suggest_categorical("calibration", cfg.calibration),
+            aggregation=trial.suggest_categorical("aggregation", cfg.aggregation))
+        learn = trial.suggest_categorical("learn_weights", cfg.learn_weights)
+        template = Template(cfg.template)
+        expansion = expand(seeds, exp_settings, h)
+        if self._support is None:
+            self._support = support_split(task, cfg.support_size, ctx.seed)
+        self._scores = support_scores(h, self._support, template, expansion.all_words(), previous=self._scores,
+                                      max_tokens=max(cfg.max_tokens),
+                                      always=[w for ws in seeds.values() for w in ws])
+        result = refine(expansion, self._scores, ref_settings)
+        verbalizer = result.verbalizer
+        artifacts = result.artifacts()
+        artifacts["expanded_counts"] = {lab: len(ws) for lab, ws in zip(expansion.labels, expansion.words)}
+        if learn:
+            verbalizer, losses = learn_weights(h, task.train, template, verbalizer, epochs=cfg.epochs, lr=cfg.lr,
+                                               seed=ctx.seed + trial.number)
+            artifacts["weight_losses"] = losses
+            for c, (label, entries) in enumerate(result.kept.items()):
+                for entry, w in zip(entries, verbalizer.weights[c]):  # type: ignore[index]
+                    entry["weight"] = round(w, 5)
+        dev = h.evaluate(task.dev, template, verbalizer, label_names=task.label_names)
+        return TrialOutcome(Candidate([template], verbalizer), dev, artifacts)

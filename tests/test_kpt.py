@@ -1,0 +1,255 @@
+"""KPT on tiny random models: expansion, duplicate removal, prior/relevance filtering, calibration
+math, weight learning, the study and its errors. WordNet is set up from Debian's ``wordnet-base``
+when missing (CI runs as root on a fresh machine); these tests fail, never skip, without it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autoprompt_kit import AutoPromptError, Example, Harness, Split, Verbalizer, load_task
+from autoprompt_kit.methods.kpt import (ExpansionSettings, KPTConfig, RefineSettings, SupportScores, expand,
+                                        install_wordnet_from, learn_weights, read_kb, refine, support_scores,
+                                        wordnet_related)
+from autoprompt_kit.methods.kpt import knowledge
+from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
+from autoprompt_kit.search.runner import build_best_json
+
+TEMPLATE = "{text_a} It was {mask}."
+SEEDS = {"negative": ["bad"], "positive": ["good"]}
+TRAIN = Split([Example(t, y) for t, y in [
+    ("the movie was great and the acting was wonderful", 1), ("a bad film with awful dialogue", 0),
+    ("brilliant , moving and funny", 1), ("what a waste of time , truly awful", 0),
+    ("it was a good movie with a fine cast", 1), ("the story is dull", 0),
+    ("i loved the ending", 1), ("the film was terrible and the plot was boring", 0),
+]], name="train", label_names=["negative", "positive"])
+
+
+@pytest.fixture(scope="module")
+def wn():
+    """WordNet, installed with apt-get (as root) when neither nltk nor the kit can find it."""
+    try:
+        return knowledge.wordnet()
+    except AutoPromptError:
+        knowledge.wordnet.cache_clear()
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.fail("WordNet is missing and cannot be installed here: apt-get install wordnet-base "
+                        "wordnet-sense-index (as root)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wordnet-base", "wordnet-sense-index"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        return knowledge.wordnet()
+
+
+def harness(tiny_models, arch="gpt2"):
+    model, tok, kind = tiny_models[arch]
+    return Harness(model, tok, kind=kind, progress=False, batch_size=8)
+
+
+def test_lexnames_and_wordnet_copy(tmp_path):
+    lines = knowledge.lexnames_text().splitlines()
+    assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1"
+    assert lines[29] == "29\tverb.body\t2" and lines[44] == "44\tadj.ppl\t3"
+    src = tmp_path / "dict"
+    src.mkdir()
+    (src / "data.noun").write_text("x")
+    (tmp_path / "real").write_text("y")
+    (src / "index.noun").symlink_to(tmp_path / "real")
+    target = install_wordnet_from(src, tmp_path / "nltk")
+    assert not (target / "index.noun").is_symlink() and (target / "index.noun").read_text() == "y"
+    assert (target / "lexnames").read_text() == knowledge.lexnames_text() and (target / "index.sense").exists()
+
+
+def test_missing_wordnet_names_both_install_routes(monkeypatch, tmp_path):
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "find", lambda *a, **k: (_ for _ in ()).throw(LookupError("no")))
+    monkeypatch.setattr(knowledge, "cache_dir", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(knowledge, "_system_wordnet_dirs", lambda: [tmp_path / "none"])
+    knowledge.wordnet.cache_clear()
+    try:
+        with pytest.raises(AutoPromptError, match=r"(?s)apt-get install wordnet-base.*nltk.download"):
+            knowledge.wordnet()
+    finally:
+        knowledge.wordnet.cache_clear()
+
+
+def test_wordnet_relations(wn):
+    good = wordnet_related("good", relations=("synonyms", "similar"), senses=5)
+    assert good["goodness"] == "synonym" and good["good enough"] == "similar"
+    assert all(w == w.lower() and "_" not in w for w in good)
+    deep = wordnet_related("movie", relations=("hypernyms",), depth=2)
+    shallow = wordnet_related("movie", relations=("hypernyms",), depth=1)
+    assert set(shallow) < set(deep) and any(r.endswith("@2") for r in deep.values())
+    assert wordnet_related("zzxqvt") is None
+    with pytest.raises(AutoPromptError, match="unknown WordNet relation"):
+        wordnet_related("good", relations=("antonyms",))
+
+
+def test_seed_missing_from_wordnet(wn, caplog):
+    seeds = {"negative": ["bad"], "positive": ["zzxqvt"]}
+    with pytest.raises(AutoPromptError, match="'zzxqvt'.*not in WordNet"):
+        expand(seeds, ExpansionSettings(sources=("wordnet",), on_missing_seed="error"))
+    exp = expand(seeds, ExpansionSettings(sources=("wordnet",)))  # documented fallback: warn, keep the seed
+    assert exp.words[1] == ["zzxqvt"] and len(exp.words[0]) > 1
+    assert "not in WordNet" in caplog.text
+
+
+def test_words_in_two_classes_are_dropped_except_seeds(tmp_path):
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("# comment\nbad\tawful, boring,fine\ngood\tfine,nice, bad\n\npositive\tsuperb\n")
+    exp = expand(SEEDS, ExpansionSettings(sources=("kb",), kb_file=str(kb)))
+    assert exp.words == [["bad", "awful", "boring"], ["good", "superb", "nice"]]
+    reasons = {(r["word"], r["class"]): r["reason"] for r in exp.removed}
+    assert set(reasons) == {("fine", "negative"), ("fine", "positive"), ("bad", "positive")}
+    assert reasons[("bad", "positive")] == "also found for negative"
+    js = tmp_path / "kb.json"
+    js.write_text(json.dumps({"negative": ["awful"], "good": "nice"}))
+    assert read_kb(js) == {"negative": ["awful"], "good": ["nice"]}
+
+
+def test_kb_file_errors(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("# only a comment\n\n")
+    with pytest.raises(AutoPromptError, match="has no entries"):
+        read_kb(empty)
+    (tmp_path / "e.json").write_text("{}")
+    with pytest.raises(AutoPromptError, match="has no entries"):
+        read_kb(tmp_path / "e.json")
+    (tmp_path / "bad.tsv").write_text("good nice\n")
+    with pytest.raises(AutoPromptError, match=r"bad.tsv:1: expected 'key<TAB>"):
+        read_kb(tmp_path / "bad.tsv")
+    with pytest.raises(AutoPromptError, match="does not exist"):
+        read_kb(tmp_path / "missing.tsv")
+    with pytest.raises(AutoPromptError, match="needs kb_file"):
+        ExpansionSettings(sources=("kb",))
+
+
+def _scores(words, lp, prior, vocab):
+    return SupportScores(list(words), torch.tensor(lp, dtype=torch.float), torch.tensor(prior, dtype=torch.float),
+                         torch.tensor(vocab, dtype=torch.float), [1] * len(words))
+
+
+def test_prior_filter_drops_low_prior_words_and_keeps_seeds(tmp_path):
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("bad\tawful,rare\ngood\tnice,obscure\n")
+    exp = expand(SEEDS, ExpansionSettings(sources=("kb",), kb_file=str(kb)))
+    words = ["bad", "awful", "rare", "good", "nice", "obscure"]
+    logp = [math.log(p) for p in (1e-3, 1e-3, 1e-8, 1e-9, 1e-3, 1e-7)]  # the seed "good" has a tiny prior too
+    vocab = [math.log(p) for p in (1e-9, 1e-8, 1e-6, 1e-5, 1e-4, 1e-3)]  # the 50% quantile is between 1e-6 and 1e-5
+    scores = _scores(words, torch.zeros(4, 6).tolist(), logp, vocab)
+    result = refine(exp, scores, RefineSettings(prior_cut=0.5))
+    assert result.verbalizer.label_words == (("bad", "awful"), ("good", "nice"))
+    assert {r["word"] for r in result.removed} == {"rare", "obscure"}
+    assert all("prior" in r["reason"] and "vocabulary quantile" in r["reason"] for r in result.removed)
+    assert refine(exp, scores, RefineSettings(prior_cut=0.0)).verbalizer.flat_words == words
+    # multi-token words are dropped by the tokenization filter before the prior is looked at
+    scores.num_tokens = [1, 2, 1, 1, 1, 1]
+    result = refine(exp, scores, RefineSettings(prior_cut=0.0, max_tokens=1))
+    assert [r["reason"] for r in result.removed] == ["2 tokens > max_tokens 1"]
+
+
+def test_relevance_filter_drops_words_that_follow_the_other_class(tmp_path):
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("bad\tawful,traitor\ngood\tnice\n")
+    exp = expand(SEEDS, ExpansionSettings(sources=("kb",), kb_file=str(kb)))
+    # support examples 0-1 look negative, 2-3 positive; "traitor" rises with "good", not with "bad"
+    lp = torch.log(torch.tensor([[.5, .4, .02, .04, .04], [.5, .4, .02, .04, .04],
+                                 [.02, .02, .3, .36, .3], [.02, .02, .3, .36, .3]]))
+    scores = SupportScores(["bad", "awful", "traitor", "good", "nice"], lp, torch.full((5,), -3.0),
+                           torch.zeros(4), [1] * 5)
+    result = refine(exp, scores, RefineSettings(prior_cut=0.0, relevance_cut=0.34))
+    assert result.verbalizer.label_words == (("bad", "awful"), ("good", "nice"))
+    assert result.removed[0]["word"] == "traitor" and "relevance" in result.removed[0]["reason"]
+    kept = {e["word"]: e["relevance"] for e in result.kept["negative"]}
+    assert kept["awful"] > 1.0
+
+
+def test_contextual_calibration_equals_hand_computation():
+    prior = ((math.log(0.2), math.log(0.05)), (math.log(0.5),))
+    verb = Verbalizer((("bad", "awful"), ("good",)), calibration="contextual", word_prior=prior)
+    p = torch.tensor([[0.1, 0.01, 0.3], [0.02, 0.02, 0.6]])
+    got = verb.class_logprobs(p.log())
+    neg = ((p[:, 0] / 0.2) + (p[:, 1] / 0.05)) / 2  # mean of calibrated word probabilities
+    pos = p[:, 2] / 0.5
+    expected = torch.stack([neg, pos], dim=1)
+    expected = (expected / expected.sum(dim=1, keepdim=True)).log()
+    assert torch.allclose(got, expected, atol=1e-6)
+    # the per-example normalisation of word scores does not change calibrated class scores
+    assert torch.allclose(verb.class_logprobs(p.log() + torch.tensor([[3.0], [-2.0]])), expected, atol=1e-6)
+    back = Verbalizer.from_dict(json.loads(json.dumps(verb.to_dict())))
+    assert back == verb
+    with pytest.raises(AutoPromptError, match="needs word_prior"):
+        Verbalizer((("bad",), ("good",)), calibration="contextual")
+
+
+def test_support_scores_match_the_harness(tiny_models):
+    h = harness(tiny_models, "bert")
+    words = ["bad", "good", "the movie"]
+    scores = support_scores(h, TRAIN, TEMPLATE, words)
+    direct = h.score(TRAIN, TEMPLATE, Verbalizer((("bad",), ("good",), ("the movie",))), exact=True).word_logprobs
+    assert torch.allclose(scores.word_logprobs, direct.float(), atol=1e-5)
+    assert torch.allclose(scores.word_prior, torch.logsumexp(direct.float(), 0) - math.log(len(TRAIN)), atol=1e-5)
+    assert scores.num_tokens[2] == 2
+    vocab = h.mask_logprobs(TRAIN, TEMPLATE)
+    assert scores.word_prior[0] == pytest.approx(float(vocab[h.encoder.word_ids("bad", True)[0]]), abs=1e-4)
+    more = support_scores(h, TRAIN, TEMPLATE, ["bad", "fun"], previous=scores)  # only "fun" is scored anew
+    assert more.words == words + ["fun"] and more.word_logprobs.shape == (len(TRAIN), 4)
+
+
+def test_learned_weights_lower_the_loss(tiny_models, tmp_path):
+    h = harness(tiny_models, "gpt2")
+    verb = Verbalizer.from_words({"negative": ["bad", "awful", "boring"], "positive": ["good", "great", "fun"]})
+    before = [p.detach().clone() for p in h.model.parameters()]
+    learned, losses = learn_weights(h, TRAIN, TEMPLATE, verb, epochs=6, lr=0.3, batch_size=8)
+    assert losses[-1] < losses[0]
+    assert learned.aggregation == "weighted" and learned.weights is not None
+    assert all(abs(sum(ws) - 1) < 1e-5 for ws in learned.weights)
+    assert any(abs(w - 1 / 3) > 1e-3 for ws in learned.weights for w in ws)
+    assert all(torch.equal(a, b) for a, b in zip(before, h.model.parameters()))  # the LM stays frozen
+    assert all(p.requires_grad for p in h.model.parameters())
+    h.evaluate(TRAIN, TEMPLATE, learned)
+
+
+def test_kpt_study_writes_kept_and_removed_words(tiny_models, tmp_path, wn):
+    h = harness(tiny_models, "gpt2")
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("bad\tawful,boring,fine\ngood\tgreat,fun,fine\n")
+    task = load_task("mr", shots=4, max_examples=80)
+    config = KPTConfig(seed_words=SEEDS, sources=["wordnet+kb", "kb"], kb_file=str(kb), max_tokens=[2],
+                       prior_cut=[0.3], relevance_cut=[0.0, 0.3], learn_weights=[True], epochs=2, support_size=16)
+    job = SearchJob(get_searcher("kpt")(config), "kpt", f"sqlite:///{tmp_path / 'k.db'}", n_trials=3,
+                    progress=False, task_info={"name": "mr", "label_names": task.label_names, "splits": {}},
+                    model_info={"name": "tiny", "kind": "causal"})
+    study = run_search(job, SearchContext(task, h, 13))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+    doc = build_best_json(study, job, None, 1.0, "test")
+    art = doc["trial_artifacts"]
+    kept = art["kept_words"]
+    assert kept["negative"][0]["word"] == "bad" and kept["positive"][0]["word"] == "good"
+    assert all("weight" in e and "prior" in e for e in kept["negative"])
+    assert any(r["word"] == "fine" and r["reason"].startswith("also found for") for r in art["removed_words"])
+    verb = Verbalizer.from_dict(doc["verbalizer"])
+    assert verb.calibration == "contextual" and verb.aggregation == "weighted"
+    assert list(verb.label_words[0]) == [e["word"] for e in kept["negative"]]
+    h.evaluate(task.dev, TEMPLATE, verb)  # the saved verbalizer scores again as is
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(AutoPromptError, match="seed_words"):
+        KPTConfig()
+    with pytest.raises(AutoPromptError, match="'\\+'-joined"):
+        KPTConfig(seed_words=SEEDS, sources=["wordnet+thesaurus"])
+    with pytest.raises(AutoPromptError, match="kb_file"):
+        KPTConfig(seed_words=SEEDS, sources=["kb"])
+    with pytest.raises(AutoPromptError, match="fractions"):
+        KPTConfig(seed_words=SEEDS, prior_cut=[1.5])
+    with pytest.raises(AutoPromptError, match="on_missing_seed"):
+        KPTConfig(seed_words=SEEDS, on_missing_seed="ignore")
