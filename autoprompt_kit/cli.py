@@ -78,6 +78,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model    {args.model or 'gemma-3-270m (embedded default)'}")
     harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet)
     print(f"device   {harness.device}  kind {harness.kind}")
+    if saved is not None and saved.get("delta"):
+        from .delta import Delta
+
+        delta = Delta.load(saved["delta"].get("path") or "", harness).attach(harness)
+        print(f"delta    {saved['delta']['path']}: {delta.num_parameters():,} parameters in {len(delta.entries)} modules")
     print(f"template {template.display()}")
     print(f"words    {verbalizer.to_dict()['label_words']}")
     modes = ["none", "content_free"] if args.calibration == "both" else [args.calibration]
@@ -191,9 +196,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     from .search import best_candidate
 
-    _, candidate = best_candidate(study)
+    best, candidate = best_candidate(study)
     test = None
     if args.test_split and args.test_split in task.splits:
+        from .search.runner import ARTIFACT_KEYS
+
+        searcher.before_test(ctx, {k: best.user_attrs[k] for k in best.user_attrs.get(ARTIFACT_KEYS) or []
+                                   if k in best.user_attrs})
         print(f"scoring the best prompt on {args.test_split} ({len(task[args.test_split])} examples)…", flush=True)
         harness.progress = not args.quiet  # a progress bar for the long final pass
         test = candidate.evaluate(harness, task[args.test_split], task.label_names)
@@ -201,6 +210,32 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.out:
         write_best_json(args.out, doc)
     print(summary(study, doc, args.out))
+    return 0
+
+
+def cmd_delta(args: argparse.Namespace) -> int:
+    """Show a saved delta's structure (which layers/positions are on), or export it to PEFT."""
+    from .delta.structure import WEIGHTS_FILE, read_structure, structure_table
+
+    doc = read_structure(args.path)
+    if args.peft:
+        from .delta import Delta
+        from .harness import Harness
+
+        harness = Harness(args.model or doc.get("model"), kind=args.kind, progress=False)
+        out = Delta.load(args.path, harness).export_peft(args.peft, harness, base_model=args.model)
+        print(f"wrote a PEFT LoRA adapter to {out} (load with peft.PeftModel.from_pretrained)")
+        return 0
+    import math
+
+    from safetensors import safe_open
+
+    sizes = [0] * len(doc["modules"])
+    with safe_open(str(Path(args.path) / WEIGHTS_FILE), "pt") as fh:
+        for key in fh.keys():
+            index = int(key.split(".")[1])  # "deltas.<i>.<parameter>"
+            sizes[index] += math.prod(fh.get_slice(key).get_shape())
+    print(structure_table(doc["modules"], sizes, doc.get("backbone_parameters")))
     return 0
 
 
@@ -282,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", action="store_true")
     se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     se.set_defaults(func=cmd_search)
+
+    de = sub.add_parser("delta", help="show a saved delta's structure table, or export it to PEFT",
+                        description="Print which layers/positions a saved delta switches on; --peft exports LoRA-only deltas.")
+    de.add_argument("path", help="folder with delta.json + delta.safetensors")
+    de.add_argument("--peft", default=None, metavar="OUT", help="write a PEFT LoRA adapter folder here")
+    de.add_argument("--model", default=None, help="the backbone (for --peft; default: the embedded Gemma 3 270M)")
+    de.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None)
+    de.set_defaults(func=cmd_delta)
 
     st = sub.add_parser("studies", help="list the studies in a storage with their best values",
                         description="List the studies in a storage with their best values.")

@@ -154,6 +154,9 @@ class Harness:
         if self.head is None or not hasattr(self.head, "weight"):
             raise AutoPromptError(f"{type(self.model).__name__} has no output embedding layer to score words with")
         self._encoded: OrderedDict[tuple[Template, str], list[EncodedPrompt]] = OrderedDict()
+        #: Callables ``hook(kwargs, batch)`` that may edit the model's keyword arguments before every
+        #: forward pass (input-side deltas: prefix key/values, soft-prompt embeddings).
+        self.input_hooks: list[Callable[[dict[str, Any], list[Row]], None]] = []
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -348,12 +351,14 @@ class Harness:
         soft_embeddings: torch.Tensor | None = None,
         seed: int = 0,
         on_epoch: Callable[[int, float], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> list[float]:
         """Prompt-based fine-tuning of ``parameters`` (model weights, deltas, verbalizer weights, heads).
 
         Each step scores a minibatch through the same path as :meth:`evaluate` with gradients on,
         turns word scores into class log-probabilities (or ``head(output)`` logits) and minimises
-        cross-entropy (or ``loss_fn(logits, labels)``). Dropout is on while training.
+        cross-entropy (or ``loss_fn(logits, labels)``). Dropout is on while training. ``on_step(step)``
+        runs after every optimizer step (e.g. the second level of a bi-level search).
 
         Returns the mean loss of each epoch.
         """
@@ -368,6 +373,7 @@ class Harness:
         generator = torch.Generator().manual_seed(seed)
         examples = list(split)
         losses = []
+        step = 0
         self.model.train()
         try:
             for epoch in range(epochs):
@@ -384,6 +390,9 @@ class Harness:
                     loss.backward()
                     optimizer.step()
                     total += float(loss.detach()) * len(batch)
+                    step += 1
+                    if on_step:
+                        on_step(step)
                 losses.append(total / len(examples))
                 if on_epoch:
                     on_epoch(epoch, losses[-1])
@@ -639,6 +648,8 @@ class Harness:
         hid_k = torch.tensor([p.index(r.hidden_position) for p, r in zip(positions, batch)], device=dev)
         captured: dict[str, torch.Tensor] = {}
         rows_only = None if full_at_hidden else subset
+        for hook in self.input_hooks:
+            hook(kwargs, batch)
         with self._gathering_head(pos, rows_only, captured), self._autocast():
             logits = self.model(**kwargs).logits
         logp = torch.log_softmax(logits.float(), dim=-1)

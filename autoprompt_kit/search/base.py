@@ -185,6 +185,12 @@ class Searcher(ABC):
         """All parameter sets of a finite space, or None when the space is sampled."""
         return None
 
+    def before_test(self, ctx: SearchContext, artifacts: dict[str, Any]) -> None:
+        """Restore what the best trial trained besides its prompt (e.g. attach its delta) before the test pass.
+
+        ``artifacts`` are the best trial's :attr:`TrialOutcome.artifacts`.
+        """
+
     @abstractmethod
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         """Sample settings from ``trial``, build a candidate, score it on ``ctx.task.dev``.

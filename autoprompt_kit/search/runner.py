@@ -235,6 +235,9 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
     keys = best.user_attrs.get(ARTIFACT_KEYS) or []
     if keys:
         doc["trial_artifacts"] = {k: best.user_attrs[k] for k in keys if k in best.user_attrs}
+        # A delta (S3Delta) belongs to the prompt: it sits beside template and verbalizer.
+        if isinstance(doc["trial_artifacts"].get("delta"), dict):
+            doc["delta"] = doc["trial_artifacts"].pop("delta")
     if study.user_attrs.get("artifacts"):
         doc["artifacts"] = study.user_attrs["artifacts"]
     if test is not None:

@@ -1,0 +1,400 @@
+"""S3Delta (Hu et al., NeurIPS 2022): search a sparse delta structure under a parameter budget.
+
+Search space: every (layer × position × module type) is a candidate — LoRA (rank 1) and BitFit
+on the attention and FFN linear layers, LayerNorm tuning (and optionally BitFit) on the norms, a
+bottleneck adapter after the attention and FFN blocks. Each candidate ``i`` (``c_i`` parameters)
+has a gate logit ``α_i`` (init 0).
+
+Differentiable search (the paper's):
+
+* **shifted global sigmoid** — ``p_i = σ((α_i − b) / β)`` with the shift ``b`` solved numerically
+  (bisection; ``Σ p_i c_i`` is monotone in ``b``) so that the expected number of trainable
+  parameters equals the budget at every step; ``b`` is treated as a constant in the gradient;
+* gates are sampled with a relaxed Bernoulli (Gumbel-sigmoid, temperature ``temperature``) while
+  searching and are deterministic (``p_i``) otherwise;
+* **bi-level** (DARTS first-order) — each step updates the module weights on a train batch
+  (``Harness.train``), then the gate logits on a dev batch (its ``on_step`` hook);
+* the final structure: candidates sorted by ``p_i``, added greedily while the total stays within
+  the budget; it is then **re-trained from scratch** and evaluated.
+
+Black-box alternative (``strategy: blackbox``): each study trial switches whole groups on or off
+(one switch per module type × position, plus which layers) with Optuna's TPE, repairs the
+structure to the same budget, trains it and scores it on dev — so both are comparable on the
+dashboard. Training always runs through ``Harness.train`` with the template and verbalizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..delta import Delta, DeltaSpec, count_parameters
+from ..delta.structure import structure_table
+from ..errors import AutoPromptError
+from ..prompts import Template, Verbalizer, as_template, as_verbalizer
+from ..search.base import (
+    Candidate,
+    SearchConfig,
+    SearchContext,
+    Searcher,
+    TrialOutcome,
+    register,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ..data import Split
+    from ..harness import Harness
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("differentiable", "blackbox")
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class S3DeltaConfig(SearchConfig):
+    """Search space and schedule of S3Delta. List values are sampled per trial by the study."""
+
+    method: str = "s3delta"
+    template: str = field(default="{text_a} It was {mask}.", metadata={"help": "the prompt the delta is trained with"})
+    label_words: dict[str, list[str]] = field(
+        default_factory=lambda: {"negative": ["terrible"], "positive": ["great"]},
+        metadata={"help": "verbalizer: label → words"})
+    strategy: str = field(default="differentiable", metadata={"help": "differentiable (bi-level) or blackbox (TPE)"})
+    budget_percent: float = field(default=0.01, metadata={
+        "help": "trainable parameters as a percentage of the backbone (0.01 = 0.01%)"})
+    lora_targets: list[str] = field(default_factory=lambda: list(LINEAR), metadata={
+        "help": "module patterns that get a LoRA candidate"})
+    bitfit_targets: list[str] = field(default_factory=lambda: list(LINEAR), metadata={
+        "help": "module patterns that get a BitFit candidate"})
+    ln_targets: list[str] = field(default_factory=lambda: [r".*layers\.\d+\..*norm"], metadata={
+        "help": "norm patterns that get a LayerNorm-tuning candidate"})
+    adapter_targets: list[str] = field(default_factory=lambda: ["self_attn.o_proj", "mlp.down_proj"], metadata={
+        "help": "outputs (after attention / after FFN) that get an adapter candidate"})
+    lora_rank: int = field(default=1, metadata={"help": "rank of each LoRA candidate (paper: 1)"})
+    adapter_bottleneck: int = field(default=1, metadata={"help": "bottleneck of each adapter candidate"})
+    search_epochs: int = field(default=4, metadata={"help": "epochs of the bi-level search over train"})
+    epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
+    lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
+    gate_lr: Any = field(default=0.05, metadata={"help": "learning rate of the gate logits (Adam); list = sampled"})
+    beta: float = field(default=1.0, metadata={"help": "sigmoid temperature of the shifted global sigmoid"})
+    temperature: Any = field(default=0.5, metadata={"help": "relaxed-Bernoulli temperature; list = sampled"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step (train and dev)"})
+    layer_choices: list[str] = field(default_factory=lambda: ["all", "upper", "lower", "even"], metadata={
+        "help": "blackbox: which layers the switched-on groups cover"})
+    save_dir: str | None = field(default="runs/deltas", metadata={
+        "help": "where each trial's delta weights are written (None: not saved)"})
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise AutoPromptError(f"s3delta strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not isinstance(self.budget_percent, (int, float)) or not 0 < self.budget_percent < 100:
+            raise AutoPromptError(f"budget_percent must be a number in (0, 100), got {self.budget_percent!r}")
+        for name in ("lora_rank", "adapter_bottleneck", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.search_epochs < 0:
+            raise AutoPromptError("search_epochs must be >= 0")
+        if self.beta <= 0:
+            raise AutoPromptError("beta must be positive")
+        for name in ("gate_lr", "temperature"):
+            values = getattr(self, name) if isinstance(getattr(self, name), list) else [getattr(self, name)]
+            if not values or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
+                raise AutoPromptError(f"{name} must be a positive number or a list of them, got {getattr(self, name)!r}")
+        if not (self.lora_targets or self.bitfit_targets or self.ln_targets or self.adapter_targets):
+            raise AutoPromptError("the s3delta search space is empty: give at least one *_targets list")
+        bad = [c for c in self.layer_choices if c not in ("all", "upper", "lower", "even", "odd")]
+        if bad or not self.layer_choices:
+            raise AutoPromptError(f"layer_choices must be from all, upper, lower, even, odd; got {self.layer_choices}")
+
+    def verbalizer(self) -> Verbalizer:
+        return as_verbalizer(self.label_words)
+
+
+def search_space(harness: Any, config: S3DeltaConfig) -> list[dict[str, Any]]:
+    """Every candidate entry (kind × module) of the space on this backbone."""
+    specs = []
+    if config.lora_targets:
+        specs.append(DeltaSpec("lora", list(config.lora_targets), r=config.lora_rank))
+    if config.bitfit_targets:
+        specs.append(DeltaSpec("bitfit", list(config.bitfit_targets)))
+    if config.ln_targets:
+        specs.append(DeltaSpec("ln", list(config.ln_targets)))
+    if config.adapter_targets:
+        specs.append(DeltaSpec("adapter", list(config.adapter_targets), bottleneck=config.adapter_bottleneck))
+    entries: list[dict[str, Any]] = []
+    for spec in specs:
+        entries.extend(spec.entries(harness))
+    return entries
+
+
+def budget_params(harness: Any, budget_percent: float) -> int:
+    return int(count_parameters(harness.model) * budget_percent / 100)
+
+
+def check_budget(budget: int, sizes: Sequence[int]) -> None:
+    """A clear error when no structure can meet the budget, or when it does not constrain anything."""
+    if budget < min(sizes):
+        raise AutoPromptError(f"a budget of {budget:,} parameters fits no candidate: the smallest has {min(sizes):,} "
+                              "(raise budget_percent or add smaller candidates)")
+    if budget >= sum(sizes):
+        raise AutoPromptError(f"a budget of {budget:,} parameters covers the whole search space ({sum(sizes):,}); "
+                              "lower budget_percent or widen the space")
+
+
+def solve_shift(alpha: torch.Tensor, sizes: torch.Tensor, budget: float, beta: float = 1.0, iters: int = 100) -> float:
+    """The shift ``b`` with ``Σ σ((α_i − b)/β)·c_i = budget`` (bisection; the sum decreases in ``b``)."""
+    total = float(sizes.sum())
+    if not 0 < budget < total:
+        raise AutoPromptError(f"the budget {budget:,.0f} must lie strictly between 0 and the space's {total:,.0f} parameters")
+    a = alpha.detach().double()
+    c = sizes.double()
+    lo, hi = float(a.min()) - 60 * beta, float(a.max()) + 60 * beta
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if float((torch.sigmoid((a - mid) / beta) * c).sum()) > budget:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def select_within_budget(probs: Sequence[float], sizes: Sequence[int], budget: int) -> list[int]:
+    """Indices of candidates taken greedily by ``probs`` (highest first) while the total fits the budget."""
+    chosen, used = [], 0
+    for i in sorted(range(len(probs)), key=lambda j: (-probs[j], sizes[j])):
+        if used + sizes[i] <= budget:
+            chosen.append(i)
+            used += sizes[i]
+    return sorted(chosen)
+
+
+class GateController(nn.Module):
+    """Gate logits α of every candidate and the shifted global sigmoid that keeps them at the budget."""
+
+    def __init__(self, sizes: Sequence[int], budget: int, beta: float = 1.0, temperature: float = 0.5) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(len(sizes)))
+        self.register_buffer("sizes", torch.tensor(list(sizes), dtype=torch.float64))
+        self.budget = budget
+        self.beta = beta
+        self.temperature = temperature
+        self.sampling = False
+        self.current: torch.Tensor | None = None
+        self.shift = 0.0
+
+    def probabilities(self) -> torch.Tensor:
+        self.shift = solve_shift(self.alpha, self.sizes, self.budget, self.beta)
+        return torch.sigmoid((self.alpha - self.shift) / self.beta)
+
+    def expected_parameters(self) -> float:
+        return float((self.probabilities().detach().double() * self.sizes).sum())
+
+    def resample(self, kwargs: dict[str, Any] | None = None, batch: Any = None) -> None:
+        """New gate values for the next forward pass (a harness input hook: called before each one)."""
+        p = self.probabilities()
+        if self.sampling and torch.is_grad_enabled():
+            u = torch.rand_like(p).clamp(1e-6, 1 - 1e-6)
+            logit = torch.log(p.clamp_min(1e-12)) - torch.log1p(-p.clamp(max=1 - 1e-7))
+            self.current = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / self.temperature)
+        else:
+            self.current = p if torch.is_grad_enabled() else p.detach()
+
+    def gate(self, i: int) -> torch.Tensor:
+        assert self.current is not None, "resample() runs before every forward pass"
+        return self.current[i]
+
+
+@dataclass
+class S3DeltaResult:
+    """A found structure with its gate probabilities."""
+
+    structure: list[dict[str, Any]]
+    parameters: int
+    budget: int
+    probabilities: list[float]
+    candidates: int
+    table: str
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def s3delta_search(harness: Harness, train: Split, dev: Split, template: Template | str,
+                   verbalizer: Verbalizer | dict[str, Any], config: S3DeltaConfig, seed: int = 0,
+                   gate_lr: float | None = None, temperature: float | None = None) -> S3DeltaResult:
+    """Bi-level differentiable structure search; returns the structure (not trained)."""
+    start = time.perf_counter()
+    template = as_template(template)
+    verbalizer = as_verbalizer(verbalizer)
+    entries = search_space(harness, config)
+    budget = budget_params(harness, config.budget_percent)
+    torch.manual_seed(seed)
+    delta = Delta.from_structure(harness, entries)
+    sizes = delta.module_parameters()
+    check_budget(budget, sizes)
+    controller = GateController(sizes, budget, config.beta,
+                                float(temperature if temperature is not None else _first(config.temperature)))
+    controller.to(next(harness.model.parameters()).device)
+    for i, module in enumerate(delta.deltas):
+        module.gate = (lambda i=i: controller.gate(i))
+    gate_opt = torch.optim.Adam([controller.alpha], lr=float(gate_lr if gate_lr is not None else _first(config.gate_lr)))
+    dev_examples = list(dev)
+    rng = np.random.default_rng(seed)
+    history: list[dict[str, float]] = []
+
+    def gate_step(step: int) -> None:
+        # Second level: the gate logits on a dev batch (first-order DARTS).
+        idx = rng.choice(len(dev_examples), size=min(config.batch_size, len(dev_examples)), replace=False)
+        batch = [dev_examples[i] for i in idx]
+        labels = torch.tensor([e.label for e in batch], device=harness.device)
+        out = harness.score(batch, template, verbalizer, exact=True, grad=True)
+        loss = nn.functional.cross_entropy(verbalizer.class_logprobs(out.word_logprobs.float()), labels)
+        gate_opt.zero_grad()
+        loss.backward()
+        gate_opt.step()
+        history.append({"step": step, "dev_loss": float(loss.detach()), "shift": controller.shift,
+                        "expected_params": controller.expected_parameters()})
+
+    harness.input_hooks.insert(0, controller.resample)
+    controller.sampling = True
+    delta.attach(harness)
+    try:
+        if config.search_epochs > 0:
+            harness.train(train, template, verbalizer, delta.parameters(), epochs=config.search_epochs, lr=config.lr,
+                          batch_size=config.batch_size, seed=seed, on_step=gate_step)
+    finally:
+        delta.detach()
+        controller.sampling = False
+        harness.input_hooks.remove(controller.resample)
+    with torch.no_grad():
+        probs = controller.probabilities().cpu().tolist()
+    chosen = select_within_budget(probs, sizes, budget)
+    structure = [entries[i] for i in chosen]
+    used = sum(sizes[i] for i in chosen)
+    table = structure_table(structure, [sizes[i] for i in chosen], count_parameters(harness.model))
+    return S3DeltaResult(structure, used, budget, probs, len(entries), table, time.perf_counter() - start, history)
+
+
+def _first(value: Any) -> float:
+    return float(value[0] if isinstance(value, list) else value)
+
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def group_of(entry: dict[str, Any]) -> tuple[str, int | None]:
+    """``("lora:self_attn.q_proj", layer)`` — the switch group of an entry and its layer."""
+    m = _LAYER.search(entry["target"])
+    position = entry["target"][m.end():] if m else entry["target"]
+    return f"{entry['kind']}:{position}", int(m.group(1)) if m else None
+
+
+def blackbox_structure(trial: optuna.Trial, entries: list[dict[str, Any]], sizes: Sequence[int], budget: int,
+                       config: S3DeltaConfig, seed: int) -> list[int]:
+    """One TPE-sampled structure: group switches × a layer subset, repaired to the budget."""
+    groups = sorted({group_of(e)[0] for e in entries})
+    layers = sorted({g for e in entries if (g := group_of(e)[1]) is not None})
+    on = {g for g in groups if trial.suggest_categorical(f"on[{g}]", [False, True])}
+    choice = trial.suggest_categorical("layers", list(config.layer_choices))
+    half = layers[len(layers) // 2] if layers else 0
+    keep_layer = {"all": lambda i: True, "upper": lambda i: i >= half, "lower": lambda i: i < half,
+                  "even": lambda i: i % 2 == 0, "odd": lambda i: i % 2 == 1}[choice]
+    chosen = [i for i, e in enumerate(entries) if group_of(e)[0] in on
+              and (group_of(e)[1] is None or keep_layer(group_of(e)[1]))]
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(chosen))
+    # Repair: drop random members until the structure fits the budget.
+    while order and sum(sizes[i] for i in order) > budget:
+        order.pop()
+    if not order:
+        # Nothing switched on (or nothing fits): a random structure that fills the budget instead.
+        order = select_within_budget(list(rng.random(len(entries))), sizes, budget)
+    return sorted(int(i) for i in order)
+
+
+def train_structure(harness: Harness, structure: list[dict[str, Any]], train: Split, template: Template,
+                    verbalizer: Verbalizer, config: S3DeltaConfig, seed: int) -> Delta:
+    """Re-train a structure from scratch (fresh initialisation); returns it attached."""
+    torch.manual_seed(seed)
+    delta = Delta.from_structure(harness, structure).attach(harness)
+    try:
+        harness.train(train, template, verbalizer, delta.parameters(), epochs=config.epochs, lr=config.lr,
+                      batch_size=config.batch_size, seed=seed)
+    except BaseException:
+        delta.detach()
+        raise
+    return delta
+
+
+@register
+class S3DeltaSearcher(Searcher):
+    """One trial = one structure under the budget (found by bi-level search or sampled by TPE), re-trained and scored on dev."""
+
+    name = "s3delta"
+    config_class = S3DeltaConfig
+
+    def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
+        cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
+        harness, task = ctx.harness, ctx.task
+        template, verbalizer = as_template(cfg.template), cfg.verbalizer()
+        seed = ctx.seed + trial.number
+        start = time.perf_counter()
+        info: dict[str, Any] = {"strategy": cfg.strategy, "budget_percent": cfg.budget_percent}
+        if cfg.strategy == "differentiable":
+            gate_lr = trial.suggest_categorical("gate_lr", cfg.gate_lr) if isinstance(cfg.gate_lr, list) else cfg.gate_lr
+            temp = (trial.suggest_categorical("temperature", cfg.temperature) if isinstance(cfg.temperature, list)
+                    else cfg.temperature)
+            found = s3delta_search(harness, task.train, task.dev, template, verbalizer, cfg, seed=seed,
+                                   gate_lr=gate_lr, temperature=temp)
+            structure = found.structure
+            info["search_seconds"] = round(found.seconds, 2)
+            info["candidates"] = found.candidates
+        else:
+            entries = search_space(harness, cfg)
+            sizes = Delta.from_structure(harness, entries).module_parameters()
+            budget = budget_params(harness, cfg.budget_percent)
+            check_budget(budget, sizes)
+            structure = [entries[i] for i in blackbox_structure(trial, entries, sizes, budget, cfg, seed)]
+            info["candidates"] = len(entries)
+        delta = train_structure(harness, structure, task.train, template, verbalizer, cfg, seed)
+        try:
+            dev = harness.evaluate(task.dev, template, verbalizer)
+            backbone = count_parameters(harness.model)
+            info.update(parameters=delta.num_parameters(), fraction=delta.num_parameters() / backbone,
+                        modules=len(structure), table=delta.table(harness), structure=structure,
+                        seconds=round(time.perf_counter() - start, 2))
+            if cfg.save_dir:
+                path = Path(cfg.save_dir) / f"{trial.study.study_name}" / f"trial-{trial.number}"
+                delta.save(path, extra={"template": template.to_dict(), "verbalizer": verbalizer.to_dict()})
+                info["path"] = str(path)
+        finally:
+            delta.detach()
+        return TrialOutcome(Candidate([template], verbalizer), dev, {"delta": info})
+
+    def before_test(self, ctx: SearchContext, artifacts: dict[str, Any]) -> None:
+        """Attach the best trial's saved delta so the final test pass scores prompt + delta."""
+        info = artifacts.get("delta") or {}
+        if not info.get("path"):
+            raise AutoPromptError("the best trial's delta was not saved (save_dir: null); cannot score it on test")
+        Delta.load(info["path"], ctx.harness).attach(ctx.harness)
+
+
+def describe_budget(harness: Any, config: S3DeltaConfig) -> str:
+    entries = search_space(harness, config)
+    sizes = Delta.from_structure(harness, entries).module_parameters()
+    budget = budget_params(harness, config.budget_percent)
+    return (f"{len(entries)} candidates, {sum(sizes):,} parameters in all; budget {budget:,} "
+            f"({config.budget_percent}% of {count_parameters(harness.model):,}); "
+            f"{math.fsum(sizes) / max(1, budget):.1f}x over")

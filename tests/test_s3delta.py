@@ -1,0 +1,152 @@
+"""S3Delta: budget solver, selection, bi-level search and the study on tiny models; one real-model run (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+from autoprompt_kit import AutoPromptError, Example, Harness
+from autoprompt_kit.delta import Delta
+from autoprompt_kit.methods.s3delta import (
+    GateController,
+    S3DeltaConfig,
+    budget_params,
+    s3delta_search,
+    search_space,
+    select_within_budget,
+    solve_shift,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "autoprompt_kit" / "schemas" / "best.schema.json").read_text())
+WORDS = {"negative": ["bad"], "positive": ["great"]}
+EXAMPLES = [Example("the movie was great", 1), Example("a bad film", 0), Example("brilliant , moving", 1),
+            Example("what a waste of time", 0)]
+
+
+@pytest.fixture(scope="module")
+def harness(tiny_models):
+    model, tok, kind = tiny_models["gemma3"]
+    return Harness(model, tok, kind=kind, progress=False)
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 3.0])
+def test_shift_solver_hits_the_budget(beta):
+    gen = torch.Generator().manual_seed(0)
+    alpha = torch.randn(300, generator=gen) * 2
+    sizes = torch.randint(16, 5000, (300,), generator=gen).double()
+    for budget in (100.0, 0.01 * float(sizes.sum()), 0.5 * float(sizes.sum())):
+        b = solve_shift(alpha, sizes, budget, beta)
+        expected = float((torch.sigmoid((alpha.double() - b) / beta) * sizes).sum())
+        assert expected == pytest.approx(budget, rel=1e-6)
+    with pytest.raises(AutoPromptError, match="strictly between"):
+        solve_shift(alpha, sizes, float(sizes.sum()) + 1)
+
+
+def test_gate_controller_keeps_expected_parameters_at_budget():
+    ctl = GateController([100, 200, 300, 400], budget=350, beta=0.5)
+    with torch.no_grad():
+        ctl.alpha.copy_(torch.tensor([2.0, -1.0, 0.5, 0.0]))
+    assert ctl.expected_parameters() == pytest.approx(350, rel=1e-6)
+    ctl.sampling = True
+    with torch.enable_grad():
+        ctl.resample()
+    assert ctl.current is not None and ctl.current.requires_grad and ((0 < ctl.current) & (ctl.current < 1)).all()
+
+
+def test_selection_respects_budget():
+    probs = [0.9, 0.8, 0.7, 0.6, 0.1]
+    sizes = [50, 60, 10, 30, 5]
+    chosen = select_within_budget(probs, sizes, 75)
+    assert chosen == [0, 2, 4]  # 50 + 10 + 5: the 60 and the 30 no longer fit after the first
+    assert sum(sizes[i] for i in chosen) <= 75
+
+
+def test_search_returns_a_structure_within_budget(harness):
+    config = S3DeltaConfig(budget_percent=2.0, search_epochs=2, epochs=1, batch_size=4)
+    before = torch.as_tensor(harness.evaluate(EXAMPLES, config.template, WORDS).word_logprobs)
+    found = s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0)
+    budget = budget_params(harness, 2.0)
+    assert found.budget == budget and 0 < found.parameters <= budget
+    assert found.candidates == len(search_space(harness, config)) and len(found.probabilities) == found.candidates
+    # The shifted sigmoid kept the expected size at the budget through every gate step.
+    assert found.history and all(h["expected_params"] == pytest.approx(budget, rel=1e-4) for h in found.history)
+    assert Delta.from_structure(harness, found.structure).num_parameters() == found.parameters
+    assert "L LoRA" in found.table
+    # The search leaves the backbone as it was (hooks removed).
+    assert not harness.input_hooks
+    assert torch.equal(torch.as_tensor(harness.evaluate(EXAMPLES, config.template, WORDS).word_logprobs), before)
+
+
+def test_clear_errors_for_budget_and_patterns(harness):
+    with pytest.raises(AutoPromptError, match="fits no candidate"):
+        s3delta_search(harness, EXAMPLES, EXAMPLES, "{text_a} It was {mask}.", WORDS,
+                       S3DeltaConfig(budget_percent=0.01, search_epochs=0), seed=0)
+    with pytest.raises(AutoPromptError, match="covers the whole search space"):
+        s3delta_search(harness, EXAMPLES, EXAMPLES, "{text_a} It was {mask}.", WORDS,
+                       S3DeltaConfig(budget_percent=50, search_epochs=0), seed=0)
+    with pytest.raises(AutoPromptError, match="matches no module"):
+        search_space(harness, S3DeltaConfig(lora_targets=["query_key_value"]))
+    with pytest.raises(AutoPromptError, match="strategy"):
+        S3DeltaConfig(strategy="random")
+    with pytest.raises(AutoPromptError, match="budget_percent"):
+        S3DeltaConfig(budget_percent=0)
+
+
+def test_cli_search_writes_delta_into_best_json(tiny_model_dir, tmp_path, capsys):
+    """Through the study (tiny GPT-2: its own module names), best.json carries the delta; evaluate re-attaches it."""
+    from autoprompt_kit.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "method: s3delta\ntemplate: '{text_a} It was {mask}.'\nlabel_words: {negative: [terrible], positive: [great]}\n"
+        "strategy: blackbox\nbudget_percent: 1.0\nlora_targets: []\nbitfit_targets: [c_attn, c_fc]\n"
+        "ln_targets: [ln_1, ln_2]\nadapter_targets: [attn.c_proj, mlp.c_proj]\nsearch_epochs: 1\nepochs: 1\n"
+        f"batch_size: 8\nsave_dir: {tmp_path / 'deltas'}\n")
+    out = tmp_path / "best.json"
+    assert main(["search", "s3delta", "--space", str(space), "--model", tiny_model_dir, "--storage",
+                 f"sqlite:///{tmp_path / 's.db'}", "--trials", "2", "--shots", "4", "--max-examples", "24", "--quiet",
+                 "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, SCHEMA)
+    delta = doc["delta"]
+    assert delta["strategy"] == "blackbox" and delta["parameters"] <= budget_params_of(delta)
+    assert Path(delta["path"], "delta.safetensors").exists()
+    capsys.readouterr()
+    assert main(["delta", delta["path"]]) == 0
+    assert "trainable parameters" in capsys.readouterr().out
+    assert main(["evaluate", "--prompt", str(out), "--max-examples", "24", "--quiet", "--calibration", "none"]) == 0
+    shown = capsys.readouterr().out
+    assert "delta" in shown
+    assert f"-> now {doc['metrics']['test']['accuracy']:.4f}" in shown  # same prompt + delta, same test accuracy
+
+
+def budget_params_of(delta: dict) -> float:
+    return delta["budget_percent"] / 100 * delta["parameters"] / delta["fraction"]
+
+
+@pytest.mark.slow
+def test_s3delta_on_the_real_model(real_harness, tmp_path):
+    """Gemma 3 270M: a short bi-level search at 0.01% finds a structure within budget; it trains and round-trips."""
+    from autoprompt_kit import load_task
+
+    task = load_task("mr", shots=4, seed=13)
+    config = S3DeltaConfig(budget_percent=0.01, search_epochs=1, epochs=2, batch_size=4)
+    found = s3delta_search(real_harness, task.train, task.dev, config.template, config.label_words, config, seed=0)
+    assert 0 < found.parameters <= found.budget == budget_params(real_harness, 0.01)
+    torch.manual_seed(0)
+    delta = Delta.from_structure(real_harness, found.structure).attach(real_harness)
+    try:
+        real_harness.train(task.train, config.template, config.label_words, delta.parameters(), epochs=2, lr=5e-3,
+                           batch_size=4)
+        trained = real_harness.evaluate(task.dev, config.template, config.label_words)
+        delta.save(tmp_path / "d")
+    finally:
+        delta.detach()
+    with Delta.load(tmp_path / "d", real_harness).attach(real_harness):
+        again = real_harness.evaluate(task.dev, config.template, config.label_words)
+    assert (again.predictions == trained.predictions).all()
