@@ -165,7 +165,7 @@ def test_relevance_filter_drops_words_that_follow_the_other_class(tmp_path):
                                  [.02, .02, .3, .36, .3], [.02, .02, .3, .36, .3]]))
     scores = SupportScores(["bad", "awful", "traitor", "good", "nice"], lp, torch.full((5,), -3.0),
                            torch.zeros(4), [1] * 5)
-    result = refine(exp, scores, RefineSettings(prior_cut=0.0, relevance_cut=0.34))
+    result = refine(exp, scores, RefineSettings(prior_cut=0.0, relevance_cut=0.5))
     assert result.verbalizer.label_words == (("bad", "awful"), ("good", "nice"))
     assert result.removed[0]["word"] == "traitor" and "relevance" in result.removed[0]["reason"]
     kept = {e["word"]: e["relevance"] for e in result.kept["negative"]}
@@ -253,3 +253,23 @@ def test_config_errors(tmp_path):
         KPTConfig(seed_words=SEEDS, prior_cut=[1.5])
     with pytest.raises(AutoPromptError, match="on_missing_seed"):
         KPTConfig(seed_words=SEEDS, on_missing_seed="ignore")
+
+
+@pytest.mark.slow
+def test_kpt_beats_the_seed_words_on_gemma(real_harness, tmp_path, wn):
+    """Zero-shot on 200 MR test examples: the KPT verbalizer (default refinement) vs terrible/great."""
+    h = real_harness
+    task = load_task("mr", shots=8, seed=13, max_examples=400)
+    test = load_task("mr", max_examples=200).test
+    config = KPTConfig(seed_words={"negative": ["terrible"], "positive": ["great"]}, sources=["wordnet+vader"],
+                       prior_cut=[0.5], relevance_cut=[0.5], support_size=64)
+    job = SearchJob(get_searcher("kpt")(config), "kpt-real", f"sqlite:///{tmp_path / 'k.db'}", n_trials=1,
+                    progress=False, task_info={"name": "mr", "label_names": task.label_names, "splits": {}},
+                    model_info={"name": "gemma-3-270m", "kind": "causal"})
+    study = run_search(job, SearchContext(task, h, 13))
+    doc = build_best_json(study, job, None, 1.0, "test")
+    verb = Verbalizer.from_dict(doc["verbalizer"])
+    assert all(len(ws) >= 10 for ws in verb.label_words) and doc["trial_artifacts"]["removed_words"]
+    kpt = h.evaluate(test, TEMPLATE, verb).accuracy
+    seeds = h.evaluate(test, TEMPLATE, {"negative": ["terrible"], "positive": ["great"]}).accuracy
+    assert kpt > seeds + 0.05, (kpt, seeds)

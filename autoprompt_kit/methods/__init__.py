@@ -4,6 +4,7 @@ from .autoprompt import AutoPromptConfig, AutoPromptSearcher, TriggerSearch, lab
 from .lmbff import LMBFFConfig, LMBFFSearcher, label_word_search
 from .select import SelectConfig, TemplateSelection
 from .kpt import KPTConfig, KPTSearcher  # noqa: F401
+from .protoverb import ProtoVerbConfig, ProtoVerbSearcher  # noqa: F401
 from .s3delta import S3DeltaConfig, S3DeltaSearcher, s3delta_search  # noqa: F401
 
 __all__ = ["AutoPromptConfig", "AutoPromptSearcher", "LMBFFConfig", "LMBFFSearcher", "SelectConfig",

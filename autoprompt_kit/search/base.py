@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 
 ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
 
+#: Trained scorers a candidate may carry instead of plain verbalizer scores (kind → loader of the
+#: saved dict; the loaded object has ``evaluate(harness, split, template, verbalizer, label_names)``).
+#: Methods register theirs, e.g. ProtoVerb's prototypes.
+HEADS: dict[str, Any] = {}
+
 
 @dataclass
 class SearchConfig:
@@ -73,6 +78,7 @@ class Candidate:
     verbalizer: Verbalizer
     ensemble: str | None = None           # None, "uniform" or "dev" (weights from each template's dev score)
     weights: list[float] | None = None    # the ensemble weights actually used
+    head: dict[str, Any] | None = None    # a trained scorer on the mask hidden state (see HEADS), saved as a dict
 
     @property
     def template(self) -> Template:
@@ -82,10 +88,13 @@ class Candidate:
         words = " / ".join(",".join(ws) for ws in self.verbalizer.label_words)
         body = self.template.display() if len(self.templates) == 1 else f"ensemble[{self.ensemble}] of {len(self.templates)}"
         cal = "" if self.verbalizer.calibration == "none" else f" [{self.verbalizer.calibration}]"
-        return f"{body} -> {words}{cal}"
+        head = f" + {self.head.get('kind')} head" if self.head else ""
+        return f"{body} -> {words}{cal}{head}"
 
     def evaluate(self, harness: "Harness", split: "Split", label_names: Sequence[str] | None = None) -> "EvalResult":
         """Score on a split; an ensemble averages its templates' class probabilities."""
+        if self.head is not None:
+            return load_head(self.head).evaluate(harness, split, self.template, self.verbalizer, label_names)
         results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
         if len(results) == 1:
             return results[0]
@@ -98,6 +107,8 @@ class Candidate:
             out["templates"] = [t.to_dict() for t in self.templates]
             out["ensemble"] = self.ensemble
             out["weights"] = self.weights
+        if self.head is not None:
+            out["head"] = self.head
         return out
 
     @classmethod
@@ -105,7 +116,18 @@ class Candidate:
         if "template" not in data or "verbalizer" not in data:
             raise AutoPromptError("a saved prompt needs 'template' and 'verbalizer'")
         templates = [as_template(t) for t in data.get("templates") or [data["template"]]]
-        return cls(templates, as_verbalizer(data["verbalizer"]), data.get("ensemble"), data.get("weights"))
+        return cls(templates, as_verbalizer(data["verbalizer"]), data.get("ensemble"), data.get("weights"),
+                   data.get("head"))
+
+
+def load_head(data: dict[str, Any]) -> Any:
+    """The trained scorer saved in a candidate's ``head`` dict (its ``kind`` picks the loader)."""
+    from .. import methods  # noqa: F401  (registers the built-in heads)
+
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in HEADS:
+        raise AutoPromptError(f"unknown candidate head {kind!r}; known: {', '.join(sorted(HEADS)) or 'none'}")
+    return HEADS[kind](data)
 
 
 def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -> "EvalResult":

@@ -276,7 +276,7 @@ def embedding_neighbours(harness: "Harness", seeds: Sequence[str], k: int,
 
     emb = harness.head.weight.detach().float()
     if candidates is None:
-        candidates = _word_tokens(harness)
+        candidates = vocabulary_words(harness)
     strings = token_strings(harness.tokenizer)
     out: dict[str, str] = {}
     for seed in seeds:
@@ -294,11 +294,12 @@ def embedding_neighbours(harness: "Harness", seeds: Sequence[str], k: int,
     return out
 
 
-def _word_tokens(harness: "Harness") -> torch.Tensor:
+def vocabulary_words(harness: "Harness") -> torch.Tensor:
+    """Boolean mask of the vocabulary's word tokens (lower-case, alphabetic, word-initial, 3+ letters)."""
     from ...models.vocab import word_token_mask
 
-    cached = getattr(harness, "_kpt_word_tokens", None)
+    cached = getattr(harness, "_kpt_vocabulary_words", None)
     if cached is None:
         cached = word_token_mask(harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3)
-        harness._kpt_word_tokens = cached  # type: ignore[attr-defined]  # 262k-token scan: once per harness
+        harness._kpt_vocabulary_words = cached  # type: ignore[attr-defined]  # 262k-token scan: once per harness
     return cached

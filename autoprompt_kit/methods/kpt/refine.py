@@ -15,7 +15,8 @@ Pipeline (Hu et al., ACL 2022), with what each step removes recorded as ``(word,
    (priors from ``Harness.mask_logprobs(reduce="mean")``) are dropped;
 4. **relevance**: calibrated word probabilities over the support set form one vector per word;
    ``tf`` = cosine to the own class's seed vector, ``idf`` = 1 / mean cosine to other classes;
-   the ``relevance_cut`` fraction of non-seed words with the lowest ``tf·idf`` is dropped;
+   in each class, the ``relevance_cut`` fraction of its non-seed words with the lowest ``tf·idf``
+   is dropped (per class, so that no class is stripped);
 5. **contextualised calibration**: the verbalizer stores each word's prior (``calibration:
    contextual``) and divides by it at scoring time;
 6. **learnable refinement** (few-shot): one weight per word (init 0, softmax within its class)
@@ -208,7 +209,7 @@ def support_scores(harness: "Harness", support: "Split", template: Template | st
         raise AutoPromptError(f"no candidate word has at most {max_tokens} tokens")
     if previous is None:
         vocab = harness.mask_logprobs(support, template, reduce="mean").float().cpu()
-        vocab_prior = vocab[knowledge._word_tokens(harness)[: vocab.shape[0]]]
+        vocab_prior = vocab[knowledge.vocabulary_words(harness)[: vocab.shape[0]]]
     else:
         vocab_prior = previous.vocab_prior
     # A one-word "class" per word: the verbalizer only carries the words to score (it needs two
@@ -232,14 +233,15 @@ def support_scores_from_hidden(harness: "Harness", hidden: torch.Tensor, words: 
     """
     words = list(dict.fromkeys(words))
     vocab_sum = None
-    for _, logp in harness.output_logprobs(hidden.to(harness.device)):
-        chunk = logp.exp().sum(dim=0)
-        vocab_sum = chunk if vocab_sum is None else vocab_sum + chunk
+    with torch.no_grad():
+        for _, logp in harness.output_logprobs(hidden.to(harness.device)):
+            chunk = logp.exp().sum(dim=0)
+            vocab_sum = chunk if vocab_sum is None else vocab_sum + chunk
     assert vocab_sum is not None
     vocab = (vocab_sum / hidden.shape[0]).clamp_min(1e-30).log().float().cpu()
     ids = single_token_ids(harness, words, space_before)
     lp = single_token_logprobs(harness, hidden, words, space_before)
-    mask = knowledge._word_tokens(harness)[: vocab.shape[0]]
+    mask = knowledge.vocabulary_words(harness)[: vocab.shape[0]]
     return SupportScores(words, lp, vocab[torch.tensor(ids)], vocab[mask], [1] * len(words))
 
 
@@ -335,12 +337,15 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
         classes.append(keep)
     relevance = _relevance(classes, expansion.seeds, scores)
     if settings.relevance_cut > 0:
-        pool = [(relevance[w], c, w) for c, ws in enumerate(classes) for w in ws if w not in seed_sets[c]]
-        n_cut = int(len(pool) * settings.relevance_cut)
-        for score, c, w in sorted(pool)[:n_cut]:
-            classes[c].remove(w)
-            removed.append({"word": w, "class": expansion.labels[c], "sources": expansion.sources[c].get(w, []),
-                            "reason": f"relevance tf-idf {score:.3f} in the lowest {settings.relevance_cut:.0%}"})
+        # The cut applies within each class: one global cut can strip a class whose words score
+        # lower overall (seen on MR: 67 negative vs 21 positive words left, and lower accuracy).
+        for c, ws in enumerate(classes):
+            pool = sorted((relevance[w], w) for w in ws if w not in seed_sets[c])
+            for score, w in pool[: int(len(pool) * settings.relevance_cut)]:
+                classes[c].remove(w)
+                removed.append({"word": w, "class": expansion.labels[c], "sources": expansion.sources[c].get(w, []),
+                                "reason": f"relevance tf-idf {score:.3f} in the class's lowest "
+                                          f"{settings.relevance_cut:.0%}"})
     prior = tuple(tuple(float(scores.word_prior[col[w]]) for w in ws) for ws in classes)
     verbalizer = Verbalizer(tuple(tuple(ws) for ws in classes), labels=tuple(expansion.labels),
                             aggregation=settings.aggregation, calibration=settings.calibration, word_prior=prior)

@@ -53,7 +53,7 @@ class KPTConfig(SearchConfig):
     prior_cut: list[float] = field(default_factory=lambda: [0.5], metadata={
         "help": "choices: drop words whose support prior is below this vocabulary quantile"})
     relevance_cut: list[float] = field(default_factory=lambda: [0.0, 0.5], metadata={
-        "help": "choices: fraction of non-seed words with the lowest tf-idf relevance dropped"})
+        "help": "choices: fraction of each class's non-seed words with the lowest tf-idf relevance dropped"})
     calibration: list[str] = field(default_factory=lambda: ["contextual"],
                                    metadata={"help": "choices: contextual (divide by the prior) and/or none"})
     aggregation: list[str] = field(default_factory=lambda: ["mean"], metadata={"help": "choices: mean, max, sum"})
@@ -145,7 +145,7 @@ class KPTSearcher(Searcher):
             verbalizer, losses = learn_weights(h, task.train, template, verbalizer, epochs=cfg.epochs, lr=cfg.lr,
                                                seed=ctx.seed + trial.number)
             artifacts["weight_losses"] = losses
-            for c, (label, entries) in enumerate(result.kept.items()):
+            for c, entries in enumerate(result.kept.values()):
                 for entry, w in zip(entries, verbalizer.weights[c]):  # type: ignore[index]
                     entry["weight"] = round(w, 5)
         dev = h.evaluate(task.dev, template, verbalizer, label_names=task.label_names)
