@@ -60,7 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.model = args.model or saved.get("model", {}).get("name")
         args.kind = args.kind or saved.get("model", {}).get("kind")
         args.calibration = args.calibration or verbalizer.calibration
-        if len(candidate.templates) > 1:
+        if len(candidate.templates) > 1 or candidate.head is not None:
             return _evaluate_candidate(args, candidate, saved)
     else:
         template = Template(args.template)
@@ -87,7 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"words    {verbalizer.to_dict()['label_words']}")
     modes = ["none", "content_free"] if args.calibration == "both" else [args.calibration]
     # One pass serves both modes: the calibrated run also returns the raw word scores.
-    verb = verbalizer.replace(calibration="content_free" if "content_free" in modes else "none")
+    verb = verbalizer.replace(calibration="content_free" if "content_free" in modes
+                              else "contextual" if "contextual" in modes else "none")
     result = harness.evaluate(split, template, verb, label_names=task.label_names)
     report: dict[str, Any] = {"task": task.name, "split": args.split, "n": result.n, "template": template.to_dict(),
                               "verbalizer": verbalizer.to_dict(), "model": harness.model_name, "results": {}}
@@ -133,7 +134,7 @@ def _compare_with_saved(saved: dict[str, Any] | None, split: str, accuracy: floa
 
 
 def _evaluate_candidate(args: argparse.Namespace, candidate: Any, saved: dict[str, Any]) -> int:
-    """Re-score a saved ensemble."""
+    """Re-score a saved ensemble, or a prompt with a trained head (ProtoVerb)."""
     from .data import load_task
     from .harness import Harness
 

@@ -3,8 +3,11 @@ verbalizer vs prototypes, same template, seeds 13/21/42, on the held-out test sp
 
 The model is frozen, so the mask hidden states of each 16-shot train split and of the test split
 are computed once and cached (examples/_mask_cache.py); the manual verbalizer's scores come from
-the same states (checked against ``Harness.score`` first). Settings are fixed, not tuned on test.
-Also prints each prototype's words and an unsupervised 2-way clustering of the test states.
+the same states (checked against ``Harness.score`` first). Fixed settings are reported per K and
+inference mode; "dev-selected" picks, per seed, the setting of search_spaces/protoverb_sentiment.yaml
+(16 combinations) with the best 16-shot dev accuracy, as the ``protoverb`` search does. Nothing is
+tuned on test. Also prints each prototype's words and an unsupervised 2-way clustering of the test
+states.
 
     python examples/protoverb_mr.py --task mr [--seeds 13 21 42] [--prototypes 1 2]
 """
@@ -12,6 +15,7 @@ Also prints each prototype's words and an unsupervised 2-way clustering of the t
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import sys
@@ -56,6 +60,7 @@ def main() -> None:
 
     columns = ["manual", "manual + content-free cal.", "manual z-scored on train"]
     columns += [f"ProtoVerb K={k} {mode}" for k in args.prototypes for mode in ("proto", "combined")]
+    columns += ["ProtoVerb dev-selected"]
     table: dict[str, list[float]] = {c: [] for c in columns}
     shown = False
     for seed in args.seeds:
@@ -80,6 +85,20 @@ def main() -> None:
                         print(f"  prototype {entry['prototype']} ({task.label_names[entry['class']]}, "
                               f"{entry['members']} members): nearest {', '.join(entry['nearest_words'])} | "
                               f"distinctive {', '.join(entry['distinctive_words'])}")
+        hd = cached_mask_hidden(harness, task.dev, TEMPLATE, f"{args.task}-dev-s{seed}")
+        manual_dev = verbalizer.class_logprobs(single_token_logprobs(harness, hd, verbalizer.flat_words))
+        best = None
+        for dim, k, inst, mode in itertools.product([64, 128], [1, 2], [1.0, 0.0], ["combined", "proto"]):
+            settings = ProtoSettings(proj_dim=dim, prototypes_per_class=k, instance_weight=inst, inference=mode,
+                                     steps=args.steps)
+            head, _ = train_prototypes(hs, task.train.labels, 2, settings, manual=manual_train, seed=seed)
+            with torch.no_grad():
+                dev_acc = classification_metrics(task.dev.labels, head.class_logprobs(hd, manual_dev).argmax(1).numpy(), 2)[0]
+                if best is None or dev_acc > best[0]:
+                    best = (dev_acc, (dim, k, inst, mode), acc(head.class_logprobs(ht, manual_test)))
+        assert best is not None
+        table["ProtoVerb dev-selected"].append(best[2])
+        print(f"seed {seed}: dev-selected (proj_dim, K, instance_weight, inference) = {best[1]}, dev {best[0]:.4f}")
         print(f"seed {seed}: " + "  ".join(f"{c} {table[c][-1]:.4f}" for c in columns), flush=True)
 
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731

@@ -273,3 +273,22 @@ def test_kpt_beats_the_seed_words_on_gemma(real_harness, tmp_path, wn):
     kpt = h.evaluate(test, TEMPLATE, verb).accuracy
     seeds = h.evaluate(test, TEMPLATE, {"negative": ["terrible"], "positive": ["great"]}).accuracy
     assert kpt > seeds + 0.05, (kpt, seeds)
+
+
+def test_cli_evaluate_keeps_contextual_calibration(tiny_model_dir, tmp_path, capsys):
+    from autoprompt_kit.cli import main
+
+    h = Harness(tiny_model_dir, progress=False)
+    prior = ((-3.0, -1.0), (-0.5,))
+    verb = Verbalizer.from_words({"negative": ["bad", "awful"], "positive": ["good"]}, calibration="contextual",
+                                 word_prior=prior)
+    prompt = tmp_path / "best.json"
+    prompt.write_text(json.dumps({"template": {"text": TEMPLATE}, "verbalizer": verb.to_dict(),
+                                  "model": {"name": tiny_model_dir, "kind": "causal"}, "task": {"name": "mr"}}))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--prompt", str(prompt), "--max-examples", "40", "--split", "dev", "--out", str(out),
+                 "--quiet"]) == 0
+    got = json.loads(out.read_text())["results"]["contextual"]["accuracy"]
+    split = load_task("mr", max_examples=40).dev
+    assert got == pytest.approx(h.evaluate(split, TEMPLATE, verb).accuracy)
+    assert "calibration=contextual" in capsys.readouterr().out

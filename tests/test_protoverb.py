@@ -10,7 +10,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from autoprompt_kit import AutoPromptError, Example, Harness, Split, Verbalizer, load_task
+from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer, load_task
 from autoprompt_kit.methods.protoverb import (PrototypeHead, ProtoSettings, ProtoVerbConfig, cluster_mask_embeddings,
                                               prototype_words, train_prototypes)
 from autoprompt_kit.search import Candidate, SearchContext, SearchJob, get_searcher, run_search
@@ -178,3 +178,21 @@ def test_protoverb_beats_the_manual_verbalizer_on_gemma(real_harness, tmp_path):
     result = Candidate.from_dict(doc).evaluate(h, test)
     manual = (result.extra["manual_class_logprobs"].argmax(1) == test.labels).mean()  # same pass, no prototypes
     assert result.accuracy > manual + 0.05, (result.accuracy, manual)
+
+
+def test_cli_evaluate_applies_the_saved_head(tiny_model_dir, tmp_path, capsys):
+    from autoprompt_kit.cli import main
+
+    h = Harness(tiny_model_dir, progress=False)
+    split = load_task("mr", max_examples=40).dev
+    verb = Verbalizer.from_words(WORDS)
+    out = h.score(split, TEMPLATE, verb, hidden=True)
+    head, _ = train_prototypes(out.hidden, split.labels, 2, ProtoSettings(proj_dim=4, steps=5, inference="proto"))
+    cand = Candidate([Template(TEMPLATE)], verb, head=head.to_dict())
+    prompt = tmp_path / "best.json"
+    prompt.write_text(json.dumps({**cand.to_dict(), "model": {"name": tiny_model_dir, "kind": "causal"},
+                                  "task": {"name": "mr"}}))
+    assert main(["evaluate", "--prompt", str(prompt), "--max-examples", "40", "--split", "dev", "--quiet"]) == 0
+    expected = head.evaluate(h, split, TEMPLATE, verb).accuracy
+    assert "+ protoverb head" in capsys.readouterr().out
+    assert cand.evaluate(h, split).accuracy == pytest.approx(expected)
