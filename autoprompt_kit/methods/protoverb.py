@@ -348,7 +348,7 @@ def prototype_words(harness: "Harness", head: PrototypeHead, hidden: torch.Tenso
                     k: int = 10) -> list[dict[str, Any]]:
     """Interpret each prototype: its nearest words in the projected space, and the distinctive words
     of the training instances nearest to it (see the module docstring). One dict per prototype."""
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(np.array(labels), dtype=torch.long)
     with torch.no_grad():
         protos = nn.functional.normalize(head.prototypes, dim=-1).cpu().numpy()
         sims = head.similarities(hidden.float().cpu())
