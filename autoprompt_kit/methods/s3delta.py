@@ -88,9 +88,9 @@ class S3DeltaConfig(SearchConfig):
     search_epochs: int = field(default=4, metadata={"help": "epochs of the bi-level search over train"})
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
-    gate_lr: Any = field(default=0.05, metadata={"help": "learning rate of the gate logits (Adam); list = sampled"})
+    gate_lr: float | list[float] = field(default=0.05, metadata={"help": "learning rate of the gate logits (Adam); list = sampled"})
     beta: float = field(default=1.0, metadata={"help": "sigmoid temperature of the shifted global sigmoid"})
-    temperature: Any = field(default=0.5, metadata={"help": "relaxed-Bernoulli temperature; list = sampled"})
+    temperature: float | list[float] = field(default=0.5, metadata={"help": "relaxed-Bernoulli temperature; list = sampled"})
     batch_size: int = field(default=8, metadata={"help": "examples per step (train and dev)"})
     layer_choices: list[str] = field(default_factory=lambda: ["all", "upper", "lower", "even"], metadata={
         "help": "blackbox: which layers the switched-on groups cover"})
@@ -397,4 +397,4 @@ def describe_budget(harness: Any, config: S3DeltaConfig) -> str:
     budget = budget_params(harness, config.budget_percent)
     return (f"{len(entries)} candidates, {sum(sizes):,} parameters in all; budget {budget:,} "
             f"({config.budget_percent}% of {count_parameters(harness.model):,}); "
-            f"{math.fsum(sizes) / max(1, budget):.1f}x over")
+            f"the space is {math.fsum(sizes) / max(1, budget):.1f}x the budget")
