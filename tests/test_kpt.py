@@ -9,7 +9,9 @@ import math
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -230,7 +232,9 @@ def test_kpt_study_writes_kept_and_removed_words(tiny_models, tmp_path, wn):
                     model_info={"name": "tiny", "kind": "causal"})
     study = run_search(job, SearchContext(task, h, 13))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
-    doc = build_best_json(study, job, None, 1.0, "test")
+    doc = json.loads(json.dumps(build_best_json(study, job, None, 1.0, "test")))
+    schema = Path(__file__).resolve().parents[1] / "autoprompt_kit" / "schemas" / "best.schema.json"
+    jsonschema.validate(doc, json.loads(schema.read_text()))
     art = doc["trial_artifacts"]
     kept = art["kept_words"]
     assert kept["negative"][0]["word"] == "bad" and kept["positive"][0]["word"] == "good"

@@ -196,3 +196,26 @@ def test_cli_evaluate_applies_the_saved_head(tiny_model_dir, tmp_path, capsys):
     expected = head.evaluate(h, split, TEMPLATE, verb).accuracy
     assert "+ protoverb head" in capsys.readouterr().out
     assert cand.evaluate(h, split).accuracy == pytest.approx(expected)
+
+
+def test_cli_search_writes_a_valid_best_json_and_scores_test_with_the_head(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    import jsonschema
+
+    from autoprompt_kit.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text("method: protoverb\nlabel_words: {negative: [bad], positive: [good]}\nproj_dim: [8]\n"
+                     "prototypes_per_class: [1, 2]\ninference: [combined]\nsteps: 10\n")
+    out = tmp_path / "best.json"
+    assert main(["search", "protoverb", "--space", str(space), "--model", tiny_model_dir, "--storage",
+                 f"sqlite:///{tmp_path}/s.db", "--trials", "2", "--max-examples", "120", "--shots", "8", "--quiet",
+                 "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    root = Path(__file__).resolve().parents[1]
+    jsonschema.validate(doc, json.loads((root / "autoprompt_kit" / "schemas" / "best.schema.json").read_text()))
+    assert doc["head"]["kind"] == "protoverb" and doc["trial_artifacts"]["prototype_words"]
+    h = Harness(tiny_model_dir, progress=False)
+    test = load_task("mr", max_examples=120).test
+    assert doc["metrics"]["test"]["accuracy"] == pytest.approx(Candidate.from_dict(doc).evaluate(h, test).accuracy)
