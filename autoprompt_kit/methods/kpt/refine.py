@@ -349,7 +349,7 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
     prior = tuple(tuple(float(scores.word_prior[col[w]]) for w in ws) for ws in classes)
     verbalizer = Verbalizer(tuple(tuple(ws) for ws in classes), labels=tuple(expansion.labels),
                             aggregation=settings.aggregation, calibration=settings.calibration, word_prior=prior)
-    kept = {label: [{"word": w, "prior": round(math.exp(scores.word_prior[col[w]]), 8),
+    kept = {label: [{"word": w, "prior": float(f"{math.exp(scores.word_prior[col[w]]):.3g}"),
                      "relevance": round(relevance[w], 4), "sources": expansion.sources[c].get(w, [])}
                     for w in ws] for c, (label, ws) in enumerate(zip(expansion.labels, classes))}
     return KPTResult(verbalizer, removed, kept)
