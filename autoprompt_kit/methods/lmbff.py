@@ -561,7 +561,8 @@ class LMBFFSearcher(Searcher):
         manual = {k: [v] if isinstance(v, str) else list(v) for k, v in (cfg.label_words or {}).items()}
         if manual:
             Verbalizer.from_words(manual).check_labels(task.label_names)
-            words = [manual] + [w for w in words if w != manual] if not cfg.search_label_words else words
+            if not cfg.search_label_words:  # searched words, when asked for, replace the manual ones in trials
+                words = [manual]
         templates = [cfg.template]
         if cfg.generate_templates:
             verbalizer = Verbalizer.from_words(manual or words[0])
