@@ -35,7 +35,7 @@ SINGLE: dict[str, list[dict[str, Any]]] = {
     "ln": [{"kind": "ln", "targets": [r".*norm"]}],
     "prefix p=5": [{"kind": "prefix", "num_tokens": 5}],
 }
-METHODS = ["zero-shot", "full-ft", *SINGLE, "s3delta@0.005", "s3delta@0.02"]
+METHODS = ["zero-shot", "full-ft", *SINGLE, "s3delta@0.006", "s3delta@0.02"]
 
 
 def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -71,8 +71,9 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
             from autoprompt_kit.methods.s3delta import S3DeltaConfig, s3delta_search
 
             budget = float(method.split("@")[1])
-            config = S3DeltaConfig(budget_percent=budget, search_epochs=args.search_epochs, epochs=args.epochs,
-                                   lr=args.lr, batch_size=args.batch_size)
+            config = S3DeltaConfig(budget_percent=budget, warmup_epochs=args.warmup_epochs,
+                                   search_epochs=args.search_epochs, epochs=args.epochs, lr=args.lr,
+                                   gate_lr=args.gate_lr, batch_size=args.batch_size)
             found = s3delta_search(harness, task.train, task.dev, TEMPLATE, WORDS, config, seed=seed)
             row["search_seconds"] = round(found.seconds, 1)
             row["structure_table"] = found.table
@@ -130,7 +131,9 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--test-examples", type=int, default=300, help="fixed seeded test subsample size")
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--search-epochs", type=int, default=4)
+    parser.add_argument("--warmup-epochs", type=int, default=2, help="S3Delta: module-only epochs before the gates move")
+    parser.add_argument("--search-epochs", type=int, default=6, help="S3Delta: bi-level epochs")
+    parser.add_argument("--gate-lr", type=float, default=0.1, help="S3Delta: Adam learning rate of the gate logits")
     parser.add_argument("--lr", type=float, default=5e-3, help="delta learning rate")
     parser.add_argument("--full-epochs", type=int, default=4)
     parser.add_argument("--full-lr", type=float, default=1e-5)

@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--test-examples", type=int, default=300)
-    parser.add_argument("--search-epochs", type=int, default=4)
+    parser.add_argument("--warmup-epochs", type=int, default=2)
+    parser.add_argument("--search-epochs", type=int, default=6)
+    parser.add_argument("--gate-lr", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out", default="runs/s3delta-mr")
     args = parser.parse_args()
@@ -38,7 +40,8 @@ def main() -> None:
     task = load_task("mr", shots=args.shots, seed=args.seed)
     test = load_task("mr", max_examples=args.test_examples).test
     harness = Harness(batch_size=16, max_length=96, progress=False)
-    config = S3DeltaConfig(budget_percent=args.budget, search_epochs=args.search_epochs, epochs=args.epochs)
+    config = S3DeltaConfig(budget_percent=args.budget, warmup_epochs=args.warmup_epochs,
+                           search_epochs=args.search_epochs, epochs=args.epochs, gate_lr=args.gate_lr)
     print(describe_budget(harness, config))
 
     start = time.perf_counter()

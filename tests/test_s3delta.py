@@ -82,6 +82,21 @@ def test_search_returns_a_structure_within_budget(harness):
     assert torch.equal(torch.as_tensor(harness.evaluate(EXAMPLES, config.template, WORDS).word_logprobs), before)
 
 
+def test_warmup_gives_the_gates_a_gradient(harness):
+    # Every delta starts at zero, so a gate sees no gradient until its module has learnt something:
+    # with frozen (lr 0) modules the gate gradient is exactly zero; after a warm-up it is not.
+    def first_gate_grad(warmup: int, lr: float) -> float:
+        config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=warmup, search_epochs=1, epochs=1, batch_size=4,
+                               lr=lr)
+        return s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0).history[0][
+            "gate_grad_norm"]
+
+    assert first_gate_grad(0, lr=0.0) == 0.0
+    assert first_gate_grad(2, lr=0.05) > 1e-3
+    with pytest.raises(AutoPromptError, match="warmup_epochs"):
+        S3DeltaConfig(warmup_epochs=-1)
+
+
 def test_clear_errors_for_budget_and_patterns(harness):
     with pytest.raises(AutoPromptError, match="fits no candidate"):
         s3delta_search(harness, EXAMPLES, EXAMPLES, "{text_a} It was {mask}.", WORDS,

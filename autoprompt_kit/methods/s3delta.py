@@ -1,8 +1,8 @@
 """S3Delta (Hu et al., NeurIPS 2022): search a sparse delta structure under a parameter budget.
 
-Search space: every (layer × position × module type) is a candidate — LoRA (rank 1) and BitFit
-on the attention and FFN linear layers, LayerNorm tuning (and optionally BitFit) on the norms, a
-bottleneck adapter after the attention and FFN blocks. Each candidate ``i`` (``c_i`` parameters)
+Search space: every (layer × position × module type) is a candidate — LoRA (rank 1) on the
+attention and FFN linear layers, LayerNorm tuning on the norms, a bottleneck adapter after the
+attention and FFN blocks, and (opt-in) BitFit on the linear layers. Each candidate ``i`` (``c_i`` parameters)
 has a gate logit ``α_i`` (init 0).
 
 Differentiable search (the paper's):
@@ -12,6 +12,9 @@ Differentiable search (the paper's):
   parameters equals the budget at every step; ``b`` is treated as a constant in the gradient;
 * gates are sampled with a relaxed Bernoulli (Gumbel-sigmoid, temperature ``temperature``) while
   searching and are deterministic (``p_i``) otherwise;
+* **warm-up** — every delta starts at zero (LoRA's B, the adapter's up-projection, LN's scale
+  offset), so a gate's gradient is zero until its module has learnt something: the module weights
+  train alone for ``warmup_epochs`` first;
 * **bi-level** (DARTS first-order) — each step updates the module weights on a train batch
   (``Harness.train``), then the gate logits on a dev batch (its ``on_step`` hook);
 * the final structure: candidates sorted by ``p_i``, added greedily while the total stays within
@@ -77,15 +80,19 @@ class S3DeltaConfig(SearchConfig):
         "help": "trainable parameters as a percentage of the backbone (0.01 = 0.01%)"})
     lora_targets: list[str] = field(default_factory=lambda: list(LINEAR), metadata={
         "help": "module patterns that get a LoRA candidate"})
-    bitfit_targets: list[str] = field(default_factory=lambda: list(LINEAR), metadata={
-        "help": "module patterns that get a BitFit candidate"})
+    bitfit_targets: list[str] = field(default_factory=list, metadata={
+        "help": "module patterns that get a BitFit candidate (off by default: new biases on Gemma diverge at "
+                "the shared learning rate — measured 0.58 on MR)"})
     ln_targets: list[str] = field(default_factory=lambda: [r".*layers\.\d+\..*norm"], metadata={
         "help": "norm patterns that get a LayerNorm-tuning candidate"})
     adapter_targets: list[str] = field(default_factory=lambda: ["self_attn.o_proj", "mlp.down_proj"], metadata={
         "help": "outputs (after attention / after FFN) that get an adapter candidate"})
     lora_rank: int = field(default=1, metadata={"help": "rank of each LoRA candidate (paper: 1)"})
     adapter_bottleneck: int = field(default=1, metadata={"help": "bottleneck of each adapter candidate"})
-    search_epochs: int = field(default=4, metadata={"help": "epochs of the bi-level search over train"})
+    warmup_epochs: int = field(default=2, metadata={
+        "help": "epochs of training the module weights before the gates move (every delta starts at zero, "
+                "so a gate has no gradient until its module has learnt something)"})
+    search_epochs: int = field(default=6, metadata={"help": "epochs of the bi-level search over train"})
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
     gate_lr: float | list[float] = field(default=0.05, metadata={"help": "learning rate of the gate logits (Adam); list = sampled"})
@@ -105,8 +112,8 @@ class S3DeltaConfig(SearchConfig):
         for name in ("lora_rank", "adapter_bottleneck", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.search_epochs < 0:
-            raise AutoPromptError("search_epochs must be >= 0")
+        if self.search_epochs < 0 or self.warmup_epochs < 0:
+            raise AutoPromptError("search_epochs and warmup_epochs must be >= 0")
         if self.beta <= 0:
             raise AutoPromptError("beta must be positive")
         for name in ("gate_lr", "temperature"):
@@ -263,17 +270,21 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
         loss = nn.functional.cross_entropy(verbalizer.class_logprobs(out.word_logprobs.float()), labels)
         gate_opt.zero_grad()
         loss.backward()
+        grad_norm = float(controller.alpha.grad.norm()) if controller.alpha.grad is not None else 0.0
         gate_opt.step()
         history.append({"step": step, "dev_loss": float(loss.detach()), "shift": controller.shift,
-                        "expected_params": controller.expected_parameters()})
+                        "expected_params": controller.expected_parameters(), "gate_grad_norm": grad_norm})
 
     harness.input_hooks.insert(0, controller.resample)
     controller.sampling = True
     delta.attach(harness)
     try:
+        if config.warmup_epochs > 0:
+            harness.train(train, template, verbalizer, delta.parameters(), epochs=config.warmup_epochs, lr=config.lr,
+                          batch_size=config.batch_size, seed=seed)
         if config.search_epochs > 0:
             harness.train(train, template, verbalizer, delta.parameters(), epochs=config.search_epochs, lr=config.lr,
-                          batch_size=config.batch_size, seed=seed, on_step=gate_step)
+                          batch_size=config.batch_size, seed=seed + 1, on_step=gate_step)
     finally:
         delta.detach()
         controller.sampling = False
