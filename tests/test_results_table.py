@@ -1,0 +1,110 @@
+"""benchmarks/results_table.py end to end on the tiny random GPT-2: cells as trials, resume, report."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprompt_kit import Harness, Verbalizer, load_task
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["results_table"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(tiny_model_dir: str, db: Path, *extra: str) -> list[str]:
+    return ["--model", tiny_model_dir, "--tasks", "mr", "--seeds", "13", "--test-examples", "24",
+            "--storage", f"sqlite:///{db}", "--no-progress", *extra]
+
+
+def _trials(db: Path, name: str = "results-table-quick") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+
+
+def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
+    db = tmp_path / "results.db"
+    methods = ["--methods", "manual", "calibrated", "protoverb", "--protoverb-trials", "2"]
+    assert table.main(_args(tiny_model_dir, db, *methods)) == 0
+    trials = _trials(db)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    by_method = {t.params["method"]: t for t in trials}
+    assert set(by_method) == {"manual", "calibrated", "protoverb"}
+    assert all(t.params["task"] == "mr" and t.params["seed"] == 13 for t in trials)
+    assert all(t.user_attrs["test_n"] == 24 and t.user_attrs["seconds"] >= 0 for t in trials)
+    assert (tmp_path / "results-searches.db").exists()  # ProtoVerb's inner study lives beside the table
+
+    # The numbers are the library's: manual / calibrated equal a plain harness evaluation.
+    h = Harness(tiny_model_dir, progress=False)
+    test = load_task("mr", max_examples=24).test
+    words = {"negative": ["terrible"], "positive": ["great"]}
+    plain = h.evaluate(test, "{text_a} It was {mask}.", Verbalizer.from_words(words)).accuracy
+    cal = h.evaluate(test, "{text_a} It was {mask}.", Verbalizer.from_words(words, calibration="content_free")).accuracy
+    assert by_method["manual"].value == pytest.approx(plain)
+    assert by_method["calibrated"].value == pytest.approx(cal)
+    assert by_method["manual"].user_attrs["calibrated_accuracy"] == pytest.approx(cal)
+
+    # Rerun: every cell is complete, nothing runs (no model load, no new trial).
+    capsys.readouterr()
+    assert table.main(_args(tiny_model_dir, db, *methods)) == 0
+    assert "3 already complete, 0 to run" in capsys.readouterr().out
+    assert len(_trials(db)) == 3
+
+    # Other settings are other cells: a different ProtoVerb size runs again, the frozen rows do not.
+    assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "protoverb", "--protoverb-trials", "1")) == 0
+    assert len(_trials(db)) == 4
+
+    # Report from whatever is complete; the KPT row has no cell and is marked.
+    md, png = tmp_path / "results.md", tmp_path / "results.png"
+    assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "calibrated", "protoverb", "kpt",
+                            "--protoverb-trials", "2", "--report", "--out-md", str(md), "--out-png", str(png))) == 0
+    text = md.read_text()
+    assert f"| {table.METHODS['manual']} | {plain:.4f} ± 0.0000 |" in text
+    assert f"| {table.METHODS['kpt']} | – | – |" in text
+    assert "test n = mr 24" in text and "profile `quick`" in text and "seeds 13" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_and_interrupted_cells_are_retried(table, tiny_model_dir, tmp_path, monkeypatch):
+    db = tmp_path / "results.db"
+
+    def broken(self, cell, task):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(table.Runner, "row_calibrated", broken)
+    assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "calibrated")) == 1
+    states = {t.params["method"]: t.state for t in _trials(db)}
+    assert states == {"manual": TrialState.COMPLETE, "calibrated": TrialState.FAIL}
+    assert [t.user_attrs["error"] for t in _trials(db) if t.state == TrialState.FAIL] == ["RuntimeError: boom"]
+    monkeypatch.undo()
+
+    # A run killed mid-cell leaves a RUNNING trial: the next run closes it and runs the cell again.
+    study = table.open_results_study(f"sqlite:///{db}", "results-table-quick")
+    args = table.parse_args(_args(tiny_model_dir, db, "--methods", "calibrated"))
+    table.start_trial(study, table.plan(args, tiny_model_dir)[0], "quick")
+    assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "calibrated")) == 0
+    trials = _trials(db)
+    assert [(t.params["method"], t.state) for t in trials] == [
+        ("manual", TrialState.COMPLETE), ("calibrated", TrialState.FAIL), ("calibrated", TrialState.FAIL),
+        ("calibrated", TrialState.COMPLETE)]
+
+
+@pytest.mark.parametrize("bad", [["--tasks", "sst2"], ["--methods", "nope"], ["--test-examples", "-1"],
+                                 ["--s3-budget", "0"], ["--ap-iterations", "0"], ["--seeds", "13", "13"],
+                                 ["--lmbff-top-n", "20", "--lmbff-templates", "5"]])
+def test_bad_options_exit_2(table, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        table.parse_args(bad)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
