@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -537,13 +538,13 @@ def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = Tru
             mean, sd = _mean_sd([a for _, a, _ in got])
             mark = "" if len(got) == n_seeds else f" ({len(got)}/{n_seeds} seeds)*"
             incomplete |= len(got) < n_seeds
-            cells.append(f"{mean:.4f} ± {sd:.4f}{mark}")
+            cells.append((f"{mean:.4f} ± {sd:.4f}" if len(got) > 1 else f"{mean:.4f}") + mark)
         wall = f"{_duration(sum(secs))} ({_duration(sum(secs) / len(secs))})" if secs else "–"
         lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + f" | {wall} |")
     if not footer:
         return "\n".join(lines)
     p: Profile = args.knobs
-    test_n = {task: _test_n(study, task, args) for task in args.tasks}
+    test_n = {task: _test_n(task, args) for task in args.tasks}
     lines += [
         "",
         f"Model {args.model or 'Gemma 3 270M (embedded default)'}; {SHOTS} shots per class for train and dev "
@@ -566,13 +567,21 @@ def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = Tru
     ]
     if incomplete:
         lines.append("\n– = no completed cell; * = not every seed completed (mean ± sd over the completed ones).")
+    lines += ["", "Per seed (" + " / ".join(map(str, args.seeds)) + "; – = not done):", "",
+              "| method | " + " | ".join(args.tasks) + " |", "|---|" + "---|" * len(args.tasks)]
+    for method in args.methods:
+        row = []
+        for task in args.tasks:
+            got = {seed: acc for seed, acc, _ in data.get((task, method), [])}
+            row.append(" / ".join(f"{got[s]:.4f}" if s in got else "–" for s in args.seeds))
+        lines.append(f"| {METHODS[method]} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def _test_n(study: "optuna.Study", task: str, args: argparse.Namespace) -> str:
-    ns = {t.user_attrs.get("test_n") for t in completed(study).values() if t.params.get("task") == task}
-    ns.discard(None)
-    return "/".join(str(n) for n in sorted(ns)) if ns else "?"
+def _test_n(task: str, args: argparse.Namespace) -> int:
+    from autoprompt_kit import load_task
+
+    return len(load_task(task, max_examples=args.knobs.test_examples or None).test)
 
 
 def _knob_text(p: Profile) -> str:
@@ -592,42 +601,41 @@ def _duration(seconds: float) -> str:
 
 
 def plot(study: "optuna.Study", args: argparse.Namespace, path: Path) -> None:
-    """Grouped bars (tasks on the x axis, one bar per method) with sd error bars; hatched = incomplete."""
+    """Grouped bars (tasks on the x axis, one bar per method) with sd error bars; incomplete cells
+    are hatched (not every seed done) or marked "n/a" (none done)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     data = collect(study, args)
     n_tasks, n_methods = len(args.tasks), len(args.methods)
     width = 0.8 / n_methods
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * n_tasks + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * n_tasks + 1.5), 4.5))
     colors = plt.get_cmap("tab10")
     for m, method in enumerate(args.methods):
-        xs, means, sds, hatches = [], [], [], []
         for t, task in enumerate(args.tasks):
+            x = t - 0.4 + width * (m + 0.5)
             got = data.get((task, method), [])
             if not got:
+                ax.text(x, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="grey")
                 continue
             mean, sd = _mean_sd([a for _, a, _ in got])
-            xs.append(t - 0.4 + width * (m + 0.5))
-            means.append(mean)
-            sds.append(sd)
-            hatches.append("//" if len(got) < len(args.seeds) else "")
-        bars = ax.bar(xs, means, width, yerr=sds, capsize=2, color=colors(m % 10), label=METHODS[method])
-        for bar, hatch in zip(bars, hatches):
-            bar.set_hatch(hatch)
+            ax.bar(x, mean, width, yerr=sd, capsize=2, color=colors(m % 10),
+                   hatch="//" if len(got) < len(args.seeds) else None, edgecolor="white", linewidth=0.3)
     ax.set_xticks(range(n_tasks))
     ax.set_xticklabels(args.tasks)
+    ax.set_xlim(-0.5, n_tasks - 0.5)
     ax.set_ylabel("test accuracy (mean ± sd over seeds)")
     ax.set_ylim(0.0, 1.0)
     ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
     ax.set_title(f"{args.model or 'Gemma 3 270M'}, {SHOTS}-shot, seeds {', '.join(map(str, args.seeds))}, "
-                 f"profile {args.profile} (hatched: not every seed done)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
+                 f"profile {args.profile}; hatched: not every seed done, n/a: no cell", fontsize=8)
+    handles = [Patch(color=colors(m % 10), label=METHODS[method]) for m, method in enumerate(args.methods)]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -636,12 +644,17 @@ def write_report(args: argparse.Namespace) -> None:
     md = Path(args.out_md)
     md.parent.mkdir(parents=True, exist_ok=True)
     text = f"# Results: every method, one table\n\nRegenerate: `{command_line(args)}`\n\n" + markdown(study, args) + "\n"
-    if args.out_png:
+    if args.out_png and importlib.util.find_spec("matplotlib") is not None:
         text += f"\n![results]({os.path.relpath(args.out_png, md.parent)})\n"
     md.write_text(text)
     print(markdown(study, args))
     print(f"\nwrote {md}")
     if args.out_png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("no chart: matplotlib is not installed (pip install matplotlib)")
+            return
         plot(study, args, Path(args.out_png))
         print(f"wrote {args.out_png}")
 
