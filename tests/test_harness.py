@@ -106,6 +106,17 @@ def test_calibration_divides_by_the_content_free_prior(tiny_models, arch):
     assert cal.n == len(EXAMPLES) and 0 <= cal.accuracy <= 1 and 0 <= cal.macro_f1 <= 1
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_content_free_prior_of_a_template_with_only_spaces_after_the_field(tiny_models, arch):
+    # The empty content-free input leaves the prompt starting with the space before the triggers.
+    h = harness(tiny_models, arch)
+    template = Template("{text_a} {trigger*2} {mask}.").with_triggers([5, 6])
+    prior = h.class_prior(template, VERB)
+    assert prior.shape == (2,) and torch.isfinite(prior).all()
+    cal = h.evaluate(EXAMPLES, template, VERB.replace(calibration="content_free"))
+    assert cal.n == len(EXAMPLES)
+
+
 def test_metrics_are_accuracy_and_macro_f1(tiny_models):
     res = harness(tiny_models, "bert").evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
     from sklearn.metrics import f1_score

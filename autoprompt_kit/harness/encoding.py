@@ -135,6 +135,8 @@ class PromptEncoder:
                     text = " " + text.lstrip()
                 elif not pieces:
                     text = text.lstrip()
+                    if not text:  # only spaces at the start (an empty field before them): nothing to add
+                        continue
                 pending_space = text[-1].isspace()
                 text = text.rstrip()
                 if text:
