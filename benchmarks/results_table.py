@@ -37,6 +37,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     import optuna
     import torch
 
-    from autoprompt_kit import Harness, Split, Task, Verbalizer
+    from autoprompt_kit import Harness, Split, Task, Template, Verbalizer
 
 TEMPLATE = "{text_a} It was {mask}."
 WORDS = {"negative": ["terrible"], "positive": ["great"]}
@@ -153,6 +154,14 @@ def plan(args: argparse.Namespace, model: str) -> list[Cell]:
 # ------------------------------------------------------------------------------------------------
 # Running the methods: every row calls the library's public functions, as the examples do.
 # ------------------------------------------------------------------------------------------------
+def is_manual(template: "Template | str") -> bool:
+    """Whether ``template`` is the manual one (whose test states are cached)."""
+    from autoprompt_kit import Template
+    from autoprompt_kit.prompts import as_template
+
+    return as_template(template) == Template(TEMPLATE)
+
+
 @dataclass
 class TestStates:
     """One harness pass over a task's test subsample with the manual prompt: mask states + word scores."""
@@ -172,12 +181,16 @@ class Runner:
         self.search_storage = search_storage
         self._states: dict[str, TestStates] = {}
         self._full: dict[str, "Task"] = {}
+        self._tests: dict[str, "Split"] = {}
 
     # -- shared pieces -------------------------------------------------------------------------
     def test_split(self, task: str) -> "Split":
-        from autoprompt_kit import load_task
+        """The fixed seeded test subsample of ``task`` (the same for every row)."""
+        if task not in self._tests:
+            from autoprompt_kit import load_task
 
-        return load_task(task, max_examples=self.profile.test_examples or None).test
+            self._tests[task] = load_task(task, max_examples=self.profile.test_examples or None).test
+        return self._tests[task]
 
     def states(self, task: str) -> TestStates:
         """The test subsample's mask hidden states and manual word scores (one pass per task)."""
@@ -199,13 +212,13 @@ class Runner:
             self._full[task] = load_task(task)
         return self._full[task]
 
-    def word_logprobs(self, task: str, template: str, verbalizer: "Verbalizer") -> "torch.Tensor":
+    def word_logprobs(self, task: str, template: "Template | str", verbalizer: "Verbalizer") -> "torch.Tensor":
         """Test word log-probs: from the cached states for the manual template and single-token
         words (the output layer only), else one harness pass."""
         from autoprompt_kit import AutoPromptError
         from autoprompt_kit.methods.kpt import single_token_logprobs
 
-        st = self.states(task) if template == TEMPLATE else None
+        st = self.states(task) if is_manual(template) else None
         if st is not None:
             try:
                 return single_token_logprobs(self.harness, st.hidden, verbalizer.flat_words)
@@ -214,11 +227,14 @@ class Runner:
         test = st.test if st is not None else self.test_split(task)
         return self.harness.score(test, template, verbalizer).word_logprobs.float().cpu()
 
-    def accuracies(self, task: str, template: str, verbalizer: "Verbalizer") -> tuple[float, float]:
-        """Test accuracy uncalibrated and content-free calibrated (one pass for both)."""
+    def accuracies(self, task: str, template: "Template | str", verbalizer: "Verbalizer") -> tuple[float, float]:
+        """Test accuracy uncalibrated and content-free calibrated (one pass for both).
+
+        ``template`` is a :class:`Template` when it carries more than its text (AutoPrompt's trigger ids).
+        """
         from autoprompt_kit.harness import classification_metrics
 
-        labels = self.states(task).test.labels if template == TEMPLATE else self.test_split(task).labels
+        labels = self.test_split(task).labels
         word_lp = self.word_logprobs(task, template, verbalizer)
         prior = self.harness.class_prior(template, verbalizer)
         plain = verbalizer.class_logprobs(word_lp).argmax(1).numpy()
@@ -268,10 +284,10 @@ class Runner:
                                   iterations=p.ap_iterations, batch_size=16, loss=["cross_entropy"])
         study = self.search("autoprompt", config, f"autoprompt-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed, 1)
         trial, found = best_candidate(study)
-        plain, calibrated = self.accuracies(cell.task, found.template.text, Verbalizer.from_words(WORDS))
+        plain, calibrated = self.accuracies(cell.task, found.template, Verbalizer.from_words(WORDS))  # with its triggers
         shown = found.template.display()
-        return CellResult(plain, {"template": shown, "dev_accuracy": trial.value, "calibrated_accuracy": calibrated},
-                          shown)
+        return CellResult(plain, {"template": shown, "template_json": found.template.to_dict(),
+                                  "dev_accuracy": trial.value, "calibrated_accuracy": calibrated}, shown)
 
     def row_lmbff_template(self, cell: Cell, task: "Task") -> CellResult:
         from autoprompt_kit import Verbalizer
@@ -479,6 +495,7 @@ def run_table(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 — a failed cell is recorded and retried on the next run
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             trial.set_user_attr("error", message)
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
             study.tell(trial, state=TrialState.FAIL)
             failed += 1

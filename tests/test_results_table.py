@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autoprompt_kit import Harness, Verbalizer, load_task
+from autoprompt_kit.prompts import as_template
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results_table.py"
 
@@ -35,12 +36,13 @@ def _trials(db: Path, name: str = "results-table-quick") -> list[optuna.trial.Fr
 
 def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
     db = tmp_path / "results.db"
-    methods = ["--methods", "manual", "calibrated", "protoverb", "--protoverb-trials", "2"]
+    methods = ["--methods", "manual", "calibrated", "protoverb", "autoprompt", "--protoverb-trials", "2",
+               "--ap-iterations", "1", "--ap-candidates", "2"]
     assert table.main(_args(tiny_model_dir, db, *methods)) == 0
     trials = _trials(db)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     by_method = {t.params["method"]: t for t in trials}
-    assert set(by_method) == {"manual", "calibrated", "protoverb"}
+    assert set(by_method) == {"manual", "calibrated", "protoverb", "autoprompt"}
     assert all(t.params["task"] == "mr" and t.params["seed"] == 13 for t in trials)
     assert all(t.user_attrs["test_n"] == 24 and t.user_attrs["seconds"] >= 0 for t in trials)
     assert (tmp_path / "results-searches.db").exists()  # ProtoVerb's inner study lives beside the table
@@ -54,21 +56,25 @@ def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
     assert by_method["manual"].value == pytest.approx(plain)
     assert by_method["calibrated"].value == pytest.approx(cal)
     assert by_method["manual"].user_attrs["calibrated_accuracy"] == pytest.approx(cal)
+    # AutoPrompt is scored with its found trigger tokens, not the bare trigger-slot text.
+    found = as_template(by_method["autoprompt"].user_attrs["template_json"])
+    assert found.num_triggers == 3 and None not in found.trigger_ids
+    assert by_method["autoprompt"].value == pytest.approx(h.evaluate(test, found, Verbalizer.from_words(words)).accuracy)
 
     # Rerun: every cell is complete, nothing runs (no model load, no new trial).
     capsys.readouterr()
     assert table.main(_args(tiny_model_dir, db, *methods)) == 0
-    assert "3 already complete, 0 to run" in capsys.readouterr().out
-    assert len(_trials(db)) == 3
+    assert "4 already complete, 0 to run" in capsys.readouterr().out
+    assert len(_trials(db)) == 4
 
     # Other settings are other cells: a different ProtoVerb size runs again, the frozen rows do not.
     assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "protoverb", "--protoverb-trials", "1")) == 0
-    assert len(_trials(db)) == 4
+    assert len(_trials(db)) == 5
 
     # Report from whatever is complete; the KPT row has no cell and is marked.
     md, png = tmp_path / "results.md", tmp_path / "results.png"
-    assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "calibrated", "protoverb", "kpt",
-                            "--protoverb-trials", "2", "--report", "--out-md", str(md), "--out-png", str(png))) == 0
+    assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "calibrated", "protoverb", "autoprompt", "kpt",
+                            "--protoverb-trials", "2", "--ap-iterations", "1", "--ap-candidates", "2", "--report", "--out-md", str(md), "--out-png", str(png))) == 0
     text = md.read_text()
     assert f"| {table.METHODS['manual']} | {plain:.4f} |" in text  # one seed: no sd
     assert f"| {table.METHODS['kpt']} | – | – |" in text
