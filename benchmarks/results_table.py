@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import statistics
 import sys
@@ -694,38 +693,29 @@ def command_line(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(cast: type, low: float, what: str, high: float | None = None) -> Any:
+    """An argparse type: ``cast(text)`` with ``low <= value`` (``low < value < high`` when ``high`` is set)."""
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        ok = value is not None and (low < value < high if high is not None else value >= low)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage in (0, 100), got {text!r}") from None
-    if not 0 < value < 100 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"expected a percentage in (0, 100), got {text!r}")
-    return value
+_positive_int = _number(int, 1, "a positive integer")
+_count = _number(int, 0, "an integer >= 0")
+_percent = _number(float, 0.0, "a percentage in (0, 100)", 100.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="results_table.py", description=__doc__,
+                                     usage="%(prog)s [--profile {quick,paper}] [--tasks T ...] [--methods M ...] "
+                                           "[--seeds S ...] [--test-examples N] [size knobs] [--report]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="size preset (default quick)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), metavar="TASK",
