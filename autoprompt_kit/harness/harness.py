@@ -382,8 +382,11 @@ class Harness:
                 for start in range(0, len(order), batch_size):
                     batch = [examples[i] for i in order[start:start + batch_size]]
                     labels = torch.tensor([e.label for e in batch], device=self.device)
-                    out = self.score(batch, template, verbalizer, exact=True, hidden=head is not None, grad=True,
-                                     soft_embeddings=soft_embeddings)
+                    # Without a custom head the loss reads class scores normalised over classes, which a
+                    # per-example shift of the word scores leaves unchanged: the label-word rows of the
+                    # output layer suffice (same loss and gradients; Gemma's 262k-row matrix is skipped).
+                    out = self.score(batch, template, verbalizer, exact=head is not None, hidden=head is not None,
+                                     grad=True, soft_embeddings=soft_embeddings)
                     logits = head(out) if head is not None else verbalizer.class_logprobs(out.word_logprobs.float())
                     loss = loss_fn(logits, labels) if loss_fn else nn.functional.cross_entropy(logits, labels)
                     optimizer.zero_grad()
