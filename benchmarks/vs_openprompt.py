@@ -3,7 +3,7 @@
 Run (from the repository root, with the project's virtual environment)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_openprompt.py [--examples 400] [--batch-size 16] \
-        [--models bert,gpt2] [--repeats 2] [--openprompt-max-length 0]
+        [--models bert,gpt2] [--repeats 2] [--openprompt-max-length 0] [--append]
 
 OpenPrompt needs transformers 4.30, so it runs in its own virtual environment ``.venv-openprompt``
 (created on first run; see ``OPENPROMPT_INSTALL``) in a subprocess. Both sides read the same
@@ -65,7 +65,7 @@ class PeakRSS:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -160,7 +160,8 @@ def run_openprompt(python: Path, plm: str, model_dir: Path, texts: list[tuple[st
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "TRANSFORMERS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     try:
-        proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", spec], env=env,
+        proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", spec], check=False,
+                              env=env,
                               capture_output=True, text=True)
     finally:
         os.unlink(spec)
@@ -264,6 +265,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side (best is reported)")
     parser.add_argument("--openprompt-max-length", type=int, default=0,
                         help="OpenPrompt's max_seq_length; 0 = the longest prompt of the set (its best case)")
+    parser.add_argument("--append", action="store_true", help=f"append the table to {RESULTS.name} instead of replacing it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -322,6 +324,8 @@ def main() -> None:
                   flush=True)
     table = render(rows, len(split), args, torch.__version__, transformers.__version__, rows[0]["theirs"] if rows else {})
     print("\n" + table)
+    if args.append and RESULTS.exists():
+        table = RESULTS.read_text() + "\n" + table.replace("# Zero-shot evaluation", "## Zero-shot evaluation", 1)
     RESULTS.write_text(table)
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
@@ -336,10 +340,11 @@ def render(rows: list[dict[str, Any]], n: int, args: argparse.Namespace, torch_v
         f"--batch-size {args.batch_size} --models {args.models} --repeats {args.repeats}"
         + (f" --openprompt-max-length {args.openprompt_max_length}" if args.openprompt_max_length else "") + "`",
         "",
-        f"{n} MR test reviews, batch {args.batch_size}, template `{TEMPLATE}`, words terrible/great, 1 CPU thread, "
-        f"best of {args.repeats} (the sides alternate); tokenisation included on both sides. Ours: torch {torch_version}, transformers "
-        f"{tf_version}. OpenPrompt: torch {op.get('torch', '?')}, transformers {op.get('transformers', '?')} "
-        "(its pinned environment). Peak memory = resident-set growth during the timed call.",
+        (f"{n} MR test reviews, batch {args.batch_size}, template `{TEMPLATE}`, words terrible/great, 1 CPU "
+         f"thread, best of {args.repeats} (the sides alternate); tokenisation included on both sides. Ours: torch "
+         f"{torch_version}, transformers {tf_version}. OpenPrompt: torch {op.get('torch', '?')}, transformers "
+         f"{op.get('transformers', '?')} (its pinned environment). Peak memory = resident-set growth during the "
+         "timed call."),
         "",
         "| model | toolkit | seconds | examples/s | peak memory (MiB) | ours / OpenPrompt | same predictions | same token ids |",
         "|---|---|---|---|---|---|---|---|",

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,9 +45,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprompt_kit import Harness, Template, Verbalizer, load_task  # noqa: E402
-from autoprompt_kit.delta import Delta, DeltaSpec  # noqa: E402
-from autoprompt_kit.models.loading import default_model_dir  # noqa: E402
+from autoprompt_kit import Harness, Template, Verbalizer, load_task
+from autoprompt_kit.delta import Delta, DeltaSpec
+from autoprompt_kit.models.loading import default_model_dir
 
 TEMPLATE = "{text_a} It was {mask}."
 WORDS = {"negative": "terrible", "positive": "great"}
@@ -68,7 +68,7 @@ class PeakRSS:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -241,14 +241,14 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "# LoRA training steps: autoprompt_kit `Harness.train` vs PEFT + a plain loop",
         "",
-        f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_peft.py --models {args.models} --batch-size "
-        f"{args.batch_size} --steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}`",
+        (f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_peft.py --models {args.models} --batch-size "
+         f"{args.batch_size} --steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}`"),
         "",
-        f"torch {torch.__version__}, 1 CPU thread; MR training reviews, batch {args.batch_size}, template `{TEMPLATE}`, "
-        f"words terrible/great, LoRA r={RANK} alpha={RANK} on {'/'.join(TARGETS)}, AdamW; {args.steps} timed steps "
-        f"per block after {args.warmup} warm-up steps, sides alternate, best of {args.repeats} blocks (all blocks "
-        "listed). Peak memory = resident-set growth during a block. First loss: step 1 of block 0 (same batch, "
-        "LoRA B = 0), a check that the sides compute the same loss.",
+        (f"torch {torch.__version__}, 1 CPU thread; MR training reviews, batch {args.batch_size}, template "
+         f"`{TEMPLATE}`, words terrible/great, LoRA r={RANK} alpha={RANK} on {'/'.join(TARGETS)}, AdamW; "
+         f"{args.steps} timed steps per block after {args.warmup} warm-up steps, sides alternate, best of "
+         f"{args.repeats} blocks (all blocks listed). Peak memory = resident-set growth during a block. First loss: "
+         "step 1 of block 0 (same batch, LoRA B = 0), a check that the sides compute the same loss."),
         "",
         "| model | loop | steps/s (best) | s/step of every block | peak memory (MiB) | first loss | ours / this |",
         "|---|---|---|---|---|---|---|",
