@@ -530,6 +530,11 @@ def collect(study: "optuna.Study", args: argparse.Namespace) -> dict[tuple[str, 
     return out
 
 
+def row_label(method: str, profile: Profile) -> str:
+    """The table's name of a row (S3Delta's names its budget)."""
+    return METHODS[method] + (f" @ {profile.s3_budget}%" if method == "s3delta" else "")
+
+
 def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
@@ -556,7 +561,7 @@ def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = Tru
             incomplete |= len(got) < n_seeds
             cells.append((f"{mean:.4f} ± {sd:.4f}" if len(got) > 1 else f"{mean:.4f}") + mark)
         wall = f"{_duration(sum(secs))} ({_duration(sum(secs) / len(secs))})" if secs else "–"
-        lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + f" | {wall} |")
+        lines.append(f"| {row_label(method, args.knobs)} | " + " | ".join(cells) + f" | {wall} |")
     if not footer:
         return "\n".join(lines)
     p: Profile = args.knobs
@@ -590,7 +595,7 @@ def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = Tru
         for task in args.tasks:
             got = {seed: acc for seed, acc, _ in data.get((task, method), [])}
             row.append(" / ".join(f"{got[s]:.4f}" if s in got else "–" for s in args.seeds))
-        lines.append(f"| {METHODS[method]} | " + " | ".join(row) + " |")
+        lines.append(f"| {row_label(method, args.knobs)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -648,7 +653,7 @@ def plot(study: "optuna.Study", args: argparse.Namespace, path: Path) -> None:
     ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
     ax.set_title(f"{args.model or 'Gemma 3 270M'}, {SHOTS}-shot, seeds {', '.join(map(str, args.seeds))}, "
                  f"profile {args.profile}; hatched: not every seed done, n/a: no cell", fontsize=8)
-    handles = [Patch(color=colors(m % 10), label=METHODS[method]) for m, method in enumerate(args.methods)]
+    handles = [Patch(color=colors(m % 10), label=row_label(method, args.knobs)) for m, method in enumerate(args.methods)]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
