@@ -95,6 +95,21 @@ def test_warmup_gives_the_gates_a_gradient(harness):
     assert first_gate_grad(2, lr=0.05) > 1e-3
     with pytest.raises(AutoPromptError, match="warmup_epochs"):
         S3DeltaConfig(warmup_epochs=-1)
+    with pytest.raises(AutoPromptError, match="gate_optimizer"):
+        S3DeltaConfig(gate_optimizer="rmsprop")
+
+
+@pytest.mark.parametrize("optimizer", ["normalized_sgd", "adam"])
+def test_gate_step_moves_the_gates(harness, optimizer):
+    config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=4, lr=0.05,
+                           gate_lr=0.1, gate_optimizer=optimizer)
+    found = s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0)
+    probs = torch.tensor(found.probabilities)
+    # One gate step from all-zero logits leaves the gates unequal, by at most lr in logit space
+    # (normalised SGD: exactly lr in RMS; Adam's first step: about lr per gate).
+    logits = torch.logit(probs.double())
+    assert 0 < float(logits.std()) <= 0.1 * 1.05
+    assert found.history[0]["gate_grad_norm"] > 0
 
 
 def test_clear_errors_for_budget_and_patterns(harness):

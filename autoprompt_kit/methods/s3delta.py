@@ -16,7 +16,10 @@ Differentiable search (the paper's):
   offset), so a gate's gradient is zero until its module has learnt something: the module weights
   train alone for ``warmup_epochs`` first;
 * **bi-level** (DARTS first-order) — each step updates the module weights on a train batch
-  (``Harness.train``), then the gate logits on a dev batch (its ``on_step`` hook);
+  (``Harness.train``), then the gate logits on a dev batch (its ``on_step`` hook); by default the
+  gate step divides the gradient by its RMS over all gates (one scale for all), so in a short
+  few-shot search the gates whose modules matter more on dev move further — Adam (``gate_optimizer:
+  adam``) scales each gate separately and moves every consistently helpful gate by the same ``lr``;
 * the final structure: candidates sorted by ``p_i``, added greedily while the total stays within
   the budget; it is then **re-trained from scratch** and evaluated.
 
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("differentiable", "blackbox")
+GATE_OPTIMIZERS = ("normalized_sgd", "adam")
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -95,7 +99,10 @@ class S3DeltaConfig(SearchConfig):
     search_epochs: int = field(default=6, metadata={"help": "epochs of the bi-level search over train"})
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
-    gate_lr: float | list[float] = field(default=0.05, metadata={"help": "learning rate of the gate logits (Adam); list = sampled"})
+    gate_lr: float | list[float] = field(default=0.05, metadata={"help": "learning rate of the gate logits; list = sampled"})
+    gate_optimizer: str = field(default="normalized_sgd", metadata={
+        "help": "normalized_sgd (gradient / its RMS over all gates: keeps which gate matters more) or adam "
+                "(per-gate scaling: with few steps every helpful gate moves by the same lr)"})
     beta: float = field(default=1.0, metadata={"help": "sigmoid temperature of the shifted global sigmoid"})
     temperature: float | list[float] = field(default=0.5, metadata={"help": "relaxed-Bernoulli temperature; list = sampled"})
     batch_size: int = field(default=8, metadata={"help": "examples per step (train and dev)"})
@@ -112,6 +119,8 @@ class S3DeltaConfig(SearchConfig):
         for name in ("lora_rank", "adapter_bottleneck", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.gate_optimizer not in GATE_OPTIMIZERS:
+            raise AutoPromptError(f"gate_optimizer must be one of {GATE_OPTIMIZERS}, got {self.gate_optimizer!r}")
         if self.search_epochs < 0 or self.warmup_epochs < 0:
             raise AutoPromptError("search_epochs and warmup_epochs must be >= 0")
         if self.beta <= 0:
@@ -256,7 +265,9 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     controller.to(next(harness.model.parameters()).device)
     for i, module in enumerate(delta.deltas):
         module.gate = (lambda i=i: controller.gate(i))
-    gate_opt = torch.optim.Adam([controller.alpha], lr=float(gate_lr if gate_lr is not None else _first(config.gate_lr)))
+    lr = float(gate_lr if gate_lr is not None else _first(config.gate_lr))
+    gate_opt = (torch.optim.Adam([controller.alpha], lr=lr) if config.gate_optimizer == "adam"
+                else torch.optim.SGD([controller.alpha], lr=lr))
     dev_examples = list(dev)
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
@@ -270,7 +281,12 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
         loss = nn.functional.cross_entropy(verbalizer.class_logprobs(out.word_logprobs.float()), labels)
         gate_opt.zero_grad()
         loss.backward()
-        grad_norm = float(controller.alpha.grad.norm()) if controller.alpha.grad is not None else 0.0
+        grad = controller.alpha.grad
+        grad_norm = float(grad.norm()) if grad is not None else 0.0
+        if grad is not None and config.gate_optimizer == "normalized_sgd":
+            # One scale for all gates: a step moves the gates by ~lr in RMS, and a gate whose module
+            # matters more on dev moves further (Adam would move every consistent gate by lr).
+            grad.div_(grad.pow(2).mean().sqrt().clamp_min(1e-12))
         gate_opt.step()
         history.append({"step": step, "dev_loss": float(loss.detach()), "shift": controller.shift,
                         "expected_params": controller.expected_parameters(), "gate_grad_norm": grad_norm})
