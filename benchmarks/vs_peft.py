@@ -17,8 +17,11 @@ no dropout, AdamW, cross-entropy over the two label words:
 * ``peft`` — ``peft.get_peft_model(model, LoraConfig(...))`` and a hand-written loop: tokenise the batch
   (right padding), ``model(**batch).logits`` (every position), read the last prompt token's row,
   take the two label-word columns, cross-entropy;
-* ``peft+keep1`` — the best hand-written loop: left padding and ``logits_to_keep=1`` (only the last
-  position goes through the output layer).
+* ``peft, logits_to_keep=1`` — left padding and ``logits_to_keep=1`` (only the last position goes
+  through the output layer; HF slices a 3-D ``(B, 1, d)`` view, which torch runs as ``B`` separate
+  matrix-vector products against the whole output matrix);
+* ``peft, body + lm_head`` — left padding, the model body, then ``lm_head`` on the 2-D last hidden
+  states (one matrix product): the fastest full-vocabulary hand-written loop.
 
 Both sides tokenise inside the step. The sides alternate block by block (``--warmup`` steps, untimed,
 then ``--steps`` timed steps); the best block of ``--repeats`` is reported. Models: ``small`` — Gemma 3
@@ -37,7 +40,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -152,23 +155,26 @@ class OurSide:
 
 
 class PeftSide:
-    """PEFT LoRA + a hand-written training loop (full logits, or ``logits_to_keep=1`` with left padding)."""
+    """PEFT LoRA + a hand-written training loop (``mode``: full logits, ``logits_to_keep=1``, or body + lm_head)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, batch_size: int, keep_last: bool) -> None:
+    NAMES: ClassVar[dict[str, str]] = {"full": "full logits", "keep1": "left padding, logits_to_keep=1",
+                                       "body": "left padding, body + lm_head on the last hidden state"}
+
+    def __init__(self, model: nn.Module, tokenizer: Any, batch_size: int, mode: str) -> None:
         from peft import LoraConfig, get_peft_model
 
         self.model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=RANK, lora_dropout=0.0,
                                                       target_modules=TARGETS, bias="none"))
         self.tokenizer = copy.copy(tokenizer)
-        self.tokenizer.padding_side = "left" if keep_last else "right"
-        self.keep_last = keep_last
+        self.tokenizer.padding_side = "right" if mode == "full" else "left"
+        self.mode = mode
         self.batch_size = batch_size
         self.word_ids = []
         for word in WORDS.values():
             ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
             assert len(ids) == 1, f"{word!r} is not one token"
             self.word_ids.append(ids[0])
-        self.name = "PEFT + plain loop, " + ("left padding, logits_to_keep=1" if keep_last else "full logits")
+        self.name = "PEFT + plain loop, " + self.NAMES[mode]
 
     @staticmethod
     def prompt(example: Any) -> str:
@@ -185,8 +191,12 @@ class PeftSide:
             batch = [examples[i] for i in order[start:start + self.batch_size]]
             enc = self.tokenizer([self.prompt(e) for e in batch], padding=True, return_tensors="pt")
             labels = torch.tensor([e.label for e in batch])
-            if self.keep_last:
+            if self.mode == "keep1":
                 logits = self.model(**enc, use_cache=False, logits_to_keep=1).logits[:, -1]
+            elif self.mode == "body":  # 2-D input to the output layer: one matrix product, not B of them
+                base = self.model.get_base_model()
+                hidden = base.model(**enc, use_cache=False).last_hidden_state[:, -1]
+                logits = base.lm_head(hidden)
             else:
                 logits = self.model(**enc, use_cache=False).logits
                 last = enc["attention_mask"].sum(dim=1) - 1
@@ -209,8 +219,9 @@ def run_model(name: str, args: argparse.Namespace, examples: list[Any]) -> dict[
     model, tokenizer, label = build_model(name)
     sides: list[Any] = [OurSide(copy.deepcopy(model), tokenizer, args.batch_size),
                         OurSide(copy.deepcopy(model), tokenizer, args.batch_size, exact_head=True),
-                        PeftSide(copy.deepcopy(model), tokenizer, args.batch_size, keep_last=False),
-                        PeftSide(model, tokenizer, args.batch_size, keep_last=True)]
+                        PeftSide(copy.deepcopy(model), tokenizer, args.batch_size, "full"),
+                        PeftSide(copy.deepcopy(model), tokenizer, args.batch_size, "keep1"),
+                        PeftSide(model, tokenizer, args.batch_size, "body")]
     per_block = (args.warmup + args.steps) * args.batch_size
     n_blocks = args.repeats
     pool = examples[: per_block * n_blocks]
