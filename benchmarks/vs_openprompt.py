@@ -265,7 +265,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per side (best is reported)")
     parser.add_argument("--openprompt-max-length", type=int, default=0,
                         help="OpenPrompt's max_seq_length; 0 = the longest prompt of the set (its best case)")
-    parser.add_argument("--append", action="store_true", help=f"append the table to {RESULTS.name} instead of replacing it")
+    parser.add_argument("--append", action="store_true",
+                        help=f"append the table to {RESULTS.name} instead of replacing it")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -310,7 +311,8 @@ def main() -> None:
                 ours_runs.append(side.run(split))
                 longest = max(len(ids) for ids in ours_runs[0]["input_ids"])
                 max_length = args.openprompt_max_length or longest
-                their_runs.append(run_openprompt(python, plm, folder, texts, warm_texts, args.batch_size, max_length, 1))
+                their_runs.append(run_openprompt(python, plm, folder, texts, warm_texts, args.batch_size,
+                                                 max_length, 1))
                 print(f"  {name}: ours {ours_runs[-1]['seconds']:.2f} s, OpenPrompt {their_runs[-1]['seconds']:.2f} s",
                       flush=True)
             ours, theirs = best_of(ours_runs), best_of(their_runs)
@@ -322,7 +324,8 @@ def main() -> None:
             print(f"{label}: OpenPrompt {theirs['seconds']:.2f} s (padded to {theirs['padded_length']}), "
                   f"ours {ours['seconds']:.2f} s; same predictions {agree:.1%}, same token ids {same_ids:.1%}",
                   flush=True)
-    table = render(rows, len(split), args, torch.__version__, transformers.__version__, rows[0]["theirs"] if rows else {})
+    table = render(rows, len(split), args, torch.__version__, transformers.__version__,
+                   rows[0]["theirs"] if rows else {})
     print("\n" + table)
     if args.append and RESULTS.exists():
         table = RESULTS.read_text() + "\n" + table.replace("# Zero-shot evaluation", "## Zero-shot evaluation", 1)
@@ -346,7 +349,8 @@ def render(rows: list[dict[str, Any]], n: int, args: argparse.Namespace, torch_v
          f"{op.get('transformers', '?')} (its pinned environment). Peak memory = resident-set growth during the "
          "timed call."),
         "",
-        "| model | toolkit | seconds | examples/s | peak memory (MiB) | ours / OpenPrompt | same predictions | same token ids |",
+        ("| model | toolkit | seconds | examples/s | peak memory (MiB) | ours / OpenPrompt | same predictions "
+         "| same token ids |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
