@@ -14,11 +14,19 @@ Every (task, method, seed) cell is one trial of an Optuna study in SQLite (param
 completed cells and retries failed or interrupted ones; the inner searches (AutoPrompt, LM-BFF,
 ProtoVerb) are resumable studies in a second file. One process at a time per study.
 
-    OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile quick           # ~10 min per task-seed
+    OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile quick           # ~10-18 min per task-seed
     OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile paper           # the README's settings
-    python benchmarks/results_table.py --profile quick --report   # -> benchmarks/results.md + results.png
+    python benchmarks/results_table.py --profile quick --report   # same options as the run -> results.md + .png
     python benchmarks/results_table.py --tasks mr --seeds 13 --methods manual calibrated kpt --test-examples 200
     optuna-dashboard sqlite:///runs/results_table.db
+
+Measured, quick profile, MR, test n = 200, one process per task-seed, OMP_NUM_THREADS=1 on the
+2-core CPU shared with two to four other jobs (load average 5-7, so roughly 2-3x an idle machine):
+seed 21 (all eight rows) 1,054 s of cells + 39 s model load; per row, seed 21 / seed 13 (s):
+manual 88 / 51 (includes the task's shared test pass), calibrated 0 / 0, autoprompt 310 / 328,
+lmbff-template 217 / 198, lmbff-words 56 / 100, kpt 127 / 133, protoverb 43 / 44, s3delta 213 / 172.
+The paper profile was not timed; from the README's runs expect roughly 40-60 min per task-seed on
+an idle machine (AutoPrompt 15 iterations, LM-BFF beam 32, S3Delta 12 epochs, whole test splits).
 
 A size knob given on the command line (``--ap-iterations``, ``--lmbff-beam``, ``--s3-epochs``, …)
 overrides the profile; cells are keyed by their settings, so cells of other settings are not
@@ -89,7 +97,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # ~10 min per task-seed for all eight rows on 2 CPU cores (see the measured times in the module doc).
+    # ~10 min per task-seed for all eight rows on 2 idle CPU cores (measured 17.6 min with the CPU shared; module doc).
     "quick": Profile(),
     # The settings behind the README's numbers (whole test split; AutoPrompt 15 iterations, k=10;
     # LM-BFF beam 32, 40 templates ranked, top 5; ProtoVerb all 16 settings; S3Delta 2+4+6 epochs).
