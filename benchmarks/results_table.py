@@ -30,7 +30,8 @@ an idle machine (AutoPrompt 15 iterations, LM-BFF beam 32, S3Delta 12 epochs, wh
 
 A size knob given on the command line (``--ap-iterations``, ``--lmbff-beam``, ``--s3-epochs``, …)
 overrides the profile; cells are keyed by their settings, so cells of other settings are not
-reused (nor reported).
+reused (nor reported). Cells do not track library changes: after a method changes, ``--redo``
+(with ``--methods``) runs its cells again, or use a new ``--study``.
 """
 
 from __future__ import annotations
@@ -475,7 +476,7 @@ def run_table(args: argparse.Namespace) -> int:
     model = args.model or "gemma-3-270m"
     cells = plan(args, model)
     done = completed(study)
-    todo = [c for c in cells if c.key not in done]
+    todo = [c for c in cells if c.key not in done or args.redo]
     print(f"study {args.study} in {args.storage}: {len(cells)} cells, {len(cells) - len(todo)} already complete, "
           f"{len(todo)} to run" + (f" ({closed} interrupted trial(s) marked failed)" if closed else ""), flush=True)
     if not todo:
@@ -746,6 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-md", default=str(ROOT / "benchmarks" / "results.md"))
     parser.add_argument("--out-png", default=str(ROOT / "benchmarks" / "results.png"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--redo", action="store_true",
+                        help="run the selected cells again even if complete (e.g. after a method changed); "
+                             "the report uses each cell's latest trial")
     knobs = parser.add_argument_group("size knobs (override the profile)")
     for f in dataclasses.fields(Profile):
         kind = _percent if f.type in (float, "float") else (_count if f.name == "test_examples" else _positive_int)

@@ -70,6 +70,9 @@ def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
     # Other settings are other cells: a different ProtoVerb size runs again, the frozen rows do not.
     assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "protoverb", "--protoverb-trials", "1")) == 0
     assert len(_trials(db)) == 5
+    # --redo runs a complete cell again (a new trial; the report reads the latest).
+    assert table.main(_args(tiny_model_dir, db, "--methods", "calibrated", "--redo")) == 0
+    assert [t.params["method"] for t in _trials(db)][-1] == "calibrated" and len(_trials(db)) == 6
 
     # Report from whatever is complete; the KPT row has no cell and is marked.
     md, png = tmp_path / "results.md", tmp_path / "results.png"
