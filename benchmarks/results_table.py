@@ -46,10 +46,11 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
@@ -162,7 +163,7 @@ def plan(args: argparse.Namespace, model: str) -> list[Cell]:
 # ------------------------------------------------------------------------------------------------
 # Running the methods: every row calls the library's public functions, as the examples do.
 # ------------------------------------------------------------------------------------------------
-def is_manual(template: "Template | str") -> bool:
+def is_manual(template: Template | str) -> bool:
     """Whether ``template`` is the manual one (whose test states are cached)."""
     from autoprompt_kit import Template
     from autoprompt_kit.prompts import as_template
@@ -174,25 +175,25 @@ def is_manual(template: "Template | str") -> bool:
 class TestStates:
     """One harness pass over a task's test subsample with the manual prompt: mask states + word scores."""
 
-    test: "Split"
-    hidden: "torch.Tensor"
-    word_logprobs: "torch.Tensor"
+    test: Split
+    hidden: torch.Tensor
+    word_logprobs: torch.Tensor
     seconds: float
 
 
 class Runner:
     """Runs cells on one harness; caches per-task test states and full tasks across cells."""
 
-    def __init__(self, harness: "Harness", profile: Profile, search_storage: str) -> None:
+    def __init__(self, harness: Harness, profile: Profile, search_storage: str) -> None:
         self.harness = harness
         self.profile = profile
         self.search_storage = search_storage
         self._states: dict[str, TestStates] = {}
-        self._full: dict[str, "Task"] = {}
-        self._tests: dict[str, "Split"] = {}
+        self._full: dict[str, Task] = {}
+        self._tests: dict[str, Split] = {}
 
     # -- shared pieces -------------------------------------------------------------------------
-    def test_split(self, task: str) -> "Split":
+    def test_split(self, task: str) -> Split:
         """The fixed seeded test subsample of ``task`` (the same for every row)."""
         if task not in self._tests:
             from autoprompt_kit import load_task
@@ -213,14 +214,14 @@ class Runner:
                                             time.perf_counter() - start)
         return self._states[task]
 
-    def full_task(self, task: str) -> "Task":
+    def full_task(self, task: str) -> Task:
         if task not in self._full:
             from autoprompt_kit import load_task
 
             self._full[task] = load_task(task)
         return self._full[task]
 
-    def word_logprobs(self, task: str, template: "Template | str", verbalizer: "Verbalizer") -> "torch.Tensor":
+    def word_logprobs(self, task: str, template: Template | str, verbalizer: Verbalizer) -> torch.Tensor:
         """Test word log-probs: from the cached states for the manual template and single-token
         words (the output layer only), else one harness pass."""
         from autoprompt_kit import AutoPromptError
@@ -235,7 +236,7 @@ class Runner:
         test = st.test if st is not None else self.test_split(task)
         return self.harness.score(test, template, verbalizer).word_logprobs.float().cpu()
 
-    def accuracies(self, task: str, template: "Template | str", verbalizer: "Verbalizer") -> tuple[float, float]:
+    def accuracies(self, task: str, template: Template | str, verbalizer: Verbalizer) -> tuple[float, float]:
         """Test accuracy uncalibrated and content-free calibrated (one pass for both).
 
         ``template`` is a :class:`Template` when it carries more than its text (AutoPrompt's trigger ids).
@@ -250,7 +251,7 @@ class Runner:
         c = verbalizer.num_classes
         return classification_metrics(labels, plain, c)[0], classification_metrics(labels, calibrated, c)[0]
 
-    def search(self, name: str, config: Any, study: str, task: "Task", seed: int, n_trials: int) -> "optuna.Study":
+    def search(self, name: str, config: Any, study: str, task: Task, seed: int, n_trials: int) -> optuna.Study:
         """A resumable inner study of a library search method (as the examples run them)."""
         from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
 
@@ -268,20 +269,20 @@ class Runner:
         row = getattr(self, "row_" + cell.method.replace("-", "_"))
         return row(cell, task)
 
-    def row_manual(self, cell: Cell, task: "Task") -> CellResult:
+    def row_manual(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
 
         plain, calibrated = self.accuracies(cell.task, TEMPLATE, Verbalizer.from_words(WORDS))
         return CellResult(plain, {"calibrated_accuracy": calibrated,
                                   "shared_test_pass_seconds": round(self.states(cell.task).seconds, 1)})
 
-    def row_calibrated(self, cell: Cell, task: "Task") -> CellResult:
+    def row_calibrated(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
 
         plain, calibrated = self.accuracies(cell.task, TEMPLATE, Verbalizer.from_words(WORDS))
         return CellResult(calibrated, {"uncalibrated_accuracy": plain})
 
-    def row_autoprompt(self, cell: Cell, task: "Task") -> CellResult:
+    def row_autoprompt(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.methods import AutoPromptConfig
         from autoprompt_kit.search import best_candidate
@@ -292,12 +293,13 @@ class Runner:
                                   iterations=p.ap_iterations, batch_size=16, loss=["cross_entropy"])
         study = self.search("autoprompt", config, f"autoprompt-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed, 1)
         trial, found = best_candidate(study)
-        plain, calibrated = self.accuracies(cell.task, found.template, Verbalizer.from_words(WORDS))  # with its triggers
+        # The found Template (with its trigger ids), not its text (which has only the slots).
+        plain, calibrated = self.accuracies(cell.task, found.template, Verbalizer.from_words(WORDS))
         shown = found.template.display()
         return CellResult(plain, {"template": shown, "template_json": found.template.to_dict(),
                                   "dev_accuracy": trial.value, "calibrated_accuracy": calibrated}, shown)
 
-    def row_lmbff_template(self, cell: Cell, task: "Task") -> CellResult:
+    def row_lmbff_template(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.methods import LMBFFConfig
         from autoprompt_kit.search import best_candidate
@@ -317,7 +319,7 @@ class Runner:
                                        "generation_seconds": art.get("generation_seconds"),
                                        "ranking_seconds": art.get("ranking_seconds")}, best.template.text)
 
-    def row_lmbff_words(self, cell: Cell, task: "Task") -> CellResult:
+    def row_lmbff_words(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.methods import LMBFFConfig
         from autoprompt_kit.search import best_candidate
@@ -334,10 +336,16 @@ class Runner:
         return CellResult(plain, {"label_words": words, "dev_accuracy": trial.value,
                                   "calibrated_accuracy": calibrated}, shown)
 
-    def row_kpt(self, cell: Cell, task: "Task") -> CellResult:
+    def row_kpt(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit.harness import classification_metrics
-        from autoprompt_kit.methods.kpt import (ExpansionSettings, RefineSettings, expand, refine, support_scores,
-                                                support_split)
+        from autoprompt_kit.methods.kpt import (
+            ExpansionSettings,
+            RefineSettings,
+            expand,
+            refine,
+            support_scores,
+            support_split,
+        )
 
         # Zero-shot: no labels; the seed only draws the unlabelled support set from the train split.
         support = support_split(self.full_task(cell.task), self.profile.kpt_support, cell.seed)
@@ -355,7 +363,7 @@ class Runner:
                                                 zip(task.label_names, verbalizer.label_words)}},
                           f"{' + '.join(map(str, sizes))} words")
 
-    def row_protoverb(self, cell: Cell, task: "Task") -> CellResult:
+    def row_protoverb(self, cell: Cell, task: Task) -> CellResult:
         import torch
 
         from autoprompt_kit import Verbalizer
@@ -378,7 +386,7 @@ class Runner:
         return CellResult(acc, {"dev_accuracy": trial.value, "params": trial.params},
                           ", ".join(f"{k}={v}" for k, v in sorted(trial.params.items())))
 
-    def row_s3delta(self, cell: Cell, task: "Task") -> CellResult:
+    def row_s3delta(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.delta import count_parameters
         from autoprompt_kit.methods.s3delta import S3DeltaConfig, s3delta_search, train_structure
@@ -408,7 +416,7 @@ class Runner:
 # ------------------------------------------------------------------------------------------------
 # The study: one trial per cell
 # ------------------------------------------------------------------------------------------------
-def open_results_study(storage: str, name: str, create: bool = True) -> "optuna.Study":
+def open_results_study(storage: str, name: str, create: bool = True) -> optuna.Study:
     """The results study (no sampler logic: every trial's parameters are fixed by its cell)."""
     import optuna
 
@@ -425,7 +433,7 @@ def open_results_study(storage: str, name: str, create: bool = True) -> "optuna.
     return optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True)
 
 
-def close_interrupted(study: "optuna.Study") -> int:
+def close_interrupted(study: optuna.Study) -> int:
     """Mark trials left RUNNING or WAITING by a killed run as failed (their cells run again)."""
     from optuna.trial import TrialState
 
@@ -441,7 +449,7 @@ def close_interrupted(study: "optuna.Study") -> int:
     return len(stale) + len(waiting)
 
 
-def completed(study: "optuna.Study") -> dict[str, "optuna.trial.FrozenTrial"]:
+def completed(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     """Completed trials by cell key (the latest wins)."""
     from optuna.trial import TrialState
 
@@ -449,7 +457,7 @@ def completed(study: "optuna.Study") -> dict[str, "optuna.trial.FrozenTrial"]:
             if "cell" in t.user_attrs}
 
 
-def start_trial(study: "optuna.Study", cell: Cell, profile_name: str) -> "optuna.Trial":
+def start_trial(study: optuna.Study, cell: Cell, profile_name: str) -> optuna.Trial:
     """A RUNNING trial whose parameters are the cell's (enqueued, then asked for)."""
     attrs = {"cell": cell.key, "settings": dict(cell.settings), "profile": profile_name,
              "row": METHODS[cell.method]}
@@ -483,7 +491,8 @@ def run_table(args: argparse.Namespace) -> int:
         return 0
     start = time.perf_counter()
     harness = Harness(args.model, max_length=args.max_length, progress=False)
-    print(f"model {harness.model_name} ({harness.kind}, {harness.device}) loaded in {time.perf_counter() - start:.0f}s; "
+    print(f"model {harness.model_name} ({harness.kind}, {harness.device}) loaded in "
+          f"{time.perf_counter() - start:.0f}s; "
           f"profile {args.profile}, test n={args.knobs.test_examples or 'all'}", flush=True)
     for p in harness.model.parameters():
         p.requires_grad_(False)
@@ -527,7 +536,7 @@ def run_table(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
-def collect(study: "optuna.Study", args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[int, float, float]]]:
+def collect(study: optuna.Study, args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[int, float, float]]]:
     """(task, method) → [(seed, accuracy, seconds)] of the completed cells of the current plan."""
     done = completed(study)
     out: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
@@ -548,7 +557,7 @@ def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = True) -> str:
+def markdown(study: optuna.Study, args: argparse.Namespace, footer: bool = True) -> str:
     """The table: rows = methods, columns = tasks (``mean ± sd``), then wall time (sum; per run)."""
     data = collect(study, args)
     n_seeds = len(args.seeds)
@@ -585,7 +594,7 @@ def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = Tru
         f"for every row); profile `{args.profile}` ({_knob_text(p)}); generated "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from study `{args.study}`.",
         "",
-        "Rows: manual `{text_a} It was {mask}.` with terrible / great, no calibration; the same with content-free "
+        ("Rows: manual `{text_a} It was {mask}.` with terrible / great, no calibration; the same with content-free "
         "calibration (both from one test pass); AutoPrompt: 3 trigger tokens before the mask, cross-entropy loss, "
         "uncalibrated; LM-BFF template: causal-LM generation, ranked and scored with content-free calibration; "
         "LM-BFF label words: contrastive candidates with the manual template, uncalibrated; KPT: zero-shot WordNet + "
@@ -593,7 +602,7 @@ def markdown(study: "optuna.Study", args: argparse.Namespace, footer: bool = Tru
         "seed, contextual calibration; ProtoVerb: prototype head on the frozen model's mask states, the setting of "
         "search_spaces/protoverb_sentiment.yaml with the best dev accuracy; S3Delta: bi-level structure search under "
         f"the budget ({p.s3_budget}% of the backbone), the structure re-trained from scratch, uncalibrated. Wall time "
-        "of frozen-model rows: the first row of a task pays for the shared test pass.",
+        "of frozen-model rows: the first row of a task pays for the shared test pass."),
     ]
     if incomplete:
         lines.append("\n– = no completed cell; * = not every seed completed (mean ± sd over the completed ones).")
@@ -630,7 +639,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plot(study: "optuna.Study", args: argparse.Namespace, path: Path) -> None:
+def plot(study: optuna.Study, args: argparse.Namespace, path: Path) -> None:
     """Grouped bars (tasks on the x axis, one bar per method) with sd error bars; incomplete cells
     are hatched (not every seed done) or marked "n/a" (none done)."""
     import matplotlib
@@ -662,7 +671,8 @@ def plot(study: "optuna.Study", args: argparse.Namespace, path: Path) -> None:
     ax.axhline(0.5, color="grey", linewidth=0.6, linestyle=":")
     ax.set_title(f"{args.model or 'Gemma 3 270M'}, {SHOTS}-shot, seeds {', '.join(map(str, args.seeds))}, "
                  f"profile {args.profile}; hatched: not every seed done, n/a: no cell", fontsize=8)
-    handles = [Patch(color=colors(m % 10), label=row_label(method, args.knobs)) for m, method in enumerate(args.methods)]
+    handles = [Patch(color=colors(m % 10), label=row_label(method, args.knobs))
+               for m, method in enumerate(args.methods)]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -673,7 +683,8 @@ def write_report(args: argparse.Namespace) -> None:
     study = open_results_study(args.storage, args.study, create=False)
     md = Path(args.out_md)
     md.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# Results: every method, one table\n\nRegenerate: `{command_line(args)}`\n\n" + markdown(study, args) + "\n"
+    text = (f"# Results: every method, one table\n\nRegenerate: `{command_line(args)}`\n\n"
+            + markdown(study, args) + "\n")
     if args.out_png and importlib.util.find_spec("matplotlib") is not None:
         text += f"\n![results]({os.path.relpath(args.out_png, md.parent)})\n"
     md.write_text(text)
@@ -765,7 +776,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.tasks)) != len(args.tasks) \
             or len(set(args.methods)) != len(args.methods):
         parser.error("--tasks, --methods and --seeds must not repeat a value")
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Profile) if getattr(args, f.name) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Profile)
+                 if getattr(args, f.name) is not None}
     args.knobs = dataclasses.replace(PROFILES[args.profile], **overrides)
     if args.knobs.lmbff_top_n > args.knobs.lmbff_templates:
         parser.error(f"--lmbff-top-n ({args.knobs.lmbff_top_n}) cannot exceed --lmbff-templates "

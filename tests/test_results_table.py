@@ -59,7 +59,8 @@ def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
     # AutoPrompt is scored with its found trigger tokens, not the bare trigger-slot text.
     found = as_template(by_method["autoprompt"].user_attrs["template_json"])
     assert found.num_triggers == 3 and None not in found.trigger_ids
-    assert by_method["autoprompt"].value == pytest.approx(h.evaluate(test, found, Verbalizer.from_words(words)).accuracy)
+    direct = h.evaluate(test, found, Verbalizer.from_words(words)).accuracy
+    assert by_method["autoprompt"].value == pytest.approx(direct)
 
     # Rerun: every cell is complete, nothing runs (no model load, no new trial).
     capsys.readouterr()
@@ -77,7 +78,8 @@ def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
     # Report from whatever is complete; the KPT row has no cell and is marked.
     md, png = tmp_path / "results.md", tmp_path / "results.png"
     assert table.main(_args(tiny_model_dir, db, "--methods", "manual", "calibrated", "protoverb", "autoprompt", "kpt",
-                            "--protoverb-trials", "2", "--ap-iterations", "1", "--ap-candidates", "2", "--report", "--out-md", str(md), "--out-png", str(png))) == 0
+                            "--protoverb-trials", "2", "--ap-iterations", "1", "--ap-candidates", "2", "--report",
+                            "--out-md", str(md), "--out-png", str(png))) == 0
     text = md.read_text()
     assert f"| {table.METHODS['manual']} | {plain:.4f} |" in text  # one seed: no sd
     assert f"| {table.METHODS['kpt']} | – | – |" in text
