@@ -82,6 +82,33 @@ def test_batching_and_padding_do_not_change_scores(tiny_models, arch):
     torch.testing.assert_close(one.word_logprobs, many.word_logprobs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_streamed_chunks_give_the_same_scores_and_hidden_states(tiny_models, arch):
+    whole = harness(tiny_models, arch, batch_size=2)
+    streamed = harness(tiny_models, arch, batch_size=2)
+    streamed.stream_items = 2  # 5 examples → chunks of 2, 2, 1
+    templates = ["{text_a} It was {mask}.", "{text_a} Overall {mask}"]
+    for exact in (False, True):
+        for a, b in zip(whole.score_blocks([Template(t) for t in templates], [EXAMPLES, EXAMPLES[:3]], VERB,
+                                           exact=exact, hidden=True),
+                        streamed.score_blocks([Template(t) for t in templates], [EXAMPLES, EXAMPLES[:3]], VERB,
+                                              exact=exact, hidden=True)):
+            torch.testing.assert_close(a.word_logprobs, b.word_logprobs, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a.hidden, b.hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole.mask_hidden(EXAMPLES, templates[0]), streamed.mask_hidden(EXAMPLES, templates[0]),
+                               atol=1e-5, rtol=1e-5)
+    assert whole.evaluate(EXAMPLES, templates[0], VERB).accuracy == streamed.evaluate(EXAMPLES, templates[0], VERB).accuracy
+
+
+def test_tokenisation_cache_is_bounded_by_examples(tiny_models):
+    h = harness(tiny_models, "gpt2")
+    h.cache_items = 6
+    for t in ["{text_a} It was {mask}.", "{text_a} Overall {mask}", "Review: {text_a} Verdict: {mask}."]:
+        h.evaluate(EXAMPLES, t, VERB)
+    # 5 examples per entry: only the newest entry fits in 6.
+    assert sum(map(len, h._encoded.values())) <= 6 and len(h._encoded) == 1
+
+
 def test_evaluate_many_equals_separate_evaluations(tiny_models):
     h = harness(tiny_models, "gpt2", batch_size=4)
     templates = ["{text_a} It was {mask}.", "{text_a} Overall {mask}", "Review: {text_a} Verdict: {mask}."]

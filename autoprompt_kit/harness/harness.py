@@ -154,6 +154,10 @@ class Harness:
         if self.head is None or not hasattr(self.head, "weight"):
             raise AutoPromptError(f"{type(self.model).__name__} has no output embedding layer to score words with")
         self._encoded: OrderedDict[tuple[Template, str], list[EncodedPrompt]] = OrderedDict()
+        #: Items scored per chunk without gradients (bounds memory on large splits).
+        self.stream_items = 4096
+        #: Tokenised prompts kept in the cache, in examples summed over entries (~1.4 KiB each).
+        self.cache_items = 200_000
         #: Callables ``hook(kwargs, batch)`` that may edit the model's keyword arguments before every
         #: forward pass (input-side deltas: prefix key/values, soft-prompt embeddings).
         self.input_hooks: list[Callable[[dict[str, Any], list[Row]], None]] = []
@@ -252,7 +256,14 @@ class Harness:
         grad: bool = False,
         soft_embeddings: torch.Tensor | None = None,
     ) -> list[ScoreOutput]:
-        """Score ``blocks[i]`` with ``templates[i]``, all in one length-bucketed pass."""
+        """Score ``blocks[i]`` with ``templates[i]``, all in one length-bucketed pass.
+
+        Without gradients, more than :attr:`stream_items` items are scored chunk by chunk (rows built,
+        bucketed and run per chunk), so memory does not grow with the split beyond the scores.
+        """
+        if not grad and sum(len(b) for b in blocks) > self.stream_items:
+            return self._score_streamed(templates, blocks, verbalizer, exact=exact, hidden=hidden,
+                                        soft_embeddings=soft_embeddings)
         rows, sizes = self._build_rows(templates, blocks, verbalizer)
         n_items = sum(sizes)
         n_words = len(verbalizer.flat_words) if verbalizer is not None else 0
@@ -265,6 +276,18 @@ class Harness:
         for size in sizes:
             outs.append(ScoreOutput(word_lp[start:start + size], None if hid is None else hid[start:start + size]))
             start += size
+        return outs
+
+    def _score_streamed(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
+                        verbalizer: Verbalizer | None, **kwargs: Any) -> list[ScoreOutput]:
+        outs = []
+        for template, block in zip(templates, blocks):
+            block = list(block)
+            parts = [self.score_blocks([template], [block[i:i + self.stream_items]], verbalizer, **kwargs)[0]
+                     for i in range(0, max(len(block), 1), self.stream_items)]
+            hid = [p.hidden for p in parts]
+            outs.append(ScoreOutput(torch.cat([p.word_logprobs for p in parts]),
+                                    None if any(h is None for h in hid) else torch.cat(hid)))  # type: ignore[arg-type]
         return outs
 
     def mask_hidden(self, split: Split | Sequence[Example], template: Template | str) -> torch.Tensor:
@@ -482,7 +505,8 @@ class Harness:
             return hit
         encoded = [self.encoder.encode(template, e) for e in examples]
         self._encoded[key] = encoded
-        if len(self._encoded) > 256:
+        while len(self._encoded) > 1 and (len(self._encoded) > 256
+                                          or sum(map(len, self._encoded.values())) > self.cache_items):
             self._encoded.popitem(last=False)
         return encoded
 
@@ -585,7 +609,9 @@ class Harness:
                 if hid is None:
                     hid = torch.zeros(n_items, h.shape[-1], device=self.device, dtype=h.dtype)
                 # An item may span several rows; they share the mask position, so any row will do.
-                hid = hid.index_put((torch.tensor([r.item for r in batch], device=self.device),), h)
+                index = (torch.tensor([r.item for r in batch], device=self.device),)
+                # In place when nothing is differentiated: a copy per batch would cost O(n²) on big splits.
+                hid = hid.index_put(index, h) if torch.is_grad_enabled() else hid.index_put_(index, h)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
