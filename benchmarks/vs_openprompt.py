@@ -341,7 +341,8 @@ def render(rows: list[dict[str, Any]], n: int, args: argparse.Namespace, torch_v
         "",
         f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/vs_openprompt.py --examples {args.examples} "
         f"--batch-size {args.batch_size} --models {args.models} --repeats {args.repeats}"
-        + (f" --openprompt-max-length {args.openprompt_max_length}" if args.openprompt_max_length else "") + "`",
+        + (f" --openprompt-max-length {args.openprompt_max_length}" if args.openprompt_max_length else "")
+        + (" --append" if args.append else "") + "`",
         "",
         (f"{n} MR test reviews, batch {args.batch_size}, template `{TEMPLATE}`, words terrible/great, 1 CPU "
          f"thread, best of {args.repeats} (the sides alternate); tokenisation included on both sides. Ours: torch "
