@@ -67,13 +67,15 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
                 p.requires_grad_(False)
     else:
         torch.manual_seed(seed)
-        if method.startswith("s3delta@"):
+        if method.startswith(("s3delta@", "s3delta-cost@")):
             from autoprompt_kit.methods.s3delta import S3DeltaConfig, s3delta_search
 
+            # "s3delta@0.02" (size-blind gates) or "s3delta-cost@0.02" (gate gradients per parameter)
             budget = float(method.split("@")[1])
             config = S3DeltaConfig(budget_percent=budget, warmup_epochs=args.warmup_epochs,
                                    search_epochs=args.search_epochs, epochs=args.epochs, lr=args.lr,
-                                   gate_lr=args.gate_lr, batch_size=args.batch_size)
+                                   gate_lr=args.gate_lr, batch_size=args.batch_size,
+                                   gate_cost="per_parameter" if method.startswith("s3delta-cost@") else "none")
             found = s3delta_search(harness, task.train, task.dev, TEMPLATE, WORDS, config, seed=seed)
             row["search_seconds"] = round(found.seconds, 1)
             row["structure_table"] = found.table

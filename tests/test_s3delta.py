@@ -97,12 +97,34 @@ def test_warmup_gives_the_gates_a_gradient(harness):
         S3DeltaConfig(warmup_epochs=-1)
     with pytest.raises(AutoPromptError, match="gate_optimizer"):
         S3DeltaConfig(gate_optimizer="rmsprop")
+    with pytest.raises(AutoPromptError, match="gate_cost"):
+        S3DeltaConfig(gate_cost=["none", "per_flop"])
 
 
-@pytest.mark.parametrize("optimizer", ["normalized_sgd", "adam"])
-def test_gate_step_moves_the_gates(harness, optimizer):
+def test_per_parameter_cost_divides_each_gate_gradient_by_its_relative_size(harness):
+    # The same search twice, one gate step from all-zero logits: with per_parameter, each gate's
+    # step is the size-blind one divided by its relative size (then rescaled to the same RMS).
+    def first_logits(cost: str) -> torch.Tensor:
+        config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=4,
+                               lr=0.05, gate_lr=0.1, gate_cost=cost, temperature=0.5)
+        found = s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0)
+        return torch.tensor(found.logits, dtype=torch.float64)  # the gate logits α after one step from 0
+
+    entries = search_space(harness, S3DeltaConfig())
+    sizes = torch.tensor(Delta.from_structure(harness, entries).module_parameters(), dtype=torch.float64)
+    blind, costed = first_logits("none"), first_logits("per_parameter")
+    assert blind.pow(2).mean().sqrt() == pytest.approx(0.1, rel=1e-3)  # normalised SGD: lr in RMS
+    expected = blind / (sizes / sizes.mean())
+    expected = expected * (0.1 / expected.pow(2).mean().sqrt())
+    torch.testing.assert_close(costed, expected, atol=1e-5, rtol=1e-3)
+    assert not torch.allclose(costed, blind)
+
+
+@pytest.mark.parametrize("optimizer, cost", [("normalized_sgd", "none"), ("normalized_sgd", "per_parameter"),
+                                             ("adam", "none")])
+def test_gate_step_moves_the_gates(harness, optimizer, cost):
     config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=4, lr=0.05,
-                           gate_lr=0.1, gate_optimizer=optimizer)
+                           gate_lr=0.1, gate_optimizer=optimizer, gate_cost=cost)
     found = s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0)
     probs = torch.tensor(found.probabilities)
     # One gate step from all-zero logits leaves the gates unequal, by at most lr in logit space

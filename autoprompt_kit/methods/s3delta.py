@@ -67,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 STRATEGIES = ("differentiable", "blackbox")
 GATE_OPTIMIZERS = ("normalized_sgd", "adam")
+GATE_COSTS = ("none", "per_parameter")
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -100,6 +101,9 @@ class S3DeltaConfig(SearchConfig):
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
     gate_lr: float | list[float] = field(default=0.05, metadata={"help": "learning rate of the gate logits; list = sampled"})
+    gate_cost: str | list[str] = field(default="none", metadata={
+        "help": "none, or per_parameter: each gate's gradient divided by its module's size (relative to the "
+                "mean), so the gates rank value per parameter — the greedy knapsack order; list = sampled"})
     gate_optimizer: str = field(default="normalized_sgd", metadata={
         "help": "normalized_sgd (gradient / its RMS over all gates: keeps which gate matters more) or adam "
                 "(per-gate scaling: with few steps every helpful gate moves by the same lr)"})
@@ -119,6 +123,9 @@ class S3DeltaConfig(SearchConfig):
         for name in ("lora_rank", "adapter_bottleneck", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+        costs = self.gate_cost if isinstance(self.gate_cost, list) else [self.gate_cost]
+        if not costs or any(c not in GATE_COSTS for c in costs):
+            raise AutoPromptError(f"gate_cost must be one of {GATE_COSTS} or a list of them, got {self.gate_cost!r}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise AutoPromptError(f"gate_optimizer must be one of {GATE_OPTIMIZERS}, got {self.gate_optimizer!r}")
         if self.search_epochs < 0 or self.warmup_epochs < 0:
@@ -245,11 +252,13 @@ class S3DeltaResult:
     table: str
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    logits: list[float] = field(default_factory=list)
 
 
 def s3delta_search(harness: Harness, train: Split, dev: Split, template: Template | str,
                    verbalizer: Verbalizer | dict[str, Any], config: S3DeltaConfig, seed: int = 0,
-                   gate_lr: float | None = None, temperature: float | None = None) -> S3DeltaResult:
+                   gate_lr: float | None = None, temperature: float | None = None,
+                   gate_cost: str | None = None) -> S3DeltaResult:
     """Bi-level differentiable structure search; returns the structure (not trained)."""
     start = time.perf_counter()
     template = as_template(template)
@@ -266,6 +275,7 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     for i, module in enumerate(delta.deltas):
         module.gate = (lambda i=i: controller.gate(i))
     lr = float(gate_lr if gate_lr is not None else _first(config.gate_lr))
+    cost = gate_cost or (config.gate_cost[0] if isinstance(config.gate_cost, list) else config.gate_cost)
     gate_opt = (torch.optim.Adam([controller.alpha], lr=lr) if config.gate_optimizer == "adam"
                 else torch.optim.SGD([controller.alpha], lr=lr))
     dev_examples = list(dev)
@@ -283,6 +293,8 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
         loss.backward()
         grad = controller.alpha.grad
         grad_norm = float(grad.norm()) if grad is not None else 0.0
+        if grad is not None and cost == "per_parameter":
+            grad.div_((controller.sizes / controller.sizes.mean()).to(grad.dtype))
         if grad is not None and config.gate_optimizer == "normalized_sgd":
             # One scale for all gates: a step moves the gates by ~lr in RMS, and a gate whose module
             # matters more on dev moves further (Adam would move every consistent gate by lr).
@@ -311,7 +323,8 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     structure = [entries[i] for i in chosen]
     used = sum(sizes[i] for i in chosen)
     table = structure_table(structure, [sizes[i] for i in chosen], count_parameters(harness.model))
-    return S3DeltaResult(structure, used, budget, probs, len(entries), table, time.perf_counter() - start, history)
+    return S3DeltaResult(structure, used, budget, probs, len(entries), table, time.perf_counter() - start, history,
+                         controller.alpha.detach().cpu().tolist())
 
 
 def _first(value: Any) -> float:
@@ -383,8 +396,10 @@ class S3DeltaSearcher(Searcher):
             gate_lr = trial.suggest_categorical("gate_lr", cfg.gate_lr) if isinstance(cfg.gate_lr, list) else cfg.gate_lr
             temp = (trial.suggest_categorical("temperature", cfg.temperature) if isinstance(cfg.temperature, list)
                     else cfg.temperature)
+            cost = (trial.suggest_categorical("gate_cost", cfg.gate_cost) if isinstance(cfg.gate_cost, list)
+                    else cfg.gate_cost)
             found = s3delta_search(harness, task.train, task.dev, template, verbalizer, cfg, seed=seed,
-                                   gate_lr=gate_lr, temperature=temp)
+                                   gate_lr=gate_lr, temperature=temp, gate_cost=cost)
             structure = found.structure
             info["search_seconds"] = round(found.seconds, 2)
             info["candidates"] = found.candidates
