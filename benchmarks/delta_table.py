@@ -35,7 +35,8 @@ SINGLE: dict[str, list[dict[str, Any]]] = {
     "ln": [{"kind": "ln", "targets": [r".*norm"]}],
     "prefix p=5": [{"kind": "prefix", "num_tokens": 5}],
 }
-METHODS = ["zero-shot", "full-ft", *SINGLE, "s3delta@0.006", "s3delta-cost@0.006", "s3delta@0.02", "s3delta-cost@0.02"]
+METHODS = ["zero-shot", "full-ft", *SINGLE, "s3delta@0.006", "s3delta-cost@0.006", "s3delta@0.02", "s3delta-cost@0.02",
+           "s3delta-noadapter@0.02"]
 
 
 def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,15 +68,17 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
                 p.requires_grad_(False)
     else:
         torch.manual_seed(seed)
-        if method.startswith(("s3delta@", "s3delta-cost@")):
+        if method.startswith(("s3delta@", "s3delta-cost@", "s3delta-noadapter@")):
             from autoprompt_kit.methods.s3delta import S3DeltaConfig, s3delta_search
 
-            # "s3delta@0.02" (size-blind gates) or "s3delta-cost@0.02" (gate gradients per parameter)
+            # "s3delta@0.02" (size-blind gates), "s3delta-cost@0.02" (gate gradients per parameter),
+            # "s3delta-noadapter@0.02" (LoRA + LN space only)
             budget = float(method.split("@")[1])
             config = S3DeltaConfig(budget_percent=budget, warmup_epochs=args.warmup_epochs,
                                    search_epochs=args.search_epochs, epochs=args.epochs, lr=args.lr,
                                    gate_lr=args.gate_lr, batch_size=args.batch_size,
-                                   gate_cost="per_parameter" if method.startswith("s3delta-cost@") else "none")
+                                   gate_cost="per_parameter" if method.startswith("s3delta-cost@") else "none",
+                                   **({"adapter_targets": []} if method.startswith("s3delta-noadapter@") else {}))
             found = s3delta_search(harness, task.train, task.dev, TEMPLATE, WORDS, config, seed=seed)
             row["search_seconds"] = round(found.seconds, 1)
             row["structure_table"] = found.table
