@@ -100,7 +100,7 @@ class S3DeltaConfig(SearchConfig):
     search_epochs: int = field(default=6, metadata={"help": "epochs of the bi-level search over train"})
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
-    gate_lr: float | list[float] = field(default=0.05, metadata={"help": "learning rate of the gate logits; list = sampled"})
+    gate_lr: float | list[float] = field(default=0.1, metadata={"help": "learning rate of the gate logits; list = sampled"})
     gate_cost: str | list[str] = field(default="none", metadata={
         "help": "none, or per_parameter: each gate's gradient divided by its module's size (relative to the "
                 "mean), so the gates rank value per parameter — the greedy knapsack order; list = sampled"})
