@@ -111,7 +111,7 @@ def malloc_stats() -> tuple[int, int]:
 
 def measure_peaks() -> Any:
     """:class:`PeakRSS` (resident set) that also samples the glibc heap's bytes in use."""
-    from harness_throughput import PeakRSS  # the same resident-set sampler as the throughput benchmark
+    from _memory import PeakRSS  # the resident-set sampler every benchmark uses
 
     class PeakMemory(PeakRSS):
         def __enter__(self) -> PeakMemory:

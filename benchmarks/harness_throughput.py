@@ -16,9 +16,7 @@ does not depend on the weights) with the uncased WordPiece vocabulary shipped in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,41 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autoprompt_kit import Harness, Template, Verbalizer, load_task  # noqa: E402
 from autoprompt_kit.harness import Row  # noqa: E402
 
-
-class PeakRSS:
-    """Peak resident memory above the level at entry (CPU), or peak CUDA memory allocated."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self) -> "PeakRSS":
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        self.base = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss() - self.base)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-            return
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss() - self.base)
+from _memory import PeakRSS  # noqa: E402  (benchmarks/, on the path of a script run)
 
 
 def batches_of(h: Harness, split, template: Template, verbalizer: Verbalizer) -> list[list[Row]]:

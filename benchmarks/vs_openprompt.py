@@ -35,10 +35,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _memory import PeakRSS  # benchmarks/, on the path of a script run (either venv)
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENPROMPT_VENV = ROOT / ".venv-openprompt"
@@ -52,34 +53,6 @@ TEMPLATE = "{text_a} It was {mask}."
 OPENPROMPT_TEMPLATE = '{"placeholder":"text_a"} It was {"mask"}.'
 WORDS = {"negative": "terrible", "positive": "great"}
 RESULTS = ROOT / "benchmarks" / "results_openprompt.md"
-
-
-class PeakRSS:
-    """Peak resident-set growth (bytes) above the level at entry, polled every 5 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.rss() - self.base)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss() - self.base)
 
 
 def max_rss_mib() -> float:

@@ -37,7 +37,6 @@ import argparse
 import copy
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,9 +47,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprompt_kit import Harness, Template, Verbalizer, load_task
-from autoprompt_kit.delta import Delta, DeltaSpec
-from autoprompt_kit.models.loading import default_model_dir
+from autoprompt_kit import Harness, Template, Verbalizer, load_task  # noqa: E402
+from autoprompt_kit.delta import Delta, DeltaSpec  # noqa: E402
+from autoprompt_kit.models.loading import default_model_dir  # noqa: E402
+
+from _memory import PeakRSS  # noqa: E402  (benchmarks/, on the path of a script run)
 
 TEMPLATE = "{text_a} It was {mask}."
 WORDS = {"negative": "terrible", "positive": "great"}
@@ -58,34 +59,6 @@ TARGETS = ["q_proj", "v_proj"]
 RANK = 8
 LR = 1e-4
 RESULTS = ROOT / "benchmarks" / "results_peft.md"
-
-
-class PeakRSS:
-    """Peak resident-set growth (bytes) above the level at entry, polled every 5 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.rss() - self.base)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss() - self.base)
 
 
 def build_model(name: str) -> tuple[nn.Module, Any, str]:
