@@ -287,7 +287,9 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
         idx = rng.choice(len(dev_examples), size=min(config.batch_size, len(dev_examples)), replace=False)
         batch = [dev_examples[i] for i in idx]
         labels = torch.tensor([e.label for e in batch], device=harness.device)
-        out = harness.score(batch, template, verbalizer, exact=True, grad=True)
+        # Label-word rows only: class scores are normalised over classes, so the full vocabulary adds
+        # nothing to this loss or its gradient (as in Harness.train).
+        out = harness.score(batch, template, verbalizer, grad=True)
         loss = nn.functional.cross_entropy(verbalizer.class_logprobs(out.word_logprobs.float()), labels)
         gate_opt.zero_grad()
         loss.backward()
