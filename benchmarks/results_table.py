@@ -12,12 +12,17 @@ of a delta structure searched under a parameter budget, re-trained). Columns: th
 Every (task, method, seed) cell is one trial of an Optuna study in SQLite (params ``task``,
 ``method``, ``seed``; settings, accuracies and artifacts as user attributes). A rerun skips
 completed cells and retries failed or interrupted ones; the inner searches (AutoPrompt, LM-BFF,
-ProtoVerb) are resumable studies in a second file. One process at a time per study.
+ProtoVerb) are resumable studies in a second file. One process at a time per study; parallel
+workers each use their own ``--storage`` and ``--merge-from`` gathers them into one study.
 
     OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile quick           # ~10-18 min per task-seed
     OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile paper           # the README's settings
     python benchmarks/results_table.py --profile quick --report   # same options as the run -> results.md + .png
     python benchmarks/results_table.py --tasks mr --seeds 13 --methods manual calibrated kpt --test-examples 200
+    # two parallel workers (one core each), then one report from both:
+    OMP_NUM_THREADS=1 python benchmarks/results_table.py --tasks mr tweets --storage sqlite:///runs/rt_a.db &
+    OMP_NUM_THREADS=1 python benchmarks/results_table.py --tasks amazon nyt --storage sqlite:///runs/rt_b.db &
+    wait; python benchmarks/results_table.py --merge-from sqlite:///runs/rt_a.db sqlite:///runs/rt_b.db --report
     optuna-dashboard sqlite:///runs/results_table.db
 
 Measured, quick profile, MR, test n = 200, one process per task-seed, OMP_NUM_THREADS=1 on the
@@ -449,6 +454,31 @@ def close_interrupted(study: optuna.Study) -> int:
     return len(stale) + len(waiting)
 
 
+def merge_from(study: optuna.Study, sources: Sequence[str]) -> int:
+    """Copy the finished trials of the same-named study in each source storage into ``study``.
+
+    Parallel workers each write their own storage (one process per study); this gathers their
+    cells into one study for the report and the dashboard. A trial already copied (same cell,
+    same start time) is skipped, so merging twice adds nothing.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    seen = {(t.user_attrs.get("cell"), t.datetime_start) for t in study.get_trials(deepcopy=False)}
+    added = 0
+    for source in sources:
+        try:
+            other = optuna.load_study(study_name=study.study_name, storage=source)
+        except KeyError:
+            raise SystemExit(f"results_table.py: error: no study {study.study_name!r} in {source}") from None
+        for t in other.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if "cell" in t.user_attrs and (t.user_attrs["cell"], t.datetime_start) not in seen:
+                study.add_trial(t)
+                seen.add((t.user_attrs["cell"], t.datetime_start))
+                added += 1
+    return added
+
+
 def completed(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     """Completed trials by cell key (the latest wins)."""
     from optuna.trial import TrialState
@@ -755,6 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="storage of the inner searches (default: <storage file>-searches.db beside it)")
     parser.add_argument("--study", default=None, help="results study name (default results-table-<profile>)")
     parser.add_argument("--report", action="store_true", help="write the markdown table and chart from the study")
+    parser.add_argument("--merge-from", nargs="+", default=[], metavar="STORAGE",
+                        help="first copy the study's finished cells from these storages (parallel workers, each "
+                             "run with its own --storage and --tasks/--seeds) into --storage")
     parser.add_argument("--out-md", default=str(ROOT / "benchmarks" / "results.md"))
     parser.add_argument("--out-png", default=str(ROOT / "benchmarks" / "results.png"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -796,6 +829,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge_from:
+        added = merge_from(open_results_study(args.storage, args.study), args.merge_from)
+        print(f"merged {added} finished cell trial(s) into study {args.study} in {args.storage}")
     if args.report:
         write_report(args)
         return 0

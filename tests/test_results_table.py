@@ -114,6 +114,31 @@ def test_failed_and_interrupted_cells_are_retried(table, tiny_model_dir, tmp_pat
         ("calibrated", TrialState.COMPLETE)]
 
 
+def test_parallel_workers_merge_into_one_study(table, tiny_model_dir, tmp_path, capsys):
+    a, b, main = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "main.db"
+    base = ["--model", tiny_model_dir, "--tasks", "mr", "--test-examples", "24", "--no-progress",
+            "--methods", "manual", "calibrated"]
+    assert table.main([*base, "--seeds", "13", "--storage", f"sqlite:///{a}"]) == 0
+    assert table.main([*base, "--seeds", "21", "--storage", f"sqlite:///{b}"]) == 0
+    merge = [*base, "--seeds", "13", "21", "--storage", f"sqlite:///{main}",
+             "--merge-from", f"sqlite:///{a}", f"sqlite:///{b}"]
+    capsys.readouterr()
+    md = tmp_path / "results.md"
+    assert table.main([*merge, "--report", "--out-md", str(md), "--out-png", ""]) == 0
+    assert "merged 4 finished cell trial(s)" in capsys.readouterr().out
+    copied = _trials(main)
+    assert sorted((t.params["seed"], t.params["method"]) for t in copied) == [
+        (13, "calibrated"), (13, "manual"), (21, "calibrated"), (21, "manual")]
+    by_cell = {t.user_attrs["cell"]: t.value for t in _trials(a) + _trials(b)}
+    assert {t.user_attrs["cell"]: t.value for t in copied} == by_cell  # values and cell keys survive the copy
+    assert "seeds 13, 21;" in md.read_text()
+    # Merging again adds nothing; the run step then finds every cell complete.
+    assert table.main(merge) == 0
+    out = capsys.readouterr().out
+    assert "merged 0 finished cell trial(s)" in out and "4 already complete, 0 to run" in out
+    assert len(_trials(main)) == 4
+
+
 @pytest.mark.parametrize("bad", [["--tasks", "sst2"], ["--methods", "nope"], ["--test-examples", "-1"],
                                  ["--s3-budget", "0"], ["--ap-iterations", "0"], ["--seeds", "13", "13"],
                                  ["--lmbff-top-n", "20", "--lmbff-templates", "5"]])
