@@ -29,14 +29,14 @@ WORDS = {"negative": ["bad"], "positive": ["good"]}
 
 def harness(tiny_models, arch):
     model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=4)
+    return Harness(model, tok, kind=kind, progress=False, batch_size=4, precision="fp32")  # exact checks, any device
 
 
 def plain_causal_score(h, example, span_ids, word):
     """log p(span | s) + log p(first token of word | s, span) with one unpadded, uncached forward."""
     prefix = list(h.encoder.special_prefix) + list(h.encoder.tokenize(example.text_a))
     target = list(span_ids) + [h.encoder.word_ids(word, True)[0]]
-    ids = torch.tensor([prefix + target])
+    ids = torch.tensor([prefix + target], device=h.device)
     with torch.no_grad():
         logp = torch.log_softmax(h.model(input_ids=ids).logits[0].float(), -1)
     return sum(float(logp[len(prefix) - 1 + j, t]) for j, t in enumerate(target))
@@ -104,8 +104,8 @@ def test_seq2seq_beam_scores_equal_summed_decoder_likelihoods(tiny_models):
         target = tok.convert_tokens_to_ids(g.span_tokens)           # <extra_id_0> is forced, not scored
         total = 0.0
         for ex in TRAIN:
-            src = tok(gen.source(ex, verbalizer.label_words[ex.label][0], "after"), return_tensors="pt")
-            dec = torch.tensor([[h.encoder.decoder_start_id, gen.sentinels[0]] + target[:-1]])
+            src = tok(gen.source(ex, verbalizer.label_words[ex.label][0], "after"), return_tensors="pt").to(h.device)
+            dec = torch.tensor([[h.encoder.decoder_start_id, gen.sentinels[0]] + target[:-1]], device=h.device)
             with torch.no_grad():
                 logp = torch.log_softmax(h.model(**src, decoder_input_ids=dec).logits[0].float(), -1)
             total += sum(float(logp[1 + j, t]) for j, t in enumerate(target))

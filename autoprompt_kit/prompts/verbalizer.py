@@ -183,7 +183,7 @@ class Verbalizer:
         scores = self.aggregate(word_logprobs.float())
         if loss == "cross_entropy":
             scores = torch.log_softmax(scores, dim=1)
-        return scores.gather(1, labels[:, None]).squeeze(1)
+        return scores.gather(1, labels.to(scores.device)[:, None]).squeeze(1)
 
     # -- serialisation ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
