@@ -270,6 +270,16 @@ def test_long_inputs_are_truncated_to_the_model_length(tiny_models):
 
 # -- bad input ---------------------------------------------------------------------------------
 
+def test_precision_default_and_bad_value(tiny_models):
+    model, tok, kind = tiny_models["gpt2"]
+    h = Harness(model, tok, kind=kind, progress=False)
+    assert h.precision == ("bf16" if h.device.type == "cuda" else "fp32")
+    assert Harness(model, tok, kind=kind, progress=False, precision="bf16", device="cpu").evaluate(
+        EXAMPLES, "{text_a} It was {mask}.", VERB).n == len(EXAMPLES)  # bf16 autocast runs on the CPU too
+    with pytest.raises(AutoPromptError, match="precision must be 'bf16' or 'fp32'"):
+        Harness(model, tok, kind=kind, progress=False, precision="fp16")
+
+
 def test_label_word_that_tokenizes_to_nothing(tiny_models):
     h = harness(tiny_models, "bert")
     with pytest.raises(AutoPromptError, match="tokenizes to nothing"):
