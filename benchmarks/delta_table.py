@@ -100,6 +100,37 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
     return row
 
 
+#: S3Delta variants in the order a tie on dev goes to (the default first).
+VARIANTS = ("s3delta", "s3delta-cost", "s3delta-noadapter")
+
+
+def best_on_dev_rows(by: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Per budget and seed, the S3Delta variant with the best dev accuracy (ties: the first in
+    :data:`VARIANTS`) — what a study with one trial per variant keeps. Test accuracy never enters
+    the choice. Only budgets where at least two variants ran on every seed get a row."""
+    budgets = sorted({m.split("@")[1] for m in by if m.split("@")[0] in VARIANTS}, key=float)
+    lines = []
+    for budget in budgets:
+        variants = [v for v in VARIANTS if f"{v}@{budget}" in by]
+        seeds = [s for s in SEEDS if all(any(r["seed"] == s for r in by[f"{v}@{budget}"]) for v in variants)]
+        if len(variants) < 2 or len(seeds) < 2:
+            continue
+        picked = []
+        for seed in seeds:
+            runs = [next(r for r in by[f"{v}@{budget}"] if r["seed"] == seed) for v in variants]
+            best = max(range(len(runs)), key=lambda i: (runs[i]["dev"], -i))
+            picked.append((seed, variants[best], runs[best]))
+        acc = np.array([r["test"] for _, _, r in picked])
+        per = " / ".join(f"{r['test']:.4f} ({v.replace('s3delta', '') or 'blind'})" for _, v, r in picked)
+        frac = np.mean([100 * r["trainable"] / r["backbone_params"] for _, _, r in picked])
+        lines.append(f"| s3delta best-on-dev@{budget} (of {', '.join(variants)}) | "
+                     f"{int(np.mean([r['trainable'] for _, _, r in picked])):,} | {frac:.4f} | "
+                     f"{acc.mean():.4f} ± {acc.std(ddof=1):.4f} | {per} | "
+                     f"{np.mean([r['dev'] for _, _, r in picked]):.4f} | "
+                     f"{sum(np.mean([r['seconds'] for r in by[f'{v}@{budget}']]) for v in variants):.0f} |")
+    return lines
+
+
 def report(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     by: dict[str, list[dict[str, Any]]] = {}
@@ -122,6 +153,7 @@ def report(path: Path) -> str:
         per = " / ".join(f"{seeds[s]:.4f}" if s in seeds else "–" for s in SEEDS)
         lines.append(f"| {method} | {ptxt} | {100 * rs[0]['trainable'] / rs[0]['backbone_params']:.4f} | "
                      f"{acc.mean():.4f}{sd}{extra} | {per} | {devt} | {np.mean([r['seconds'] for r in rs]):.0f} |")
+    lines.extend(best_on_dev_rows(by))
     n = rows[0]["n_test"] if rows else 0
     lines.append(f"\nGemma 3 270M, MR, test subsample n={n}; backbone {rows[0]['backbone_params']:,} parameters."
                  if rows else "")
