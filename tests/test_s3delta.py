@@ -177,6 +177,39 @@ def test_cli_search_writes_delta_into_best_json(tiny_model_dir, tmp_path, capsys
     assert f"-> now {doc['metrics']['test']['accuracy']:.4f}" in shown  # same prompt + delta, same test accuracy
 
 
+def test_study_runs_each_space_and_gate_cost_once(harness, tmp_path):
+    """``spaces`` and ``gate_cost`` lists form a grid: one trial each, defaults first; each trial's
+    structure uses only its space's module kinds; the study keeps the best on dev."""
+    import optuna
+
+    from autoprompt_kit import load_task
+    from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
+
+    config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=8,
+                           label_words=WORDS, spaces=["lora+ln+adapter", "lora+ln"], gate_cost=["none", "per_parameter"],
+                           save_dir=str(tmp_path / "deltas"))
+    searcher = get_searcher("s3delta")(config)
+    assert searcher.grid() == [{"space": "lora+ln+adapter", "gate_cost": "none"},
+                               {"space": "lora+ln+adapter", "gate_cost": "per_parameter"},
+                               {"space": "lora+ln", "gate_cost": "none"},
+                               {"space": "lora+ln", "gate_cost": "per_parameter"}]
+    job = SearchJob(searcher, "s3", f"sqlite:///{tmp_path / 's3.db'}", n_trials=4, progress=False,
+                    task_info={"name": "mr"}, model_info={"name": "tiny", "kind": harness.kind})
+    study = run_search(job, SearchContext(load_task("mr", shots=4, max_examples=40), harness, 13))
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.params for t in done] == searcher.grid()
+    for t in done:
+        kinds = {entry["kind"] for entry in t.user_attrs["delta"]["structure"]}
+        assert kinds and kinds <= set(t.params["space"].split("+"))
+    assert study.best_trial.value == max(t.value for t in done)
+    assert {e["kind"] for e in search_space(harness, config)} == {"lora", "ln", "adapter"}
+    assert {e["kind"] for e in search_space(harness, config.restricted("lora+ln"))} == {"lora", "ln"}
+    with pytest.raises(AutoPromptError, match="'\\+'-joined module kinds"):
+        S3DeltaConfig(spaces=["lora+prefix"])
+    with pytest.raises(AutoPromptError, match="is empty"):
+        S3DeltaConfig(spaces=["bitfit"])  # BitFit has no targets by default
+
+
 def budget_params_of(delta: dict) -> float:
     return delta["budget_percent"] / 100 * delta["parameters"] / delta["fraction"]
 

@@ -31,12 +31,13 @@ dashboard. Training always runs through ``Harness.train`` with the template and 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,8 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("differentiable", "blackbox")
 GATE_OPTIMIZERS = ("normalized_sgd", "adam")
 GATE_COSTS = ("none", "per_parameter")
+#: Module kinds of the space and the config field that lists each kind's targets.
+KIND_TARGETS = {"lora": "lora_targets", "bitfit": "bitfit_targets", "ln": "ln_targets", "adapter": "adapter_targets"}
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -110,6 +113,9 @@ class S3DeltaConfig(SearchConfig):
     beta: float = field(default=1.0, metadata={"help": "sigmoid temperature of the shifted global sigmoid"})
     temperature: float | list[float] = field(default=0.5, metadata={"help": "relaxed-Bernoulli temperature; list = sampled"})
     batch_size: int = field(default=8, metadata={"help": "examples per step (train and dev)"})
+    spaces: list[str] | None = field(default=None, metadata={
+        "help": "module kinds in the space, sampled per trial, each a '+'-joined subset of lora, bitfit, ln, "
+                "adapter (e.g. [lora+ln+adapter, lora+ln]); None: every kind whose *_targets list is given"})
     layer_choices: list[str] = field(default_factory=lambda: ["all", "upper", "lower", "even"], metadata={
         "help": "blackbox: which layers the switched-on groups cover"})
     save_dir: str | None = field(default="runs/deltas", metadata={
@@ -138,12 +144,26 @@ class S3DeltaConfig(SearchConfig):
                 raise AutoPromptError(f"{name} must be a positive number or a list of them, got {getattr(self, name)!r}")
         if not (self.lora_targets or self.bitfit_targets or self.ln_targets or self.adapter_targets):
             raise AutoPromptError("the s3delta search space is empty: give at least one *_targets list")
+        for space in self.spaces or []:
+            kinds = space.split("+") if isinstance(space, str) else []
+            if not kinds or any(k not in KIND_TARGETS for k in kinds):
+                raise AutoPromptError(f"spaces entries are '+'-joined module kinds from {sorted(KIND_TARGETS)}, "
+                                      f"got {space!r}")
+            if not any(getattr(self, KIND_TARGETS[k]) for k in kinds):
+                raise AutoPromptError(f"space {space!r} is empty: none of its kinds has targets")
+        if self.spaces is not None and not self.spaces:
+            raise AutoPromptError("spaces must list at least one space (or be left out)")
         bad = [c for c in self.layer_choices if c not in ("all", "upper", "lower", "even", "odd")]
         if bad or not self.layer_choices:
             raise AutoPromptError(f"layer_choices must be from all, upper, lower, even, odd; got {self.layer_choices}")
 
     def verbalizer(self) -> Verbalizer:
         return as_verbalizer(self.label_words)
+
+    def restricted(self, space: str) -> S3DeltaConfig:
+        """This config with only the module kinds of ``space`` (e.g. ``"lora+ln"``) in the search space."""
+        kinds = set(space.split("+"))
+        return replace(self, spaces=None, **{f: [] for k, f in KIND_TARGETS.items() if k not in kinds})
 
 
 def search_space(harness: Any, config: S3DeltaConfig) -> list[dict[str, Any]]:
@@ -386,6 +406,17 @@ class S3DeltaSearcher(Searcher):
 
     name = "s3delta"
     config_class = S3DeltaConfig
+    ordered_grid = True  # the first listed values (the defaults) run first
+
+    def grid(self) -> list[dict[str, Any]] | None:
+        """Differentiable search: every combination of the listed settings once (a finite space)."""
+        cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
+        if cfg.strategy != "differentiable":
+            return None
+        axes = {name: values for name, values in (("space", cfg.spaces), ("gate_cost", cfg.gate_cost),
+                                                  ("gate_lr", cfg.gate_lr), ("temperature", cfg.temperature))
+                if isinstance(values, list)}
+        return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else None
 
     def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
@@ -394,6 +425,9 @@ class S3DeltaSearcher(Searcher):
         seed = ctx.seed + trial.number
         start = time.perf_counter()
         info: dict[str, Any] = {"strategy": cfg.strategy, "budget_percent": cfg.budget_percent}
+        if cfg.spaces:
+            info["space"] = trial.suggest_categorical("space", list(cfg.spaces))
+            cfg = cfg.restricted(info["space"])
         if cfg.strategy == "differentiable":
             gate_lr = trial.suggest_categorical("gate_lr", cfg.gate_lr) if isinstance(cfg.gate_lr, list) else cfg.gate_lr
             temp = (trial.suggest_categorical("temperature", cfg.temperature) if isinstance(cfg.temperature, list)
