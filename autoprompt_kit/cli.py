@@ -76,8 +76,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     template.check_fields(split.fields())
     print(f"task     {task.summary()}")
     print(f"model    {args.model or 'gemma-3-270m (embedded default)'}")
-    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet)
-    print(f"device   {harness.device}  kind {harness.kind}")
+    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet,
+                      device=args.device, precision=args.precision)
+    print(f"device   {harness.device} ({harness.precision})  kind {harness.kind}")
     if saved is not None and saved.get("delta"):
         from .delta import Delta
 
@@ -139,7 +140,8 @@ def _evaluate_candidate(args: argparse.Namespace, candidate: Any, saved: dict[st
     from .harness import Harness
 
     task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
-    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet)
+    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet,
+                      device=args.device, precision=args.precision)
     result = candidate.evaluate(harness, task[args.split], task.label_names)
     print(f"task     {task.summary()}")
     print(f"prompt   {candidate.describe()}")
@@ -168,7 +170,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise AutoPromptError("--workers must be at least 1")
     start = time.perf_counter()
     task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
-    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=False)
+    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=False, device=args.device,
+                      precision=args.precision)
     study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem}-s{args.seed}"
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
@@ -292,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=None, help="few-shot seed (default 13)")
     ev.add_argument("--max-examples", type=int, default=None, help="cap every split (seeded subsample)")
     ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
+    ev.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                    help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
@@ -315,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--test-split", default="test", help="split scored with the best prompt at the end ('' = none)")
     se.add_argument("--out", default="best.json", help="where to write the result (default best.json)")
     se.add_argument("--batch-size", type=int, default=16)
+    se.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
+    se.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                    help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
     se.add_argument("--quiet", action="store_true")
     se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     se.set_defaults(func=cmd_search)

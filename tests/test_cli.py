@@ -37,3 +37,19 @@ def test_bad_input_exits_2_with_one_clear_line(args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_device_and_precision_options(tiny_model_dir):
+    import torch
+
+    base = ["evaluate", "--model", tiny_model_dir, "--task", "mr", "--max-examples", "20", *W, "--quiet",
+            "--calibration", "none"]
+    ok = cli(*base, "--device", "cpu", "--precision", "bf16")
+    assert ok.returncode == 0, ok.stderr
+    assert "device   cpu (bf16)" in ok.stdout
+    bad = cli(*base, "--device", "gpu")
+    assert bad.returncode == 2 and "unknown device 'gpu'" in bad.stderr and "Traceback" not in bad.stderr
+    assert cli(*base, "--precision", "fp16").returncode == 2  # argparse choices
+    if not torch.cuda.is_available():
+        missing = cli(*base, "--device", "cuda")
+        assert missing.returncode == 2 and "CUDA is not available" in missing.stderr
