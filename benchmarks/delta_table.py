@@ -36,7 +36,7 @@ SINGLE: dict[str, list[dict[str, Any]]] = {
     "prefix p=5": [{"kind": "prefix", "num_tokens": 5}],
 }
 METHODS = ["zero-shot", "full-ft", *SINGLE, "s3delta@0.006", "s3delta-cost@0.006", "s3delta@0.02", "s3delta-cost@0.02",
-           "s3delta-noadapter@0.02"]
+           "s3delta-noadapter@0.02", "s3delta@0.046", "s3delta-noadapter@0.046"]
 
 
 def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Namespace) -> dict[str, Any]:
