@@ -122,6 +122,15 @@ class Harness:
         max_length: int = 512,
         progress: bool = True,
     ) -> None:
+        try:
+            self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        except RuntimeError:
+            raise AutoPromptError(f"unknown device {device!r}; use e.g. 'cuda', 'cuda:1' or 'cpu'") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise AutoPromptError(f"device {device!r} asked for, but CUDA is not available here (torch "
+                                  f"{torch.__version__}); use 'cpu'")
+        if precision not in (None, "bf16", "fp32"):
+            raise AutoPromptError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
         if model is None or isinstance(model, str):
             loaded = load_model(model, kind)
         elif isinstance(model, LoadedModel):
@@ -138,15 +147,6 @@ class Harness:
         self.tokenizer = loaded.tokenizer
         self.kind = loaded.kind
         self.model_name = loaded.name
-        try:
-            self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        except RuntimeError:
-            raise AutoPromptError(f"unknown device {device!r}; use e.g. 'cuda', 'cuda:1' or 'cpu'") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise AutoPromptError(f"device {device!r} asked for, but CUDA is not available here (torch "
-                                  f"{torch.__version__}); use 'cpu'")
-        if precision not in (None, "bf16", "fp32"):
-            raise AutoPromptError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
         self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
         self.model.to(self.device)
         self.model.eval()
