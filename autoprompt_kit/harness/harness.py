@@ -448,7 +448,7 @@ class Harness:
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, min(start + chunk, hidden.shape[0]))
-            with self._autocast():
+            with self.autocast():
                 logits = self.head(hidden[rows]).float()
             if cap:
                 logits = torch.tanh(logits / cap) * cap
@@ -467,7 +467,7 @@ class Harness:
         body = self.model.base_model
         # transformers 5.x renames ``past_key_values`` to ``cache``; older versions know only the former.
         key = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
-        with self._autocast():
+        with self.autocast():
             out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                        **{key: cache})
         new_cache = out.get("cache")
@@ -692,7 +692,7 @@ class Harness:
         rows_only = None if full_at_hidden else subset
         for hook in self.input_hooks:
             hook(kwargs, batch)
-        with self._gathering_head(pos, rows_only, captured), self._autocast():
+        with self._gathering_head(pos, rows_only, captured), self.autocast():
             logits = self.model(**kwargs).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
         hidden = captured["x"][torch.arange(len(batch), device=dev), hid_k]
@@ -747,7 +747,8 @@ class Harness:
             else:
                 del head.forward
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The harness's precision as a context: bf16 autocast, or nothing for fp32."""
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

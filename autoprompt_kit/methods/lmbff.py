@@ -239,7 +239,7 @@ class Seq2SeqTemplateGenerator:
                 for lo in range(0, rows, self.chunk):
                     r = torch.arange(lo, min(lo + self.chunk, rows), device=dev)
                     dec = torch.tensor([start + list(hyps[i]) for i in (r // n).tolist()], device=dev)
-                    with h._autocast():
+                    with h.autocast():
                         logits = h.model(encoder_outputs=(enc_hidden[r % n],), attention_mask=attn[r % n],
                                          decoder_input_ids=dec, use_cache=False).logits[:, -1].float()
                     total.index_add_(0, r // n, torch.log_softmax(logits, dim=-1))

@@ -295,7 +295,7 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     for i, module in enumerate(delta.deltas):
         module.gate = (lambda i=i: controller.gate(i))
     lr = float(gate_lr if gate_lr is not None else _first(config.gate_lr))
-    cost = gate_cost or (config.gate_cost[0] if isinstance(config.gate_cost, list) else config.gate_cost)
+    cost = gate_cost or _first(config.gate_cost)
     gate_opt = (torch.optim.Adam([controller.alpha], lr=lr) if config.gate_optimizer == "adam"
                 else torch.optim.SGD([controller.alpha], lr=lr))
     dev_examples = list(dev)
@@ -349,8 +349,9 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
                          controller.alpha.detach().cpu().tolist())
 
 
-def _first(value: Any) -> float:
-    return float(value[0] if isinstance(value, list) else value)
+def _first(value: Any) -> Any:
+    """A setting's value, or the first of a sampled list (what a search outside a study uses)."""
+    return value[0] if isinstance(value, list) else value
 
 
 _LAYER = re.compile(r"\.(\d+)\.")
