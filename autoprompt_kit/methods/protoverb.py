@@ -267,6 +267,13 @@ def _contrastive_losses(head: PrototypeHead, hidden: torch.Tensor, labels: torch
     return proto_loss, -pos_mean[has_pos].mean()
 
 
+def _label_tensor(labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    # Not np.array(tensor): torch's __array__ lacks numpy 2's copy keyword (a DeprecationWarning).
+    if isinstance(labels, torch.Tensor):
+        return labels.detach().long().cpu()
+    return torch.as_tensor(list(labels), dtype=torch.long)
+
+
 def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | torch.Tensor, num_classes: int,
                      settings: ProtoSettings, *, manual: torch.Tensor | None = None,
                      seed: int = 0) -> tuple[PrototypeHead, list[dict[str, float]]]:
@@ -276,7 +283,7 @@ def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | torch.Tensor,
     """
     torch.manual_seed(seed)
     hidden = hidden.float().detach().cpu()
-    y = torch.as_tensor(np.array(labels), dtype=torch.long).cpu()
+    y = _label_tensor(labels)
     counts = torch.bincount(y, minlength=num_classes).tolist()
     if any(n == 0 for n in counts):
         missing = [c for c, n in enumerate(counts) if n == 0]
@@ -348,7 +355,7 @@ def prototype_words(harness: "Harness", head: PrototypeHead, hidden: torch.Tenso
                     k: int = 10) -> list[dict[str, Any]]:
     """Interpret each prototype: its nearest words in the projected space, and the distinctive words
     of the training instances nearest to it (see the module docstring). One dict per prototype."""
-    y = torch.as_tensor(np.array(labels), dtype=torch.long)
+    y = _label_tensor(labels)
     with torch.no_grad():
         protos = nn.functional.normalize(head.prototypes, dim=-1).cpu().numpy()
         sims = head.similarities(hidden.float().cpu())
