@@ -15,7 +15,7 @@ completed cells and retries failed or interrupted ones; the inner searches (Auto
 ProtoVerb) are resumable studies in a second file. One process at a time per study; parallel
 workers each use their own ``--storage`` and ``--merge-from`` gathers them into one study.
 
-    OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile quick           # ~13 min per task-seed
+    OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile quick           # ~10-13 min per task-seed
     OMP_NUM_THREADS=1 python benchmarks/results_table.py --profile paper           # the README's settings
     python benchmarks/results_table.py --profile quick --report   # same options as the run -> results.md + .png
     python benchmarks/results_table.py --tasks mr --seeds 13 --methods manual calibrated kpt --test-examples 200
@@ -26,10 +26,11 @@ workers each use their own ``--storage`` and ``--merge-from`` gathers them into 
     optuna-dashboard sqlite:///runs/results_table.db
 
 Measured, quick profile, all 4 tasks x 3 seeds (96 cells, all completed), test n = 200, as the two
-workers above with OMP_NUM_THREADS=1 on the 2-core CPU (three other jobs shared it for the first
-~50 min): 4,762 s and 5,012 s per worker, ~13-14 min per task-seed. Mean per cell: manual 7 s (the
-first row of a task pays the shared test pass), calibrated 0 s, autoprompt 4.3 min, lmbff-template
-3.1 min, lmbff-words 48 s, kpt 1.7 min, protoverb 34 s, s3delta 3.0 min (benchmarks/results.md).
+workers above with OMP_NUM_THREADS=1 on the 2-core CPU, on a fresh clone (the CI suite sharing the
+CPU): 3,647 s and 3,872 s per worker, ~10 min per task-seed. Mean per cell: manual 11 s (the first
+row of a task pays the shared test pass), calibrated 0 s, autoprompt 3.5 min, lmbff-template
+2.2 min, lmbff-words 35 s, kpt 71 s, protoverb 25 s, s3delta 2.3 min (benchmarks/results.md). An
+earlier full run (4,762 s / 5,012 s per worker, more load) gave exactly the same accuracies.
 The paper profile was not timed; from the README's runs expect roughly 40-60 min per task-seed on
 an idle machine (AutoPrompt 15 iterations, LM-BFF beam 32, S3Delta 12 epochs, whole test splits).
 
@@ -104,7 +105,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # ~13 min per task-seed for all eight rows on one CPU core (measured: 4 tasks x 3 seeds, two workers; module doc).
+    # ~10-13 min per task-seed for all eight rows on one CPU core (measured: 4 tasks x 3 seeds, two workers; module doc).
     "quick": Profile(),
     # The settings behind the README's numbers (whole test split; AutoPrompt 15 iterations, k=10;
     # LM-BFF beam 32, 40 templates ranked, top 5; ProtoVerb all 16 settings; S3Delta 2+4+6 epochs).
