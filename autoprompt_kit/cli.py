@@ -44,7 +44,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from .data import load_task
-    from .harness import Harness, classification_metrics
+    from .harness import classification_metrics
     from .prompts import Template, Verbalizer
 
     saved = _read_prompt_file(args.prompt) if args.prompt else None
@@ -76,8 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     template.check_fields(split.fields())
     print(f"task     {task.summary()}")
     print(f"model    {args.model or 'gemma-3-270m (embedded default)'}")
-    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet,
-                      device=args.device, precision=args.precision)
+    harness = _harness(args, progress=not args.quiet)
     print(f"device   {harness.device} ({harness.precision})  kind {harness.kind}")
     if saved is not None and saved.get("delta"):
         from .delta import Delta
@@ -113,6 +112,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_harness_args(parser: argparse.ArgumentParser) -> None:
+    """The options that shape the harness (batch, device, precision), shared by evaluate and search."""
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
+                        help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+
+
+def _harness(args: argparse.Namespace, progress: bool) -> Any:
+    """The harness that ``--model/--kind`` and :func:`_add_harness_args`'s options ask for."""
+    from .harness import Harness
+
+    return Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=progress,
+                   device=args.device, precision=args.precision)
+
+
 def _read_prompt_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
@@ -137,11 +152,9 @@ def _compare_with_saved(saved: dict[str, Any] | None, split: str, accuracy: floa
 def _evaluate_candidate(args: argparse.Namespace, candidate: Any, saved: dict[str, Any]) -> int:
     """Re-score a saved ensemble, or a prompt with a trained head (ProtoVerb)."""
     from .data import load_task
-    from .harness import Harness
 
     task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
-    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=not args.quiet,
-                      device=args.device, precision=args.precision)
+    harness = _harness(args, progress=not args.quiet)
     result = candidate.evaluate(harness, task[args.split], task.label_names)
     print(f"task     {task.summary()}")
     print(f"prompt   {candidate.describe()}")
@@ -155,7 +168,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from .data import load_task
-    from .harness import Harness
     from .search import SearchContext, SearchJob, build_best_json, get_searcher, run_search, write_best_json
     from .search.runner import summary
 
@@ -170,8 +182,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise AutoPromptError("--workers must be at least 1")
     start = time.perf_counter()
     task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
-    harness = Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=False, device=args.device,
-                      precision=args.precision)
+    harness = _harness(args, progress=False)
     study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem}-s{args.seed}"
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
@@ -294,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--shots", type=int, default=None, help="K examples per class for train/dev (few-shot)")
     ev.add_argument("--seed", type=int, default=None, help="few-shot seed (default 13)")
     ev.add_argument("--max-examples", type=int, default=None, help="cap every split (seeded subsample)")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
-    ev.add_argument("--precision", choices=["bf16", "fp32"], default=None,
-                    help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+    _add_harness_args(ev)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
@@ -320,10 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds between trial heartbeats; a trial silent for 2x this is failed and retried")
     se.add_argument("--test-split", default="test", help="split scored with the best prompt at the end ('' = none)")
     se.add_argument("--out", default="best.json", help="where to write the result (default best.json)")
-    se.add_argument("--batch-size", type=int, default=16)
-    se.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
-    se.add_argument("--precision", choices=["bf16", "fp32"], default=None,
-                    help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+    _add_harness_args(se)
     se.add_argument("--quiet", action="store_true")
     se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     se.set_defaults(func=cmd_search)
