@@ -354,6 +354,11 @@ def _first(value: Any) -> Any:
     return value[0] if isinstance(value, list) else value
 
 
+def _sampled(trial: optuna.Trial, name: str, value: Any) -> Any:
+    """A setting's value, or the study's pick from a listed one (a grid axis, see ``S3DeltaSearcher.grid``)."""
+    return trial.suggest_categorical(name, value) if isinstance(value, list) else value
+
+
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -430,11 +435,9 @@ class S3DeltaSearcher(Searcher):
             info["space"] = trial.suggest_categorical("space", list(cfg.spaces))
             cfg = cfg.restricted(info["space"])
         if cfg.strategy == "differentiable":
-            gate_lr = trial.suggest_categorical("gate_lr", cfg.gate_lr) if isinstance(cfg.gate_lr, list) else cfg.gate_lr
-            temp = (trial.suggest_categorical("temperature", cfg.temperature) if isinstance(cfg.temperature, list)
-                    else cfg.temperature)
-            cost = (trial.suggest_categorical("gate_cost", cfg.gate_cost) if isinstance(cfg.gate_cost, list)
-                    else cfg.gate_cost)
+            gate_lr = _sampled(trial, "gate_lr", cfg.gate_lr)
+            temp = _sampled(trial, "temperature", cfg.temperature)
+            cost = _sampled(trial, "gate_cost", cfg.gate_cost)
             found = s3delta_search(harness, task.train, task.dev, template, verbalizer, cfg, seed=seed,
                                    gate_lr=gate_lr, temperature=temp, gate_cost=cost)
             structure = found.structure
