@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .artifact import Predictions, Prompt
 from .data import Example, Split, Task, few_shot, list_builtin_tasks, load_task
 from .errors import AutoPromptError
 from .harness import EvalResult, Harness, ScoreOutput
@@ -18,6 +19,6 @@ from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .prompts import Template, Verbalizer
 
 __all__ = [
-    "AutoPromptError", "DEFAULT_MODEL", "EvalResult", "Example", "Harness", "LoadedModel", "ScoreOutput", "Split",
+    "AutoPromptError", "DEFAULT_MODEL", "Predictions", "Prompt", "EvalResult", "Example", "Harness", "LoadedModel", "ScoreOutput", "Split",
     "Task", "Template", "Verbalizer", "__version__", "few_shot", "list_builtin_tasks", "load_task", "load_model",
 ]

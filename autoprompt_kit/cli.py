@@ -47,24 +47,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .harness import classification_metrics
     from .prompts import Template, Verbalizer
 
-    saved = _read_prompt_file(args.prompt) if args.prompt else None
-    if saved is not None:
-        from .search import Candidate
-
-        candidate = Candidate.from_dict(saved)
-        template, verbalizer = candidate.template, candidate.verbalizer
-        task_info = saved.get("task", {})
-        args.task = args.task or task_info.get("name")
-        args.shots = args.shots if args.shots is not None else task_info.get("shots")
-        args.seed = args.seed if args.seed is not None else task_info.get("seed", 13)
-        args.model = args.model or saved.get("model", {}).get("name")
-        args.kind = args.kind or saved.get("model", {}).get("kind")
-        args.calibration = args.calibration or verbalizer.calibration
-        if len(candidate.templates) > 1 or candidate.head is not None:
-            return _evaluate_candidate(args, candidate, saved)
-    else:
-        template = Template(args.template)
-        verbalizer = Verbalizer.from_dict(_load_verbalizer_arg(args))
+    if args.prompt:
+        return _evaluate_prompt(args)
+    template = Template(args.template)
+    verbalizer = Verbalizer.from_dict(_load_verbalizer_arg(args))
     args.task = args.task or "mr"
     args.seed = 13 if args.seed is None else args.seed
     args.calibration = args.calibration or "both"
@@ -78,11 +64,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"model    {args.model or 'gemma-3-270m (embedded default)'}")
     harness = _harness(args, progress=not args.quiet)
     print(f"device   {harness.device} ({harness.precision})  kind {harness.kind}")
-    if saved is not None and saved.get("delta"):
-        from .delta import Delta
-
-        delta = Delta.load(saved["delta"].get("path") or "", harness).attach(harness)
-        print(f"delta    {saved['delta']['path']}: {delta.num_parameters():,} parameters in {len(delta.entries)} modules")
     print(f"template {template.display()}")
     print(f"words    {verbalizer.to_dict()['label_words']}")
     modes = ["none", "content_free"] if args.calibration == "both" else [args.calibration]
@@ -104,7 +85,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{args.split:5s} calibration={mode:13s} accuracy {acc:.4f}  macro-F1 {f1:.4f}  (n={result.n}; predicted: {share})")
         report["results"][mode] = {"accuracy": acc, "macro_f1": f1, "predicted_share": rate.tolist()}
     print(f"time     {result.seconds:.1f}s")
-    _compare_with_saved(saved, args.split, result.accuracy if "content_free" in modes or modes == ["none"] else None)
     if args.out:
         from .io import write_json_atomic
 
@@ -124,43 +104,68 @@ def _harness(args: argparse.Namespace, progress: bool) -> Any:
     """The harness that ``--model/--kind`` and :func:`_add_harness_args`'s options ask for."""
     from .harness import Harness
 
-    return Harness(args.model, kind=args.kind, batch_size=args.batch_size, progress=progress,
-                   device=args.device, precision=args.precision)
+    return Harness(args.model, kind=args.kind, progress=progress, **_harness_options(args))
 
 
-def _read_prompt_file(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise AutoPromptError(f"--prompt file {path!r} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise AutoPromptError(f"--prompt file {path!r} is not JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(data, dict) or "template" not in data or "verbalizer" not in data:
-        raise AutoPromptError(f"--prompt file {path!r} has no 'template' and 'verbalizer' (is it a best.json?)")
-    return data
+def _load_prompt(path: str) -> Any:
+    from .artifact import Prompt
+
+    return Prompt.load(path)
 
 
-def _compare_with_saved(saved: dict[str, Any] | None, split: str, accuracy: float | None) -> None:
-    if saved is None or accuracy is None:
-        return
-    before = saved.get("metrics", {}).get(split)
-    if before:
-        print(f"saved    {split} accuracy {before['accuracy']:.4f} (n={before.get('n')}) -> now {accuracy:.4f}")
-
-
-def _evaluate_candidate(args: argparse.Namespace, candidate: Any, saved: dict[str, Any]) -> int:
-    """Re-score a saved ensemble, or a prompt with a trained head (ProtoVerb)."""
+def _evaluate_prompt(args: argparse.Namespace) -> int:
+    """Re-score a saved prompt (any method, trained state included) and compare with its record."""
     from .data import load_task
 
-    task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
-    harness = _harness(args, progress=not args.quiet)
-    result = candidate.evaluate(harness, task[args.split], task.label_names)
+    prompt = _load_prompt(args.prompt)
+    info = prompt.provenance.get("task") or {}
+    task = load_task(args.task or info.get("name") or "mr",
+                     shots=args.shots if args.shots is not None else info.get("shots") or None,
+                     seed=args.seed if args.seed is not None else info.get("seed", 13),
+                     max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"))
+    if args.split not in task.splits:
+        raise AutoPromptError(f"--split {args.split!r} is not a split of {task.name!r} (splits: {', '.join(task.splits)})")
+    if args.calibration and args.calibration != "both":
+        prompt.verbalizer = prompt.verbalizer.replace(calibration=args.calibration)
+    if args.model or args.kind:
+        prompt.model = {**prompt.model, **({"name": args.model} if args.model else {}),
+                        **({"kind": args.kind} if args.kind else {})}
+    split = task[args.split]
     print(f"task     {task.summary()}")
-    print(f"prompt   {candidate.describe()}")
-    print(f"{args.split:5s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  (n={result.n})")
-    _compare_with_saved(saved, args.split, result.accuracy)
+    print(f"prompt   {prompt.describe()}")
+    harness = _harness(argparse.Namespace(**{**vars(args), "model": prompt.model.get("name"),
+                                             "kind": prompt.model.get("kind")}), progress=not args.quiet)
+    result = prompt.evaluate(split, harness)
+    cal = prompt.verbalizer.calibration
+    print(f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
+          f"(n={result.n})")
+    before = (prompt.provenance.get("metrics") or {}).get(args.split)
+    if before:
+        print(f"saved    {args.split} accuracy {before['accuracy']:.4f} (n={before.get('n')}) -> now {result.accuracy:.4f}")
+        saved_preds = before.get("predictions")
+        if saved_preds is not None and before.get("fingerprint") == split.fingerprint:
+            same = int(sum(int(a) == int(b) for a, b in zip(saved_preds, result.predictions)))
+            print(f"         {same}/{len(saved_preds)} {args.split} predictions identical to the search's")
+    if args.out:
+        from .io import write_json_atomic
+
+        write_json_atomic(Path(args.out), {"task": task.name, "split": args.split, "n": result.n,
+                                           "prompt": prompt.describe(), "results": {cal: result.metrics()}})
     return 0
+
+
+def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
+    """The command line of a helper process: the same study, task, model and harness; it writes nothing."""
+    argv = [sys.executable, "-m", "autoprompt_kit.cli", "search", args.method, "--space", str(args.space),
+            "--task", str(args.task), "--shots", str(args.shots), "--seed", str(args.seed), "--study", study_name,
+            "--trials", str(args.trials), "--heartbeat", str(args.heartbeat), "--batch-size", str(args.batch_size),
+            "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet"]
+    for flag, value in (("--model", args.model), ("--kind", args.kind), ("--max-examples", args.max_examples),
+                        ("--storage", args.storage), ("--device", args.device), ("--precision", args.precision),
+                        ("--trial-dir", args.trial_dir)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -168,7 +173,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from .data import load_task
-    from .search import SearchContext, SearchJob, build_best_json, get_searcher, run_search, write_best_json
+    from .search import SearchContext, SearchJob, finish_search, get_searcher, run_search
     from .search.runner import summary
 
     searcher_cls = get_searcher(args.method)
@@ -182,11 +187,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise AutoPromptError("--workers must be at least 1")
     start = time.perf_counter()
     task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
+    if args.test_split and args.test_split not in task.splits:
+        raise AutoPromptError(f"--test-split {args.test_split!r} is not a split of {task.name!r} "
+                              f"(splits: {', '.join(task.splits)}; '' = none)")
     harness = _harness(args, progress=False)
     study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem}-s{args.seed}"
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
-        heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet,
+        heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet, trial_dir=args.trial_dir,
         task_info={"name": task.name, "label_names": task.label_names, "shots": args.shots, "seed": args.seed,
                    "max_examples": args.max_examples, "splits": {k: len(v) for k, v in task.splits.items()}},
         model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
@@ -199,33 +207,101 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     def start_workers() -> list[subprocess.Popen]:
         # Extra processes join the same study (the queue is already filled, so none duplicates work).
-        if args.workers == 1:
-            return []
-        argv = [sys.executable, "-m", "autoprompt_kit.cli", *[a for a in sys.argv[1:]], "--worker", "--quiet",
-                "--study", study_name, "--workers", "1"]
-        return [subprocess.Popen(argv) for _ in range(args.workers - 1)]
+        return [subprocess.Popen(_worker_argv(args, study_name)) for _ in range(args.workers - 1)]
 
     ctx = SearchContext(task=task, harness=harness, seed=args.seed)
-    study = run_search(job, ctx, start_workers=start_workers if not args.worker else None)
+    study = run_search(job, ctx, start_workers=start_workers if not args.worker and args.workers > 1 else None)
     if args.worker:
         return 0
-    from .search import best_candidate
-
-    best, candidate = best_candidate(study)
-    test = None
-    if args.test_split and args.test_split in task.splits:
-        from .search.runner import ARTIFACT_KEYS
-
-        searcher.before_test(ctx, {k: best.user_attrs[k] for k in best.user_attrs.get(ARTIFACT_KEYS) or []
-                                   if k in best.user_attrs})
-        print(f"scoring the best prompt on {args.test_split} ({len(task[args.test_split])} examples)…", flush=True)
-        harness.progress = not args.quiet  # a progress bar for the long final pass
-        test = candidate.evaluate(harness, task[args.test_split], task.label_names)
-    doc = build_best_json(study, job, test, time.perf_counter() - start, args.test_split)
-    if args.out:
-        write_best_json(args.out, doc)
-    print(summary(study, doc, args.out))
+    result = finish_search(study, job, ctx, test_split=args.test_split or None, out=args.out or None,
+                           seconds=time.perf_counter() - start, progress=not args.quiet)
+    print(summary(study, result.document, args.out))
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Apply a saved prompt to new texts: JSONL (or CSV) out, in input order, written atomically."""
+    import csv
+    import os
+    import tempfile
+
+    from tqdm import tqdm
+
+    from .data import Split
+    from .data.stream import input_format, open_input, read_chunks
+
+    if args.chunk_size < 1:
+        raise AutoPromptError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.out and Path(args.out).is_dir():
+        raise AutoPromptError(f"--out {args.out!r} is a folder; give a file name")
+    prompt = _load_prompt(args.prompt)
+    fmt = input_format(args.input, args.input_format)
+    source = "stdin" if args.input == "-" else args.input
+    stream = open_input(args.input)
+    chunks = read_chunks(stream, fmt, source, args.chunk_size)
+    first = next(chunks, [])  # read and checked before the model loads
+    needed = {f for t in prompt.templates for f in t.fields}
+    if first:
+        missing = sorted(needed - first[0].example.field_names())
+        if missing:
+            raise AutoPromptError(f"the prompt's template reads {', '.join(missing)}, which {source} does not have "
+                                  f"(its fields: {', '.join(sorted(first[0].example.field_names()))})")
+    names = prompt.class_names()
+    has_id = bool(first) and first[0].id is not None
+    has_b = bool(first) and first[0].example.text_b is not None
+    out_dir = Path(args.out).resolve().parent if args.out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(args.out).name}.", suffix=".tmp", dir=out_dir)
+        sink = os.fdopen(fd, "w", encoding="utf-8", newline="")
+    else:
+        tmp, sink = None, sys.stdout
+    try:
+        harness = prompt.harness(**_harness_options(args)) if first else None
+        writer = None
+        if args.format == "csv":
+            writer = csv.writer(sink)
+            writer.writerow((["id"] if has_id else []) + ["text"] + (["text_b"] if has_b else []) + ["label"]
+                            + [f"p_{n}" for n in names])
+        bar = tqdm(desc="predict", unit=" texts", disable=args.quiet or out_dir is None, file=sys.stderr)
+        done, start = 0, __import__("time").perf_counter()
+        import itertools
+
+        for chunk in itertools.chain([first] if first else [], chunks):
+            preds = prompt.predict(Split([r.example for r in chunk], name="inputs"), harness)
+            harness.clear_cache()
+            for row, record in zip(chunk, preds.records()):
+                ex = row.example
+                if writer is not None:
+                    writer.writerow(([row.id] if has_id else []) + [ex.text_a] + ([ex.text_b] if has_b else [])
+                                    + [record["label"]] + [f"{p:.6f}" for p in record["probabilities"].values()])
+                else:
+                    obj = ({"id": row.id} if has_id else {}) | {"text": ex.text_a} | (
+                        {"text_b": ex.text_b} if ex.text_b is not None else {}) | record
+                    sink.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            done += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        if tmp is not None:
+            sink.close()
+            os.replace(tmp, args.out)
+    except BaseException:
+        if tmp is not None:
+            sink.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    finally:
+        stream.close()
+    if out_dir is not None:
+        seconds = __import__("time").perf_counter() - start
+        print(f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> {args.out}",
+              file=sys.stderr)
+    return 0
+
+
+def _harness_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"batch_size": args.batch_size, "device": args.device, "precision": args.precision}
 
 
 def cmd_delta(args: argparse.Namespace) -> int:
@@ -327,11 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--heartbeat", type=int, default=30,
                     help="seconds between trial heartbeats; a trial silent for 2x this is failed and retried")
     se.add_argument("--test-split", default="test", help="split scored with the best prompt at the end ('' = none)")
-    se.add_argument("--out", default="best.json", help="where to write the result (default best.json)")
+    se.add_argument("--out", default="best.json",
+                    help="where to write the result (default best.json; the prompt folder best.prompt/ goes beside it)")
+    se.add_argument("--trial-dir", default=None,
+                    help="where trials keep what they trained (default: trials/ beside an SQLite storage, else runs/trials)")
     _add_harness_args(se)
     se.add_argument("--quiet", action="store_true")
     se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     se.set_defaults(func=cmd_search)
+
+    pr = sub.add_parser("predict", help="apply a saved prompt to new texts (JSONL or CSV out)",
+                        description="Label new texts with a saved prompt: one output row per input, in input order.")
+    pr.add_argument("--prompt", required=True, help="a best.json, or a saved prompt folder")
+    pr.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain text lines (- = stdin)")
+    pr.add_argument("--input-format", choices=["lines", "csv", "tsv", "jsonl"], default=None,
+                    help="default: from the file suffix (plain lines otherwise, and for stdin)")
+    pr.add_argument("--out", default=None, help="output file (default: stdout); written atomically")
+    pr.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)")
+    pr.add_argument("--chunk-size", type=int, default=256, help="texts scored per chunk (memory stays flat)")
+    _add_harness_args(pr)
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
 
     de = sub.add_parser("delta", help="show a saved delta's structure table, or export it to PEFT",
                         description="Print which layers/positions a saved delta switches on; --peft exports LoRA-only deltas.")

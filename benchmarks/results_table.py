@@ -257,15 +257,17 @@ class Runner:
         c = verbalizer.num_classes
         return classification_metrics(labels, plain, c)[0], classification_metrics(labels, calibrated, c)[0]
 
-    def search(self, name: str, config: Any, study: str, task: Task, seed: int, n_trials: int) -> optuna.Study:
-        """A resumable inner study of a library search method (as the examples run them)."""
-        from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
+    def search(self, name: str, config: Any, study: str, task: Task, seed: int, n_trials: int) -> Any:
+        """A resumable inner study of a library search method, finished as every search is (best trial →
+        prompt with its trained state); the test pass reads this table's cached test states instead."""
+        from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
 
         info = {"name": task.name, "shots": SHOTS, "seed": seed, "label_names": task.label_names}
         job = SearchJob(get_searcher(name)(config), study, self.search_storage, n_trials=n_trials, seed=seed,
                         progress=False, task_info=info, model_info={"name": self.harness.model_name,
                                                                     "kind": self.harness.kind})
-        return run_search(job, SearchContext(task, self.harness, seed))
+        ctx = SearchContext(task, self.harness, seed)
+        return finish_search(run_search(job, ctx), job, ctx, test_split=None)
 
     # -- rows ----------------------------------------------------------------------------------
     def run(self, cell: Cell) -> CellResult:
@@ -291,14 +293,13 @@ class Runner:
     def row_autoprompt(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.methods import AutoPromptConfig
-        from autoprompt_kit.search import best_candidate
 
         p = self.profile
         config = AutoPromptConfig(template="{text_a} {trigger*3} {mask}.", label_words=WORDS,
                                   num_triggers=[p.ap_triggers], num_candidates=[p.ap_candidates], init_token=["the"],
                                   iterations=p.ap_iterations, batch_size=16, loss=["cross_entropy"])
-        study = self.search("autoprompt", config, f"autoprompt-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed, 1)
-        trial, found = best_candidate(study)
+        res = self.search("autoprompt", config, f"autoprompt-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed, 1)
+        trial, found = res.study.best_trial, res.prompt
         # The found Template (with its trigger ids), not its text (which has only the slots).
         plain, calibrated = self.accuracies(cell.task, found.template, Verbalizer.from_words(WORDS))
         shown = found.template.display()
@@ -308,17 +309,16 @@ class Runner:
     def row_lmbff_template(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.methods import LMBFFConfig
-        from autoprompt_kit.search import best_candidate
 
         p = self.profile
         # Ranked and run with content-free calibration, as the README's LM-BFF results (uncalibrated,
         # Gemma says "great" to ~every review and every template ties near 0.5 on dev).
         config = LMBFFConfig(template=TEMPLATE, label_words=WORDS, beam=p.lmbff_beam, keep_generated=p.lmbff_templates,
                              top_n=p.lmbff_top_n, calibration=["content_free"])
-        study = self.search("lmbff", config, f"lmbff-templates-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
-                            p.lmbff_top_n)
-        trial, best = best_candidate(study)
-        art = study.user_attrs.get("artifacts", {})
+        res = self.search("lmbff", config, f"lmbff-templates-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
+                          p.lmbff_top_n)
+        trial, best = res.study.best_trial, res.prompt
+        art = res.study.user_attrs.get("artifacts", {})
         plain, calibrated = self.accuracies(cell.task, best.template.text, Verbalizer.from_words(WORDS))
         return CellResult(calibrated, {"template": best.template.text, "dev_accuracy": trial.value,
                                        "uncalibrated_accuracy": plain,
@@ -328,14 +328,13 @@ class Runner:
     def row_lmbff_words(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
         from autoprompt_kit.methods import LMBFFConfig
-        from autoprompt_kit.search import best_candidate
 
         p = self.profile
         config = LMBFFConfig(template=TEMPLATE, generate_templates=False, search_label_words=True,
                              label_k=p.lmbff_label_k, label_assignments=p.lmbff_assignments)
-        study = self.search("lmbff", config, f"lmbff-words-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
-                            p.lmbff_assignments)
-        trial, best = best_candidate(study)
+        res = self.search("lmbff", config, f"lmbff-words-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
+                          p.lmbff_assignments)
+        trial, best = res.study.best_trial, res.prompt
         words = dict(zip(task.label_names, (list(ws) for ws in best.verbalizer.label_words)))
         plain, calibrated = self.accuracies(cell.task, TEMPLATE, Verbalizer.from_words(words))
         shown = " / ".join(ws[0] for ws in words.values())
@@ -376,14 +375,12 @@ class Runner:
         from autoprompt_kit.harness import classification_metrics
         from autoprompt_kit.methods import ProtoVerbConfig
         from autoprompt_kit.methods.protoverb import PrototypeHead
-        from autoprompt_kit.search import best_candidate
 
         config = ProtoVerbConfig.from_yaml(ROOT / "search_spaces" / "protoverb_sentiment.yaml")
-        study = self.search("protoverb", config, f"protoverb-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
-                            self.profile.protoverb_trials)
-        trial, best = best_candidate(study)
-        assert best.head is not None
-        head = PrototypeHead.from_dict(best.head)
+        res = self.search("protoverb", config, f"protoverb-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
+                          self.profile.protoverb_trials)
+        trial, head = res.study.best_trial, res.prompt.head
+        assert isinstance(head, PrototypeHead)
         st = self.states(cell.task)
         manual = Verbalizer.from_words(WORDS).class_logprobs(st.word_logprobs)
         with torch.no_grad():
@@ -400,7 +397,7 @@ class Runner:
 
         p = self.profile
         wanted = {"budget_percent": p.s3_budget, "warmup_epochs": p.s3_warmup_epochs,
-                  "search_epochs": p.s3_search_epochs, "epochs": p.s3_epochs, "save_dir": None}
+                  "search_epochs": p.s3_search_epochs, "epochs": p.s3_epochs}
         names = {f.name for f in dataclasses.fields(S3DeltaConfig)}
         config = S3DeltaConfig(**{k: v for k, v in wanted.items() if k in names})
         template, verbalizer = Template(TEMPLATE), Verbalizer.from_words(WORDS)

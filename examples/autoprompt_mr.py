@@ -16,7 +16,7 @@ import time
 
 from autoprompt_kit import Harness, Template, Verbalizer, load_task
 from autoprompt_kit.methods import AutoPromptConfig
-from autoprompt_kit.search import Candidate, SearchContext, SearchJob, best_candidate, get_searcher, run_search
+from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
 
 
 def main() -> None:
@@ -48,12 +48,13 @@ def main() -> None:
         job = SearchJob(get_searcher("autoprompt")(config), f"autoprompt-mr-example-s{seed}-it{args.iterations}-{args.loss}",
                         args.storage, n_trials=1, seed=seed, progress=False,
                         task_info={"name": "mr", "shots": 16, "seed": seed}, model_info={"name": "gemma-3-270m"})
-        study = run_search(job, SearchContext(task, harness, seed))
-        trial, found = best_candidate(study)
+        ctx = SearchContext(task, harness, seed)
+        result = finish_search(run_search(job, ctx), job, ctx, test_split=None)  # best trial -> found prompt
+        trial, found = result.study.best_trial, result.prompt
         key = test.fingerprint
         if key not in manual_cache:
             manual_cache[key] = harness.evaluate(test, manual, verbalizer).accuracy
-        found_acc = Candidate([found.template], verbalizer).evaluate(harness, test).accuracy
+        found_acc = found.evaluate(test, harness).accuracy
         rows.append((seed, manual_cache[key], found_acc, found.template.display(), trial.value,
                      time.perf_counter() - start))
         print(f"seed {seed}: manual {manual_cache[key]:.4f}  found {found_acc:.4f}  dev {trial.value:.4f}  "

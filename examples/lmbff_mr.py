@@ -22,7 +22,7 @@ import torch
 from autoprompt_kit import Harness, Verbalizer, load_task
 from autoprompt_kit.harness import EvalResult, classification_metrics
 from autoprompt_kit.methods import LMBFFConfig
-from autoprompt_kit.search import SearchContext, SearchJob, best_candidate, get_searcher, run_search
+from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
 
 MANUAL = "{text_a} It was {mask}."
 WORDS = {"negative": ["terrible"], "positive": ["great"]}
@@ -71,9 +71,10 @@ def main() -> None:
         job = SearchJob(get_searcher("lmbff")(templates), f"lmbff-mr-templates-cal-s{seed}-b{args.beam}", args.storage,
                         n_trials=args.top_n, seed=seed, progress=False, task_info=info,
                         model_info={"name": "gemma-3-270m", "kind": "causal"})
-        study = run_search(job, SearchContext(task, h, seed))
+        ctx = SearchContext(task, h, seed)
+        study = run_search(job, ctx)
         art = study.user_attrs["artifacts"]
-        _, best = best_candidate(study)
+        best = finish_search(study, job, ctx, test_split=None).prompt
         gen_seconds = time.perf_counter() - start
         print(f"\nseed {seed}: generation {art['generation_seconds']:.0f}s, dev ranking of "
               f"{len(art['generated_templates'])} templates {art['ranking_seconds']:.0f}s; top 5 by dev:")
@@ -83,9 +84,9 @@ def main() -> None:
                                 label_assignments=5)
         job = SearchJob(get_searcher("lmbff")(words_cfg), f"lmbff-mr-words-contrastive-s{seed}", args.storage, n_trials=5,
                         seed=seed, progress=False, task_info=info, model_info={"name": "gemma-3-270m", "kind": "causal"})
-        wstudy = run_search(job, SearchContext(task, h, seed))
+        wstudy = run_search(job, ctx)
         wart = wstudy.user_attrs["artifacts"]
-        _, best_words = best_candidate(wstudy)
+        best_words = finish_search(wstudy, job, ctx, test_split=None).prompt
         found_words = dict(zip(task.label_names, (list(ws) for ws in best_words.verbalizer.label_words)))
         print("  label-word candidates: " + "; ".join(f"{k}: {', '.join(v[:8])}" for k, v in
                                                        wart["label_word_candidates"].items()))

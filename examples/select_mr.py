@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from autoprompt_kit import Harness, load_task
-from autoprompt_kit.search import (SearchContext, SearchJob, best_candidate, build_best_json, get_searcher,
-                                   run_search, write_best_json)
+from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
 
 SPACE = Path(__file__).resolve().parents[1] / "search_spaces" / "select_sentiment.yaml"
 
@@ -33,12 +32,14 @@ def main() -> None:
                     task_info={"name": "mr", "label_names": task.label_names, "shots": 16, "seed": args.seed,
                                "splits": {k: len(v) for k, v in task.splits.items()}},
                     model_info={"name": "gemma-3-270m", "kind": harness.kind})
-    study = run_search(job, SearchContext(task, harness, args.seed))
-    _, best = best_candidate(study)
-    test = best.evaluate(harness, task.test, task.label_names)
-    doc = build_best_json(study, job, test, time.perf_counter() - start, "test")
-    write_best_json(args.out, doc)
-    print(f"best: {best.describe()}\ndev {doc['metrics']['dev']['accuracy']:.4f}  test {test.accuracy:.4f}  -> {args.out}")
+    ctx = SearchContext(task, harness, args.seed)
+    study = run_search(job, ctx)
+    # best trial -> prompt -> test pass -> best.json + best.prompt/, as the CLI does
+    result = finish_search(study, job, ctx, test_split="test", out=args.out, seconds=time.perf_counter() - start)
+    prompt = result.prompt
+    print(f"best: {prompt.describe()}\ndev {result.document['metrics']['dev']['accuracy']:.4f}  "
+          f"test {result.test.accuracy:.4f}  -> {args.out}")
+    print(prompt.predict(["A gripping, funny and moving film.", "Two hours I will never get back."]).labels)
 
 
 if __name__ == "__main__":

@@ -105,5 +105,5 @@ def test_autoprompt_study_reports_each_iteration(tiny_models, tmp_path):
     for t in done:
         assert sorted(t.intermediate_values) == [0, 1, 2]
         assert len(t.user_attrs["trigger_ids"]) == 2 and len(t.user_attrs["history"]) == 3
-        saved = Template.from_dict(t.user_attrs["candidate"]["template"])
+        saved = Template.from_dict(t.user_attrs["candidate"]["templates"][0])
         assert saved.trigger_ids == t.user_attrs["trigger_ids"]

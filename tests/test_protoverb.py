@@ -13,8 +13,9 @@ from optuna.trial import TrialState
 from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer, load_task
 from autoprompt_kit.methods.protoverb import (PrototypeHead, ProtoSettings, ProtoVerbConfig, cluster_mask_embeddings,
                                               prototype_words, train_prototypes)
+from autoprompt_kit import Prompt
 from autoprompt_kit.search import Candidate, SearchContext, SearchJob, get_searcher, run_search
-from autoprompt_kit.search.runner import build_best_json
+from autoprompt_kit.search.runner import best_candidate, build_best_json
 
 TEMPLATE = "{text_a} It was {mask}."
 WORDS = {"negative": ["bad"], "positive": ["good"]}
@@ -133,12 +134,13 @@ def test_protoverb_study_best_json_reloads_the_head(tiny_models, tmp_path):
     study = run_search(job, SearchContext(task, h, 13))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     doc = json.loads(json.dumps(build_best_json(study, job, None, 1.0, "test")))
-    assert doc["head"]["kind"] == "protoverb"
+    assert doc["prompt"]["head"]["kind"] == "protoverb" and "head" not in doc
     words = doc["trial_artifacts"]["prototype_words"]
     assert {w["class"] for w in words} == {"negative", "positive"} and all(w["nearest_words"] for w in words)
-    cand = Candidate.from_dict(doc)
-    again = cand.evaluate(h, task.dev)
+    best, cand = best_candidate(study)
+    again = cand.evaluate(task.dev, h)
     assert again.accuracy == pytest.approx(doc["metrics"]["dev"]["accuracy"])
+    assert again.predictions.tolist() == best.user_attrs["dev_predictions"]
 
 
 def test_config_errors():
@@ -175,7 +177,7 @@ def test_protoverb_beats_the_manual_verbalizer_on_gemma(real_harness, tmp_path):
     study = run_search(job, SearchContext(task, h, 13))
     doc = json.loads(json.dumps(build_best_json(study, job, None, 1.0, "test")))
     assert all(w["nearest_words"] and w["distinctive_words"] for w in doc["trial_artifacts"]["prototype_words"])
-    result = Candidate.from_dict(doc).evaluate(h, test)
+    result = best_candidate(study)[1].evaluate(test, h)
     manual = (result.extra["manual_class_logprobs"].argmax(1) == test.labels).mean()  # same pass, no prototypes
     assert result.accuracy > manual + 0.05, (result.accuracy, manual)
 
@@ -188,14 +190,14 @@ def test_cli_evaluate_applies_the_saved_head(tiny_model_dir, tmp_path, capsys):
     verb = Verbalizer.from_words(WORDS)
     out = h.score(split, TEMPLATE, verb, hidden=True)
     head, _ = train_prototypes(out.hidden, split.labels, 2, ProtoSettings(proj_dim=4, steps=5, inference="proto"))
-    cand = Candidate([Template(TEMPLATE)], verb, head=head.to_dict())
-    prompt = tmp_path / "best.json"
-    prompt.write_text(json.dumps({**cand.to_dict(), "model": {"name": tiny_model_dir, "kind": "causal"},
-                                  "task": {"name": "mr"}}))
+    cand = Candidate([Template(TEMPLATE)], verb, head=head)
+    prompt = tmp_path / "best.json"  # a best.json from before the prompt folder: the head inline, base64
+    prompt.write_text(json.dumps({"template": {"text": TEMPLATE}, "verbalizer": verb.to_dict(), "head": head.to_dict(),
+                                  "model": {"name": tiny_model_dir, "kind": "causal"}, "task": {"name": "mr"}}))
     assert main(["evaluate", "--prompt", str(prompt), "--max-examples", "40", "--split", "dev", "--quiet"]) == 0
     expected = head.evaluate(h, split, TEMPLATE, verb).accuracy
     assert "+ protoverb head" in capsys.readouterr().out
-    assert cand.evaluate(h, split).accuracy == pytest.approx(expected)
+    assert cand.evaluate(split, h).accuracy == pytest.approx(expected)
 
 
 def test_cli_search_writes_a_valid_best_json_and_scores_test_with_the_head(tiny_model_dir, tmp_path):
@@ -215,7 +217,8 @@ def test_cli_search_writes_a_valid_best_json_and_scores_test_with_the_head(tiny_
     doc = json.loads(out.read_text())
     root = Path(__file__).resolve().parents[1]
     jsonschema.validate(doc, json.loads((root / "autoprompt_kit" / "schemas" / "best.schema.json").read_text()))
-    assert doc["head"]["kind"] == "protoverb" and doc["trial_artifacts"]["prototype_words"]
+    assert doc["prompt"]["head"]["kind"] == "protoverb" and doc["trial_artifacts"]["prototype_words"]
+    assert (tmp_path / "best.prompt" / "head.safetensors").is_file()
     h = Harness(tiny_model_dir, progress=False)
     test = load_task("mr", max_examples=120).test
-    assert doc["metrics"]["test"]["accuracy"] == pytest.approx(Candidate.from_dict(doc).evaluate(h, test).accuracy)
+    assert doc["metrics"]["test"]["accuracy"] == pytest.approx(Prompt.load(out).evaluate(test, h).accuracy)

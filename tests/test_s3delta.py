@@ -158,18 +158,19 @@ def test_cli_search_writes_delta_into_best_json(tiny_model_dir, tmp_path, capsys
         "method: s3delta\ntemplate: '{text_a} It was {mask}.'\nlabel_words: {negative: [terrible], positive: [great]}\n"
         "strategy: blackbox\nbudget_percent: 1.0\nlora_targets: []\nbitfit_targets: [c_attn, c_fc]\n"
         "ln_targets: [ln_1, ln_2]\nadapter_targets: [attn.c_proj, mlp.c_proj]\nsearch_epochs: 1\nepochs: 1\n"
-        f"batch_size: 8\nsave_dir: {tmp_path / 'deltas'}\n")
+        "batch_size: 8\n")
     out = tmp_path / "best.json"
     assert main(["search", "s3delta", "--space", str(space), "--model", tiny_model_dir, "--storage",
                  f"sqlite:///{tmp_path / 's.db'}", "--trials", "2", "--shots", "4", "--max-examples", "24", "--quiet",
                  "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     jsonschema.validate(doc, SCHEMA)
-    delta = doc["delta"]
+    delta = doc["trial_artifacts"]["delta"]
     assert delta["strategy"] == "blackbox" and delta["parameters"] <= budget_params_of(delta)
-    assert Path(delta["path"], "delta.safetensors").exists()
+    folder = tmp_path / doc["prompt"]["path"]
+    assert (folder / "delta.safetensors").exists() and doc["prompt"]["delta"]["structure"] == delta["structure"]
     capsys.readouterr()
-    assert main(["delta", delta["path"]]) == 0
+    assert main(["delta", str(folder)]) == 0
     assert "trainable parameters" in capsys.readouterr().out
     assert main(["evaluate", "--prompt", str(out), "--max-examples", "24", "--quiet", "--calibration", "none"]) == 0
     shown = capsys.readouterr().out
@@ -187,7 +188,7 @@ def test_study_runs_each_space_and_gate_cost_once(harness, tmp_path):
 
     config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=8,
                            label_words=WORDS, spaces=["lora+ln+adapter", "lora+ln"], gate_cost=["none", "per_parameter"],
-                           save_dir=str(tmp_path / "deltas"))
+                           )
     searcher = get_searcher("s3delta")(config)
     assert searcher.grid() == [{"space": "lora+ln+adapter", "gate_cost": "none"},
                                {"space": "lora+ln+adapter", "gate_cost": "per_parameter"},

@@ -22,10 +22,11 @@ from .structure import (
                         DeltaLibrary,
                         DeltaSpec,
                         count_parameters,
+                        default_lora_targets,
                         read_structure,
                         structure_table,
                         structure_view,
 )
 
 __all__ = ["Adapter", "BitFit", "Delta", "DeltaLibrary", "DeltaModule", "DeltaSpec", "LNTuning", "LoRA",
-           "PrefixTuning", "SoftPrompt", "count_parameters", "read_structure", "structure_table", "structure_view"]
+           "PrefixTuning", "SoftPrompt", "count_parameters", "default_lora_targets", "read_structure", "structure_table", "structure_view"]

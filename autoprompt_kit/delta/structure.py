@@ -125,6 +125,23 @@ class DeltaSpec:
         return unique
 
 
+#: Attention query / value projections by naming convention (PEFT's usual LoRA targets): LLaMA /
+#: Gemma / Mistral, BERT / RoBERTa, T5, DistilBERT.
+LORA_DEFAULT_TARGETS = (("q_proj", "v_proj"), ("query", "value"), ("q", "v"), ("q_lin", "v_lin"))
+
+
+def default_lora_targets(target: Any) -> list[str]:
+    """The attention query/value Linear layers of this backbone, by the usual names; a clear error otherwise."""
+    model = backbone_of(target)
+    linear_leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, nn.Linear)}
+    for names in LORA_DEFAULT_TARGETS:
+        if all(x in linear_leaves for x in names):
+            return list(names)
+    example = sorted(linear_leaves)[:4] or ["(none)"]
+    raise AutoPromptError(f"{type(model).__name__} has no q_proj/v_proj-style attention Linear layers for LoRA; "
+                          f"name the targets (its Linear layers end in {', '.join(example)})")
+
+
 def _fits(kind: str, module: nn.Module) -> bool:
     if kind == "lora":
         return isinstance(module, nn.Linear)

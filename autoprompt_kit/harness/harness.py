@@ -237,6 +237,10 @@ class Harness:
             ))
         return results
 
+    def clear_cache(self) -> None:
+        """Forget the tokenised prompts kept for splits scored before (streams keep memory flat)."""
+        self._encoded.clear()
+
     def score(
         self,
         split: Split | Sequence[Example],

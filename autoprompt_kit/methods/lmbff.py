@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..data import Example, Split
+from ..delta import Delta, DeltaSpec, default_lora_targets
 from ..errors import AutoPromptError
 from ..models.vocab import token_strings, word_of, word_token_mask
 from ..prompts import Template, Verbalizer
@@ -469,6 +470,9 @@ def prompt_finetune(harness: "Harness", train: Split, template: Template | str, 
 
 
 # -- the study -------------------------------------------------------------------------------------
+FINETUNE_PARAMETERS = ("lora", "full")
+
+
 @dataclass
 class LMBFFConfig(SearchConfig):
     template: str = field(default="{text_a} It was {mask}.",
@@ -495,9 +499,16 @@ class LMBFFConfig(SearchConfig):
     label_pool: int = field(default=1000, metadata={"help": "contrastive: only the N words most likely at the mask"})
     calibration: list[str] = field(default_factory=lambda: ["none"],
                                    metadata={"help": "choices: none and/or content_free; the first also ranks generated templates on dev"})
-    finetune_epochs: int = field(default=0, metadata={"help": "re-rank trials by prompt fine-tuning (0 = zero-shot)"})
-    finetune_lr: float = field(default=1e-5, metadata={"help": "fine-tuning learning rate"})
+    finetune_epochs: int = field(default=0, metadata={
+        "help": "prompt-based fine-tuning epochs per trial (0 = zero-shot); the trained state is saved with the prompt"})
+    finetune_parameters: str = field(default="lora", metadata={
+        "help": "lora (a LoRA delta on the attention query/value layers: small on disk) or full (every weight)"})
+    finetune_lr: float | None = field(default=None, metadata={
+        "help": "fine-tuning learning rate (default: 1e-3 with lora, 1e-5 with full, as LM-BFF)"})
     finetune_batch_size: int = field(default=8, metadata={"help": "fine-tuning batch size"})
+    finetune_lora_rank: int = field(default=8, metadata={"help": "LoRA rank (finetune_parameters: lora)"})
+    finetune_lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "LoRA target module patterns (default: the attention query/value projections, e.g. q_proj, v_proj)"})
 
     def __post_init__(self) -> None:
         Template(self.template)
@@ -518,6 +529,16 @@ class LMBFFConfig(SearchConfig):
             raise AutoPromptError(f"label_candidates must be contrastive or likelihood, got {self.label_candidates!r}")
         if self.finetune_epochs < 0:
             raise AutoPromptError("finetune_epochs must be >= 0")
+        if self.finetune_parameters not in FINETUNE_PARAMETERS:
+            raise AutoPromptError(f"finetune_parameters must be one of {FINETUNE_PARAMETERS}, got {self.finetune_parameters!r}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise AutoPromptError(f"finetune_lr must be a positive number, got {self.finetune_lr!r}")
+        if self.finetune_lora_rank < 1:
+            raise AutoPromptError(f"finetune_lora_rank must be at least 1, got {self.finetune_lora_rank}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.finetune_lr if self.finetune_lr is not None else (1e-3 if self.finetune_parameters == "lora" else 1e-5)
 
 
 @register
@@ -618,11 +639,26 @@ class LMBFFSearcher(Searcher):
         verbalizer.check_labels(task.label_names)
         candidate = Candidate([Template(text)], verbalizer)
         if cfg.finetune_epochs == 0:
-            return TrialOutcome(candidate, candidate.evaluate(h, task.dev, task.label_names))
-        zero_shot = candidate.evaluate(h, task.dev, task.label_names)
-        with restored_weights(h.model):
-            losses = prompt_finetune(h, task.train, candidate.template, verbalizer, epochs=cfg.finetune_epochs,
-                                     lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size, seed=ctx.seed + trial.number)
-            dev = candidate.evaluate(h, task.dev, task.label_names)
+            return TrialOutcome(candidate, candidate.evaluate(task.dev, h))
+        zero_shot = candidate.evaluate(task.dev, h)
+        seed = ctx.seed + trial.number
+        fit = dict(epochs=cfg.finetune_epochs, lr=cfg.learning_rate, batch_size=cfg.finetune_batch_size, seed=seed)
+        if cfg.finetune_parameters == "full":
+            with restored_weights(h.model):  # trials share one model: the trained copy leaves with the prompt
+                losses = prompt_finetune(h, task.train, candidate.template, verbalizer, **fit)
+                dev = candidate.evaluate(task.dev, h)
+                candidate = candidate.with_model_weights(h.model)
+        else:
+            torch.manual_seed(seed)
+            targets = cfg.finetune_lora_targets or default_lora_targets(h)
+            delta = Delta.from_specs(h, [DeltaSpec("lora", targets, r=cfg.finetune_lora_rank,
+                                                   alpha=2.0 * cfg.finetune_lora_rank)]).attach(h)
+            try:
+                losses = prompt_finetune(h, task.train, candidate.template, verbalizer,
+                                         parameters=list(delta.parameters()), **fit)
+                dev = candidate.evaluate(task.dev, h)
+            finally:
+                delta.detach()
+            candidate = candidate.with_delta(delta)
         return TrialOutcome(candidate, dev, {"zero_shot_dev_accuracy": zero_shot.accuracy,
                                              "finetune_losses": [round(x, 4) for x in losses]})

@@ -30,11 +30,12 @@ scores); everything below trains on those ``(N, d)`` vectors.
   groups (faiss spherical k-means on standardised states) and reports each cluster's distinctive
   words the same way.
 
-**Saving**: a candidate carries the trained head as ``head`` (``kind: protoverb``; its tensors as
-base64 safetensors bytes inside the JSON, ~160 kB for a 640→64 projection), next to the template
-and the manual verbalizer that ``combined`` inference uses. ``Candidate.from_dict(best)`` then
-``.evaluate(harness, split)`` re-applies it; :meth:`PrototypeHead.save` / :meth:`PrototypeHead.load`
-write / read ``protoverb.json`` + ``protoverb.safetensors`` in a folder.
+**Saving**: a trial's prompt carries the trained head (a :class:`~autoprompt_kit.artifact.Head`
+of kind ``protoverb``), next to the template and the manual verbalizer that ``combined`` inference
+uses; the saved prompt folder holds its settings in ``prompt.json`` and its tensors in
+``head.safetensors`` (~160 kB for a 640→64 projection). ``Prompt.load(dir).evaluate(split)`` and
+``predict`` re-apply it; :meth:`PrototypeHead.save` / :meth:`PrototypeHead.load` write / read
+``protoverb.json`` + ``protoverb.safetensors`` for the head alone.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class ProtoSettings:
 
 class PrototypeHead(nn.Module):
     """Projection + prototypes; scores mask hidden states (optionally with a manual verbalizer)."""
+
+    kind = "protoverb"
 
     def __init__(self, hidden_size: int, proj_dim: int, prototype_labels: Sequence[int], num_classes: int, *,
                  temperature: float = 0.1, inference: str = "combined", manual_weight: float = 1.0) -> None:
@@ -189,6 +192,26 @@ class PrototypeHead(nn.Module):
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
 
+    def head_config(self) -> dict[str, Any]:
+        """The settings a saved prompt's manifest keeps (its tensors go to safetensors)."""
+        return self._meta()
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        return self._tensors()
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "PrototypeHead":
+        """Rebuild from :meth:`head_config` and :meth:`head_tensors` (a saved prompt's head)."""
+        needed = ("hidden_size", "proj_dim", "prototype_labels", "num_classes", "temperature", "inference",
+                  "manual_weight")
+        missing = [k for k in needed if k not in config]
+        if missing:
+            raise AutoPromptError(f"the saved ProtoVerb head's config lacks {', '.join(missing)}")
+        try:
+            return cls._build(config, tensors)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise AutoPromptError(f"the saved ProtoVerb head does not match its config: {str(exc).splitlines()[0][:200]}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": "protoverb", "config": …, "safetensors_b64": …}`` — JSON-safe, re-loadable."""
         from safetensors.torch import save
@@ -234,7 +257,7 @@ class PrototypeHead(nn.Module):
                           load_file(str(folder / "protoverb.safetensors")))
 
 
-HEADS["protoverb"] = PrototypeHead.from_dict
+HEADS[PrototypeHead.kind] = PrototypeHead
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, spherical: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -507,7 +530,7 @@ class ProtoVerbSearcher(Searcher):
         for entry in words:
             entry["class"] = task.label_names[entry["class"]]
         artifacts = {"prototype_words": words, "loss_history": history, "settings": asdict(settings)}
-        return TrialOutcome(Candidate([template], verbalizer, head=head.to_dict()), dev, artifacts)
+        return TrialOutcome(Candidate([template], verbalizer, head=head), dev, artifacts)
 
 
 def _result(head: PrototypeHead, hidden: torch.Tensor, manual: torch.Tensor, labels: np.ndarray,

@@ -38,7 +38,6 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -118,8 +117,6 @@ class S3DeltaConfig(SearchConfig):
                 "adapter (e.g. [lora+ln+adapter, lora+ln]); None: every kind whose *_targets list is given"})
     layer_choices: list[str] = field(default_factory=lambda: ["all", "upper", "lower", "even"], metadata={
         "help": "blackbox: which layers the switched-on groups cover"})
-    save_dir: str | None = field(default="runs/deltas", metadata={
-        "help": "where each trial's delta weights are written (None: not saved)"})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -457,20 +454,10 @@ class S3DeltaSearcher(Searcher):
             info.update(parameters=delta.num_parameters(), fraction=delta.num_parameters() / backbone,
                         modules=len(structure), table=delta.table(harness), structure=structure,
                         seconds=round(time.perf_counter() - start, 2))
-            if cfg.save_dir:
-                path = Path(cfg.save_dir) / f"{trial.study.study_name}" / f"trial-{trial.number}"
-                delta.save(path, extra={"template": template.to_dict(), "verbalizer": verbalizer.to_dict()})
-                info["path"] = str(path)
         finally:
             delta.detach()
-        return TrialOutcome(Candidate([template], verbalizer), dev, {"delta": info})
-
-    def before_test(self, ctx: SearchContext, artifacts: dict[str, Any]) -> None:
-        """Attach the best trial's saved delta so the final test pass scores prompt + delta."""
-        info = artifacts.get("delta") or {}
-        if not info.get("path"):
-            raise AutoPromptError("the best trial's delta was not saved (save_dir: null); cannot score it on test")
-        Delta.load(info["path"], ctx.harness).attach(ctx.harness)
+        # The trained delta travels with the prompt: the backbone saves it with the trial.
+        return TrialOutcome(Candidate([template], verbalizer).with_delta(delta), dev, {"delta": info})
 
 
 def describe_budget(harness: Any, config: S3DeltaConfig) -> str:

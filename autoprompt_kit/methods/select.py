@@ -86,4 +86,4 @@ class TemplateSelection(Searcher):
             dev = combine_results(singles, weights)
             return TrialOutcome(candidate, dev, {"member_dev_accuracy": [r.accuracy for r in singles]})
         candidate = Candidate([Template(cfg.templates[int(choice)])], verbalizer)
-        return TrialOutcome(candidate, candidate.evaluate(ctx.harness, ctx.task.dev, names))
+        return TrialOutcome(candidate, candidate.evaluate(ctx.task.dev, ctx.harness))

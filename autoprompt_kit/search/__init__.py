@@ -2,11 +2,13 @@
 
 from .base import (REGISTRY, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, combine_results,
                    get_searcher, register)
-from .runner import (DEFAULT_STORAGE, SearchJob, best_candidate, build_best_json, open_storage, open_study,
-                     run_search, storage_summaries, write_best_json)
+from .runner import (DEFAULT_STORAGE, SearchJob, SearchResult, best_candidate, build_best_json, finish_search,
+                     open_storage, open_study, prompt_folder, run_search, storage_summaries, trial_prompt,
+                     write_best_json)
 
 __all__ = [
-    "DEFAULT_STORAGE", "REGISTRY", "Candidate", "SearchConfig", "SearchContext", "SearchJob", "Searcher",
-    "TrialOutcome", "best_candidate", "build_best_json", "combine_results", "get_searcher", "open_storage",
-    "open_study", "register", "run_search", "storage_summaries", "write_best_json",
+    "DEFAULT_STORAGE", "REGISTRY", "Candidate", "SearchConfig", "SearchContext", "SearchJob", "SearchResult", "Searcher",
+    "TrialOutcome", "best_candidate", "build_best_json", "combine_results", "finish_search", "get_searcher",
+    "open_storage", "open_study", "prompt_folder", "register", "run_search", "storage_summaries", "trial_prompt",
+    "write_best_json",
 ]

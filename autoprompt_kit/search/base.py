@@ -12,29 +12,21 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..artifact import ENSEMBLE_WEIGHTINGS, HEADS, Prompt, combine_results  # noqa: F401  (re-exported)
 from ..errors import AutoPromptError
-from ..prompts import Template, Verbalizer, as_template, as_verbalizer
 
 if TYPE_CHECKING:
     import optuna
 
-    from ..data import Split, Task
+    from ..data import Task
     from ..harness import EvalResult, Harness
 
 logger = logging.getLogger(__name__)
-
-ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
-
-#: Trained scorers a candidate may carry instead of plain verbalizer scores (kind → loader of the
-#: saved dict; the loaded object has ``evaluate(harness, split, template, verbalizer, label_names)``).
-#: Methods register theirs, e.g. ProtoVerb's prototypes.
-HEADS: dict[str, Any] = {}
-
 
 @dataclass
 class SearchConfig:
@@ -70,83 +62,8 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class Candidate:
-    """What a trial proposes: one template (or an ensemble of templates) and a verbalizer."""
-
-    templates: list[Template]
-    verbalizer: Verbalizer
-    ensemble: str | None = None           # None, "uniform" or "dev" (weights from each template's dev score)
-    weights: list[float] | None = None    # the ensemble weights actually used
-    head: dict[str, Any] | None = None    # a trained scorer on the mask hidden state (see HEADS), saved as a dict
-
-    @property
-    def template(self) -> Template:
-        return self.templates[0]
-
-    def describe(self) -> str:
-        words = " / ".join(",".join(ws) for ws in self.verbalizer.label_words)
-        body = self.template.display() if len(self.templates) == 1 else f"ensemble[{self.ensemble}] of {len(self.templates)}"
-        cal = "" if self.verbalizer.calibration == "none" else f" [{self.verbalizer.calibration}]"
-        head = f" + {self.head.get('kind')} head" if self.head else ""
-        return f"{body} -> {words}{cal}{head}"
-
-    def evaluate(self, harness: "Harness", split: "Split", label_names: Sequence[str] | None = None) -> "EvalResult":
-        """Score on a split; an ensemble averages its templates' class probabilities."""
-        if self.head is not None:
-            return load_head(self.head).evaluate(harness, split, self.template, self.verbalizer, label_names)
-        results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
-        if len(results) == 1:
-            return results[0]
-        weights = self.weights if self.weights is not None else [1.0] * len(results)
-        return combine_results(results, weights)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"template": self.template.to_dict(), "verbalizer": self.verbalizer.to_dict()}
-        if len(self.templates) > 1:
-            out["templates"] = [t.to_dict() for t in self.templates]
-            out["ensemble"] = self.ensemble
-            out["weights"] = self.weights
-        if self.head is not None:
-            out["head"] = self.head
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Candidate":
-        if "template" not in data or "verbalizer" not in data:
-            raise AutoPromptError("a saved prompt needs 'template' and 'verbalizer'")
-        templates = [as_template(t) for t in data.get("templates") or [data["template"]]]
-        return cls(templates, as_verbalizer(data["verbalizer"]), data.get("ensemble"), data.get("weights"),
-                   data.get("head"))
-
-
-def load_head(data: dict[str, Any]) -> Any:
-    """The trained scorer saved in a candidate's ``head`` dict (its ``kind`` picks the loader)."""
-    from .. import methods  # noqa: F401  (registers the built-in heads)
-
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in HEADS:
-        raise AutoPromptError(f"unknown candidate head {kind!r}; known: {', '.join(sorted(HEADS)) or 'none'}")
-    return HEADS[kind](data)
-
-
-def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -> "EvalResult":
-    """Weighted average of class probabilities over several templates' results."""
-    from ..harness import EvalResult, classification_metrics
-
-    w = np.asarray(weights, dtype=np.float64)
-    if w.sum() <= 0:
-        w = np.ones_like(w)
-    w = w / w.sum()
-    probs = sum(wi * np.exp(r.class_logprobs) for wi, r in zip(w, results))
-    class_lp = np.log(np.clip(probs, 1e-30, None))
-    preds = class_lp.argmax(axis=1)
-    labels = results[0].labels
-    acc, f1 = classification_metrics(labels, preds, class_lp.shape[1])
-    return EvalResult(accuracy=acc, macro_f1=f1, predictions=preds, labels=labels, class_logprobs=class_lp,
-                      word_logprobs=np.concatenate([r.word_logprobs for r in results], axis=1),
-                      seconds=sum(r.seconds for r in results), template=" | ".join(r.template for r in results),
-                      extra={"weights": w.tolist()})
+#: What a trial proposes is the same object a search returns and a user loads: a found prompt.
+Candidate = Prompt
 
 
 @dataclass
@@ -206,12 +123,6 @@ class Searcher(ABC):
     def grid(self) -> list[dict[str, Any]] | None:
         """All parameter sets of a finite space, or None when the space is sampled."""
         return None
-
-    def before_test(self, ctx: SearchContext, artifacts: dict[str, Any]) -> None:
-        """Restore what the best trial trained besides its prompt (e.g. attach its delta) before the test pass.
-
-        ``artifacts`` are the best trial's :attr:`TrialOutcome.artifacts`.
-        """
 
     @abstractmethod
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:

@@ -24,14 +24,16 @@ from optuna.trial import TrialState
 from .. import __version__
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
+from ..artifact import Prompt, model_reference
 from ..prompts import Template
-from .base import Candidate, SearchContext, Searcher
+from .base import SearchContext, Searcher
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
 QUEUED = "autoprompt.queued"
 ARTIFACT_KEYS = "autoprompt.artifacts"  # names of the user attributes a trial's method produced
+PROMPT_DIR = "prompt_dir"               # a trained trial's prompt folder
 SCHEMA_VERSION = 1
 
 
@@ -133,6 +135,15 @@ class SearchJob:
     progress: bool = True
     task_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
+    trial_dir: str | None = None               # where trials keep trained state (default: beside the storage)
+
+    def trial_root(self) -> Path:
+        """Folder of this study's per-trial prompt folders (``<root>/<study>/trial-<n>``)."""
+        if self.trial_dir:
+            return Path(self.trial_dir) / self.study_name
+        url = self.storage_url or DEFAULT_STORAGE
+        base = Path(url[len("sqlite:///"):]).expanduser().parent if url.startswith("sqlite:///") else Path("runs")
+        return base / "trials" / self.study_name
 
 
 def run_search(job: SearchJob, ctx: SearchContext,
@@ -167,9 +178,13 @@ def run_search(job: SearchJob, ctx: SearchContext,
         trial.set_user_attr("template", cand.template.display() if len(cand.templates) == 1
                             else " | ".join(t.display() for t in cand.templates))
         trial.set_user_attr("label_words", json.dumps(cand.verbalizer.to_dict()["label_words"]))
+        trial.set_user_attr("prompt", cand.describe())
         trial.set_user_attr("candidate", cand.to_dict())
+        if cand.trained:  # tensors do not belong in the storage: the trial's prompt folder holds them
+            trial.set_user_attr(PROMPT_DIR, str(cand.save(job.trial_root() / f"trial-{trial.number}")))
         trial.set_user_attr("dev_accuracy", outcome.dev.accuracy)
         trial.set_user_attr("dev_macro_f1", outcome.dev.macro_f1)
+        trial.set_user_attr("dev_predictions", np.asarray(outcome.dev.predictions).tolist())
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         for name, value in outcome.artifacts.items():
             trial.set_user_attr(name, value)
@@ -183,7 +198,7 @@ def run_search(job: SearchJob, ctx: SearchContext,
             return
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         print(f"[trial {trial.number:3d} · {done}/{job.n_trials}] dev {metric} {trial.value:.4f}  "
-              f"best {study.best_value:.4f}  {Candidate.from_dict(trial.user_attrs['candidate']).describe()}",
+              f"best {study.best_value:.4f}  {trial.user_attrs.get('prompt', trial.user_attrs.get('template'))}",
               flush=True)
 
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [report]
@@ -198,25 +213,46 @@ def run_search(job: SearchJob, ctx: SearchContext,
     return study
 
 
-def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Candidate]:
+def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Prompt]:
+    """The best trial and its prompt, trained state included."""
     try:
         best = study.best_trial
     except ValueError:
         raise AutoPromptError(f"study {study.study_name!r} has no completed trial yet") from None
-    return best, Candidate.from_dict(best.user_attrs["candidate"])
+    return best, trial_prompt(best)
+
+
+def trial_prompt(trial: optuna.trial.FrozenTrial) -> Prompt:
+    """A finished trial's prompt: from its folder when it trained something, else from its attributes."""
+    folder = trial.user_attrs.get(PROMPT_DIR)
+    if folder:
+        if not Path(folder).is_dir():
+            raise AutoPromptError(f"trial {trial.number}'s trained state {folder!r} is gone (was the trial "
+                                  "folder deleted or written on another machine?)")
+        return Prompt.load(folder)
+    return Prompt.from_dict(trial.user_attrs["candidate"])
 
 
 def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, seconds: float,
-                    test_split: str) -> dict[str, Any]:
-    """The document a search job writes (schema: ``autoprompt_kit/schemas/best.schema.json``)."""
-    best, cand = best_candidate(study)
+                    test_split: str, prompt: Prompt | None = None) -> dict[str, Any]:
+    """The document a search job writes (schema: ``autoprompt_kit/schemas/best.schema.json``).
+
+    It is the study's record; its ``prompt`` key embeds the found prompt's manifest (and, once
+    :func:`finish_search` saved it, the ``path`` of the folder that holds its tensors).
+    """
+    best, found = best_candidate(study) if prompt is None else (study.best_trial, prompt)
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -(t.value or 0.0))
+    manifest = found.to_dict()
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "method": job.searcher.name,
-        **cand.to_dict(),
+        "template": manifest["templates"][0],
+        "verbalizer": manifest["verbalizer"],
+        **({"templates": manifest["templates"], "ensemble": manifest.get("ensemble"), "weights": manifest.get("weights")}
+           if len(found.templates) > 1 else {}),
+        "prompt": manifest,
         "model": job.model_info,
         "task": job.task_info,
         "metrics": {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
@@ -235,14 +271,82 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
     keys = best.user_attrs.get(ARTIFACT_KEYS) or []
     if keys:
         doc["trial_artifacts"] = {k: best.user_attrs[k] for k in keys if k in best.user_attrs}
-        # A delta (S3Delta) belongs to the prompt: it sits beside template and verbalizer.
-        if isinstance(doc["trial_artifacts"].get("delta"), dict):
-            doc["delta"] = doc["trial_artifacts"].pop("delta")
     if study.user_attrs.get("artifacts"):
         doc["artifacts"] = study.user_attrs["artifacts"]
     if test is not None:
         doc["metrics"][test_split] = {"accuracy": test.accuracy, "macro_f1": test.macro_f1, "n": test.n}
     return doc
+
+
+@dataclass
+class SearchResult:
+    """What a finished search gives: the found prompt (it predicts and saves), the best.json
+    document, the study, and the test result (None without a test split)."""
+
+    prompt: Prompt
+    document: dict[str, Any]
+    study: optuna.Study
+    test: Any | None = None
+
+
+def prompt_folder(out: str | Path) -> Path:
+    """The prompt folder written beside a best.json: ``best.json`` → ``best.prompt/``."""
+    out = Path(out)
+    return out.with_suffix(".prompt") if out.suffix == ".json" else out.with_name(out.name + ".prompt")
+
+
+def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, test_split: str | None = "test",
+                  out: str | Path | None = None, seconds: float = 0.0, progress: bool = False) -> SearchResult:
+    """The post-study phase every caller shares: best trial → prompt (trained state restored) →
+    test pass → best.json (+ the prompt folder beside it).
+
+    The test split is scored by the same :meth:`Prompt.evaluate` that ``predict`` and a reloaded
+    prompt use, so the numbers in best.json are the artifact's own.
+    """
+    best, prompt = best_candidate(study)
+    task, harness = ctx.task, ctx.harness
+    prompt.label_names = list(task.label_names)
+    prompt.model = {**model_reference(job.model_info.get("name"), harness), **job.model_info}
+    prompt.provenance = {
+        "method": job.searcher.name, "study": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
+        "trial": best.number, "params": best.params, "task": job.task_info, "seed": job.seed, "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
+                            "n": len(task.dev), "fingerprint": task.dev.fingerprint,
+                            "predictions": best.user_attrs.get("dev_predictions")}},
+    }
+    test = None
+    if test_split:
+        if test_split not in task.splits:
+            raise AutoPromptError(f"--test-split {test_split!r} is not a split of task {task.name!r} "
+                                  f"(splits: {', '.join(task.splits)})")
+        if progress:
+            print(f"scoring the best prompt on {test_split} ({len(task[test_split])} examples)…", flush=True)
+        shown, harness.progress = harness.progress, progress
+        try:
+            test = prompt.evaluate(task[test_split], harness)
+        finally:
+            harness.progress = shown
+        prompt.provenance["metrics"][test_split] = {"accuracy": test.accuracy, "macro_f1": test.macro_f1, "n": test.n}
+    doc = build_best_json(study, job, test, seconds, test_split or "test", prompt=prompt)
+    if out:
+        folder = prompt_folder(out)
+        prompt.save(folder)
+        doc["prompt"] = {"path": folder.name, **prompt.to_dict()}
+        write_best_json(out, doc)
+    _drop_stale_trial_state(study, best.number)
+    return SearchResult(prompt, doc, study, test)
+
+
+def _drop_stale_trial_state(study: optuna.Study, best: int) -> None:
+    """Delete the prompt folders of finished trials that lost (a finished trial's value never
+    changes, so it can never become best again); the best one and running trials stay."""
+    import shutil
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        folder = t.user_attrs.get(PROMPT_DIR)
+        if folder and t.number != best and Path(folder).is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_best_json(path: str | Path, doc: dict[str, Any]) -> None:
@@ -260,7 +364,9 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
     for split, m in doc["metrics"].items():
         lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
     if out:
-        lines.append(f"wrote {out}")
+        folder = doc.get("prompt", {}).get("path")
+        lines.append(f"wrote {out}" + (f" and the prompt folder {Path(out).parent / folder}" if folder else ""))
+        lines.append(f"use it:  autoprompt-kit predict --prompt {out} --input texts.txt")
     lines.append(f"inspect: autoprompt-kit dashboard --storage {doc['study']['storage']}")
     return "\n".join(lines)
 

