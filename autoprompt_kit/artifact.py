@@ -51,6 +51,7 @@ MANIFEST = "prompt.json"
 HEAD_FILE = "head.safetensors"
 MODEL_FILE = "model.safetensors"
 ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
+BEST_SCHEMA_VERSION = 1  # the best.json a search writes (schemas/best.schema.json)
 
 
 class Head(Protocol):
@@ -344,6 +345,8 @@ class Prompt:
         weights = data.get("model_weights")
         if weights is not None:
             kwargs["model_weights"] = _read_tensors(folder, (weights or {}).get("file", MODEL_FILE), "fine-tuned weights")
+        if data.get("task") is not None and not isinstance(data["task"], Mapping):
+            raise AutoPromptError(f"'task' must be an object with the task's name and labels, got {data['task']!r:.40}")
         label_names = data.get("label_names")
         if label_names is None and isinstance(data.get("task"), Mapping):
             label_names = data["task"].get("label_names")
@@ -375,6 +378,9 @@ class Prompt:
         else:
             folder, manifest = path.parent, path
         data = _read_json(manifest)
+        if isinstance(data, dict) and "schema_version" in data and data["schema_version"] != BEST_SCHEMA_VERSION:
+            raise AutoPromptError(f"{str(path)!r} has schema_version {data['schema_version']!r}; this autoprompt-kit "
+                                  f"reads best.json schema_version {BEST_SCHEMA_VERSION} (upgrade autoprompt-kit)")
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a best.json naming its prompt folder
             record, data = data, dict(data["prompt"])
             if data.get("path"):

@@ -98,6 +98,8 @@ def _add_harness_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                         help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+    parser.add_argument("--truncation", choices=["tail", "head"], default="tail",
+                        help="which end of an over-long text is cut to fit the model (default tail)")
 
 
 def _harness(args: argparse.Namespace, progress: bool) -> Any:
@@ -119,7 +121,7 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
 
     prompt = _load_prompt(args.prompt)
     info = prompt.provenance.get("task") or {}
-    task = load_task(args.task or info.get("name") or "mr",
+    task = load_task(args.task or info.get("source") or info.get("name") or "mr",
                      shots=args.shots if args.shots is not None else info.get("shots") or None,
                      seed=args.seed if args.seed is not None else info.get("seed", 13),
                      max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"))
@@ -154,6 +156,31 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_source(task: str) -> str:
+    """What loads the task again from anywhere: a local file or folder as an absolute path, else the name."""
+    path = Path(task)
+    return str(path.resolve()) if path.exists() else task
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be a file we can write (checked now, not after the whole search)."""
+    import os
+
+    from .search.runner import prompt_folder
+
+    path = Path(out)
+    if path.is_dir():
+        raise AutoPromptError(f"--out {out!r} is a folder; give a file name such as {str(path / 'best.json')!r}")
+    folder = prompt_folder(path)
+    if folder.exists() and not folder.is_dir():
+        raise AutoPromptError(f"--out {out!r}: the prompt folder {str(folder)!r} would go beside it, but a file has that name")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise AutoPromptError(f"--out {out!r}: cannot write into {str(parent)!r}")
+
+
 def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
     """The command line of a helper process: the same study, task, model and harness; it writes nothing."""
     argv = [sys.executable, "-m", "autoprompt_kit.cli", "search", args.method, "--space", str(args.space),
@@ -162,7 +189,7 @@ def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
             "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet"]
     for flag, value in (("--model", args.model), ("--kind", args.kind), ("--max-examples", args.max_examples),
                         ("--storage", args.storage), ("--device", args.device), ("--precision", args.precision),
-                        ("--trial-dir", args.trial_dir)):
+                        ("--trial-dir", args.trial_dir), ("--truncation", args.truncation)):
         if value is not None:
             argv += [flag, str(value)]
     return argv
@@ -173,7 +200,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from .data import load_task
-    from .search import SearchContext, SearchJob, finish_search, get_searcher, run_search
+    from .search import DEFAULT_STORAGE, SearchContext, SearchJob, finish_search, get_searcher, run_search
+    from .search._storage import public_url
     from .search.runner import summary
 
     searcher_cls = get_searcher(args.method)
@@ -185,29 +213,45 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise AutoPromptError("--trials must be at least 1")
     if args.workers < 1:
         raise AutoPromptError("--workers must be at least 1")
+    if args.seed < 0:
+        raise AutoPromptError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.heartbeat < 1:
+        raise AutoPromptError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
+    if args.out:
+        _check_out(args.out)
     start = time.perf_counter()
+    # Everything that can be wrong with the input is found before the storage is touched or the model loads.
     task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
     if args.test_split and args.test_split not in task.splits:
         raise AutoPromptError(f"--test-split {args.test_split!r} is not a split of {task.name!r} "
                               f"(splits: {', '.join(task.splits)}; '' = none)")
+    config.check_task(task)
+    from .search.runner import open_storage
+
+    open_storage(args.storage, args.heartbeat)
     harness = _harness(args, progress=False)
     study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem}-s{args.seed}"
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
         heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet, trial_dir=args.trial_dir,
-        task_info={"name": task.name, "label_names": task.label_names, "shots": args.shots, "seed": args.seed,
+        task_info={"name": task.name, "source": _task_source(args.task), "label_names": task.label_names,
+                   "shots": args.shots, "seed": args.seed,
                    "max_examples": args.max_examples, "splits": {k: len(v) for k, v in task.splits.items()}},
         model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
     )
     if not args.worker:
         print(f"task     {task.summary()}")
         print(f"model    {job.model_info['name']} ({harness.kind}, {harness.device})")
-        print(f"study    {study_name} in {job.storage_url or 'sqlite:///runs/autoprompt.db'}; {args.trials} trials"
+        print(f"study    {study_name} in {public_url(job.storage_url or DEFAULT_STORAGE)}; {args.trials} trials"
               + (f", {args.workers} workers" if args.workers > 1 else ""))
 
     def start_workers() -> list[subprocess.Popen]:
-        # Extra processes join the same study (the queue is already filled, so none duplicates work).
-        return [subprocess.Popen(_worker_argv(args, study_name)) for _ in range(args.workers - 1)]
+        # Extra processes join the same study (the queue is already filled, so none duplicates work);
+        # they die with this process, even when it is killed with SIGKILL.
+        procs = [subprocess.Popen(_worker_argv(args, study_name), preexec_fn=_die_with_parent)
+                 for _ in range(args.workers - 1)]
+        _forward_signals(procs)
+        return procs
 
     ctx = SearchContext(task=task, harness=harness, seed=args.seed)
     study = run_search(job, ctx, start_workers=start_workers if not args.worker and args.workers > 1 else None)
@@ -301,7 +345,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _harness_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"batch_size": args.batch_size, "device": args.device, "precision": args.precision}
+    return {"batch_size": args.batch_size, "device": args.device, "precision": args.precision,
+            "truncation": args.truncation}
 
 
 def cmd_delta(args: argparse.Namespace) -> int:
@@ -357,7 +402,47 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not Path(exe).exists():
         raise AutoPromptError("optuna-dashboard is not installed: pip install optuna-dashboard")
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard  (Ctrl-C to stop)")
-    return subprocess.call([exe, url, "--host", args.host, "--port", str(args.port)])
+    import time
+
+    proc = subprocess.Popen([exe, url, "--host", args.host, "--port", str(args.port)], preexec_fn=_die_with_parent)
+    _forward_signals([proc])
+    while proc.poll() is None:  # not proc.wait(): the signal handler must be able to reap the child itself
+        time.sleep(0.2)
+    return proc.returncode
+
+
+def _die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies (Linux), so no child outlives a killed parent."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _forward_signals(procs: list[Any]) -> None:
+    """On SIGTERM/SIGINT/SIGHUP: pass the signal on to the children, wait for them, then exit."""
+    import signal
+
+    import time
+
+    def handler(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+        deadline = time.monotonic() + 30
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for p in procs:
+            if p.poll() is None:  # a child that ignores the signal is killed
+                p.kill()
+                p.wait()
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file in the same folder, then rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -26,6 +27,28 @@ def write_json_atomic(path: Path, data: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+#: A temp file older than this is a killed writer's leftover, not a write in progress.
+STALE_SECONDS = 600.0
+
+
+def drop_stale_temps(path: Path) -> int:
+    """Delete ``.<name>.*.tmp`` leftovers of writes to ``path`` that were killed; returns how many."""
+    import time
+
+    now, dropped = time.time(), 0
+    for leftover in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_SECONDS:
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+                dropped += 1
+        except OSError:
+            pass
+    return dropped
 
 
 def _default(value: Any) -> Any:
@@ -42,6 +65,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

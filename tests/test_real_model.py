@@ -100,3 +100,42 @@ def test_autoprompt_trial_on_the_real_model(real_harness):
     assert len(result.history) == 2 and all(e["best_loss"] <= e["loss"] for e in result.history)
     tokens = real_harness.tokenizer.convert_ids_to_tokens(result.template.trigger_ids)
     assert all(t.startswith("▁") and t[1:].isalpha() for t in tokens)
+
+
+SPACES = {
+    "protoverb": "method: protoverb\nlabel_words: {negative: [terrible], positive: [great]}\nproj_dim: [64]\n"
+                 "prototypes_per_class: [1]\ninference: [combined, proto]\n",
+    "lmbff": "method: lmbff\nlabel_words: {negative: [terrible], positive: [great]}\nbeam: 4\nmax_span_tokens: 2\n"
+             "keep_generated: 4\ntop_n: 2\ncalibration: [none]\nfinetune_epochs: 2\nfinetune_batch_size: 8\n",
+}
+
+
+@pytest.mark.parametrize("method", sorted(SPACES))
+def test_search_then_predict_on_the_real_model(method, tmp_path):
+    """Gemma + MR from the CLI: a method that trains something (ProtoVerb's head, LM-BFF's LoRA
+    fine-tuning) → best.json + best.prompt/ → ``predict`` on the dev texts gives the best trial's labels."""
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACES[method])
+    out, storage = tmp_path / "best.json", f"sqlite:///{tmp_path / 'r.db'}"
+    search = [sys.executable, "-m", "autoprompt_kit.cli", "search", method, "--task", "mr", "--space", str(space),
+              "--shots", "8", "--max-examples", "200", "--trials", "2", "--storage", storage, "--study", "real",
+              "--out", str(out), "--quiet"]
+    proc = subprocess.run(search, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert {"protoverb": "head", "lmbff": "delta"}[method] in doc["prompt"]
+    best = optuna.load_study(study_name="real", storage=storage).best_trial
+    dev = load_task("mr", shots=8, seed=13, max_examples=200).dev
+    texts = tmp_path / "dev.txt"
+    texts.write_text("".join(e.text_a.replace("\n", " ") + "\n" for e in dev))
+    pred = tmp_path / "pred.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "predict", "--prompt", str(out), "--input",
+                           str(texts), "--out", str(pred), "--quiet"], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    labels = [json.loads(line)["label"] for line in pred.read_text().splitlines()]
+    assert [dev.label_names.index(x) for x in labels] == best.user_attrs["dev_predictions"]
+    again = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "evaluate", "--prompt", str(out), "--split",
+                            "dev", "--quiet"], capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0 and f"{len(dev)}/{len(dev)} dev predictions identical" in again.stdout, again.stdout

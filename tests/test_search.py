@@ -161,7 +161,7 @@ def test_cli_search_bad_input(tmp_path, tiny_model_dir):
         (["search", "select", "--space", str(bad)], "not valid YAML"),
         (["search", "select", "--space", str(SPACE), "--trials", "0"], "--trials must be at least 1"),
         (["search", "select", "--space", str(SPACE), "--storage", "nosuchdb://x", "--model", tiny_model_dir,
-          "--max-examples", "60", "--shots", "4"], "cannot open storage"),
+          "--max-examples", "60", "--shots", "4"], "unknown database 'nosuchdb'"),
         (["evaluate", "--prompt", str(tmp_path / "none.json")], "does not exist"),
         (["evaluate", "--prompt", str(bad)], "not JSON"),
     ]:

@@ -42,6 +42,7 @@ class EncodedPrompt:
     # True when only punctuation/whitespace follows the mask: a causal LM then reads the word as
     # the next token(s) and ignores the trailing punctuation.
     mask_at_end: bool
+    truncated: int = 0             # field tokens cut so the row fits the model
 
 
 @dataclass
@@ -61,13 +62,23 @@ class Row:
         return len(self.input_ids) + len(self.decoder_input_ids or ())
 
 
-class PromptEncoder:
-    """Tokenises templates and builds rows for one tokenizer and model kind."""
+TRUNCATIONS = ("tail", "head")
 
-    def __init__(self, tokenizer: Any, kind: str, max_length: int) -> None:
+
+class PromptEncoder:
+    """Tokenises templates and builds rows for one tokenizer and model kind.
+
+    ``truncation`` says which end of an over-long field is cut: ``tail`` (keep the start, the
+    default) or ``head`` (keep the end). Only example fields are cut, never template text or masks.
+    """
+
+    def __init__(self, tokenizer: Any, kind: str, max_length: int, truncation: str = "tail") -> None:
+        if truncation not in TRUNCATIONS:
+            raise AutoPromptError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
         self.tokenizer = tokenizer
         self.kind = kind
         self.max_length = max_length
+        self.truncation = truncation
         self._piece_cache: dict[str, tuple[int, ...]] = {}
         self._word_cache: dict[tuple[str, bool], tuple[int, ...]] = {}
         self.special_prefix, self.special_suffix = self._special_tokens()
@@ -116,12 +127,24 @@ class PromptEncoder:
             ids = self.tokenize((" " + word.strip()) if space_before else word.strip())
             if not ids:
                 raise AutoPromptError(f"label word {word!r} tokenizes to nothing with this model's tokenizer")
+            unk = self.tokenizer.unk_token_id
+            if unk is not None and all(i == unk for i in ids):
+                raise AutoPromptError(f"label word {word!r} is unknown to this model's tokenizer (every token is "
+                                      f"{self.tokenizer.unk_token!r}); choose a word the model can read")
             self._word_cache[key] = ids
         return ids
 
     # -- templates --------------------------------------------------------------------------------
-    def encode(self, template: Template, example: Example) -> EncodedPrompt:
-        """Tokenise one example in one template, truncating its fields to fit ``max_length``."""
+    def reserve(self, words: Sequence[str]) -> int:
+        """Tokens a row needs beyond the prompt for the longest of ``words`` (its masks, or its
+        continuation on a causal LM); seq2seq models read words in the decoder (one sentinel)."""
+        if self.kind == "seq2seq" or not words:
+            return 1
+        return max(len(self.word_ids(w, space)) for w in words for space in (True, False))
+
+    def encode(self, template: Template, example: Example, reserve: int = 1) -> EncodedPrompt:
+        """Tokenise one example in one template, truncating its fields so the row (with ``reserve``
+        tokens for the label word) fits ``max_length``."""
         pieces: list[tuple[str, Any]] = []  # (kind, payload): text/field → ids, trigger → id, soft → ids
         pending_space = False
         space_before_mask = False
@@ -156,7 +179,7 @@ class PromptEncoder:
                 ids = list(self.tokenize(init)) if init else [self.soft_fallback_id]
                 pieces.append(("soft", ids))
                 pending_space = True
-        self._truncate(pieces, template)
+        truncated = self._truncate(pieces, template, reserve)
 
         prefix: list[int] = []
         suffix: list[int] = []
@@ -176,22 +199,33 @@ class PromptEncoder:
         after = "".join(p.text if isinstance(p, Text) else "x" for p in
                         template.parts[[isinstance(p, Mask) for p in template.parts].index(True) + 1:])
         return EncodedPrompt(tuple(prefix), tuple(suffix), space_before_mask, tuple(triggers), tuple(softs),
-                             mask_at_end=set(after) <= _PUNCT_ONLY)
+                             mask_at_end=set(after) <= _PUNCT_ONLY, truncated=truncated)
 
-    def _truncate(self, pieces: list[tuple[str, Any]], template: Template) -> None:
-        """Cut the longest field from its end until the row fits (reserving room for the label word)."""
-        budget = self.max_length - len(self.special_prefix) - len(self.special_suffix) - 8
+    def _truncate(self, pieces: list[tuple[str, Any]], template: Template, reserve: int) -> int:
+        """Cut the longest field (at its tail or head) until the row fits with ``reserve`` tokens for
+        the label word; returns the number of tokens cut."""
+        budget = self.max_length - len(self.special_prefix) - len(self.special_suffix) - max(1, reserve)
+        fixed = sum(len(ids) for kind, ids in pieces if ids is not None and kind != "field")
+        if fixed > budget:
+            text = template.text if len(template.text) <= 80 else template.text[:77] + "..."
+            raise AutoPromptError(
+                f"template {text!r} ({fixed} tokens without its fields) and a label word of {reserve} tokens do not "
+                f"fit the model's maximum length ({self.max_length} tokens, {len(self.special_prefix) + len(self.special_suffix)} "
+                "special); shorten the template or the label words")
         total = sum(len(ids) for kind, ids in pieces if ids is not None)
+        cut_total = 0
         while total > budget:
-            fields = [i for i, (kind, ids) in enumerate(pieces) if kind == "field" and ids]
-            if not fields:
-                raise AutoPromptError(
-                    f"template {template.text!r} alone is longer than the model's maximum length ({self.max_length})"
-                )
-            longest = max(fields, key=lambda i: len(pieces[i][1]))
-            cut = min(total - budget, len(pieces[longest][1]))
-            del pieces[longest][1][len(pieces[longest][1]) - cut:]
+            longest = max((i for i, (kind, ids) in enumerate(pieces) if kind == "field" and ids),
+                          key=lambda i: len(pieces[i][1]))
+            ids = pieces[longest][1]
+            cut = min(total - budget, len(ids))
+            if self.truncation == "head":
+                del ids[:cut]
+            else:
+                del ids[len(ids) - cut:]
             total -= cut
+            cut_total += cut
+        return cut_total
 
     # -- rows --------------------------------------------------------------------------------------
     def rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:

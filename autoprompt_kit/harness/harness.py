@@ -107,6 +107,9 @@ class Harness:
             against, at a few times the cost).
         batch_size: rows per forward pass.
         max_length: longest row in tokens (fields are truncated to fit).
+        truncation: ``tail`` (cut the end of the longest field, default) or ``head`` (its start);
+            template text, masks and label words are never cut. ``EvalResult.extra["truncated"]``
+            counts the examples that were.
         progress: show a progress bar on long evaluations.
     """
 
@@ -120,6 +123,7 @@ class Harness:
         precision: str | None = None,
         batch_size: int = 16,
         max_length: int = 512,
+        truncation: str = "tail",
         progress: bool = True,
     ) -> None:
         try:
@@ -155,7 +159,7 @@ class Harness:
         limits = [max_length, getattr(self.model.config, "max_position_embeddings", None),
                   getattr(self.tokenizer, "model_max_length", None)]
         self.max_length = int(min(x for x in limits if isinstance(x, int) and 0 < x < 10**7))
-        self.encoder = PromptEncoder(self.tokenizer, self.kind, self.max_length)
+        self.encoder = PromptEncoder(self.tokenizer, self.kind, self.max_length, truncation)
         if self.kind == "seq2seq":
             start = self.model.config.decoder_start_token_id
             self.encoder.decoder_start_id = int(start if start is not None else self.tokenizer.pad_token_id)
@@ -166,7 +170,7 @@ class Harness:
         self.head = self.model.get_output_embeddings()
         if self.head is None or not hasattr(self.head, "weight"):
             raise AutoPromptError(f"{type(self.model).__name__} has no output embedding layer to score words with")
-        self._encoded: OrderedDict[tuple[Template, str], list[EncodedPrompt]] = OrderedDict()
+        self._encoded: OrderedDict[tuple[Template, str, int], list[EncodedPrompt]] = OrderedDict()
         #: Items scored per chunk without gradients (bounds memory on large splits).
         self.stream_items = 4096
         #: Tokenised prompts kept in the cache, in examples summed over entries (~1.4 KiB each).
@@ -230,10 +234,13 @@ class Harness:
             class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
             preds = class_lp.argmax(dim=1).cpu().numpy()
             acc, f1 = classification_metrics(labels, preds, verbalizer.num_classes)
+            cut = sum(e.truncated > 0 for e in self._encode(template, list(split) + cf_block,
+                                                             self.encoder.reserve(verbalizer.flat_words))[:len(split)])
             results.append(EvalResult(
                 accuracy=acc, macro_f1=f1, predictions=preds, labels=labels,
                 class_logprobs=class_lp.cpu().numpy(), word_logprobs=word_lp.cpu().numpy(),
                 prior=None if prior is None else prior.cpu().numpy(), seconds=seconds, template=template.display(),
+                extra={"truncated": int(cut)},
             ))
         return results
 
@@ -496,6 +503,12 @@ class Harness:
         fields = split.fields()
         for template in templates:
             template.check_fields(fields)
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        for template in templates:
+            bad = [i for i in template.trigger_ids if i is not None and not 0 <= i < vocab]
+            if bad:
+                raise AutoPromptError(f"template {template.display()[:80]!r}: trigger token id {bad[0]} is outside this "
+                                      f"model's vocabulary (0..{vocab - 1}); was the prompt found with another model?")
         names = label_names if label_names is not None else getattr(split, "label_names", None)
         if names:
             verbalizer.check_labels(names)
@@ -513,14 +526,16 @@ class Harness:
             out.append(Example(text_a=text, label=-1, text_b=text, meta=extra))
         return out
 
-    def _encode(self, template: Template, examples: Sequence[Example]) -> list[EncodedPrompt]:
-        """Tokenised prompts, cached per (template, examples) — searches score the same split often."""
-        key = (template, Split(examples).fingerprint if not isinstance(examples, Split) else examples.fingerprint)
+    def _encode(self, template: Template, examples: Sequence[Example], reserve: int = 1) -> list[EncodedPrompt]:
+        """Tokenised prompts, cached per (template, examples, room for the label word) — searches
+        score the same split often."""
+        key = (template, Split(examples).fingerprint if not isinstance(examples, Split) else examples.fingerprint,
+               reserve)
         hit = self._encoded.get(key)
         if hit is not None:
             self._encoded.move_to_end(key)
             return hit
-        encoded = [self.encoder.encode(template, e) for e in examples]
+        encoded = [self.encoder.encode(template, e, reserve) for e in examples]
         self._encoded[key] = encoded
         while len(self._encoded) > 1 and (len(self._encoded) > 256
                                           or sum(map(len, self._encoded.values())) > self.cache_items):
@@ -532,8 +547,9 @@ class Harness:
         rows: list[Row] = []
         sizes = []
         item = 0
+        reserve = self.encoder.reserve(verbalizer.flat_words) if verbalizer is not None else 1
         for template, block in zip(templates, blocks):
-            encoded = self._encode(template, block)
+            encoded = self._encode(template, block, reserve)
             for enc in encoded:
                 words = None
                 if verbalizer is not None:

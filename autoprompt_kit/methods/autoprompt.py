@@ -230,8 +230,8 @@ def label_token_search(harness: "Harness", train: "Split", template: Template, l
 
 @dataclass
 class AutoPromptConfig(SearchConfig):
-    template: str = field(default="{text_a} {trigger*3} {mask}.", metadata={"help": "template with trigger slots"})
-    label_words: dict[str, Any] | None = field(default=None, metadata={"help": "fixed label words (label → words)"})
+    template: str = field(default="{text_a} {trigger*3} {mask}.", metadata={"role": "template", "help": "template with trigger slots"})
+    label_words: dict[str, Any] | None = field(default=None, metadata={"role": "label_words", "help": "fixed label words (label → words)"})
     label_search: bool = field(default=False, metadata={"help": "find label tokens instead (AutoPrompt §2.2)"})
     label_tokens_per_class: int = field(default=3, metadata={"help": "label tokens per class when searching"})
     num_triggers: list[int] = field(default_factory=lambda: [3], metadata={"help": "choices for the trigger count"})

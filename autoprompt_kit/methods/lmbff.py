@@ -476,8 +476,8 @@ FINETUNE_PARAMETERS = ("lora", "full")
 @dataclass
 class LMBFFConfig(SearchConfig):
     template: str = field(default="{text_a} It was {mask}.",
-                          metadata={"help": "manual template (label-word search; the baseline)"})
-    label_words: dict[str, Any] | None = field(default=None, metadata={"help": "manual label words (label → words)"})
+                          metadata={"role": "template", "help": "manual template (label-word search; the baseline)"})
+    label_words: dict[str, Any] | None = field(default=None, metadata={"role": "label_words", "help": "manual label words (label → words)"})
     generate_templates: bool = field(default=True, metadata={"help": "generate templates (else use `template`)"})
     search_label_words: bool = field(default=False, metadata={"help": "search label words with `template`"})
     generator_model: str | None = field(default=None, metadata={

@@ -446,8 +446,8 @@ def cluster_mask_embeddings(harness: "Harness", split: "Split", template: Templa
 
 @dataclass
 class ProtoVerbConfig(SearchConfig):
-    template: str = field(default="{text_a} It was {mask}.", metadata={"help": "the prompt template"})
-    label_words: dict[str, Any] = field(default_factory=dict, metadata={
+    template: str = field(default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt template"})
+    label_words: dict[str, Any] = field(default_factory=dict, metadata={"role": "label_words", 
         "help": "the manual verbalizer (label → words), used by combined inference"})
     calibration: str = field(default="none", metadata={"help": "the manual verbalizer's calibration"})
     proj_dim: list[int] = field(default_factory=lambda: [64], metadata={"help": "choices: projection size"})

@@ -78,10 +78,10 @@ class S3DeltaConfig(SearchConfig):
     """Search space and schedule of S3Delta. List values are sampled per trial by the study."""
 
     method: str = "s3delta"
-    template: str = field(default="{text_a} It was {mask}.", metadata={"help": "the prompt the delta is trained with"})
+    template: str = field(default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt the delta is trained with"})
     label_words: dict[str, list[str]] = field(
         default_factory=lambda: {"negative": ["terrible"], "positive": ["great"]},
-        metadata={"help": "verbalizer: label → words"})
+        metadata={"role": "label_words", "help": "verbalizer: label → words"})
     strategy: str = field(default="differentiable", metadata={"help": "differentiable (bi-level) or blackbox (TPE)"})
     budget_percent: float = field(default=0.01, metadata={
         "help": "trainable parameters as a percentage of the backbone (0.01 = 0.01%)"})

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class SelectConfig(SearchConfig):
-    templates: list[str] = field(default_factory=list, metadata={"help": "manual templates to choose from"})
+    templates: list[str] = field(default_factory=list, metadata={"role": "templates", "help": "manual templates to choose from"})
     label_words: list[dict[str, Any]] = field(
-        default_factory=list, metadata={"help": "label-word sets: each maps every label to its word(s)"})
+        default_factory=list, metadata={"role": "label_word_sets", "help": "label-word sets: each maps every label to its word(s)"})
     calibration: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "none and/or content_free"})
     aggregation: str = field(default="mean", metadata={"help": "how a class's words combine"})
     ensembles: list[str] = field(
@@ -40,7 +40,9 @@ class SelectConfig(SearchConfig):
         for words in self.label_words:
             if not isinstance(words, dict):
                 raise AutoPromptError(f"each label-word set must map labels to words, got {words!r}")
-            Verbalizer.from_words(words)
+            for calibration in self.calibration:
+                Verbalizer.from_words(words, aggregation=self.aggregation,
+                                      calibration=calibration if calibration in CALIBRATIONS else "none")
         bad = [c for c in self.calibration if c not in CALIBRATIONS]
         if bad or not self.calibration:
             raise AutoPromptError(f"calibration must be a non-empty list of {CALIBRATIONS}, got {self.calibration}")

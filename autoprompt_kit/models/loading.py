@@ -116,9 +116,17 @@ def load_model(name: str | None = None, kind: str | None = None, **kwargs: Any) 
             f"unknown model {name!r}: not the embedded default ({DEFAULT_MODEL}), not a local model folder, "
             f"and the HF hub could not load it ({reason})"
         ) from None
-    kind = kind or detect_kind(config)
+    detected = detect_kind(config)
+    if kind is not None and kind != detected and getattr(config, "architectures", None):
+        raise AutoPromptError(f"model {name!r} is a {detected} model ({', '.join(config.architectures)}); "
+                              f"--kind {kind} does not match it (leave --kind out to detect it)")
+    kind = kind or detected
     auto = {"mlm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
-    model = auto.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (ValueError, OSError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise AutoPromptError(f"cannot load {name!r} as a {kind} model: {reason}") from None
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name)

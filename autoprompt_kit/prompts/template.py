@@ -68,18 +68,27 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _TRIGGER = re.compile(r"^trigger(?:\*(\d+))?$")
 
 
+def short(text: str, limit: int = 80) -> str:
+    """A template's text for an error message: long ones are cut (a 25 KB message helps nobody)."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
 def _parse_jsonish(inner: str, source: str) -> list[Part]:
     """Parse an OpenPrompt-style ``{"key": value, ...}`` part."""
     body = inner.strip()
     # OpenPrompt allows bare keys like {"mask"} and Python literals like True.
-    if ":" not in body:
-        obj: dict[str, Any] = {json.loads(body): None} if body.startswith('"') else {}
-    else:
-        fixed = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", body)))
-        try:
+    fixed = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", body)))
+    try:
+        if ":" not in body:
+            key = json.loads(body)
+            if not isinstance(key, str):
+                raise json.JSONDecodeError("expected a quoted key", body, 0)
+            obj: dict[str, Any] = {key: None}
+        else:
             obj = json.loads("{" + fixed + "}")
-        except json.JSONDecodeError as exc:
-            raise AutoPromptError(f"template {source!r}: cannot parse part {{{inner}}}: {exc.msg}") from None
+    except json.JSONDecodeError as exc:
+        raise AutoPromptError(f"template {short(source)!r}: cannot parse part {short('{' + inner + '}', 40)}: "
+                              f"{exc.msg} (OpenPrompt syntax: {{\"mask\"}}, {{\"placeholder\": \"text_a\"}})") from None
     if "placeholder" in obj:
         name = str(obj["placeholder"])
         return [Field(name)]
@@ -95,12 +104,16 @@ def _parse_jsonish(inner: str, source: str) -> list[Part]:
         # the tokenizer split it (the harness counts the tokens).
         return [Soft(str(init))]
     if "trigger" in obj:
-        count = obj["trigger"] if isinstance(obj["trigger"], int) else 1
+        count = obj["trigger"] if obj["trigger"] is not None else 1
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise AutoPromptError(f"template {short(source)!r}: {{\"trigger\": {obj['trigger']!r}}} needs a positive "
+                                  "number of trigger tokens")
         return [Trigger() for _ in range(count)]
     if "text" in obj:
         return [Text(str(obj["text"]))]
     raise AutoPromptError(
-        f"template {source!r}: unknown part {{{inner}}} (expected placeholder, meta, mask, soft, trigger or text)"
+        f"template {short(source)!r}: unknown part {short('{' + inner + '}', 40)} (expected placeholder, meta, mask, soft, "
+        "trigger or text)"
     )
 
 
@@ -116,11 +129,11 @@ def _parse_shorthand(inner: str, source: str) -> list[Part]:
     if match:
         count = int(match.group(1) or 1)
         if count < 1:
-            raise AutoPromptError(f"template {source!r}: {{{inner}}} needs at least one trigger")
+            raise AutoPromptError(f"template {short(source)!r}: {{{inner}}} needs at least one trigger")
         return [Trigger() for _ in range(count)]
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
         return [Field(key)]
-    raise AutoPromptError(f"template {source!r}: cannot parse placeholder {{{inner}}}")
+    raise AutoPromptError(f"template {short(source)!r}: cannot parse placeholder {short('{' + inner + '}', 40)}")
 
 
 def parse_template(source: str) -> list[Part]:
@@ -140,7 +153,7 @@ def parse_template(source: str) -> list[Part]:
         parts.append(Text(source[pos:]))
     rest = "".join(p.text for p in parts if isinstance(p, Text))
     if "{" in rest or "}" in rest:
-        raise AutoPromptError(f"template {source!r}: unbalanced brace")
+        raise AutoPromptError(f"template {short(source)!r}: unbalanced brace")
     return parts
 
 
@@ -157,17 +170,19 @@ class Template:
     parts: tuple[Part, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.text, str) or not self.text.strip():
+        if not isinstance(self.text, str):
+            raise AutoPromptError(f"a template must be text, got {type(self.text).__name__} {self.text!r:.40}")
+        if not self.text.strip():
             raise AutoPromptError("template is empty")
         if not self.parts:
             object.__setattr__(self, "parts", tuple(parse_template(self.text)))
         masks = sum(isinstance(p, Mask) for p in self.parts)
         if masks == 0:
-            raise AutoPromptError(f"template {self.text!r} has no mask: add {{mask}} where the label word goes")
+            raise AutoPromptError(f"template {short(self.text)!r} has no mask: add {{mask}} where the label word goes")
         if masks > 1:
-            raise AutoPromptError(f"template {self.text!r} has {masks} masks: exactly one {{mask}} is allowed")
+            raise AutoPromptError(f"template {short(self.text)!r} has {masks} masks: exactly one {{mask}} is allowed")
         if not self.fields:
-            raise AutoPromptError(f"template {self.text!r} uses no input field: add {{text_a}}")
+            raise AutoPromptError(f"template {short(self.text)!r} uses no input field: add {{text_a}}")
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -193,7 +208,7 @@ class Template:
         missing = [f for f in self.fields if f not in have]
         if missing:
             raise AutoPromptError(
-                f"template {self.text!r} reads unknown field(s) {missing}; the examples have {sorted(have)}"
+                f"template {short(self.text)!r} reads unknown field(s) {missing}; the examples have {sorted(have)}"
             )
 
     # -- construction ----------------------------------------------------------------------------
@@ -201,7 +216,7 @@ class Template:
         """Return a copy with the trigger slots filled, in order."""
         if len(token_ids) != self.num_triggers:
             raise AutoPromptError(
-                f"template {self.text!r} has {self.num_triggers} trigger slot(s), got {len(token_ids)} token(s)"
+                f"template {short(self.text)!r} has {self.num_triggers} trigger slot(s), got {len(token_ids)} token(s)"
             )
         fills = iter(zip(token_ids, tokens if tokens is not None else [None] * len(token_ids)))
         parts = []
@@ -240,10 +255,15 @@ class Template:
     def from_dict(cls, data: dict[str, Any] | str) -> "Template":
         if isinstance(data, str):
             return cls(data)
+        if not isinstance(data, dict):
+            raise AutoPromptError(f"a template must be text or {{\"text\": ...}}, got {type(data).__name__} {data!r:.40}")
         if "text" not in data:
             raise AutoPromptError("template JSON needs a 'text' key")
-        template = cls(str(data["text"]))
+        template = cls(data["text"])
         ids = data.get("trigger_ids")
+        if ids is not None and (not isinstance(ids, list) or not all(
+                i is None or (isinstance(i, int) and not isinstance(i, bool) and i >= 0) for i in ids)):
+            raise AutoPromptError(f"template {short(template.text)!r}: trigger_ids must be a list of token ids, got {ids!r:.60}")
         if ids and all(i is not None for i in ids):
             template = template.with_triggers(ids, data.get("trigger_tokens"))
         return template

@@ -52,7 +52,16 @@ class Verbalizer:
     word_prior: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
-        words = tuple(tuple(str(w) for w in ws) if not isinstance(ws, str) else (ws,) for ws in self.label_words)
+        for i, ws in enumerate(self.label_words):
+            name = self.labels[i] if i < len(self.labels) else str(i)
+            items = (ws,) if isinstance(ws, str) else ws
+            if isinstance(ws, Mapping) or not isinstance(items, (tuple, list)):
+                raise AutoPromptError(f"verbalizer: class {name!r} needs a word or a list of words, got {ws!r:.60}")
+            bad = [w for w in items if not isinstance(w, str)]
+            if bad:
+                raise AutoPromptError(f"verbalizer: class {name!r} has a label word that is not text: {bad[0]!r} "
+                                      "(quote it in YAML, e.g. '5')")
+        words = tuple(tuple(ws) if not isinstance(ws, str) else (ws,) for ws in self.label_words)
         object.__setattr__(self, "label_words", words)
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
         object.__setattr__(self, "content_free_inputs", tuple(self.content_free_inputs))
@@ -64,6 +73,16 @@ class Verbalizer:
                 raise AutoPromptError(f"verbalizer: class {name!r} has no label words")
             if any(not w.strip() for w in ws):
                 raise AutoPromptError(f"verbalizer: class {name!r} has an empty label word")
+        owner: dict[str, int] = {}
+        for i, ws in enumerate(words):
+            for w in ws:
+                j = owner.setdefault(w.strip(), i)
+                if j != i:
+                    names = [self.labels[k] if k < len(self.labels) else str(k) for k in (j, i)]
+                    raise AutoPromptError(f"verbalizer: label word {w!r} is given for two classes, {names[0]!r} and "
+                                          f"{names[1]!r}; each word must point to one class")
+        if len(set(self.labels)) != len(self.labels):
+            raise AutoPromptError(f"verbalizer: class names repeat: {list(self.labels)}")
         if self.labels and len(self.labels) != len(words):
             raise AutoPromptError(
                 f"verbalizer has {len(words)} classes of label words but {len(self.labels)} label names"
@@ -95,8 +114,14 @@ class Verbalizer:
         """Build from ``{"negative": ["terrible"], "positive": ["great"]}`` or ``[["terrible"], ["great"]]``."""
         if isinstance(words, Mapping):
             labels = tuple(words.keys())
-            values = [[v] if isinstance(v, str) else list(v) for v in words.values()]
-            return cls(tuple(tuple(v) for v in values), labels=labels, **kwargs)
+            bad = [k for k in labels if not isinstance(k, str)]
+            if bad:
+                raise AutoPromptError(f"verbalizer: class name {bad[0]!r} is not text (quote it in YAML)")
+            values = [[v] if isinstance(v, str) else v for v in words.values()]
+            return cls(tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values), labels=labels,
+                       **kwargs)
+        if isinstance(words, str):
+            raise AutoPromptError(f"label words must map each class to its words, got the text {words!r:.60}")
         return cls(tuple((w,) if isinstance(w, str) else tuple(w) for w in words), **kwargs)
 
     def replace(self, **changes: Any) -> "Verbalizer":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from ..artifact import ENSEMBLE_WEIGHTINGS, HEADS, Prompt, combine_results  # noqa: F401  (re-exported)
 from ..errors import AutoPromptError
+from ..prompts import Template, Verbalizer
 
 if TYPE_CHECKING:
     import optuna
@@ -35,14 +38,31 @@ class SearchConfig:
     method: str = field(default="", metadata={"help": "the method this space is for (checked when loading)"})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
-        """Build from a dict; unknown keys are dropped with a warning so old files keep loading."""
+    def from_dict(cls, data: dict[str, Any], strict: bool = True) -> "SearchConfig":
+        """Build from a dict, checking every value's type against the field's annotation.
+
+        An unknown key is an error with a "did you mean" suggestion (a typo would silently run the
+        default); ``strict=False`` (a saved config, perhaps written by a newer version) only warns.
+        """
         if not isinstance(data, dict):
             raise AutoPromptError(f"a search space must be a mapping of settings, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in set(data) - set(names))
         if unknown:
-            logger.warning("ignoring unknown search-space keys for %s: %s", cls.__name__, ", ".join(unknown))
+            import difflib
+
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, names, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            message = f"unknown setting(s) for {cls.__name__.removesuffix('Config') or cls.__name__}: {', '.join(hints)}"
+            if strict:
+                raise AutoPromptError(f"{message}; known: {', '.join(names)}")
+            logger.warning("ignoring %s", message)
+        hints_by_name = typing.get_type_hints(cls)
+        for key, value in data.items():
+            if key in hints_by_name:
+                check_type(key, value, hints_by_name[key])
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
@@ -50,16 +70,89 @@ class SearchConfig:
         import yaml
 
         path = Path(path)
+        if path.is_dir():
+            raise AutoPromptError(f"search space {str(path)!r} is a folder; give a YAML file")
         if not path.exists():
             raise AutoPromptError(f"search space file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise AutoPromptError(f"search space {str(path)!r} is not UTF-8 text") from None
         except yaml.YAMLError as exc:
-            raise AutoPromptError(f"search space {str(path)!r} is not valid YAML: {exc}") from None
+            raise AutoPromptError(f"search space {str(path)!r} is not valid YAML: {str(exc)[:300]}") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check_task(self, task: "Task") -> None:
+        """Check the space's templates and label words against a task before anything runs: the
+        fields a template reads, and the class names, order and count of every label-word set.
+        Fields say what they hold with ``metadata={"role": "template" | "templates" | "label_words" |
+        "label_word_sets"}``."""
+        fields = task.train.fields() if len(task.train) else task.dev.fields()
+        for f in dataclasses.fields(self):
+            role, value = f.metadata.get("role"), getattr(self, f.name)
+            if value is None or role is None:
+                continue
+            values = value if role in ("templates", "label_word_sets") else [value]
+            for v in values:
+                try:
+                    if role.startswith("template"):
+                        Template(v).check_fields(fields)
+                    elif v:
+                        Verbalizer.from_words(v).check_labels(task.label_names)
+                except AutoPromptError as exc:
+                    raise AutoPromptError(f"setting {f.name!r}: {exc}") from None
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple):
+        inner = {int: "integers", float: "numbers", str: "texts", bool: "true/false values"}.get(
+            args[0] if args else None, "values")
+        return f"a list of {inner}"
+    if origin is dict:
+        return "a mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " (or null)" if type(None) in args else "")
+    return {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(_conforms(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and (len(args) < 2 or all(_conforms(k, args[0]) and _conforms(v, args[1])
+                                                                   for k, v in value.items()))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """One clear error when a setting's value does not have its declared type (``"15"`` for an int,
+    ``10`` for a list of choices, ``"no"`` for a bool)."""
+    if not _conforms(value, hint):
+        shown = f"{value!r}"[:60]
+        tip = ""
+        if typing.get_origin(hint) is list and not isinstance(value, (list, tuple)):
+            tip = f" — write [{shown}] for a single choice"
+        raise AutoPromptError(f"setting {name!r} must be {_type_name(hint)}, got {type(value).__name__} {shown}{tip}")
 
 
 #: What a trial proposes is the same object a search returns and a user loads: a found prompt.

@@ -7,25 +7,27 @@ job's running trial is marked failed and retried when the job starts again), per
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from .. import __version__
+from ..artifact import BEST_SCHEMA_VERSION, Prompt, model_reference
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
-from ..artifact import Prompt, model_reference
 from ..prompts import Template
+from ._storage import check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock
 from .base import SearchContext, Searcher
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
 QUEUED = "autoprompt.queued"
 ARTIFACT_KEYS = "autoprompt.artifacts"  # names of the user attributes a trial's method produced
 PROMPT_DIR = "prompt_dir"               # a trained trial's prompt folder
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = BEST_SCHEMA_VERSION
 
 
 def default_storage() -> str:
@@ -42,14 +44,9 @@ def default_storage() -> str:
     return DEFAULT_STORAGE
 
 
-def public_url(url: str) -> str:
-    """The storage URL without a password (it goes into best.json and logs)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
 def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage with heartbeats: a trial whose process died is failed and retried."""
-    url = url or default_storage()
+    url = check_url(url or default_storage())
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -61,11 +58,31 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
                 retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
             else:
                 retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
-            )
+            # Two processes creating a fresh storage's tables at once collide (alembic_version): one at a time.
+            with _creation_lock(url):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
+                )
+    except AutoPromptError:
+        raise
     except Exception as exc:  # noqa: BLE001 — any failure to open is a bad --storage
         raise AutoPromptError(f"cannot open storage {public_url(url)!r}: {str(exc).splitlines()[0][:200]}") from None
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    if url.startswith("sqlite"):
+        with storage_lock(url, "create"):
+            yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    try:
+        with storage_lock(url, "create", engine):
+            yield
+    finally:
+        engine.dispose()
 
 
 def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: dict[str, Any] | None = None,
@@ -84,6 +101,12 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
         made_by = study.user_attrs.get("method")
         if made_by and made_by != meta.get("method"):
             raise AutoPromptError(f"study {name!r} was made by method {made_by!r}, not {meta.get('method')!r}")
+        before, now = study.user_attrs.get("fingerprint") or {}, meta.get("fingerprint") or {}
+        for what in ("space", "task"):
+            if before.get(what) and now.get(what) and before[what] != now[what]:
+                raise AutoPromptError(
+                    f"study {name!r} was run with another {what} ({what} {before[what][:12]}, now {now[what][:12]}); "
+                    f"resuming would mix their results: give a new --study name")
         for key, value in meta.items():
             if key not in study.user_attrs:
                 study.set_user_attr(key, value)
@@ -95,8 +118,19 @@ def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: in
     """Enqueue distinct candidates so the study holds ``n_trials`` of them (finished or pending).
 
     Returns the number enqueued now. Failed trials do not count: the heartbeat's retry callback
-    re-enqueues their parameters.
+    re-enqueues their parameters. Safe for any number of processes at once: reading the queue and
+    adding to it happen under a storage-wide lock (see :func:`._storage.storage_lock`).
     """
+    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache wrapper
+    url, engine = getattr(storage, "url", None), getattr(storage, "engine", None)
+    if url is None:  # an in-memory storage: one process only
+        return _fill_queue(study, grid, n_trials, seed, shuffle)
+    with storage_lock(url, f"queue:{study.study_name}", engine):
+        return _fill_queue(study, grid, n_trials, seed, shuffle)
+
+
+def _fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int,
+                shuffle: bool) -> int:
     # A queued trial carries its candidate's key as a user attribute: WAITING trials have no
     # params yet, and the heartbeat's retry copies keep user attributes.
     key = lambda params: json.dumps(params, sort_keys=True)  # noqa: E731
@@ -152,13 +186,13 @@ def run_search(job: SearchJob, ctx: SearchContext,
     if job.n_trials < 1:
         raise AutoPromptError("--trials must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    job.searcher.config.check_task(ctx.task)  # an input error must not leave a failed trial in the study
     storage = open_storage(job.storage_url, job.heartbeat)
-    meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info,
-            "config": job.searcher.config.to_dict(), "seed": job.seed}
+    config = job.searcher.config.to_dict()
+    meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
+            "seed": job.seed, "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task)}}
     study = open_study(job.study_name, storage, job.seed, meta)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # trials of a killed job: failed now, retried below
+    _recover(study, job)
     job.searcher.prepare(ctx, study)
     grid = job.searcher.grid()
     if grid is not None and not job.worker:
@@ -167,6 +201,7 @@ def run_search(job: SearchJob, ctx: SearchContext,
     metric = ctx.task.metric
 
     def objective(trial: optuna.Trial) -> float:
+        claim(trial)
         if grid is not None and not trial.user_attrs.get(QUEUED):
             # Another worker took the last queued candidate between our check and our ask.
             trial.set_user_attr("note", "no queued candidate left")
@@ -204,13 +239,57 @@ def run_search(job: SearchJob, ctx: SearchContext,
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [report]
     if grid is None:
         callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    if (grid is not None and waiting(study) > 0) or (grid is None and finished < job.n_trials):
-        study.optimize(objective, callbacks=callbacks)
+
+    def work_left() -> bool:
+        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        return waiting(study) > 0 if grid is not None else finished < job.n_trials
+
+    announced: set[int] = set()
+    while True:
+        if work_left():
+            study.optimize(objective, callbacks=callbacks)
+        # The study is done only when no other process still runs one of its trials: wait for them,
+        # and take over (at once, or after the heartbeat's grace period) the trials of processes that died.
+        others = running_elsewhere(study)
+        if not others:
+            break
+        if _recover(study, job):
+            continue
+        new = [t.number for t in others if t.number not in announced]
+        if new and job.progress and not job.worker:
+            print(f"waiting for running trial(s) {', '.join(map(str, new))} of other processes "
+                  f"(a dead one is retried after the {2 * job.heartbeat} s heartbeat grace period)…", flush=True)
+        announced.update(new)
+        time.sleep(min(2.0, job.heartbeat))
     for proc in workers:
         if proc.wait() != 0:
             raise AutoPromptError(f"a worker process exited with code {proc.returncode}")
     return study
+
+
+def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
+    """Fail and re-queue the trials of dead processes: on this host at once, elsewhere after the
+    heartbeat's grace period. Returns the trial numbers taken over."""
+    revived = fail_dead_trials(study)
+    stale_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    revived += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                if t.number not in stale_before]
+    if revived and job.progress and not job.worker:
+        print(f"trial(s) {', '.join(map(str, sorted(revived)))} of a process that is gone: failed and queued again",
+              flush=True)
+    return revived
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def task_fingerprint(task: Any) -> str:
+    """What a study's results depend on in the task: its labels and its train/dev examples."""
+    return _digest([list(task.label_names), task.train.fingerprint, task.dev.fingerprint, task.metric])
 
 
 def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Prompt]:

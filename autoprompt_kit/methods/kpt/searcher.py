@@ -33,9 +33,9 @@ def _sources(choice: str) -> tuple[str, ...]:
 
 @dataclass
 class KPTConfig(SearchConfig):
-    template: str = field(default="{text_a} It was {mask}.", metadata={"help": "the prompt template"})
+    template: str = field(default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt template"})
     seed_words: dict[str, Any] = field(default_factory=dict,
-                                       metadata={"help": "label → seed word(s), the class names KPT expands"})
+                                       metadata={"role": "label_words", "help": "label → seed word(s), the class names KPT expands"})
     sources: list[str] = field(default_factory=lambda: ["wordnet+vader"], metadata={
         "help": "choices: '+'-joined knowledge sources from wordnet, vader, kb, embedding"})
     wordnet_relations: list[str] = field(default_factory=lambda: list(knowledge.WORDNET_RELATIONS),

@@ -1,0 +1,413 @@
+"""Reliability: concurrent queue filling, long inputs, immediate resume, children that die with their
+parent, and every bad input caught up front — one clear line, exit 2, no file and no trial left."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprompt_kit import AutoPromptError, Harness, Template, Verbalizer, load_task
+from autoprompt_kit.data import Example, Split
+from autoprompt_kit.io import STALE_SECONDS, write_json_atomic
+from autoprompt_kit.search._storage import check_url, public_url
+from autoprompt_kit.search.runner import QUEUED, fill_queue, open_storage, open_study
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+GRID = [{"template": str(i), "label_words": "0", "calibration": "none"} for i in range(8)]
+
+
+def cli(*args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, **kw)
+
+
+# -- 1. queue filling is atomic across processes ------------------------------------------------------
+def _fill(url: str, barrier, errors) -> None:
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        barrier.wait()
+        study = open_study("race", open_storage(url), 13, {"method": "select"})
+        fill_queue(study, GRID, 8, 13)
+    except BaseException as exc:  # noqa: BLE001 — reported to the parent
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def _race(url_for_round, rounds: int, procs: int = 4) -> None:
+    ctx = mp.get_context("fork")
+    for r in range(rounds):
+        url = url_for_round(r)
+        barrier, errors = ctx.Barrier(procs), ctx.Queue()
+        workers = [ctx.Process(target=_fill, args=(url, barrier, errors)) for _ in range(procs)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        problems = []
+        while not errors.empty():
+            problems.append(errors.get())
+        assert not problems, (r, problems)
+        trials = optuna.load_study(study_name="race", storage=url).get_trials()
+        keys = [t.user_attrs[QUEUED] for t in trials]
+        assert len(trials) == 8 and len(set(keys)) == 8, (r, len(trials))
+
+
+def test_processes_filling_one_queue_at_once_never_duplicate_on_sqlite(tmp_path):
+    """4 processes released by a barrier on a fresh SQLite file, 10 rounds: 8 candidates, no
+    duplicates, and no 'UNIQUE constraint failed: alembic_version' while creating the tables."""
+    _race(lambda r: f"sqlite:///{tmp_path / f'race{r}.db'}", rounds=10)
+
+
+@pytest.mark.services
+def test_processes_filling_one_queue_at_once_never_duplicate_on_postgresql():
+    from services import postgres_server
+
+    for r in range(3):  # a fresh database each time: table creation races too
+        with postgres_server(dbname=f"race{r}") as url:
+            _race(lambda _: url, rounds=3)
+
+
+def test_two_searches_started_together_run_each_candidate_once(tiny_model_dir, tmp_path):
+    for r in range(2):
+        storage = f"sqlite:///{tmp_path / f'two{r}.db'}"
+        args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", storage,
+                "--study", "two", "--trials", "8", "--max-examples", "60", "--shots", "4", "--quiet",
+                "--test-split", "", "--out", ""]
+        procs = [subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        trials = optuna.load_study(study_name="two", storage=storage).get_trials()
+        done = [json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]
+        assert len(done) == 8 and len(set(done)) == 8, (r, len(done))
+
+
+# -- 2. long inputs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3", "bert", "t5"])
+def test_long_texts_and_long_label_words_fit_every_kind(tiny_models, arch):
+    model, tok, kind = tiny_models[arch]
+    h = Harness(model, tok, kind=kind, progress=False)  # max length 128
+    long = " ".join(["the movie was great and the acting was wonderful"] * 60)
+    split = Split([Example(long, 1), Example("short", 0), Example(long, 0, long)], label_names=["negative", "positive"])
+    word = "wonderfulwonderfulwonderful acting great"  # > 8 tokens with these tokenizers
+    verb = Verbalizer.from_words({"negative": ["bad"], "positive": [word]})
+    for template in ("{text_a} It was {mask}.", "{mask} , {text_a} !", "{text_a} {mask} {text_b} ."):
+        sub = split if "text_b" not in template else split[[2]]
+        result = h.evaluate(sub, template, verb)
+        assert result.n == len(sub) and result.extra["truncated"] >= 1
+    head = Harness(model, tok, kind=kind, progress=False, truncation="head")
+    assert head.evaluate(split, "{text_a} It was {mask}.", verb).n == 3
+    if kind != "seq2seq":  # T5 reads the word in the decoder: no encoder length limit for it
+        with pytest.raises(AutoPromptError, match="do not fit the model's maximum length"):
+            h.evaluate(split, "{text_a} It was {mask}.", {"negative": ["bad"], "positive": [" ".join(["great"] * 300)]})
+
+
+def test_search_and_evaluate_on_long_inputs_from_the_cli(tiny_model_dir, tmp_path):
+    rows = [{"text": " ".join(["a wonderful film with great acting"] * 80), "label": i % 2} for i in range(120)]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    space = tmp_path / "space.yaml"
+    space.write_text("method: select\ntemplates: ['{text_a} It was {mask}.']\n"
+                     "label_words: [{'0': [bad], '1': [wonderfulwonderfulwonderful acting great]}]\n")
+    proc = cli("search", "select", "--task", str(data), "--space", str(space), "--model", tiny_model_dir, "--storage",
+               f"sqlite:///{tmp_path / 's.db'}", "--trials", "1", "--shots", "2", "--quiet",
+               "--out", str(tmp_path / "best.json"))
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("evaluate", "--prompt", str(tmp_path / "best.json"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- 3. resume at once; children die with their parent ------------------------------------------------
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_kill_9_then_immediate_rerun_retries_the_lost_trial_at_once(tiny_model_dir, tmp_path):
+    """Default heartbeat (30 s, grace 60 s): the rerun sees the killed process is gone and retries its
+    trial now, instead of reporting it as running and stopping."""
+    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", storage, "--study",
+            "kill", "--trials", "14", "--max-examples", "160", "--shots", "8", "--quiet", "--out",
+            str(tmp_path / "best.json")]
+    killed = None
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def running() -> bool:
+            try:
+                trials = optuna.load_study(study_name="kill", storage=storage).get_trials(deepcopy=False)
+            except Exception:  # noqa: BLE001 — not created yet
+                return False
+            return sum(t.state == TrialState.COMPLETE for t in trials) >= 2 and any(
+                t.state == TrialState.RUNNING for t in trials)
+
+        if _wait_for(running, 120):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        after = optuna.load_study(study_name="kill", storage=storage).get_trials(deepcopy=False)
+        left = [t for t in after if t.state == TrialState.RUNNING]
+        if left:
+            killed = left[0]
+            break
+    assert killed is not None, "never caught the job mid-trial"
+    start = time.time()
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert time.time() - start < 55  # well inside the 60 s grace period
+    doc = json.loads((tmp_path / "best.json").read_text())
+    assert doc["study"]["trials"].get("running", 0) == 0 and doc["study"]["trials"]["complete"] == 14
+    trials = optuna.load_study(study_name="kill", storage=storage).get_trials()
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(proc.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killing_the_main_process_leaves_no_worker_behind(tiny_model_dir, tmp_path):
+    args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage",
+            f"sqlite:///{tmp_path / 'w.db'}", "--trials", "48", "--workers", "3", "--max-examples", "400",
+            "--shots", "16", "--quiet", "--test-split", "", "--out", ""]
+    proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: len(_children(proc.pid)) == 2, 120), "the workers never started"
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _wait_for(lambda: not any(_alive(w) for w in workers), 30), "orphan workers left running"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.services
+def test_dashboard_stopped_with_sigterm_stops_its_server(tmp_path):
+    from services import free_port
+
+    port = free_port()
+    storage = f"sqlite:///{tmp_path / 'd.db'}"
+    open_study("d", open_storage(storage), 13, {"method": "select"})
+    proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", "dashboard", "--storage", storage,
+                             "--port", str(port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=2).status == 200
+            except OSError:
+                return False
+
+        assert _wait_for(up, 60), "dashboard did not start"
+        child = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        assert _wait_for(lambda: not _port_open(port), 30), "the dashboard still serves after SIGTERM"
+        assert not any(_alive(c) for c in child)
+    finally:
+        proc.kill()
+
+
+# -- 4-8. bad input: one line, exit 2, nothing written, no trial left ---------------------------------
+BAD_SPACES = {
+    "iterations_string": ("autoprompt", "template: '{text_a} {trigger} {mask}.'\nlabel_words: {negative: [bad], positive: [good]}\n"
+                          "iterations: '15'\n", "setting 'iterations' must be an integer"),
+    "candidates_scalar": ("autoprompt", "label_words: {negative: [bad], positive: [good]}\nnum_candidates: 10\n",
+                          "write [10] for a single choice"),
+    "batch_string": ("protoverb", "label_words: {negative: [bad], positive: [good]}\nbatch_size: x\n",
+                     "setting 'batch_size' must be an integer"),
+    "float_for_int": ("kpt", "seed_words: {negative: [bad], positive: [good]}\nsupport_size: 2.5\n",
+                      "setting 'support_size' must be an integer"),
+    "bool_string": ("autoprompt", "label_words: {negative: [bad], positive: [good]}\nlabel_search: 'no'\n",
+                    "must be true or false"),
+    "typo": ("select", "templates: ['{text_a} It was {mask}.']\nlabel_words: [{negative: [bad], positive: [good]}]\n"
+             "calibraton: [none]\n", "did you mean 'calibration'"),
+    "templates_string": ("select", "templates: '{text_a} It was {mask}.'\nlabel_words: [{negative: [bad], positive: [good]}]\n",
+                         "setting 'templates' must be a list of texts"),
+    "field_not_in_data": ("select", "templates: ['{text_a} {premise} {mask}.']\n"
+                          "label_words: [{negative: [bad], positive: [good]}]\n", "unknown field(s) ['premise']"),
+    "labels_wrong_order": ("protoverb", "label_words: {positive: [good], negative: [bad]}\n", "do not match the task's labels"),
+    "labels_three": ("select", "templates: ['{text_a} It was {mask}.']\n"
+                     "label_words: [{negative: [bad], neutral: [ok], positive: [good]}]\n", "has 3 classes but the task has 2"),
+    "aggregation": ("select", "templates: ['{text_a} It was {mask}.']\nlabel_words: [{negative: [bad], positive: [good]}]\n"
+                    "aggregation: median\n", "unknown aggregation 'median'"),
+    "same_word_twice": ("select", "templates: ['{text_a} It was {mask}.']\n"
+                        "label_words: [{negative: [good], positive: [good]}]\n", "given for two classes"),
+    "word_number": ("select", "templates: ['{text_a} It was {mask}.']\nlabel_words: [{negative: [5], positive: [good]}]\n",
+                    "not text: 5"),
+    "word_null": ("protoverb", "label_words: {negative: [null], positive: [good]}\n", "not text: None"),
+    "word_map": ("s3delta", "label_words: {negative: {a: 1}, positive: [good]}\n", "must be a mapping"),
+    "openprompt_json": ("select", "templates: ['{text_a} It was {\"mask}.']\n"
+                        "label_words: [{negative: [bad], positive: [good]}]\n", "cannot parse part"),
+    "trigger_negative": ("autoprompt", "template: '{text_a} {\"trigger\": -1} {mask}.'\n"
+                         "label_words: {negative: [bad], positive: [good]}\n", "positive number of trigger tokens"),
+    "long_template": ("select", "templates: ['{text_a} " + "very " * 5000 + "{mask} {mask}']\n"
+                      "label_words: [{negative: [bad], positive: [good]}]\n", "2 masks"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPACES))
+def test_bad_search_space_is_one_clear_error_before_anything_runs(case, tiny_model_dir, tmp_path):
+    method, text, message = BAD_SPACES[case]
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    out = tmp_path / "best.json"
+    proc = cli("search", method, "--space", str(space), "--model", tiny_model_dir, "--storage", storage,
+               "--max-examples", "40", "--shots", "4", "--trials", "1", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert len(lines[0]) < 600
+    assert not out.exists()
+    if Path(tmp_path / "s.db").exists():
+        assert all(not optuna.load_study(study_name=s.study_name, storage=storage).trials
+                   for s in optuna.get_all_study_summaries(storage))
+
+
+def test_bad_command_lines_and_files(tiny_model_dir, tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("templates: ['caf\xe9 {text_a} {mask}']\n".encode("latin-1"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    base = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--max-examples", "40", "--shots", "4",
+            "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}"]
+    cases = [
+        (base + ["--seed", "-1"], "--seed must be a non-negative integer"),
+        (base + ["--out", str(tmp_path / "folder")], "is a folder"),
+        (base + ["--test-split", "nosuch"], "is not a split"),
+        (base[:-2] + ["--storage", "sqlite://"], "in-memory database"),
+        (base[:-2] + ["--storage", "postgresql+psycopg://u@127.0.0.1:1/x"], "needs the psycopg driver"),
+        (base + ["--kind", "mlm"], "--kind mlm does not match"),
+        (["search", "select", "--space", str(tmp_path / "latin1.yaml")], "not UTF-8"),
+        (["search", "select", "--space", str(tmp_path / "folder")], "is a folder"),
+        (["evaluate", "--prompt", str(tmp_path / "folder")], "without prompt.json"),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append((base + ["--out", str(readonly / "best.json")], "cannot write into"))
+    for args, message in cases:
+        proc = cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+BAD_PROMPTS = {
+    "template_number": ({"template": 5, "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}}}, "must be text"),
+    "model_null": ({"templates": [{"text": "{text_a} {mask}"}], "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}},
+                    "model": 5}, "'model' must be an object"),
+    "member_number": ({"templates": [{"text": "{text_a} {mask}"}, 5], "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}}},
+                      "must be text or"),
+    "weights_text": ({"templates": [{"text": "{text_a} {mask}"}, {"text": "{mask} {text_a}"}], "weights": "abc",
+                      "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}}}, "ensemble weights must be 2 numbers"),
+    "bad_base64_head": ({"template": {"text": "{text_a} {mask}"}, "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}},
+                         "head": {"kind": "protoverb", "config": {}, "safetensors_b64": "%%%"}}, "safetensors_b64 is not valid"),
+    "future_schema": ({"schema_version": 99, "template": {"text": "{text_a} {mask}"},
+                       "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}}}, "schema_version 99"),
+    "trigger_ids_text": ({"template": {"text": "{text_a} {trigger} {mask}", "trigger_ids": ["x"]},
+                          "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}}}, "trigger_ids must be a list of token ids"),
+    "task_text": ({"template": {"text": "{text_a} {mask}"}, "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}},
+                   "task": "x"}, "'task' must be an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROMPTS))
+def test_malformed_saved_prompt_is_one_clear_error(case, tmp_path):
+    data, message = BAD_PROMPTS[case]
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(data))
+    for args in (["evaluate", "--prompt", str(path)], ["predict", "--prompt", str(path), "--input", "-"]):
+        proc = cli(*args, input="a text\n")
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_trigger_ids_outside_the_vocabulary_are_caught(tiny_models):
+    model, tok, kind = tiny_models["gpt2"]
+    h = Harness(model, tok, kind=kind, progress=False)
+    template = Template("{text_a} {trigger} {mask}.").with_triggers([10**6])
+    with pytest.raises(AutoPromptError, match="outside this model's vocabulary"):
+        h.evaluate(load_task("mr", max_examples=20).dev, template, {"negative": ["bad"], "positive": ["good"]})
+
+
+def test_a_word_unknown_to_the_tokenizer_is_an_error(tiny_models):
+    model, tok, kind = tiny_models["bert"]
+    h = Harness(model, tok, kind=kind, progress=False)
+    with pytest.raises(AutoPromptError, match="unknown to this model's tokenizer"):
+        h.evaluate(load_task("mr", max_examples=20).dev, "{text_a} It was {mask}.",
+                   {"negative": ["bad"], "positive": ["\u4e2d\u6587"]})
+
+
+def test_resuming_with_another_space_or_task_is_an_error(tiny_model_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    base = ["search", "select", "--model", tiny_model_dir, "--storage", storage, "--study", "same", "--trials", "1",
+            "--max-examples", "40", "--shots", "4", "--quiet", "--test-split", "", "--out", ""]
+    assert cli(*base, "--space", str(SPACE)).returncode == 0
+    other = tmp_path / "other.yaml"
+    other.write_text("templates: ['{text_a} Overall {mask}.']\nlabel_words: [{negative: [bad], positive: [good]}]\n")
+    proc = cli(*base, "--space", str(other))
+    assert proc.returncode == 2 and "was run with another space" in proc.stderr and "new --study" in proc.stderr
+    proc = cli(*[a if a != "4" else "8" for a in base], "--space", str(SPACE))
+    assert proc.returncode == 2 and "was run with another task" in proc.stderr
+
+
+# -- 8-9. secrets and leftovers ---------------------------------------------------------------------
+def test_passwords_never_show(tmp_path):
+    for url, hidden in [("postgresql://u:pw@h/db", "pw"), ("postgresql://:pw@h/db", "pw"),
+                        ("postgresql://u:p@ss@h:5432/db", "p@ss"), ("postgresql://u@h/db?password=sec&x=1", "sec")]:
+        masked = public_url(url)
+        assert hidden not in masked.replace("postgresql", "").replace("***", ""), masked
+    assert check_url("postgresql://u:pw@h/db").startswith("postgresql+psycopg2://")  # psycopg2 is what is installed
+    proc = cli("search", "select", "--space", str(SPACE), "--storage", "postgresql+psycopg2://u:secretpw@127.0.0.1:1/x",
+               "--trials", "1", "--max-examples", "20", "--shots", "2")
+    assert proc.returncode == 2 and "secretpw" not in proc.stderr + proc.stdout
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
+    target = tmp_path / "best.json"
+    stale = tmp_path / ".best.json.abc123.tmp"
+    fresh = tmp_path / ".best.json.def456.tmp"
+    stale.write_text("half")
+    fresh.write_text("in progress")
+    old = time.time() - STALE_SECONDS - 10
+    os.utime(stale, (old, old))
+    write_json_atomic(target, {"ok": 1})
+    assert json.loads(target.read_text()) == {"ok": 1} and not stale.exists() and fresh.exists()
