@@ -105,7 +105,9 @@ class CausalTemplateGenerator:
     def _prefixes(self, examples: Sequence[Example]) -> list[list[int]]:
         enc = self.harness.encoder
         probe = Template(self.context + " {mask}")
-        return [list(enc.special_prefix) + list(enc.encode(probe, ex).prefix) for ex in examples]
+        # Room for the span and the label word after the context: long inputs are cut, not the span.
+        reserve = self.max_span + 2 + len(self.harness.encoder.tokenize(self.suffix))
+        return [list(enc.special_prefix) + list(enc.encode(probe, ex, reserve).prefix) for ex in examples]
 
     def template_text(self, span_ids: Sequence[int]) -> str:
         span = self.harness.tokenizer.decode(list(span_ids)) if span_ids else ""

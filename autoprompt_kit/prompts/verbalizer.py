@@ -73,14 +73,6 @@ class Verbalizer:
                 raise AutoPromptError(f"verbalizer: class {name!r} has no label words")
             if any(not w.strip() for w in ws):
                 raise AutoPromptError(f"verbalizer: class {name!r} has an empty label word")
-        owner: dict[str, int] = {}
-        for i, ws in enumerate(words):
-            for w in ws:
-                j = owner.setdefault(w.strip(), i)
-                if j != i:
-                    names = [self.labels[k] if k < len(self.labels) else str(k) for k in (j, i)]
-                    raise AutoPromptError(f"verbalizer: label word {w!r} is given for two classes, {names[0]!r} and "
-                                          f"{names[1]!r}; each word must point to one class")
         if len(set(self.labels)) != len(self.labels):
             raise AutoPromptError(f"verbalizer: class names repeat: {list(self.labels)}")
         if self.labels and len(self.labels) != len(words):
@@ -119,10 +111,22 @@ class Verbalizer:
                 raise AutoPromptError(f"verbalizer: class name {bad[0]!r} is not text (quote it in YAML)")
             values = [[v] if isinstance(v, str) else v for v in words.values()]
             return cls(tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values), labels=labels,
-                       **kwargs)
+                       **kwargs).check_distinct()
         if isinstance(words, str):
             raise AutoPromptError(f"label words must map each class to its words, got the text {words!r:.60}")
-        return cls(tuple((w,) if isinstance(w, str) else tuple(w) for w in words), **kwargs)
+        return cls(tuple((w,) if isinstance(w, str) else tuple(w) for w in words), **kwargs).check_distinct()
+
+    def check_distinct(self) -> "Verbalizer":
+        """Raise when one word is given for two classes (a user's verbalizer must be unambiguous)."""
+        owner: dict[str, int] = {}
+        for i, ws in enumerate(self.label_words):
+            for w in ws:
+                j = owner.setdefault(w.strip(), i)
+                if j != i:
+                    names = [self.labels[k] if k < len(self.labels) else str(k) for k in (j, i)]
+                    raise AutoPromptError(f"verbalizer: label word {w!r} is given for two classes, {names[0]!r} and "
+                                          f"{names[1]!r}; each word must point to one class")
+        return self
 
     def replace(self, **changes: Any) -> "Verbalizer":
         data = self.to_dict()
