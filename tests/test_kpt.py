@@ -94,7 +94,8 @@ def test_missing_wordnet_lists_every_route(no_wordnet_yet, monkeypatch, tmp_path
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="the Debian route needs apt-get")
 def test_wordnet_fetched_from_debian_packages(no_wordnet_yet, monkeypatch):
     wn = knowledge.wordnet()
-    assert len(wn.synsets("good")) == 27 and wn.synset("dog.n.01").hypernyms()[0].name() == "canine.n.02"
+    assert len(wn.synsets("good")) == 27
+    assert {h.name() for h in wn.synset("dog.n.01").hypernyms()} == {"canine.n.02", "domestic_animal.n.01"}
     assert wn.morphy("geese", "n") == "goose"  # noun.exc came along
     assert wn.lemma_from_key("dog%1:05:00::").synset().name() == "dog.n.01"  # index.sense too
     assert (no_wordnet_yet / "lexnames").read_text() == knowledge.lexnames_text()
