@@ -20,5 +20,10 @@ from .prompts import Template, Verbalizer
 
 __all__ = [
     "AutoPromptError", "DEFAULT_MODEL", "Predictions", "Prompt", "EvalResult", "Example", "Harness", "LoadedModel", "ScoreOutput", "Split",
-    "Task", "Template", "Verbalizer", "__version__", "few_shot", "list_builtin_tasks", "load_task", "load_model",
+    "Task", "Template", "Verbalizer", "__version__", "few_shot", "find_prompt", "list_builtin_tasks", "load_best", "load_task",
+    "load_model",
 ]
+
+# The built-in methods register themselves (the search backbone never imports them).
+from . import methods  # noqa: E402,F401
+from .search.api import find_prompt, load_best  # noqa: E402

@@ -77,8 +77,6 @@ HEADS: dict[str, Any] = {}
 
 def _load_head(kind: Any, config: Any, tensors: dict[str, torch.Tensor]) -> Head:
     if kind not in HEADS:
-        from . import methods  # noqa: F401  (the built-in methods register their heads on import)
-    if kind not in HEADS:
         raise AutoPromptError(f"unknown head kind {kind!r}; known: {', '.join(sorted(HEADS)) or 'none'}")
     if not isinstance(config, dict):
         raise AutoPromptError(f"head {kind!r}: 'config' must be an object, got {type(config).__name__}")

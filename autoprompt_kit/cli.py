@@ -183,11 +183,12 @@ def _check_out(out: str) -> None:
 
 def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
     """The command line of a helper process: the same study, task, model and harness; it writes nothing."""
-    argv = [sys.executable, "-m", "autoprompt_kit.cli", "search", args.method, "--space", str(args.space),
+    argv = [sys.executable, "-m", "autoprompt_kit.cli", "search", args.method,
             "--task", str(args.task), "--shots", str(args.shots), "--seed", str(args.seed), "--study", study_name,
             "--trials", str(args.trials), "--heartbeat", str(args.heartbeat), "--batch-size", str(args.batch_size),
             "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet"]
-    for flag, value in (("--model", args.model), ("--kind", args.kind), ("--max-examples", args.max_examples),
+    for flag, value in (("--space", args.space), ("--model", args.model), ("--kind", args.kind),
+                        ("--max-examples", args.max_examples),
                         ("--storage", args.storage), ("--device", args.device), ("--precision", args.precision),
                         ("--trial-dir", args.trial_dir), ("--truncation", args.truncation)):
         if value is not None:
@@ -205,10 +206,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.runner import summary
 
     searcher_cls = get_searcher(args.method)
-    if args.space is None:
-        raise AutoPromptError(f"give a search space: --space search_spaces/<file>.yaml (method {args.method!r})")
-    config = searcher_cls.config_class.from_yaml(args.space)
-    searcher = searcher_cls(config)
+    config = searcher_cls.config_class.from_yaml(args.space) if args.space else None
     if args.trials < 1:
         raise AutoPromptError("--trials must be at least 1")
     if args.workers < 1:
@@ -225,12 +223,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.test_split and args.test_split not in task.splits:
         raise AutoPromptError(f"--test-split {args.test_split!r} is not a split of {task.name!r} "
                               f"(splits: {', '.join(task.splits)}; '' = none)")
+    if config is None:  # no --space: the default space, read off the task
+        config = _task_space(args.method, searcher_cls, task)
+        if not args.worker:
+            print(f"space    built from the task (write it to edit: autoprompt-kit space {args.method} --task "
+                  f"{args.task} --out space.yaml):")
+            print("\n".join(f"         {line}" for line in config.to_yaml().splitlines()
+                            if line.split(":")[0] in _SHOWN_SETTINGS))
+    searcher = searcher_cls(config)
     config.check_task(task)
     from .search.runner import open_storage
 
     open_storage(args.storage, args.heartbeat)
     harness = _harness(args, progress=False)
-    study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem}-s{args.seed}"
+    study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}"
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
         heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet, trial_dir=args.trial_dir,
@@ -260,6 +266,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = finish_search(study, job, ctx, test_split=args.test_split or None, out=args.out or None,
                            seconds=time.perf_counter() - start, progress=not args.quiet)
     print(summary(study, result.document, args.out))
+    return 0
+
+
+#: Settings the startup line shows of a space built from the task (the rest are defaults).
+_SHOWN_SETTINGS = ("template", "templates", "label_words", "seed_words", "calibration", "sources")
+
+
+def _task_space(method: str, searcher_cls: Any, task: Any) -> Any:
+    config = searcher_cls.config_class.for_task(task)
+    config.method = method
+    return config
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    """Write the default search space of a method for a task, as YAML to edit and pass to --space."""
+    from .data import load_task
+    from .search import get_searcher
+
+    searcher_cls = get_searcher(args.method)
+    if args.out and Path(args.out).is_dir():
+        raise AutoPromptError(f"--out {args.out!r} is a folder; give a file name such as space.yaml")
+    task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
+    config = _task_space(args.method, searcher_cls, task)
+    text = config.to_yaml(f"{args.method} search space for task {task.name} ({len(task.label_names)} classes: "
+                          f"{', '.join(task.label_names)}), built from the task by autoprompt-kit "
+                          f"{__import__('autoprompt_kit').__version__}.\nEdit it and run: autoprompt-kit search "
+                          f"{args.method} --task {args.task} --space THIS_FILE")
+    if args.out:
+        from .io import write_text_atomic
+
+        write_text_atomic(Path(args.out), text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -453,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score a template + verbalizer on a task split",
                         description="Score a template + verbalizer on a task split and print accuracy and macro-F1.")
     ev.add_argument("--prompt", default=None, help="a best.json written by a search: re-score its prompt")
-    ev.add_argument("--task", default=None, help="built-in task (mr, tweets, amazon, nyt), local file/folder or HF dataset")
+    ev.add_argument("--task", default=None, help="built-in task (mr, tweets, amazon, nyt, fortunes, spam), local file/folder or HF dataset")
     ev.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     ev.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None, help="model kind (detected if omitted)")
     ev.add_argument("--template", default="{text_a} It was {mask}.", help="template text, e.g. '{text_a} It was {mask}.'")
@@ -473,8 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
                         description="Run a search method as a resumable Optuna study; write best.json.")
-    se.add_argument("method", help="search method: select or autoprompt")
-    se.add_argument("--space", default=None, help="search-space YAML (see search_spaces/)")
+    se.add_argument("method", help="search method: select, autoprompt, lmbff, kpt, protoverb, s3delta")
+    se.add_argument("--space", default=None,
+                    help="search-space YAML (see search_spaces/); default: built from the task (see `space`)")
     se.add_argument("--task", default="mr")
     se.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     se.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None)
@@ -496,6 +537,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--quiet", action="store_true")
     se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     se.set_defaults(func=cmd_search)
+
+    sp = sub.add_parser("space", help="write a method's default search space for a task (YAML to edit)",
+                        description="Build a method's search space from a task (label words from the class names, "
+                                    "templates by input shape) and write it as YAML.")
+    sp.add_argument("method", help="search method (select, autoprompt, lmbff, kpt, protoverb, s3delta)")
+    sp.add_argument("--task", required=True, help="built-in task, local file/folder or HF dataset")
+    sp.add_argument("--shots", type=int, default=16)
+    sp.add_argument("--seed", type=int, default=13)
+    sp.add_argument("--max-examples", type=int, default=None)
+    sp.add_argument("--out", default=None, help="write here (default: stdout)")
+    sp.set_defaults(func=cmd_space)
 
     pr = sub.add_parser("predict", help="apply a saved prompt to new texts (JSONL or CSV out)",
                         description="Label new texts with a saved prompt: one output row per input, in input order.")

@@ -246,6 +246,13 @@ class AutoPromptConfig(SearchConfig):
     lowercase_only: bool = field(default=False, metadata={"help": "drop capitalised trigger tokens"})
     exclude_words: list[str] = field(default_factory=list, metadata={"help": "never use these as triggers"})
 
+    @classmethod
+    def task_defaults(cls, task: Any) -> dict[str, Any]:
+        from ..prompts.defaults import is_pair_task
+
+        # Triggers between the input and the mask, as the paper's templates put them.
+        return {"template": "{text_a} {text_b} {trigger*3} {mask}." if is_pair_task(task) else "{text_a} {trigger*3} {mask}."}
+
     def __post_init__(self) -> None:
         resize_triggers(Template(self.template), 1)  # validates the template and its trigger slots
         if not self.label_words and not self.label_search:

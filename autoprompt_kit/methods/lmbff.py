@@ -512,6 +512,13 @@ class LMBFFConfig(SearchConfig):
     finetune_lora_targets: list[str] | None = field(default=None, metadata={
         "help": "LoRA target module patterns (default: the attention query/value projections, e.g. q_proj, v_proj)"})
 
+    @classmethod
+    def task_defaults(cls, task: Any) -> dict[str, Any]:
+        from ..prompts.defaults import is_pair_task
+
+        # Calibrated ranking first: an uncalibrated small model often says one class for everything.
+        return {"calibration": ["content_free", "none"], "context": "{text_a} {text_b}" if is_pair_task(task) else "{text_a}"}
+
     def __post_init__(self) -> None:
         Template(self.template)
         if not self.generate_templates and not self.search_label_words:

@@ -30,6 +30,10 @@ class SelectConfig(SearchConfig):
     ensembles: list[str] = field(
         default_factory=list, metadata={"help": "also try the ensemble of all templates: uniform and/or dev"})
 
+    @classmethod
+    def task_defaults(cls, task: Any) -> dict[str, Any]:
+        return {"calibration": ["none", "content_free"], "ensembles": ["uniform"]}
+
     def __post_init__(self) -> None:
         if not self.templates:
             raise AutoPromptError("the select space needs at least one template under 'templates'")

@@ -30,11 +30,13 @@ ABBREVIATIONS = {
 _STOP = {"and", "or", "the", "of", "a", "an", "&"}
 
 #: Single-text templates: the label word read right after the text (every model kind reads these;
-#: a causal LM reads the word as the next token), phrased for any kind of class.
+#: a causal LM reads the word as the next token), phrased for any kind of class. The first is what
+#: one-template methods use: it ranked first zero-shot on both a topic task and a sentiment task
+#: (README, "Your own task").
 SINGLE_TEMPLATES = (
-    "{text_a} It was {mask}.",
-    "{text_a} This text is about {mask}.",
     "{text_a} Category: {mask}.",
+    "{text_a} This text is about {mask}.",
+    "{text_a} It was {mask}.",
     "Text: {text_a} Label: {mask}",
 )
 #: Sentence-pair templates (entailment, paraphrase, question-answer pairs): the word links the two.

@@ -85,6 +85,53 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def for_task(cls, task: "Task") -> "SearchConfig":
+        """The default space for a task: templates and label words read off the task itself (class
+        names → words, single texts or pairs → templates; :mod:`autoprompt_kit.prompts.defaults`),
+        every other setting at its default, then the method's own :meth:`task_defaults`."""
+        from ..prompts import defaults
+
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            role = f.metadata.get("role")
+            if role == "template":
+                values[f.name] = defaults.task_templates(task)[0]
+            elif role == "templates":
+                values[f.name] = defaults.task_templates(task)
+            elif role == "label_words":
+                values[f.name] = defaults.task_label_words(task.label_names)
+            elif role == "label_word_sets":
+                values[f.name] = [defaults.task_label_words(task.label_names)]
+        values.update(cls.task_defaults(task))
+        return cls.from_dict(values)
+
+    @classmethod
+    def task_defaults(cls, task: "Task") -> dict[str, Any]:
+        """Settings a method sets differently when its space is built from a task (override)."""
+        return {}
+
+    def to_yaml(self, header: str = "") -> str:
+        """The space as YAML, each setting with its help text: a file to edit and pass to ``--space``."""
+        import yaml
+
+        import json
+
+        lines = [f"# {line}" for line in header.splitlines()] if header else []
+        values = self.to_dict()
+        for f in dataclasses.fields(self):
+            value = values[f.name]
+            nested = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
+            # JSON is YAML: scalars and flat lists inline; mappings as indented blocks
+            text = (yaml.safe_dump({f.name: value}, default_flow_style=None, sort_keys=False, allow_unicode=True,
+                                   width=110).rstrip() if nested else f"{f.name}: {json.dumps(value, ensure_ascii=False)}")
+            help_text = f.metadata.get("help")
+            if help_text and "\n" not in text:
+                lines.append(f"{text}  # {help_text}")
+            else:
+                lines.extend(([f"# {help_text}"] if help_text else []) + [text])
+        return "\n".join(lines) + "\n"
+
     def check_task(self, task: "Task") -> None:
         """Check the space's templates and label words against a task before anything runs: the
         fields a template reads, and the class names, order and count of every label-word set.
@@ -235,9 +282,33 @@ def register(cls: type[Searcher]) -> type[Searcher]:
     return cls
 
 
-def get_searcher(name: str) -> type[Searcher]:
-    from .. import methods  # noqa: F401  (registers the built-in methods)
+#: Entry-point group through which other packages add methods (``[project.entry-points."autoprompt_kit.methods"]``
+#: ``mymethod = "my_package.module:MySearcher"``); loaded the first time a name is not registered.
+ENTRY_POINT_GROUP = "autoprompt_kit.methods"
+_plugins_loaded = False
 
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 — a broken plugin must not break the built-in methods
+            logger.warning("could not load search method %r from %s: %s", ep.name, ep.value, exc)
+            continue
+        if isinstance(cls, type) and issubclass(cls, Searcher):
+            REGISTRY.setdefault(getattr(cls, "name", ep.name), cls)
+
+
+def get_searcher(name: str) -> type[Searcher]:
+    """The registered method ``name`` (built-ins register when the package is imported)."""
+    if name not in REGISTRY:
+        _load_plugins()
     try:
         return REGISTRY[name]
     except KeyError:

@@ -64,6 +64,11 @@ class KPTConfig(SearchConfig):
     epochs: int = field(default=5, metadata={"help": "epochs of weight learning"})
     lr: float = field(default=0.06, metadata={"help": "learning rate of weight learning"})
 
+    @classmethod
+    def task_defaults(cls, task: Any) -> dict[str, Any]:
+        # The VADER lexicon only knows sentiment polarity: a task's own classes expand through WordNet.
+        return {"sources": ["wordnet"]}
+
     def __post_init__(self) -> None:
         Template(self.template)
         if not isinstance(self.seed_words, dict) or len(self.seed_words) < 2:

@@ -1,0 +1,64 @@
+"""The search verbs at the top of the package: run a search, load a study's best prompt.
+
+    import autoprompt_kit as apk
+
+    result = apk.find_prompt("select", apk.load_task("mr", shots=16), trials=20, out="best.json")
+    result.prompt.predict(["A gripping, funny film."])
+    apk.load_best("select-mr-task-s13")              # the best prompt of a stored study, trained state included
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .base import SearchConfig, SearchContext, get_searcher
+from .runner import SearchJob, SearchResult, best_candidate, finish_search, open_storage, open_study, run_search
+
+if TYPE_CHECKING:
+    from ..artifact import Prompt
+    from ..data import Task
+    from ..harness import Harness
+
+
+def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] | str | Path | None = None, *,
+                harness: "Harness | None" = None, trials: int = 20, storage: str | None = None,
+                study: str | None = None, seed: int = 13, test_split: str | None = "test",
+                out: str | Path | None = None) -> SearchResult:
+    """Search ``task`` with ``method`` and return the found prompt (it predicts and saves).
+
+    ``space`` is a config, its dict, a YAML path, or None for the default space built from the
+    task. The study is resumable (same ``study`` and ``storage``); ``out`` also writes best.json
+    and the prompt folder beside it.
+    """
+    from ..harness import Harness
+
+    searcher_cls = get_searcher(method)
+    config_class = searcher_cls.config_class
+    if space is None:
+        config = config_class.for_task(task)
+    elif isinstance(space, SearchConfig):
+        config = space
+    elif isinstance(space, dict):
+        config = config_class.from_dict(space)
+    else:
+        config = config_class.from_yaml(space)
+    config.method = config.method or method
+    config.check_task(task)
+    harness = harness or Harness(progress=False)
+    name = study or f"{method}-{task.name}-api-s{seed}"
+    job = SearchJob(searcher_cls(config), name, storage, n_trials=trials, seed=seed, progress=False,
+                    task_info={"name": task.name, "label_names": list(task.label_names), "seed": seed,
+                               "splits": {k: len(v) for k, v in task.splits.items()}},
+                    model_info={"name": harness.model_name, "kind": harness.kind})
+    ctx = SearchContext(task, harness, seed)
+    start = time.perf_counter()
+    found = run_search(job, ctx)
+    return finish_search(found, job, ctx, test_split=test_split, out=out, seconds=time.perf_counter() - start)
+
+
+def load_best(study: str, storage: str | None = None) -> "Prompt":
+    """The best prompt of a stored study, with what its trial trained (no test pass, nothing written)."""
+    found = open_study(study, open_storage(storage), seed=0, create=False)
+    return best_candidate(found)[1]
