@@ -118,16 +118,23 @@ class _PrefixCache:
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """Accuracy and macro-F1 over the labelled examples (label >= 0)."""
-    from sklearn.metrics import f1_score
+    """Accuracy and macro-F1 over the labelled examples (label >= 0).
 
+    Macro-F1 is scikit-learn's ``f1_score(average="macro", labels=range(num_classes),
+    zero_division=0)``, computed from the confusion counts directly (sklearn's input validation
+    costs more than a whole evaluation of a small model).
+    """
     keep = labels >= 0
     if not keep.any():
         return float("nan"), float("nan")
-    y, p = labels[keep], predictions[keep]
+    y, p = labels[keep].astype(np.int64), predictions[keep].astype(np.int64)
     acc = float((y == p).mean())
-    f1 = float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0))
-    return acc, f1
+    tp = np.bincount(y[y == p], minlength=num_classes)[:num_classes]
+    true = np.bincount(y, minlength=num_classes)[:num_classes]
+    pred = np.bincount(p, minlength=num_classes)[:num_classes]
+    denominator = true + pred  # 2·TP + FP + FN
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return acc, float(f1.mean())
 
 
 class Harness:
@@ -646,9 +653,14 @@ class Harness:
         """The forward passes that cover ``rows``: whole-row batches and, with ``shared``, prefix passes.
 
         Prefix groups are length-bucketed like rows: a pass runs up to :attr:`batch_size` prefixes,
-        then the remaining tokens of all their rows against the cache.
+        then the remaining tokens of all their rows against the cache. Groups are used only when
+        they skip at least 1/8 of the rows' tokens.
         """
         groups, rest = group_by_prefix(rows, self.shared_prefix_min) if shared else ([], rows)
+        # Each prefix pass adds forward calls: worth it only when the groups skip a good share of
+        # the work (a few reviews that happen to start alike do not pay for it on a small model).
+        if groups and 8 * sum((len(g.rows) - 1) * g.length for g in groups) < sum(len(r.input_ids) for r in rows):
+            groups, rest = [], rows
         passes: list[list[Row] | _PrefixPass] = list(self._batches(rest, sort))
         groups.sort(key=lambda g: g.length)
         passes.extend(_PrefixPass(groups[i:i + self.batch_size]) for i in range(0, len(groups), self.batch_size))
@@ -784,32 +796,44 @@ class Harness:
         return sorted({row.hidden_position, *(t[0] for t in row.targets)})
 
     def _plan(self, batch: list[Row], col: dict[int, int] | None, offsets: Sequence[int] | None = None) -> _Plan:
-        """Every index tensor one batch needs, built in one pass over its rows.
+        """Every index tensor one batch needs, built in one pass over its rows and moved in one copy.
 
         ``offsets[b]`` leading tokens of row ``b`` are already in a prefix cache: the batch holds
         the rest, and its read positions count from there.
         """
-        offsets = offsets if offsets is not None else [0] * len(batch)
+        n = len(batch)
+        offsets = offsets if offsets is not None else [0] * n
         width = max(len(r.input_ids) - o for r, o in zip(batch, offsets))
-        pad = self.pad_id
-        ids, lengths, pos, hid_k, targets = [], [], [], [], []
         positions = [self._positions(r) for r in batch]
         k = max(len(p) for p in positions)
+        pad = self.pad_id
+        # One flat buffer: ids (n·width) | positions (n·k) | hidden index, item, length (n each) | targets (5 per target)
+        ids: list[int] = []
+        pos: list[int] = []
+        tail: list[int] = []
+        targets: list[int] = []
         for b, (row, p, off) in enumerate(zip(batch, positions, offsets)):
-            tokens = row.input_ids[off:]
-            ids.append(tokens + [pad] * (width - len(tokens)))
-            lengths.append(len(tokens))
+            tokens = row.input_ids[off:] if off else row.input_ids
+            ids += tokens
+            ids += [pad] * (width - len(tokens))
+            if len(p) == 1:  # the common case: one read position, where the hidden state is read too
+                pos += [p[0] - off] * k
+                tail += (0, row.item, len(tokens))
+                for _, tok, w in row.targets:
+                    targets += (b, 0, col[tok] if col is not None else tok, row.item, w)
+                continue
             where = {q: i for i, q in enumerate(p)}
-            pos.append([q - off for q in p] + [p[0] - off] * (k - len(p)))
-            hid_k.append(where[row.hidden_position])
-            targets.extend((b, where[q], col[tok] if col is not None else tok, row.item, w)
-                           for q, tok, w in row.targets)
-        dev = self.device
-        t = (torch.tensor(targets, dtype=torch.long).T if targets else torch.zeros(5, 0, dtype=torch.long)).to(dev)
-        mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
-        return _Plan(batch, torch.tensor(ids, dtype=torch.long).to(dev), mask.to(dev), torch.tensor(pos, device=dev),
-                     torch.tensor(hid_k, device=dev), t[0], t[1], t[2], t[3], t[4],
-                     torch.tensor([r.item for r in batch], device=dev))
+            pos += [q - off for q in p] + [p[0] - off] * (k - len(p))
+            tail += (where[row.hidden_position], row.item, len(tokens))
+            for q, tok, w in row.targets:
+                targets += (b, where[q], col[tok] if col is not None else tok, row.item, w)
+        flat = torch.tensor(ids + pos + tail + targets, dtype=torch.long).to(self.device)
+        ids_t = flat[: n * width].view(n, width)
+        pos_t = flat[n * width: n * (width + k)].view(n, k)
+        tail_t = flat[n * (width + k): n * (width + k + 3)].view(n, 3)
+        t = flat[n * (width + k + 3):].view(-1, 5).T
+        mask = (torch.arange(width, device=self.device)[None, :] < tail_t[:, 2:3]).long()
+        return _Plan(batch, ids_t, mask, pos_t, tail_t[:, 0], t[0], t[1], t[2], t[3], t[4], tail_t[:, 1])
 
     def _accumulate_trigger_grad(self, batch: list[Row], values: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
                                  embeds: torch.Tensor, grads: torch.Tensor,

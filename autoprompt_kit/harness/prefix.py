@@ -73,7 +73,17 @@ def group_by_prefix(rows: Sequence[Row], min_length: int) -> tuple[list[PrefixGr
     """Split causal-LM rows into prefix groups (two rows or more) and the rows left to run whole."""
     if len(rows) < 2:
         return [], list(rows)
-    order = sorted(range(len(rows)), key=lambda i: rows[i].input_ids)
+    # Only rows whose first ``min_length`` tokens occur in another row can share a long enough
+    # prefix: a dictionary finds them without sorting and comparing every row.
+    heads: dict[tuple[int, ...], int] = {}
+    for row in rows:
+        head = tuple(row.input_ids[:min_length])
+        heads[head] = heads.get(head, 0) + 1
+    candidates = [i for i, row in enumerate(rows)
+                  if heads[tuple(row.input_ids[:min_length])] > 1 and read_limit(row) >= min_length]
+    if len(candidates) < 2:
+        return [], list(rows)
+    order = sorted(candidates, key=lambda i: rows[i].input_ids)
     limits = [read_limit(rows[i]) for i in order]
     shared = [common_prefix_length(rows[order[i]].input_ids, rows[order[i + 1]].input_ids,
                                    min(limits[i], limits[i + 1])) for i in range(len(order) - 1)]
