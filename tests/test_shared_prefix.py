@@ -240,4 +240,4 @@ def test_real_gemma_shared_prefix_scores_equal_whole_rows(real_harness):
         h.shared_prefix = previous
     for a, b in zip(whole, shared):
         assert (a.word_logprobs - b.word_logprobs).abs().max() <= 1e-4
-        assert (a.hidden.float() - b.hidden.float()).abs().max() <= 1e-3  # hidden states are O(100) in Gemma
+        assert (a.hidden.float() - b.hidden.float()).abs().max() <= 2e-4  # measured 3.8e-5 (24 reviews)

@@ -223,8 +223,9 @@ class Harness:
         #: and only their remaining tokens against its key/value cache — the same log-probabilities.
         #: ``False`` runs every row whole (the reference the benchmarks compare with).
         self.shared_prefix = True
-        #: Shortest shared prefix, in tokens, worth a cached pass.
-        self.shared_prefix_min = 8
+        #: Shortest shared prefix, in tokens, worth a cached pass (and a pass is used only when its
+        #: groups skip at least 1/8 of the tokens).
+        self.shared_prefix_min = 4
         #: Rows per suffix batch, in multiples of ``batch_size`` (suffixes are short; the expanded
         #: cache is what bounds memory).
         self.suffix_batch_factor = 4
