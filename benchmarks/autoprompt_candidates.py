@@ -4,7 +4,10 @@ Same model, same train batch, same seed, same ``k`` candidates (from the same gr
 process. The reference algorithm (ucinlp/autoprompt) scores each candidate trigger with its own
 forward pass over the batch and reads the label tokens from the full logits; ours scores the
 current trigger and all ``k`` candidates in one length-bucketed pass of the harness
-(``TriggerSearch.losses``), reading only the mask position. Both must choose the same token.
+(``TriggerSearch.losses``), reading only the mask position, and — for a causal LM — running each
+review and the triggers before the changed slot once for all candidates (the shared-prefix
+cache). The same pass over whole rows (``Harness.shared_prefix = False``, what this benchmark
+measured before the cache) is timed too. All three must choose the same token.
 
 Run: ``python benchmarks/autoprompt_candidates.py [--k 10] [--rounds 3] [--batch 16]``.
 """
@@ -12,6 +15,7 @@ Run: ``python benchmarks/autoprompt_candidates.py [--k 10] [--rounds 3] [--batch
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,10 +67,11 @@ def main() -> None:
                            token_mask=trigger_token_mask(h, verbalizer), seed=args.seed)
     rng = np.random.default_rng(args.seed)
     print(f"Gemma 3 270M, {h.device}, torch {torch.__version__} ({torch.get_num_threads()} threads); MR 16-shot train; "
-          f"k={args.k}, batch {args.batch} reviews, template {template.text!r}")
-    print("| round | position | reference (s) | ours (s) | speed-up | same token | chosen |")
-    print("|---|---|---|---|---|---|---|")
-    total_ref = total_ours = 0.0
+          f"k={args.k}, batch {args.batch} reviews, template {template.text!r}; load average {os.getloadavg()[0]:.2f}")
+    print("| round | slot | reference (s) | whole rows (s) | shared prefix (s) | reference / shared | "
+          "whole rows / shared | same token | chosen | max abs Δ loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    total = {"reference": 0.0, "whole": 0.0, "shared": 0.0}
     agree = 0
     for r in range(args.rounds):
         batch = task.train[rng.choice(len(task.train), size=args.batch, replace=False)]
@@ -75,23 +80,32 @@ def main() -> None:
         ids = list(template.trigger_ids)
         trials = [template] + [template.with_triggers(ids[:position] + [c] + ids[position + 1:]) for c in cands]
         search.losses(trials[:2], batch)  # warm-up: tokenisation caches, allocator
+        seconds = {}
         start = time.perf_counter()
         ref = reference_losses(h, trials, batch, verbalizer)
-        t_ref = time.perf_counter() - start
-        start = time.perf_counter()
-        ours = search.losses(trials, batch)
-        t_ours = time.perf_counter() - start
-        same = int(np.argmin(ref)) == int(np.argmin(ours))
+        seconds["reference"] = time.perf_counter() - start
+        losses = {}
+        for name, shared in (("whole", False), ("shared", True)):
+            h.shared_prefix = shared
+            start = time.perf_counter()
+            losses[name] = search.losses(trials, batch)
+            seconds[name] = time.perf_counter() - start
+        choice = {int(np.argmin(x)) for x in (ref, losses["whole"], losses["shared"])}
+        same = len(choice) == 1
         agree += same
-        total_ref += t_ref
-        total_ours += t_ours
-        best = trials[int(np.argmin(ours))]
+        for key in total:
+            total[key] += seconds[key]
+        diff = float(np.max(np.abs(np.array(losses["shared"]) - np.array(losses["whole"]))))
+        best = trials[int(np.argmin(losses["shared"]))]
         token = h.tokenizer.convert_ids_to_tokens([best.trigger_ids[position]])[0]
-        print(f"| {r} | {position} | {t_ref:.2f} | {t_ours:.2f} | {t_ref / t_ours:.2f}× | {same} | {token} |")
+        print(f"| {r} | {position} | {seconds['reference']:.2f} | {seconds['whole']:.2f} | {seconds['shared']:.2f} | "
+              f"{seconds['reference'] / seconds['shared']:.2f}× | {seconds['whole'] / seconds['shared']:.2f}× | "
+              f"{same} | {token} | {diff:.1e} |", flush=True)
         template = best
-    print(f"\ntotal: reference {total_ref:.1f} s, ours {total_ours:.1f} s -> {total_ref / total_ours:.2f}× faster "
-          f"(target ≥ 3×); same choice in {agree}/{args.rounds} rounds")
-
+    print(f"\ntotal: reference {total['reference']:.1f} s, whole rows {total['whole']:.1f} s, "
+          f"shared prefix {total['shared']:.1f} s -> {total['reference'] / total['shared']:.2f}× faster than the "
+          f"reference (target ≥ 10×; whole rows: {total['reference'] / total['whole']:.2f}×); same choice in "
+          f"{agree}/{args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -246,16 +246,18 @@ class PromptEncoder:
         last = len(prompt) - 1
         if words is None:
             return [Row(item, prompt, None, [], last, trig, soft)]
-        tail = () if enc.mask_at_end else enc.suffix
+        tail = () if enc.mask_at_end else tuple(enc.suffix)
         groups: dict[tuple[int, ...], Row] = {}
         for w, ids in enumerate(words):
-            cont = tuple(ids) + tuple(tail)
+            cont = tuple(ids) + tail
             key = cont[:-1]
             row = groups.get(key)
             if row is None:
                 row = Row(item, prompt + list(key), None, [], last, trig, soft)
                 groups[key] = row
-            row.targets.extend((last + j, tok, w) for j, tok in enumerate(cont))
+            row.targets += [(last + j, tok, w) for j, tok in enumerate(cont)]
+        if len(groups) == 1:  # single-token words at a final mask: one row per example
+            return list(groups.values())
         return sorted(groups.values(), key=lambda r: len(r.input_ids))
 
     def _mlm_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:

@@ -6,8 +6,10 @@ label-word log-probabilities and its hidden state at the mask. The model's outpu
 applied to every position: while the harness runs, the output embedding layer is swapped for
 one that first gathers the few positions that are read and, when only one position per example is
 read, projects onto the label-word rows alone (Gemma's 262k-row output matrix is most of its
-compute). The same path exposes the gradient with respect to input embeddings (AutoPrompt), the
-mask hidden state (ProtoVerb) and a short training loop (prompt-based fine-tuning).
+compute). Rows of a causal LM that share a token prefix (see :mod:`.prefix`) run it once and
+continue from its key/value cache. The same path exposes the gradient with respect to input
+embeddings (AutoPrompt), the mask hidden state (ProtoVerb) and a short training loop
+(prompt-based fine-tuning).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
 from .encoding import EncodedPrompt, PromptEncoder, Row
+from .prefix import PrefixGroup, group_by_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +83,58 @@ class EvalResult:
         return f"accuracy {self.accuracy:.4f}  macro-F1 {self.macro_f1:.4f}  (n={self.n}, {self.seconds:.1f}s)"
 
 
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """Accuracy and macro-F1 over the labelled examples (label >= 0)."""
-    from sklearn.metrics import f1_score
+@dataclass
+class _Plan:
+    """Index tensors of one batch: inputs, read positions and where each target's score goes."""
 
+    rows: list[Row]
+    ids: torch.Tensor            # (B, T) token ids (after each row's cached prefix, if any)
+    mask: torch.Tensor           # (B, T)
+    positions: torch.Tensor      # (B, K) read positions in ``ids``
+    hidden_k: torch.Tensor       # (B,) which of the K positions is the hidden state's
+    target_batch: torch.Tensor   # (n,) per target: row in the batch,
+    target_k: torch.Tensor       # … read position index,
+    target_column: torch.Tensor  # … output column (token id, or its index in the label subset),
+    target_item: torch.Tensor    # … item and word it is added to
+    target_word: torch.Tensor
+    items: torch.Tensor          # (B,) item of each row
+
+
+@dataclass
+class _PrefixPass:
+    """Prefix groups run together: their prefixes once, then every row's remaining tokens."""
+
+    groups: list[PrefixGroup]
+
+
+@dataclass
+class _PrefixCache:
+    """What a suffix batch continues: per-layer key/values ``(B, heads, width, d)`` with each
+    row's prefix at the right end, which of the ``width`` slots are real, and each prefix's length."""
+
+    states: list[tuple[torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor      # (B, width)
+    lengths: torch.Tensor   # (B,)
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """Accuracy and macro-F1 over the labelled examples (label >= 0).
+
+    Macro-F1 is scikit-learn's ``f1_score(average="macro", labels=range(num_classes),
+    zero_division=0)``, computed from the confusion counts directly (sklearn's input validation
+    costs more than a whole evaluation of a small model).
+    """
     keep = labels >= 0
     if not keep.any():
         return float("nan"), float("nan")
-    y, p = labels[keep], predictions[keep]
+    y, p = labels[keep].astype(np.int64), predictions[keep].astype(np.int64)
     acc = float((y == p).mean())
-    f1 = float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0))
-    return acc, f1
+    tp = np.bincount(y[y == p], minlength=num_classes)[:num_classes]
+    true = np.bincount(y, minlength=num_classes)[:num_classes]
+    pred = np.bincount(p, minlength=num_classes)[:num_classes]
+    denominator = true + pred  # 2·TP + FP + FN
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return acc, float(f1.mean())
 
 
 class Harness:
@@ -178,6 +222,17 @@ class Harness:
         #: Callables ``hook(kwargs, batch)`` that may edit the model's keyword arguments before every
         #: forward pass (input-side deltas: prefix key/values, soft-prompt embeddings).
         self.input_hooks: list[Callable[[dict[str, Any], list[Row]], None]] = []
+        #: Causal LMs, scoring without gradients: rows that share a token prefix (templates starting
+        #: with ``{text_a}``, AutoPrompt candidates, a fixed demonstration block) run the prefix once
+        #: and only their remaining tokens against its key/value cache — the same log-probabilities.
+        #: ``False`` runs every row whole (the reference the benchmarks compare with).
+        self.shared_prefix = True
+        #: Shortest shared prefix, in tokens, worth a cached pass (and a pass is used only when its
+        #: groups skip at least 1/8 of the tokens).
+        self.shared_prefix_min = 4
+        #: Rows per suffix batch, in multiples of ``batch_size`` (suffixes are short; the expanded
+        #: cache is what bounds memory).
+        self.suffix_batch_factor = 4
 
     # ------------------------------------------------------------------------------------------
     # Public API
@@ -219,7 +274,8 @@ class Harness:
         self._check(split, templates, verbalizer, label_names)
         calibrate = verbalizer.calibration == "content_free"
         cf = [self._content_free(t, verbalizer) for t in templates] if calibrate else [[] for _ in templates]
-        blocks = [list(split) + c for c in cf]
+        # The split itself when nothing is appended: its content fingerprint (the tokenisation cache's key) is cached.
+        blocks = [list(split) + c if c else split for c in cf]
         out = self.score_blocks(templates, blocks, verbalizer, exact=exact)
         labels = split.labels if isinstance(split, Split) else np.array([e.label for e in split])
         results = []
@@ -262,7 +318,9 @@ class Harness:
         """Label-word log-probabilities (and optionally mask hidden states) for every example.
 
         With ``grad=True`` the result is differentiable (for training); otherwise it runs under
-        ``torch.inference_mode``. ``verbalizer=None`` reads only the hidden state.
+        ``torch.inference_mode``. ``verbalizer=None`` reads only the hidden state. Without gradients
+        a causal LM's rows that share a token prefix run it once (:attr:`shared_prefix`); with
+        ``grad=True`` (and in :meth:`train`, :meth:`embedding_gradient`) every row runs whole.
         """
         template = as_template(template)
         verbalizer = as_verbalizer(verbalizer) if verbalizer is not None else None
@@ -283,11 +341,19 @@ class Harness:
         """Score ``blocks[i]`` with ``templates[i]``, all in one length-bucketed pass.
 
         Without gradients, more than :attr:`stream_items` items are scored chunk by chunk (rows built,
-        bucketed and run per chunk), so memory does not grow with the split beyond the scores.
+        bucketed and run per chunk), so memory does not grow with the split beyond the scores. A
+        chunk takes the same examples from every block, so rows that share a prefix across
+        templates (an ensemble of templates starting with ``{text_a}``) meet in one chunk.
         """
         if not grad and sum(len(b) for b in blocks) > self.stream_items:
             return self._score_streamed(templates, blocks, verbalizer, exact=exact, hidden=hidden,
                                         soft_embeddings=soft_embeddings)
+        return self._score_chunk(templates, blocks, verbalizer, exact=exact, hidden=hidden, grad=grad,
+                                 soft_embeddings=soft_embeddings)
+
+    def _score_chunk(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
+                     verbalizer: Verbalizer | None, *, exact: bool, hidden: bool, grad: bool = False,
+                     soft_embeddings: torch.Tensor | None = None) -> list[ScoreOutput]:
         rows, sizes = self._build_rows(templates, blocks, verbalizer)
         n_items = sum(sizes)
         n_words = len(verbalizer.flat_words) if verbalizer is not None else 0
@@ -304,13 +370,21 @@ class Harness:
 
     def _score_streamed(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
                         verbalizer: Verbalizer | None, **kwargs: Any) -> list[ScoreOutput]:
+        blocks = [b if isinstance(b, Split) else list(b) for b in blocks]
+        step = max(1, self.stream_items // len(blocks))
+        parts: list[list[ScoreOutput]] = [[] for _ in blocks]
+        for start in range(0, max(len(b) for b in blocks), step):
+            live = [j for j, b in enumerate(blocks) if start < len(b)]
+            chunk = self._score_chunk([templates[j] for j in live], [blocks[j][start:start + step] for j in live],
+                                      verbalizer, **kwargs)
+            for j, out in zip(live, chunk):
+                parts[j].append(out)
         outs = []
-        for template, block in zip(templates, blocks):
-            block = list(block)
-            parts = [self.score_blocks([template], [block[i:i + self.stream_items]], verbalizer, **kwargs)[0]
-                     for i in range(0, max(len(block), 1), self.stream_items)]
-            hid = [p.hidden for p in parts]
-            outs.append(ScoreOutput(torch.cat([p.word_logprobs for p in parts]),
+        for j, block_parts in enumerate(parts):
+            if not block_parts:  # an empty block next to big ones: score it alone, as an empty pass
+                block_parts = self._score_chunk([templates[j]], [blocks[j]], verbalizer, **kwargs)
+            hid = [p.hidden for p in block_parts]
+            outs.append(ScoreOutput(torch.cat([p.word_logprobs for p in block_parts]),
                                     None if any(h is None for h in hid) else torch.cat(hid)))  # type: ignore[arg-type]
         return outs
 
@@ -334,7 +408,7 @@ class Harness:
         per_row = []
         with torch.inference_mode():
             for batch in self._batches(rows, sort=True):
-                logp, _, _ = self._forward(batch, None, full_at_hidden=True)
+                logp, _, _ = self._forward(self._plan(batch, None), None, full_at_hidden=True)
                 if reduce == "mean":
                     chunk = logp.exp().sum(dim=0)
                     total = chunk if total is None else total + chunk
@@ -367,7 +441,8 @@ class Harness:
 
         ``likelihood`` is AutoPrompt's loss, ``-mean log Σ_{w ∈ gold class} p(w | prompt)`` (exact
         log-probabilities); ``cross_entropy`` normalises over the classes first. Returns
-        ``(num_triggers, d)`` summed over examples, and the mean loss.
+        ``(num_triggers, d)`` summed over examples, and the mean loss. Every row runs whole here
+        (no shared-prefix cache: the gradient must reach each row's own trigger embeddings).
         """
         template = as_template(template)
         verbalizer = as_verbalizer(verbalizer)
@@ -405,7 +480,8 @@ class Harness:
         Each step scores a minibatch through the same path as :meth:`evaluate` with gradients on,
         turns word scores into class log-probabilities (or ``head(output)`` logits) and minimises
         cross-entropy (or ``loss_fn(logits, labels)``). Dropout is on while training. ``on_step(step)``
-        runs after every optimizer step (e.g. the second level of a bi-level search).
+        runs after every optimizer step (e.g. the second level of a bi-level search). Training
+        runs every row whole (the shared-prefix cache is for scoring without gradients).
 
         Returns the mean loss of each epoch.
         """
@@ -476,11 +552,9 @@ class Harness:
         if self.kind != "causal":
             raise AutoPromptError("body() is for causal LMs")
         body = self.model.base_model
-        # transformers 5.x renames ``past_key_values`` to ``cache``; older versions know only the former.
-        key = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
         with self.autocast():
             out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                       **{key: cache})
+                       **{self._cache_key(body): cache})
         new_cache = out.get("cache")
         return out.last_hidden_state, new_cache if new_cache is not None else out.past_key_values
 
@@ -548,12 +622,17 @@ class Harness:
         sizes = []
         item = 0
         reserve = self.encoder.reserve(verbalizer.flat_words) if verbalizer is not None else 1
+        # Label-word ids looked up once per call for each spacing before the mask, not per example.
+        words_by_space: dict[bool, list[tuple[int, ...]]] = {}
         for template, block in zip(templates, blocks):
             encoded = self._encode(template, block, reserve)
             for enc in encoded:
                 words = None
                 if verbalizer is not None:
-                    words = [self.encoder.word_ids(w, enc.space_before_mask) for w in verbalizer.flat_words]
+                    words = words_by_space.get(enc.space_before_mask)
+                    if words is None:
+                        words = [self.encoder.word_ids(w, enc.space_before_mask) for w in verbalizer.flat_words]
+                        words_by_space[enc.space_before_mask] = words
                 rows.extend(self.encoder.rows(item, enc, words))
                 item += 1
             sizes.append(len(encoded))
@@ -587,6 +666,29 @@ class Harness:
         if batch:
             yield batch
 
+    def _passes(self, rows: list[Row], sort: bool, shared: bool) -> list[list[Row] | _PrefixPass]:
+        """The forward passes that cover ``rows``: whole-row batches and, with ``shared``, prefix passes.
+
+        Prefix groups are length-bucketed like rows: a pass runs up to :attr:`batch_size` prefixes,
+        then the remaining tokens of all their rows against the cache. Groups are used only when
+        they skip at least 1/8 of the rows' tokens.
+        """
+        groups, rest = group_by_prefix(rows, self.shared_prefix_min) if shared else ([], rows)
+        # Each prefix pass adds forward calls: worth it only when the groups skip a good share of
+        # the work (a few reviews that happen to start alike do not pay for it on a small model).
+        if groups and 8 * sum((len(g.rows) - 1) * g.length for g in groups) < sum(len(r.input_ids) for r in rows):
+            groups, rest = [], rows
+        passes: list[list[Row] | _PrefixPass] = list(self._batches(rest, sort))
+        groups.sort(key=lambda g: g.length)
+        passes.extend(_PrefixPass(groups[i:i + self.batch_size]) for i in range(0, len(groups), self.batch_size))
+        return passes
+
+    def _use_shared_prefix(self, soft_embeddings: torch.Tensor | None, trigger_grads: torch.Tensor | None) -> bool:
+        # Gradients, input hooks (prefix deltas, S3Delta gates) and trainable soft tokens edit what
+        # the prefix pass would see: those keep the whole-row path.
+        return (self.shared_prefix and self.kind == "causal" and not torch.is_grad_enabled()
+                and trigger_grads is None and soft_embeddings is None and not self.input_hooks)
+
     def _run(
         self,
         rows: list[Row],
@@ -602,54 +704,153 @@ class Harness:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward all rows; scatter target log-probs into ``(n_items, n_words)``.
 
-        With ``trigger_grads`` set, each batch's loss is back-propagated to the input embeddings
-        and the gradient at trigger slots is added into ``trigger_grads`` (batch by batch, so the
-        graph of one batch is freed before the next).
+        Without gradients, rows of a causal LM that share a long token prefix are run through
+        the prefix cache (see :attr:`shared_prefix`). With ``trigger_grads`` set, each batch's
+        loss is back-propagated to the input embeddings and the gradient at trigger slots is
+        added into ``trigger_grads`` (batch by batch, so the graph of one batch is freed before
+        the next). Scores stay on the device; nothing is synchronised per batch.
         """
         word_lp = torch.zeros(n_items, n_words, device=self.device)
         hid: torch.Tensor | None = None
         col = {tok: i for i, tok in enumerate(subset)} if subset is not None else None
         subset_t = torch.tensor(subset, device=self.device) if subset is not None else None
-        batches = list(self._batches(rows, sort))
+        passes = self._passes(rows, sort, self._use_shared_prefix(soft_embeddings, trigger_grads))
         bar = None
-        if self.progress and len(batches) > 8 and not torch.is_grad_enabled():
+        if self.progress and len(passes) > 8 and not torch.is_grad_enabled():
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(batches), desc="scoring", unit="batch", leave=False)
-        for batch in batches:
-            logp, h, embeds = self._forward(batch, subset_t, soft_embeddings=soft_embeddings,
-                                            embeds_grad=trigger_grads is not None)
-            b_idx, k_idx, c_idx, items, words = [], [], [], [], []
-            for b, row in enumerate(batch):
-                kpos = self._positions(row)
-                for pos, tok, w in row.targets:
-                    b_idx.append(b)
-                    k_idx.append(kpos.index(pos))
-                    c_idx.append(col[tok] if col is not None else tok)
-                    items.append(row.item)
-                    words.append(w)
-            if b_idx:
-                dev = self.device
-                values = logp[torch.tensor(b_idx, device=dev), torch.tensor(k_idx, device=dev),
-                              torch.tensor(c_idx, device=dev)].float()
-                index = (torch.tensor(items, device=dev), torch.tensor(words, device=dev))
-                if trigger_grads is not None:
-                    assert labels is not None and embeds is not None
-                    self._accumulate_trigger_grad(batch, values, index, embeds, trigger_grads, labels, n_words)
-                    values = values.detach()
-                word_lp = word_lp.index_put(index, values, accumulate=True)
-            if hidden and h is not None:
-                if hid is None:
-                    hid = torch.zeros(n_items, h.shape[-1], device=self.device, dtype=h.dtype)
-                # An item may span several rows; they share the mask position, so any row will do.
-                index = (torch.tensor([r.item for r in batch], device=self.device),)
-                # In place when nothing is differentiated: a copy per batch would cost O(n²) on big splits.
-                hid = hid.index_put(index, h) if torch.is_grad_enabled() else hid.index_put_(index, h)
+            bar = tqdm(total=len(passes), desc="scoring", unit="batch", leave=False)
+        for one in passes:
+            if isinstance(one, _PrefixPass):
+                outputs = self._prefix_forwards(one, subset_t, col)
+            else:
+                plan = self._plan(one, col)
+                outputs = [(plan, *self._forward(plan, subset_t, soft_embeddings=soft_embeddings,
+                                                 embeds_grad=trigger_grads is not None))]
+            for plan, logp, h, embeds in outputs:
+                if plan.target_batch.numel():
+                    values = logp[plan.target_batch, plan.target_k, plan.target_column].float()
+                    index = (plan.target_item, plan.target_word)
+                    if trigger_grads is not None:
+                        assert labels is not None and embeds is not None
+                        self._accumulate_trigger_grad(plan.rows, values, index, embeds, trigger_grads, labels,
+                                                      n_words)
+                        values = values.detach()
+                    word_lp = word_lp.index_put(index, values, accumulate=True)
+                if hidden and h is not None:
+                    if hid is None:
+                        hid = torch.zeros(n_items, h.shape[-1], device=self.device, dtype=h.dtype)
+                    # An item may span several rows; they share the mask position, so any row will do.
+                    # In place when nothing is differentiated: a copy per batch would cost O(n²) on big splits.
+                    index_h = (plan.items,)
+                    hid = hid.index_put(index_h, h) if torch.is_grad_enabled() else hid.index_put_(index_h, h)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         return word_lp, hid
+
+    def _prefix_forwards(self, one: _PrefixPass, subset: torch.Tensor | None,
+                         col: dict[int, int] | None) -> Iterator[tuple[_Plan, torch.Tensor, torch.Tensor, None]]:
+        """Run the prefixes of ``one`` once, then its rows' remaining tokens against their cache.
+
+        Prefixes of different lengths are run right-padded (a real token never attends to a later
+        pad, so their states are exact) and then moved to the right end of the cache, pads first:
+        every suffix then starts at the same cache index, and cache-index distances equal position
+        distances, which is what causal and sliding-window masks are computed from. The pads are
+        masked out and every row's positions are explicit.
+        """
+        dev = self.device
+        lengths = torch.tensor([g.length for g in one.groups], device=dev)
+        width = max(g.length for g in one.groups)
+        states = self._prefix_states(self.pad([g.prefix for g in one.groups])[0])
+        shift = width - lengths
+        if any(g.length != width for g in one.groups):
+            source = (torch.arange(width, device=dev)[None, :] - shift[:, None]).clamp_min(0)
+            states = [tuple(x.gather(2, source[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+                            for x in kv) for kv in states]
+        members = sorted(((g, row) for g, group in enumerate(one.groups) for row in group.rows),
+                         key=lambda m: len(m[1].input_ids) - one.groups[m[0]].length)
+        # Rows per batch: suffixes are short, so several batches' worth, within a token budget on the
+        # cache copy every row carries (``suffix_batch_factor * batch_size * 128`` cached tokens).
+        longest = width + max(len(row.input_ids) - one.groups[g].length for g, row in members)
+        rows_cap = self.suffix_batch_factor * self.batch_size
+        per_batch = max(self.batch_size, min(rows_cap, rows_cap * 128 // longest))
+        for start in range(0, len(members), per_batch):
+            chunk = members[start:start + per_batch]
+            which = torch.tensor([g for g, _ in chunk], device=dev)
+            plan = self._plan([row for _, row in chunk], col, offsets=[one.groups[g].length for g, _ in chunk])
+            if len(one.groups) == 1:  # a view: the one prefix is broadcast over the batch
+                cached = [(k.expand(len(chunk), *k.shape[1:]), v.expand(len(chunk), *v.shape[1:])) for k, v in states]
+            else:
+                cached = [(k.index_select(0, which), v.index_select(0, which)) for k, v in states]
+            valid = torch.arange(width, device=dev)[None, :] >= shift[which][:, None]
+            logp, h, _ = self._forward(plan, subset, cache=_PrefixCache(cached, valid.long(), lengths[which]))
+            yield plan, logp, h, None
+
+    def _prefix_states(self, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer key/value states ``(B, heads, L, d)`` of right-padded prefixes (pads after each)."""
+        from transformers import DynamicCache
+
+        body = self.model.base_model
+        # A cache without the model's config keeps every key in every layer (no sliding-window
+        # trimming), so the suffix pass's masks, sliding windows included, are built from absolute
+        # positions exactly as for a whole row.
+        cache = DynamicCache()
+        with self.autocast():
+            out = body(input_ids=ids, use_cache=True, **{self._cache_key(body): cache})
+        filled = out.get("cache")
+        filled = filled if filled is not None else out.past_key_values
+        return [(k, v) for k, v, *_ in filled]
+
+    @staticmethod
+    def _cache_key(module: nn.Module) -> str:
+        # transformers 5.x renames ``past_key_values`` to ``cache``; older versions know only the former.
+        return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+    @staticmethod
+    def _positions(row: Row) -> list[int]:
+        return sorted({row.hidden_position, *(t[0] for t in row.targets)})
+
+    def _plan(self, batch: list[Row], col: dict[int, int] | None, offsets: Sequence[int] | None = None) -> _Plan:
+        """Every index tensor one batch needs, built in one pass over its rows and moved in one copy.
+
+        ``offsets[b]`` leading tokens of row ``b`` are already in a prefix cache: the batch holds
+        the rest, and its read positions count from there.
+        """
+        n = len(batch)
+        offsets = offsets if offsets is not None else [0] * n
+        width = max(len(r.input_ids) - o for r, o in zip(batch, offsets))
+        positions = [self._positions(r) for r in batch]
+        k = max(len(p) for p in positions)
+        pad = self.pad_id
+        # One flat buffer: ids (n·width) | positions (n·k) | hidden index, item, length (n each) | targets (5 per target)
+        ids: list[int] = []
+        pos: list[int] = []
+        tail: list[int] = []
+        targets: list[int] = []
+        for b, (row, p, off) in enumerate(zip(batch, positions, offsets)):
+            tokens = row.input_ids[off:] if off else row.input_ids
+            ids += tokens
+            ids += [pad] * (width - len(tokens))
+            if len(p) == 1:  # the common case: one read position, where the hidden state is read too
+                pos += [p[0] - off] * k
+                tail += (0, row.item, len(tokens))
+                for _, tok, w in row.targets:
+                    targets += (b, 0, col[tok] if col is not None else tok, row.item, w)
+                continue
+            where = {q: i for i, q in enumerate(p)}
+            pos += [q - off for q in p] + [p[0] - off] * (k - len(p))
+            tail += (where[row.hidden_position], row.item, len(tokens))
+            for q, tok, w in row.targets:
+                targets += (b, where[q], col[tok] if col is not None else tok, row.item, w)
+        flat = torch.tensor(ids + pos + tail + targets, dtype=torch.long).to(self.device)
+        ids_t = flat[: n * width].view(n, width)
+        pos_t = flat[n * width: n * (width + k)].view(n, k)
+        tail_t = flat[n * (width + k): n * (width + k + 3)].view(n, 3)
+        t = flat[n * (width + k + 3):].view(-1, 5).T
+        mask = (torch.arange(width, device=self.device)[None, :] < tail_t[:, 2:3]).long()
+        return _Plan(batch, ids_t, mask, pos_t, tail_t[:, 0], t[0], t[1], t[2], t[3], t[4], tail_t[:, 1])
 
     def _accumulate_trigger_grad(self, batch: list[Row], values: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
                                  embeds: torch.Tensor, grads: torch.Tensor,
@@ -667,28 +868,34 @@ class Harness:
             if row.trigger_positions:
                 grads += g[b, row.trigger_positions].float()
 
-    @staticmethod
-    def _positions(row: Row) -> list[int]:
-        return sorted({row.hidden_position, *(t[0] for t in row.targets)})
-
     def _forward(
         self,
-        batch: list[Row],
+        plan: _Plan,
         subset: torch.Tensor | None,
         *,
         full_at_hidden: bool = False,
         soft_embeddings: torch.Tensor | None = None,
         embeds_grad: bool = False,
+        cache: _PrefixCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One padded forward pass.
+        """One padded forward pass over a planned batch.
 
         Returns log-probs ``(B, K, V or |subset|)`` at each row's read positions, the output
         layer's input at each row's hidden position ``(B, d)``, and the input embeddings when
-        gradients w.r.t. them were asked for.
+        gradients w.r.t. them were asked for. With ``cache`` (causal LMs) the rows continue the
+        cached prefixes.
         """
         dev = self.device
-        ids, mask = self.pad([r.input_ids for r in batch])
+        batch = plan.rows
+        ids, mask = plan.ids, plan.mask
         kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
+        if cache is not None:
+            from transformers import DynamicCache
+
+            kwargs["attention_mask"] = torch.cat([cache.mask, mask], dim=1)
+            kwargs["position_ids"] = cache.lengths[:, None] + torch.arange(ids.shape[1], device=dev)[None, :]
+            kwargs[self._cache_key(self.model)] = DynamicCache(cache.states)
+            kwargs["use_cache"] = True
         if self.kind == "seq2seq":
             dec, dmask = self.pad([r.decoder_input_ids or [] for r in batch])
             kwargs["decoder_input_ids"] = dec
@@ -704,30 +911,25 @@ class Harness:
             kwargs["inputs_embeds"] = embeds
         else:
             kwargs["input_ids"] = ids
-        positions = [self._positions(r) for r in batch]
-        k = max(len(p) for p in positions)
-        pos = torch.tensor([p + [p[0]] * (k - len(p)) for p in positions], device=dev)
-        hid_k = torch.tensor([p.index(r.hidden_position) for p, r in zip(positions, batch)], device=dev)
         captured: dict[str, torch.Tensor] = {}
         rows_only = None if full_at_hidden else subset
         for hook in self.input_hooks:
             hook(kwargs, batch)
-        with self._gathering_head(pos, rows_only, captured), self.autocast():
+        with self._gathering_head(plan.positions, rows_only, captured), self.autocast():
             logits = self.model(**kwargs).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
-        hidden = captured["x"][torch.arange(len(batch), device=dev), hid_k]
+        rows = torch.arange(len(batch), device=dev)
+        hidden = captured["x"][rows, plan.hidden_k]
         if full_at_hidden:
-            logp = logp[torch.arange(len(batch), device=dev), hid_k]
+            logp = logp[rows, plan.hidden_k]
         return logp, hidden, embeds
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad token id lists into ``(ids, attention_mask)`` on the harness device."""
-        width = max(len(seq) for seq in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for b, seq in enumerate(sequences):
-            ids[b, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-            mask[b, : len(seq)] = 1
+        lengths = [len(seq) for seq in sequences]
+        width = max(lengths)
+        ids = torch.tensor([list(seq) + [self.pad_id] * (width - len(seq)) for seq in sequences], dtype=torch.long)
+        mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
         return ids.to(self.device), mask.to(self.device)
 
     def _put_soft(self, embeds: torch.Tensor, batch: list[Row], soft: torch.Tensor) -> torch.Tensor:
