@@ -81,15 +81,23 @@ class EvalResult:
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """Accuracy and macro-F1 over the labelled examples (label >= 0)."""
+    """Accuracy and macro-F1 over the labelled examples (label >= 0).
+
+    Macro-F1 averages over every class that occurs in the labels or the predictions: a gold class
+    that is never predicted counts with F1 0 (so always answering the majority class scores low),
+    and so does a predicted class absent from the labels; a class in neither (e.g. a test subsample
+    without it) has no defined F1 and is left out rather than counted as 0.
+    """
     from sklearn.metrics import f1_score
 
     keep = labels >= 0
     if not keep.any():
         return float("nan"), float("nan")
     y, p = labels[keep], predictions[keep]
+    if (p < 0).any() or (p >= num_classes).any():
+        raise AutoPromptError(f"predictions must be class indices 0..{num_classes - 1}")
     acc = float((y == p).mean())
-    f1 = float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0))
+    f1 = float(f1_score(y, p, average="macro", labels=np.union1d(y, p).tolist(), zero_division=0))
     return acc, f1
 
 
