@@ -7,6 +7,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer, load_task
+from autoprompt_kit.data import Task
 from autoprompt_kit.methods.autoprompt import (AutoPromptConfig, TriggerSearch, init_triggers, label_token_search,
                                                resize_triggers, trigger_token_mask)
 from autoprompt_kit.models.vocab import word_of
@@ -73,6 +74,40 @@ def test_label_token_search(tiny_models, arch):
     assert verb.labels == ("negative", "positive") and all(1 <= len(ws) <= k for ws in verb.label_words)
     assert len(set(verb.flat_words)) == len(verb.flat_words)  # no word in two classes
     h.evaluate(TRAIN, "{text_a} It was {mask}.", verb)  # usable as a verbalizer
+
+
+FIVE = [f"c{i}" for i in range(5)]
+
+
+def five_class_split(name: str, offset: int, n: int) -> Split:
+    texts = [f"{a.text_a} {b.text_a}" for a in TRAIN for b in TRAIN if a is not b]
+    return Split([Example(texts[offset + i], i % 5) for i in range(n)], name=name, label_names=FIVE)
+
+
+def test_label_token_search_with_five_classes(tiny_models):
+    h = harness(tiny_models, "bert")
+    train = five_class_split("train", 0, 20)
+    verb = label_token_search(h, train, Template("{text_a} It was {mask}."), FIVE, 2)
+    assert verb.labels == tuple(FIVE) and all(len(ws) == 2 for ws in verb.label_words)
+    assert len(set(verb.flat_words)) == 10  # no token in two classes
+    assert h.evaluate(train, "{text_a} It was {mask}.", verb).predictions.max() < 5
+    with pytest.raises(AutoPromptError, match=r"no train example of class\(es\) \['c4'\]"):
+        label_token_search(h, train[train.labels < 4], Template("{text_a} It was {mask}."), FIVE, 2)
+
+
+def test_autoprompt_study_searches_label_tokens_for_five_classes(tiny_models, tmp_path):
+    h = harness(tiny_models, "bert")
+    task = Task("five", FIVE, {"train": five_class_split("train", 0, 20), "dev": five_class_split("dev", 20, 10),
+                               "test": five_class_split("test", 30, 10)})
+    config = AutoPromptConfig(template="{text_a} {trigger*2} {mask} .", label_search=True, label_tokens_per_class=2,
+                              num_triggers=[2], num_candidates=[3], iterations=2, batch_size=8, word_initial_only=False)
+    job = SearchJob(get_searcher("autoprompt")(config), "ap5", f"sqlite:///{tmp_path / 'ap.db'}", n_trials=1,
+                    progress=False, task_info={"name": "five"}, model_info={"name": "tiny", "kind": "mlm"})
+    study = run_search(job, SearchContext(task, h, 13))
+    trial = study.get_trials(states=(TrialState.COMPLETE,))[0]
+    verb = Verbalizer.from_dict(trial.user_attrs["candidate"]["verbalizer"])
+    assert verb.labels == tuple(FIVE) and verb.aggregation == "sum" and len(set(verb.flat_words)) == 10
+    assert not set(trial.user_attrs["trigger_ids"]) & {i for w in verb.flat_words for i in h.encoder.word_ids(w, True)}
 
 
 def test_bad_settings(tiny_models):

@@ -128,6 +128,32 @@ def test_few_shot_errors():
         few_shot(Split([Example("x", -1)]), 1, seed=0)
 
 
+def test_few_shot_with_a_small_class():
+    s = make_split({0: 10, 1: 3, 2: 8})
+    with pytest.raises(AutoPromptError, match=r"class 1 has only 3 .*on_small_class='all'"):
+        few_shot(s, 4, seed=0)
+    fs = few_shot(s, 4, seed=0, on_small_class="all")      # documented fallback: all 3, with a warning
+    assert np.bincount(fs.labels).tolist() == [4, 3, 4]
+    named = Split(list(s), name="train", label_names=["a", "b", "c", "d"])
+    with pytest.raises(AutoPromptError, match=r"class 3 \('d'\) has only 0"):   # a class the split lacks
+        few_shot(named, 2, seed=0, on_small_class="all")
+    with pytest.raises(AutoPromptError, match="on_small_class must be one of"):
+        few_shot(s, 2, seed=0, on_small_class="skip")
+
+
+def test_load_task_few_shot_with_a_small_class(tmp_path, caplog):
+    rows = "".join(f"t{i},{'abcd'[i % 4]}\n" for i in range(48)) + "x1,e\nx2,e\n"   # class e: 2 examples
+    write(tmp_path / "train.csv", "text,label\n" + rows)
+    write(tmp_path / "dev.csv", "text,label\n" + "".join(f"d{i},{'abcde'[i % 5]}\n" for i in range(40)))
+    write(tmp_path / "test.csv", "text,label\n" + "".join(f"s{i},{'abcde'[i % 5]}\n" for i in range(10)))
+    with pytest.raises(AutoPromptError, match=r"class 4 \('e'\) has only 2"):
+        load_task(str(tmp_path), shots=4)
+    task = load_task(str(tmp_path), shots=4, on_small_class="all")
+    assert np.bincount(task.train.labels).tolist() == [4, 4, 4, 4, 2]
+    assert np.bincount(task.dev.labels).tolist() == [4, 4, 4, 4, 4]
+    assert "all of those taken" in caplog.text
+
+
 # -- local files -------------------------------------------------------------------------------------
 def test_csv_single_file_string_labels(tmp_path):
     rows = sentiment_rows(50)

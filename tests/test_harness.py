@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -147,6 +148,43 @@ def test_content_free_prior_of_a_template_with_only_spaces_after_the_field(tiny_
     assert prior.shape == (2,) and torch.isfinite(prior).all()
     cal = h.evaluate(EXAMPLES, template, VERB.replace(calibration="content_free"))
     assert cal.n == len(EXAMPLES)
+
+
+FIVE = Verbalizer.from_words({"a": ["bad"], "b": ["great"], "c": ["fun"], "d": ["awful", "boring"], "e": ["lovely"]})
+FIVE_SPLIT = Split([Example(e.text_a + suffix, (i + j) % 5) for j, suffix in enumerate(["", " !", " ."])
+                    for i, e in enumerate(EXAMPLES)], name="five")
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_content_free_calibration_with_five_classes(tiny_models, arch):
+    h = harness(tiny_models, arch)
+    plain = h.evaluate(FIVE_SPLIT, "{text_a} It was {mask}.", FIVE)
+    cal = h.evaluate(FIVE_SPLIT, "{text_a} It was {mask}.", FIVE.replace(calibration="content_free"))
+    prior = h.class_prior("{text_a} It was {mask}.", FIVE).cpu()
+    assert prior.shape == (5,) and cal.prior is not None
+    torch.testing.assert_close(torch.tensor(cal.prior), prior)
+    expected = torch.log_softmax(torch.tensor(plain.class_logprobs) - prior, dim=1)
+    torch.testing.assert_close(torch.tensor(cal.class_logprobs), expected, atol=1e-5, rtol=1e-5)
+    assert cal.predictions.tolist() == expected.argmax(1).tolist()
+    assert cal.prediction_rate().shape == (5,)
+
+
+def test_macro_f1_counts_classes_never_predicted():
+    from autoprompt_kit.harness import classification_metrics
+
+    y = np.array([0, 0, 1, 1, 2, 3, 4, 4])
+    p = np.array([0, 0, 1, 1, 1, 3, 3, 4])   # class 2 is never predicted
+    acc, f1 = classification_metrics(y, p, 5)
+    # per class: 1.0; P 2/3 R 1 → 0.8; 0 (never predicted); P 1/2 R 1 → 2/3; P 1 R 1/2 → 2/3
+    assert acc == 6 / 8 and f1 == pytest.approx((1 + 0.8 + 0 + 2 / 3 + 2 / 3) / 5)
+    # Always the majority class: the four other classes count with F1 0.
+    assert classification_metrics(y, np.zeros_like(y), 5)[1] == pytest.approx(0.4 / 5)
+    # A predicted class the labels lack counts too (precision 0) ...
+    assert classification_metrics(np.array([0, 1]), np.array([0, 2]), 5)[1] == pytest.approx(1 / 3)
+    # ... but a class in neither (a subsample without it) has no F1 and is left out, not counted as 0.
+    assert classification_metrics(np.array([0, 1, 2]), np.array([0, 1, 2]), 5) == (1.0, 1.0)
+    with pytest.raises(AutoPromptError, match="predictions must be class indices 0..4"):
+        classification_metrics(y, p + 1, 5)
 
 
 def test_metrics_are_accuracy_and_macro_f1(tiny_models):

@@ -18,6 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoprompt_kit import AutoPromptError, Example, Harness, Split, Verbalizer, load_task
+from autoprompt_kit.data import Task
 from autoprompt_kit.methods.kpt import (ExpansionSettings, KPTConfig, RefineSettings, SupportScores, expand,
                                         install_wordnet_from, learn_weights, read_kb, refine, support_scores,
                                         wordnet_related)
@@ -173,14 +174,14 @@ def test_prior_filter_drops_low_prior_words_and_keeps_seeds(tmp_path):
     logp = [math.log(p) for p in (1e-3, 1e-3, 1e-8, 1e-9, 1e-3, 1e-7)]  # the seed "good" has a tiny prior too
     vocab = [math.log(p) for p in (1e-9, 1e-8, 1e-6, 1e-5, 1e-4, 1e-3)]  # the 50% quantile is between 1e-6 and 1e-5
     scores = _scores(words, torch.zeros(4, 6).tolist(), logp, vocab)
-    result = refine(exp, scores, RefineSettings(prior_cut=0.5))
+    result = refine(exp, scores, RefineSettings(prior_cut=0.5, min_relevance=-1.0))  # the prior filter alone
     assert result.verbalizer.label_words == (("bad", "awful"), ("good", "nice"))
     assert {r["word"] for r in result.removed} == {"rare", "obscure"}
     assert all("prior" in r["reason"] and "vocabulary quantile" in r["reason"] for r in result.removed)
-    assert refine(exp, scores, RefineSettings(prior_cut=0.0)).verbalizer.flat_words == words
+    assert refine(exp, scores, RefineSettings(prior_cut=0.0, min_relevance=-1.0)).verbalizer.flat_words == words
     # multi-token words are dropped by the tokenization filter before the prior is looked at
     scores.num_tokens = [1, 2, 1, 1, 1, 1]
-    result = refine(exp, scores, RefineSettings(prior_cut=0.0, max_tokens=1))
+    result = refine(exp, scores, RefineSettings(prior_cut=0.0, max_tokens=1, min_relevance=-1.0))
     assert [r["reason"] for r in result.removed] == ["2 tokens > max_tokens 1"]
 
 
@@ -197,7 +198,125 @@ def test_relevance_filter_drops_words_that_follow_the_other_class(tmp_path):
     assert result.verbalizer.label_words == (("bad", "awful"), ("good", "nice"))
     assert result.removed[0]["word"] == "traitor" and "relevance" in result.removed[0]["reason"]
     kept = {e["word"]: e["relevance"] for e in result.kept["negative"]}
-    assert kept["awful"] > 1.0
+    assert kept["awful"] > 0.9
+
+
+LEXICON = {"terrible": -2.1, "bad": -2.5, "awful": -2.0, "horrid": -3.0, "poor": -2.3, "meh": -1.0, "okay": 0.9,
+           "good": 1.9, "great": 3.1, "superb": 3.0, "fine": 2.2}
+
+
+def test_vader_needs_sentiment_classes_and_splits_words_by_valence():
+    with pytest.raises(AutoPromptError, match=r"needs sentiment classes .*class\(es\) \('art', 'law'\) have no VADER"):
+        knowledge.seed_valences({"art": ["art"], "law": ["law"], "good": ["good"]}, LEXICON)
+    with pytest.raises(AutoPromptError, match="no class is negative or none is positive"):
+        knowledge.seed_valences({"a": ["good"], "b": ["great"]}, LEXICON)
+    two = knowledge.vader_class_words({"negative": ["terrible"], "positive": ["great"]}, threshold=2.0, max_words=10,
+                                      lexicon=LEXICON)
+    assert two["negative"] == knowledge.vader_words(["terrible"], threshold=2.0, max_words=10, lexicon=LEXICON)[0]
+    assert list(two["positive"]) == ["great", "superb", "fine"]          # strongest first, as the sign rule
+    five = knowledge.vader_class_words(
+        {"very negative": ["horrid"], "negative": ["bad"], "neutral": ["okay"], "positive": ["good"],
+         "very positive": ["superb"]}, threshold=2.0, max_words=10, lexicon=LEXICON)
+    # Same-sign classes split the words by the nearest seed valence, instead of all sharing (and,
+    # as duplicates, losing) them; the neutral class's small valence attracts no strong word.
+    assert {k: sorted(v) for k, v in five.items()} == {
+        "very negative": ["horrid"], "negative": ["awful", "bad", "poor", "terrible"], "neutral": [],
+        "positive": ["fine"], "very positive": ["great", "superb"]}
+
+
+def test_vader_source_is_refused_for_topic_classes():
+    topics = {"art": ["art"], "computers": ["computers"], "law": ["law"]}
+    with pytest.raises(AutoPromptError, match="the 'vader' knowledge source needs sentiment classes"):
+        expand(topics, ExpansionSettings(sources=("vader",)))
+    split = Split([Example("a", i % 3) for i in range(6)], name="train")
+    task = Task("topics", list(topics), {"train": split, "dev": split, "test": split})
+    with pytest.raises(AutoPromptError, match="drop 'vader' from sources"):
+        KPTConfig(seed_words=topics, sources=["wordnet+vader", "wordnet"]).check_task(task)
+    KPTConfig(seed_words=topics, sources=["wordnet", "kb"], kb_file=__file__).check_task(task)  # no VADER: fine
+
+
+def test_relevance_with_five_classes_drops_a_word_that_follows_another_class():
+    """Five classes, two support texts each; a class's seed is likely on its own texts only."""
+    n, num = 10, 5
+    own = torch.full((n, num), -4.0)
+    for c in range(num):
+        own[2 * c: 2 * c + 2, c] = 0.0
+    follower = torch.full((n,), -4.0)
+    follower[0:2], follower[2:4] = -1.5, 0.0     # proposed for c0, but rises most on c1's texts
+    loyal = own[:, 0] + 0.2 * torch.arange(n) % 2  # follows c0
+    noise = torch.tensor([-4.0, -1.0, -3.0, 0.0, -2.0, -4.0, -1.0, -3.0, -0.5, -2.5])
+    words = [f"s{c}" for c in range(num)] + ["follower", "loyal", "noise"]
+    lp = torch.cat([own, follower[:, None], loyal[:, None], noise[:, None]], dim=1)
+    scores = SupportScores(words, lp, torch.zeros(len(words)), torch.zeros(4), [1] * len(words))
+    from autoprompt_kit.methods.kpt.refine import Expansion
+
+    exp = Expansion([f"c{c}" for c in range(num)], [["s0", "follower", "loyal"], ["s1"], ["s2", "noise"], ["s3"], ["s4"]],
+                    [[f"s{c}"] for c in range(num)], [{} for _ in range(num)])
+    result = refine(exp, scores, RefineSettings(prior_cut=0.0))
+    assert result.verbalizer.label_words == (("s0", "loyal"), ("s1",), ("s2",), ("s3",), ("s4",))
+    reasons = {r["word"]: r["reason"] for r in result.removed}
+    assert reasons["follower"].startswith("follows class 'c1'")
+    assert reasons["noise"].startswith("relevance") and "below min_relevance 0.3" in reasons["noise"]
+    assert result.kept["c0"][1]["relevance"] > 0.9
+    assert refine(exp, scores, RefineSettings(prior_cut=0.0, min_relevance=-1.0)).verbalizer.num_classes == 5
+
+
+def test_presence_filter_removes_a_word_the_support_texts_never_bring_up(tiny_models, tmp_path):
+    """A planted word that no support text puts among the model's top words goes; one that many do stays."""
+    from autoprompt_kit.models.vocab import token_strings, word_of
+
+    h = harness(tiny_models, "bert")                                       # 24 word tokens (the tiny BPE has 4)
+    full = h.mask_logprobs(TRAIN, TEMPLATE, reduce=None)                   # (N, V)
+    vocab = knowledge.vocabulary_words(h)[: full.shape[1]]
+    strings = token_strings(h.tokenizer)
+    ids = [i for i in vocab.nonzero().squeeze(1).tolist()
+           if list(h.encoder.word_ids(word_of(strings[i])[0], True)) == [i] and word_of(strings[i])[0] not in ("bad", "good")]
+    ranks = (-full[:, vocab]).argsort(dim=1).argsort(dim=1)                 # rank among the word tokens, per text
+    column = {int(t): j for j, t in enumerate(vocab.nonzero().squeeze(1).tolist())}
+    best = {i: int(ranks[:, column[i]].min()) for i in ids}
+    hits = {i: int((ranks[:, column[i]] < 3).sum()) for i in ids}
+    planted = word_of(strings[max(ids, key=lambda i: best[i])])[0]          # never near the top
+    present = word_of(strings[max(ids, key=lambda i: hits[i])])[0]          # in the top 3 of most texts
+    assert best[h.encoder.word_ids(planted, True)[0]] >= 3 and hits[h.encoder.word_ids(present, True)[0]] >= 2
+    kb = tmp_path / "kb.tsv"
+    kb.write_text(f"bad\t{planted}\ngood\t{present}\n")
+    exp = expand(SEEDS, ExpansionSettings(sources=("kb",), kb_file=str(kb)))
+    scores = support_scores(h, TRAIN, TEMPLATE, exp.all_words(), presence_rank=3)
+    assert torch.allclose(scores.top_logprobs[:, 0], full[:, vocab].max(dim=1).values.float(), atol=1e-4)
+    settings = dict(prior_cut=0.0, min_relevance=-1.0, presence_rank=3, presence_min=0.25)
+    result = refine(exp, scores, RefineSettings(**settings))
+    assert result.verbalizer.label_words == (("bad",), ("good", present))
+    assert result.removed[0]["word"] == planted
+    assert result.removed[0]["reason"] == "among the model's top 3 words for 0 of 8 support texts (needs 2)"
+    assert result.kept["positive"][1]["presence"] >= 0.25
+    assert planted in refine(exp, scores, RefineSettings(**{**settings, "presence_rank": 0})).verbalizer.flat_words
+    with pytest.raises(AutoPromptError, match="presence_rank 5 is above the 3 top words"):
+        refine(exp, scores, RefineSettings(**{**settings, "presence_rank": 5}))
+
+
+def test_kpt_study_with_five_classes(tiny_models, tmp_path):
+    h = harness(tiny_models, "gpt2")
+    names = ["c0", "c1", "c2", "c3", "c4"]
+    seeds = {"c0": ["bad"], "c1": ["good"], "c2": ["fun"], "c3": ["dull"], "c4": ["nice"]}
+    texts = [e.text_a for e in TRAIN]
+    split = Split([Example(f"{a} {b}", i % 5) for i, (a, b) in enumerate((a, b) for a in texts for b in texts if a != b)][:30],
+                  name="train", label_names=names)
+    task = Task("five", names, {"train": split[:15], "dev": split[15:], "test": split[15:]})
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("c0\tawful,boring\nc1\tgreat,fine\nc2\tfunny,moving\nc3\tdull,waste\nc4\tloved,wonderful\n")
+    config = KPTConfig(seed_words=seeds, sources=["kb"], kb_file=str(kb), prior_cut=[0.0], min_relevance=[-1.0, 0.3],
+                       learn_weights=[True], epochs=1, support_size=15)
+    job = SearchJob(get_searcher("kpt")(config), "kpt5", f"sqlite:///{tmp_path / 'k.db'}", n_trials=2,
+                    progress=False, task_info={"name": "five", "label_names": names, "splits": {}},
+                    model_info={"name": "tiny", "kind": "causal"})
+    study = run_search(job, SearchContext(task, h, 13))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    doc = build_best_json(study, job, None, 1.0, "test")
+    kept = doc["trial_artifacts"]["kept_words"]
+    assert list(kept) == names and all(kept[n][0]["word"] == seeds[n][0] for n in names)
+    verb = Verbalizer.from_dict(doc["verbalizer"])
+    assert verb.num_classes == 5 and verb.aggregation == "weighted"
+    assert h.evaluate(task.dev, TEMPLATE, verb).predictions.max() < 5
 
 
 def test_contextual_calibration_equals_hand_computation():

@@ -12,7 +12,7 @@ from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, V
 from autoprompt_kit.data import Task
 from autoprompt_kit.methods.lmbff import (CausalTemplateGenerator, LMBFFConfig, Seq2SeqTemplateGenerator,
                                           SentenceEncoder, add_demonstrations, demonstration_template,
-                                          label_word_search, prompt_finetune, restored_weights)
+                                          label_word_search, prompt_finetune, restored_weights, search_assignments)
 from autoprompt_kit.search import SearchContext, SearchJob, build_best_json, get_searcher, run_search
 
 LABELS = ["negative", "positive"]
@@ -129,6 +129,72 @@ def test_label_word_search_agrees_with_the_harness(tiny_models):
     assert best["dev_accuracy"] == max(r["dev_accuracy"] for r in result.ranked)
 
 
+def many_class_split(num_classes: int, per_class: int, name: str) -> Split:
+    """A synthetic split: distinct two-sentence texts from the tokenizer corpus, classes round-robin."""
+    sentences = [e.text_a for e in TRAIN] + [e.text_a for e in DEV]
+    texts = [f"{a} {b}" for a in sentences for b in sentences if a != b]
+    offset = 0 if name == "train" else num_classes * per_class
+    examples = [Example(texts[offset + i], i % num_classes) for i in range(num_classes * per_class)]
+    return Split(examples, name=name, label_names=[f"c{i}" for i in range(num_classes)])
+
+
+def test_beam_search_equals_exhaustive_for_few_classes(tiny_models):
+    h = harness(tiny_models, "bert")
+    train, dev = many_class_split(3, 4, "train"), many_class_split(3, 3, "dev")
+    names = train.label_names
+    exhaustive = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=6, n_assignments=8,
+                                   strategy="exhaustive")
+    words = [set(c) for c in exhaustive.per_class]
+    distinct = sum(len({a, b, c}) == 3 for a in exhaustive.per_class[0] for b in exhaustive.per_class[1]
+                   for c in exhaustive.per_class[2])
+    assert exhaustive.strategy == "exhaustive" and exhaustive.scored == distinct and all(len(w) == 6 for w in words)
+    # A beam that never prunes before the last class (>= k^(C-1)) sees every assignment: same ranking.
+    covering = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=6, n_assignments=8,
+                                 strategy="beam", beam=36)
+    assert covering.strategy == "beam" and covering.ranked == exhaustive.ranked
+    # The default beam (and auto, which is exhaustive here: 6^3 <= 20,000) find the same best assignment.
+    narrow = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=6, n_assignments=8,
+                               strategy="beam", beam=4)
+    auto = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=6, n_assignments=8)
+    assert auto.strategy == "exhaustive" and auto.ranked == exhaustive.ranked
+    best = max(exhaustive.ranked, key=lambda r: r["train_accuracy"])["train_accuracy"]
+    assert max(r["train_accuracy"] for r in narrow.ranked) == best
+
+
+def test_label_word_search_many_classes_is_fast_with_distinct_words(tiny_models):
+    h = harness(tiny_models, "bert")
+    train, dev = many_class_split(8, 3, "train"), many_class_split(8, 2, "dev")
+    names = train.label_names
+    result = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=10, n_assignments=5)
+    assert result.strategy == "beam"                        # 10^8 assignments: never enumerated
+    assert result.scored < 50_000 and result.seconds < 10.0
+    assert len(result.ranked) == 5
+    for r in result.ranked:
+        assert len(set(r["words"].values())) == 8 and list(r["words"]) == names
+        verbalizer = Verbalizer.from_words({k: [v] for k, v in r["words"].items()})
+        assert h.evaluate(train, "{text_a} it was {mask} .", verbalizer).accuracy == pytest.approx(r["train_accuracy"])
+    with pytest.raises(AutoPromptError, match="would score 100,000,000 assignments"):
+        label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=10, strategy="exhaustive")
+    with pytest.raises(AutoPromptError, match="label_search_strategy must be one of"):
+        label_word_search(h, train, dev, "{text_a} it was {mask} .", names, strategy="greedy")
+
+
+def test_beam_search_finds_a_planted_assignment():
+    """Six classes, eight candidates each: only one assignment separates every example; beam finds it."""
+    torch.manual_seed(0)
+    num, k, per = 6, 8, 5
+    labels = torch.arange(num).repeat_interleave(per).numpy()
+    lp = torch.randn(len(labels), num * k) * 0.1
+    planted = torch.randint(k, (num,))
+    for i, y in enumerate(labels):
+        lp[i, y * k + planted[y]] += 3.0                      # the planted word of the gold class wins
+    cand = torch.arange(num * k).reshape(num, k)
+    found = search_assignments(lp, labels, cand, 3, strategy="beam", beam=10)
+    assert found.strategy == "beam" and torch.equal(found.combos[0], planted)
+    assert float(found.accuracy[0]) == 1.0 and found.scored < k ** num / 100
+    assert search_assignments(lp, labels, cand, 3).strategy == "beam"   # auto: 8^6 > 20,000
+
+
 def test_label_word_search_needs_every_class(tiny_models):
     h = harness(tiny_models, "bert")
     with pytest.raises(AutoPromptError, match="no train example of class"):
@@ -171,6 +237,10 @@ def test_prompt_finetune_learns_and_weights_are_restored(tiny_models):
 def test_config_errors():
     with pytest.raises(AutoPromptError, match="nothing to search"):
         LMBFFConfig(generate_templates=False, search_label_words=False)
+    with pytest.raises(AutoPromptError, match="label_search_strategy must be one of"):
+        LMBFFConfig(label_words=WORDS, label_search_strategy="greedy")
+    with pytest.raises(AutoPromptError, match="label_beam must be at least 1"):
+        LMBFFConfig(label_words=WORDS, label_beam=0)
     with pytest.raises(AutoPromptError, match="needs label_words"):
         LMBFFConfig()
     with pytest.raises(AutoPromptError, match="formats"):
@@ -202,6 +272,7 @@ def test_study_runs_best_first_and_resumes_without_regenerating(tiny_models, tmp
     assert len(gen) == 6 and art["trial_templates"] == [g["template"] for g in gen[:2]]
     assert [g["dev_accuracy"] for g in gen] == sorted((g["dev_accuracy"] for g in gen), reverse=True)
     assert len(art["trial_words"]) == 2 and art["label_word_assignments"]
+    assert art["label_search_strategy"] == "exhaustive" and art["label_assignments_scored"] > 0
     trials = study.get_trials()
     assert len(trials) == 3
     # Best-first: the first trial scores the top-ranked template with the top label words.

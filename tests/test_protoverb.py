@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer, load_task
+from autoprompt_kit.data import Task
 from autoprompt_kit.methods.protoverb import (PrototypeHead, ProtoSettings, ProtoVerbConfig, cluster_mask_embeddings,
                                               prototype_words, train_prototypes)
 from autoprompt_kit import Prompt
@@ -141,6 +142,46 @@ def test_protoverb_study_best_json_reloads_the_head(tiny_models, tmp_path):
     again = cand.evaluate(task.dev, h)
     assert again.accuracy == pytest.approx(doc["metrics"]["dev"]["accuracy"])
     assert again.predictions.tolist() == best.user_attrs["dev_predictions"]
+
+
+def test_ten_classes_prototypes_and_combined_inference():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(10, 16, generator=g) * 3
+    y = torch.arange(10).repeat_interleave(6)
+    y = y[torch.arange(len(y)) % 6 < torch.where(y == 9, 2, 6)]      # unequal shots: class 9 has 2
+    x = centres[y] + torch.randn(len(y), 16, generator=g)
+    manual = torch.log_softmax(torch.randn(len(y), 10, generator=g), dim=1)
+    head, _ = train_prototypes(x, y, 10, ProtoSettings(proj_dim=8, prototypes_per_class=3, steps=80, lr=0.05),
+                               manual=manual)
+    assert torch.bincount(head.prototype_labels).tolist() == [3] * 9 + [2]   # class 9: one prototype per example
+    assert (head.proto_logits(x).argmax(1) == y).float().mean() >= 0.9      # the prototypes separate 10 blobs
+    assert head.class_logprobs(x, manual).shape == (len(y), 10)
+    z_manual = (manual - head.manual_mean) / head.manual_std                  # every class column standardised
+    assert torch.allclose(z_manual.mean(0), torch.zeros(10), atol=1e-5)
+
+
+def test_protoverb_study_with_ten_classes(tiny_models, tmp_path):
+    h = harness(tiny_models, "gpt2")
+    names = [f"c{i}" for i in range(10)]
+    texts = [f"{a} {b}" for a in ("the movie", "a film", "the plot", "what a story", "the cast")
+             for b in ("was great", "was bad", "is dull", "is fun", "was awful", "is nice", "was boring", "is fine",
+                       "was wonderful", "was a waste")]
+    split = Split([Example(t, i % 10) for i, t in enumerate(texts)], name="train", label_names=names)
+    task = Task("ten", names, {"train": split[:30], "dev": split[30:], "test": split[30:]})
+    words = dict(zip(names, ["bad", "good", "fun", "dull", "nice", "awful", "great", "boring", "fine", "waste"]))
+    config = ProtoVerbConfig(label_words=words, prototypes_per_class=[1, 2], proj_dim=[8], steps=20,
+                             inference=["combined", "proto"])
+    job = SearchJob(get_searcher("protoverb")(config), "pv10", f"sqlite:///{tmp_path / 'p.db'}", n_trials=2,
+                    progress=False, task_info={"name": "ten", "label_names": names, "splits": {}},
+                    model_info={"name": "tiny", "kind": "causal"})
+    study = run_search(job, SearchContext(task, h, 13))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    doc = build_best_json(study, job, None, 1.0, "test")
+    assert {w["class"] for w in doc["trial_artifacts"]["prototype_words"]} == set(names)
+    best, cand = best_candidate(study)
+    again = cand.evaluate(task.dev, h)
+    assert again.class_logprobs.shape == (20, 10)
+    assert again.accuracy == pytest.approx(best.user_attrs["dev_accuracy"])
 
 
 def test_config_errors():

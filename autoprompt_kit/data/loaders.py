@@ -454,6 +454,7 @@ def load_task(
     label_names: list[str] | None = None,
     hf_config: str | None = None,
     max_examples: int | None = None,
+    on_small_class: str = "error",
 ) -> Task:
     """Load a task by name: a built-in corpus, a local file or folder, or a HF dataset.
 
@@ -470,6 +471,8 @@ def load_task(
         label_names: Class names (and order) to use instead of the inferred ones.
         hf_config: HF dataset configuration, e.g. ``"sst2"`` for ``glue``.
         max_examples: Cap every split (test included) by seeded subsampling (seed 0).
+        on_small_class: With ``shots``, a class with fewer than K examples: ``error`` (default) or
+            ``all`` (take all of its examples, with a warning; train and dev are then imbalanced).
 
     Returns:
         A :class:`Task` with ``train``, ``dev`` and ``test`` splits.
@@ -523,7 +526,7 @@ def load_task(
 
     if shots is not None:
         rng = np.random.default_rng(seed)
-        picked = _few_shot_indices(train.labels, shots, rng, "the train split", names)
+        picked = _few_shot_indices(train.labels, shots, rng, "the train split", names, on_small_class)
         pool = dev
         if pool is None:
             rest = np.ones(len(train), dtype=bool)
@@ -532,7 +535,7 @@ def load_task(
         train = Split((train[int(i)] for i in picked), name="train")
         dev_rng = np.random.default_rng(seed)
         what = "the dev split" if dev is not None else "the train examples left for dev"
-        dev_idx = _few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names)
+        dev_idx = _few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names, on_small_class)
         dev = Split((pool[int(i)] for i in dev_idx), name="dev")
     elif dev is None:
         train, dev = _cut(train, (1 - DEV_FRACTION, DEV_FRACTION), ("train", "dev"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,8 @@ from typing import Any, overload
 import numpy as np
 
 from ..errors import AutoPromptError
+
+logger = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "macro_f1")
 
@@ -291,30 +294,51 @@ class Task:
         return f"{self.name}: {self.num_labels} labels [{', '.join(self.label_names)}]; {sizes}; metric={self.metric}"
 
 
+SMALL_CLASS = ("error", "all")
+
+
 def _few_shot_indices(
-    labels: np.ndarray, k: int, rng: np.random.Generator, what: str, label_names: Sequence[str] | None
+    labels: np.ndarray, k: int, rng: np.random.Generator, what: str, label_names: Sequence[str] | None,
+    on_small_class: str = "error",
 ) -> np.ndarray:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise AutoPromptError(f"few-shot k must be a positive integer, got {k!r}")
-    classes = np.unique(labels[labels >= 0])
-    if classes.size == 0:
+    if on_small_class not in SMALL_CLASS:
+        raise AutoPromptError(f"on_small_class must be one of {SMALL_CLASS}, got {on_small_class!r}")
+    present = np.unique(labels[labels >= 0])
+    if present.size == 0:
         raise AutoPromptError(f"cannot sample {k} shots from {what}: it has no labelled examples")
-    chosen = []
+    # With the task's class names known, a class absent from the split is an error too, not a
+    # K-shot split that silently lacks it.
+    classes = np.arange(len(label_names)) if label_names else present
+
+    def name(c: int) -> str:
+        return f"{int(c)} ({label_names[int(c)]!r})" if label_names and int(c) < len(label_names) else str(int(c))
+
+    counts = {int(x): int((labels == x).sum()) for x in classes}
+    chosen, short = [], []
     for c in classes:
         idx = np.flatnonzero(labels == c)
         if idx.size < k:
-            cname = f"{int(c)} ({label_names[int(c)]!r})" if label_names and int(c) < len(label_names) else str(int(c))
-            counts = {int(x): int((labels == x).sum()) for x in classes}
-            raise AutoPromptError(
-                f"cannot sample {k} examples per class from {what}: class {cname} has only {idx.size} "
-                f"(class counts: {counts}); lower k"
-            )
-        chosen.append(rng.choice(idx, size=k, replace=False))
+            if idx.size == 0 or on_small_class == "error":
+                fix = "lower k" if idx.size else "lower k or give the class examples"
+                if idx.size and on_small_class == "error":
+                    fix += " (or on_small_class='all' to take all of a smaller class)"
+                raise AutoPromptError(
+                    f"cannot sample {k} examples per class from {what}: class {name(c)} has only {idx.size} "
+                    f"(class counts: {counts}); {fix}"
+                )
+            short.append(f"{name(c)}: {idx.size}")
+        chosen.append(rng.choice(idx, size=min(k, idx.size), replace=False))
+    if short:
+        logger.warning("few-shot sampling from %s: %d per class asked, but %s — all of those taken (on_small_class='all')",
+                       what, k, ", ".join(short))
     return rng.permutation(np.concatenate(chosen))
 
 
 def few_shot(
-    split: Split, k: int, seed: int, name: str | None = None, *, label_names: Sequence[str] | None = None
+    split: Split, k: int, seed: int, name: str | None = None, *, label_names: Sequence[str] | None = None,
+    on_small_class: str = "error",
 ) -> Split:
     """Sample ``k`` examples per class (the LM-BFF protocol), deterministically.
 
@@ -327,12 +351,17 @@ def few_shot(
         k: Examples per class (>= 1).
         seed: Sampling seed.
         name: Name of the new split (default: the source split's name).
-        label_names: Only used to name classes in error messages.
+        label_names: The classes (default: the split's ``label_names``); every one must have examples.
+            Without names, the classes are the labels present.
+        on_small_class: A class with fewer than ``k`` examples: ``error`` (default) or ``all`` (take
+            all of them, with a warning: the split is then imbalanced). A class with none is an error.
 
     Raises:
-        AutoPromptError: if ``k < 1`` or a class has fewer than ``k`` examples.
+        AutoPromptError: if ``k < 1`` or a class has fewer than ``k`` examples (``on_small_class="error"``)
+            or none.
     """
     rng = np.random.default_rng(seed)
-    idx = _few_shot_indices(split.labels, k, rng, f"split {split.name!r}", label_names)
+    names = label_names if label_names is not None else split.label_names
+    idx = _few_shot_indices(split.labels, k, rng, f"split {split.name!r}", names, on_small_class)
     return Split((split[int(i)] for i in idx), name=split.name if name is None else name,
                  label_names=split.label_names)

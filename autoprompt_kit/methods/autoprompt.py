@@ -196,8 +196,14 @@ def label_token_search(harness: "Harness", train: "Split", template: Template, l
 
     if k < 1:
         raise AutoPromptError("label tokens per class (k) must be at least 1")
-    hidden = harness.mask_hidden(train, template).float().cpu().numpy()
     y = train.labels
+    # scikit-learn fits only the classes it sees: a missing one would shift every later class's row.
+    missing = [label for c, label in enumerate(labels) if not (y == c).any()]
+    if missing:
+        raise AutoPromptError(f"label-token search: no train example of class(es) {missing}")
+    if int(y.max()) >= len(labels):
+        raise AutoPromptError(f"label-token search: train has label {int(y.max())} but only {len(labels)} classes")
+    hidden = harness.mask_hidden(train, template).float().cpu().numpy()
     clf = LogisticRegression(max_iter=2000, random_state=seed).fit(hidden, y)
     coef, bias = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: scikit-learn keeps one row; the two classes are ±half of it

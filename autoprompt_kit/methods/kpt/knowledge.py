@@ -273,11 +273,12 @@ def vader_lexicon(path: str | None = None) -> dict[str, float]:
 
 def vader_words(seeds: Sequence[str], *, threshold: float, max_words: int,
                 lexicon: Mapping[str, float] | None = None) -> tuple[dict[str, str], int]:
-    """Lexicon words with the seeds' polarity: ``({word: "vader±v"}, polarity)``.
+    """Lexicon words with one class's seed polarity: ``({word: "vader±v"}, polarity)``.
 
     The class's polarity is the sign of its seeds' mean valence (0 → no words: a class whose seeds
     the lexicon does not know, or a neutral class); words need ``|valence| >= threshold`` and the
-    ``max_words`` strongest are kept.
+    ``max_words`` strongest are kept. For a whole task use :func:`vader_class_words`, which checks
+    that the classes are sentiment polarities and splits words between classes of the same sign.
     """
     lexicon = lexicon if lexicon is not None else vader_lexicon()
     known = [lexicon[s.lower()] for s in seeds if s.lower() in lexicon]
@@ -287,6 +288,57 @@ def vader_words(seeds: Sequence[str], *, threshold: float, max_words: int,
         return {}, 0
     ranked = sorted(((w, v) for w, v in lexicon.items() if v * polarity >= threshold), key=lambda x: -abs(x[1]))
     return {w: f"vader{v:+.1f}" for w, v in ranked[:max_words]}, polarity
+
+
+def seed_valences(seeds: Mapping[str, Sequence[str]], lexicon: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each class's mean VADER valence of its seed words, after checking that the classes are
+    sentiment polarities: every class has a seed the lexicon scores, one class is negative and one
+    positive. VADER rates sentiment words only, so for topic classes (``art``, ``law``…) its words
+    would be sentiment noise; the error says so instead of adding them.
+
+    Raises:
+        AutoPromptError: if the classes are not sentiment polarities.
+    """
+    lexicon = lexicon if lexicon is not None else vader_lexicon()
+    valence: dict[str, float] = {}
+    unknown = []
+    for label, words in seeds.items():
+        known = [lexicon[w.lower()] for w in words if w.lower() in lexicon]
+        if known:
+            valence[label] = sum(known) / len(known)
+        else:
+            unknown.append(label)
+    if unknown or not (any(v < 0 for v in valence.values()) and any(v > 0 for v in valence.values())):
+        why = (f"the seeds of {len(unknown)} class(es) ({', '.join(repr(u) for u in unknown[:5])}"
+               f"{', …' if len(unknown) > 5 else ''}) have no VADER valence" if unknown
+               else "no class is negative or none is positive")
+        raise AutoPromptError(f"the 'vader' knowledge source needs sentiment classes (one negative, one positive, "
+                              f"every class with a seed word VADER rates): {why}; drop 'vader' from sources "
+                              "(use wordnet, kb or embedding), or give such seed words")
+    return valence
+
+
+def vader_class_words(seeds: Mapping[str, Sequence[str]], *, threshold: float, max_words: int,
+                      lexicon: Mapping[str, float] | None = None) -> dict[str, dict[str, str]]:
+    """VADER lexicon words for every class of a sentiment task: ``{label: {word: "vader±v"}}``.
+
+    Classes are checked by :func:`seed_valences`. A word with ``|valence| >= threshold`` goes to the
+    class of the same sign whose seed valence is nearest (two negative classes, e.g. ``terrible``
+    and ``bad``, split the negative words instead of sharing them and losing them all as
+    duplicates; a neutral class's small valence attracts no strong word); each class keeps its
+    ``max_words`` strongest. With one negative and one positive class this is the sign rule.
+    """
+    lexicon = lexicon if lexicon is not None else vader_lexicon()
+    valence = seed_valences(seeds, lexicon)
+    out: dict[str, list[tuple[str, float]]] = {label: [] for label in seeds}
+    for word, v in lexicon.items():
+        if abs(v) < threshold:
+            continue
+        same = [(abs(v - cv), label) for label, cv in valence.items() if cv * v > 0]
+        if same:
+            out[min(same, key=lambda x: x[0])[1]].append((word, v))  # min keeps the first of equal distances
+    return {label: {w: f"vader{v:+.1f}" for w, v in sorted(ws, key=lambda x: -abs(x[1]))[:max_words]}
+            for label, ws in out.items()}
 
 
 def read_kb(path: str | Path) -> dict[str, list[str]]:

@@ -4,7 +4,8 @@ verbalizer.
 Pipeline (Hu et al., ACL 2022), with what each step removes recorded as ``(word, class, reason)``:
 
 1. **expand** each class's seed words through the chosen sources (:mod:`.knowledge`); a word found
-   for two classes is dropped from both — except a seed word, which stays in its own class;
+   for two classes is dropped from both — except a seed word, which stays in its own class. The
+   VADER source needs sentiment classes and refuses others (:func:`.knowledge.seed_valences`);
 2. **tokenization**: words longer than ``max_tokens`` tokens at the mask are dropped. Kept
    multi-token words are scored whole by the harness: the sum of their tokens' log-probabilities
    (chain rule; on a causal LM the continuation is fed token by token, one extra row per distinct
@@ -12,14 +13,23 @@ Pipeline (Hu et al., ACL 2022), with what each step removes recorded as ``(word,
    token. Its prior is estimated the same way, which keeps calibration fair across lengths;
 3. **frequency**: the contextualised prior ``p(w)`` = mean of ``p(w | x)`` over unlabelled support
    examples; words whose prior is below the ``prior_cut`` quantile of the vocabulary's word tokens
-   (priors from ``Harness.mask_logprobs(reduce="mean")``) are dropped;
-4. **relevance**: calibrated word probabilities over the support set form one vector per word;
-   ``tf`` = cosine to the own class's seed vector, ``idf`` = 1 / mean cosine to other classes;
-   in each class, the ``relevance_cut`` fraction of its non-seed words with the lowest ``tf·idf``
+   (priors from the same support pass) are dropped;
+4. **presence** (domain): a word must be among the model's ``presence_rank`` most likely vocabulary
+   words at the mask for at least ``presence_min`` of the support texts. A lexicon word the task's
+   texts never bring up (MR with the VADER lexicon: "raping", "slavery", "terrorism") goes, however
+   high its prior over the whole vocabulary;
+5. **relevance** (class): each word's calibrated log-probability over the support texts, centred
+   per text (by the mean over classes of their words' scores: what a text does to label words in
+   general) and per word, is correlated with each class's seed profile (the mean of its seeds').
+   A word stays when its correlation with its own class is at least ``min_relevance`` and higher
+   than with any other class (the paper's tf·idf divides by the *mean* similarity to the other
+   classes, which with many classes hides a word that follows one other class; and the cosine of
+   non-negative probability vectors is high for every pair, so it cannot reject a word outright).
+   Then, per class, the ``relevance_cut`` fraction of its non-seed words with the lowest relevance
    is dropped (per class, so that no class is stripped);
-5. **contextualised calibration**: the verbalizer stores each word's prior (``calibration:
+6. **contextualised calibration**: the verbalizer stores each word's prior (``calibration:
    contextual``) and divides by it at scoring time;
-6. **learnable refinement** (few-shot): one weight per word (init 0, softmax within its class)
+7. **learnable refinement** (few-shot): one weight per word (init 0, softmax within its class)
    trained with ``Harness.train`` on the labelled train split, the language model frozen.
 
 Seed words are never removed.
@@ -97,6 +107,9 @@ def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
     if any(not ws for ws in seed_lists):
         raise AutoPromptError("every class needs at least one seed word")
     kb = knowledge.read_kb(settings.kb_file) if "kb" in settings.sources else {}
+    vader = (knowledge.vader_class_words(dict(zip(labels, seed_lists)), threshold=settings.vader_threshold,
+                                         max_words=settings.vader_max_words)
+             if "vader" in settings.sources else {})
     found: list[dict[str, list[str]]] = []
     for label, class_seeds in zip(labels, seed_lists):
         words: dict[str, list[str]] = {w: ["seed"] for w in class_seeds}
@@ -118,11 +131,7 @@ def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
                     continue
                 add({w: f"wordnet:{why}:{seed}" for w, why in related.items()})
         if "vader" in settings.sources:
-            vader, polarity = knowledge.vader_words(class_seeds, threshold=settings.vader_threshold,
-                                                    max_words=settings.vader_max_words)
-            if polarity == 0:
-                logger.warning("VADER: no valence known for the seeds of class %r; no lexicon words added", label)
-            add(vader)
+            add(vader[label])
         if "kb" in settings.sources:
             for key in [label.lower()] + [s.lower() for s in class_seeds]:
                 add({w: f"kb:{key}" for w in kb.get(key, [])})
@@ -164,6 +173,9 @@ class SupportScores:
         vocab_prior: ``(V',)`` prior log-probabilities of the vocabulary's word tokens (for quantiles).
         num_tokens: tokens of each word at the mask.
         too_long: words not scored because they have more than ``max_tokens`` tokens → their count.
+        top_logprobs: ``(N, R)`` per support example, the log-probabilities of its ``R`` most likely
+            vocabulary word tokens, descending (for the presence filter; then ``word_logprobs`` are
+            absolute, normalised over the whole vocabulary). None: no presence filter possible.
     """
 
     words: list[str]
@@ -172,6 +184,7 @@ class SupportScores:
     vocab_prior: torch.Tensor
     num_tokens: list[int]
     too_long: dict[str, int] = field(default_factory=dict)
+    top_logprobs: torch.Tensor | None = None
 
     def index(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.words)}
@@ -181,11 +194,28 @@ def _space_before_mask(harness: "Harness", template: Template, example: Any) -> 
     return harness.encoder.encode(template, example).space_before_mask
 
 
+def vocabulary_statistics(harness: "Harness", hidden: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """From mask hidden states ``(N, d)``: the mean-probability prior of every vocabulary token
+    ``(V,)`` (log) and, per example, the ``top`` largest log-probabilities among the vocabulary's
+    word tokens ``(N, top)`` — one streamed pass through the output layer."""
+    mask = knowledge.vocabulary_words(harness)
+    total, tops = None, []
+    with torch.no_grad():
+        for _, logp in harness.output_logprobs(hidden.to(harness.device)):
+            chunk = logp.exp().sum(dim=0)
+            total = chunk if total is None else total + chunk
+            words = logp[:, mask[: logp.shape[1]].to(logp.device)]
+            tops.append(words.topk(min(max(top, 1), words.shape[1]), dim=1).values.float().cpu())
+    assert total is not None
+    return (total / hidden.shape[0]).clamp_min(1e-30).log().float().cpu(), torch.cat(tops)
+
+
 def support_scores(harness: "Harness", support: "Split", template: Template | str, words: Sequence[str],
                    previous: SupportScores | None = None, max_tokens: int | None = None,
-                   always: Sequence[str] = ()) -> SupportScores:
-    """Scores of ``words`` on the support set: the full-vocabulary mean prior (one pass, skipped
-    when ``previous`` has it) and exact scores of the words not in ``previous`` (one pass).
+                   always: Sequence[str] = (), presence_rank: int = 1000) -> SupportScores:
+    """Scores of ``words`` on the support set: the full-vocabulary mean prior and each example's
+    top ``presence_rank`` word-token log-probabilities (one pass, skipped when ``previous`` has
+    them) and exact scores of the words not in ``previous`` (one pass).
 
     Words with more than ``max_tokens`` tokens are not scored (the tokenization filter would drop
     them anyway), only recorded in ``too_long`` — except the ``always`` words (the seeds).
@@ -208,10 +238,10 @@ def support_scores(harness: "Harness", support: "Split", template: Template | st
     if not new:
         raise AutoPromptError(f"no candidate word has at most {max_tokens} tokens")
     if previous is None:
-        vocab = harness.mask_logprobs(support, template, reduce="mean").float().cpu()
+        vocab, top = vocabulary_statistics(harness, harness.mask_hidden(support, template), presence_rank)
         vocab_prior = vocab[knowledge.vocabulary_words(harness)[: vocab.shape[0]]]
     else:
-        vocab_prior = previous.vocab_prior
+        vocab_prior, top = previous.vocab_prior, previous.top_logprobs
     # A one-word "class" per word: the verbalizer only carries the words to score (it needs two
     # classes, so a lone new word is scored twice and the copy dropped).
     verb = Verbalizer(tuple((w,) for w in (new if len(new) > 1 else new * 2)))
@@ -219,30 +249,25 @@ def support_scores(harness: "Harness", support: "Split", template: Template | st
     prior = torch.logsumexp(lp, dim=0) - math.log(lp.shape[0])
     ntok = [len(harness.encoder.word_ids(w, space)) for w in new]
     if previous is None:
-        return SupportScores(new, lp, prior, vocab_prior, ntok, too_long)
+        return SupportScores(new, lp, prior, vocab_prior, ntok, too_long, top)
     return SupportScores(previous.words + new, torch.cat([previous.word_logprobs, lp], dim=1),
-                         torch.cat([previous.word_prior, prior]), vocab_prior, previous.num_tokens + ntok, too_long)
+                         torch.cat([previous.word_prior, prior]), vocab_prior, previous.num_tokens + ntok, too_long,
+                         top)
 
 
 def support_scores_from_hidden(harness: "Harness", hidden: torch.Tensor, words: Sequence[str],
-                               space_before: bool = True) -> SupportScores:
+                               space_before: bool = True, presence_rank: int = 1000) -> SupportScores:
     """:func:`support_scores` from cached mask hidden states (single-token words only).
 
     For scripts that score one support set many times: ``hidden = harness.mask_hidden(support,
     template)`` once, then any candidate set costs only the output layer.
     """
     words = list(dict.fromkeys(words))
-    vocab_sum = None
-    with torch.no_grad():
-        for _, logp in harness.output_logprobs(hidden.to(harness.device)):
-            chunk = logp.exp().sum(dim=0)
-            vocab_sum = chunk if vocab_sum is None else vocab_sum + chunk
-    assert vocab_sum is not None
-    vocab = (vocab_sum / hidden.shape[0]).clamp_min(1e-30).log().float().cpu()
+    vocab, top = vocabulary_statistics(harness, hidden, presence_rank)
     ids = single_token_ids(harness, words, space_before)
-    lp = single_token_logprobs(harness, hidden, words, space_before)
+    lp = single_token_logprobs(harness, hidden, words, space_before, normalise=False)
     mask = knowledge.vocabulary_words(harness)[: vocab.shape[0]]
-    return SupportScores(words, lp, vocab[torch.tensor(ids)], vocab[mask], [1] * len(words))
+    return SupportScores(words, lp, vocab[torch.tensor(ids)], vocab[mask], [1] * len(words), top_logprobs=top)
 
 
 def single_token_ids(harness: "Harness", words: Sequence[str], space_before: bool = True) -> list[int]:
@@ -256,10 +281,17 @@ def single_token_ids(harness: "Harness", words: Sequence[str], space_before: boo
 
 
 def single_token_logprobs(harness: "Harness", hidden: torch.Tensor, words: Sequence[str],
-                          space_before: bool = True) -> torch.Tensor:
+                          space_before: bool = True, normalise: bool = True) -> torch.Tensor:
     """``(N, W)`` log-probabilities of single-token words from mask hidden states, normalised over
-    ``words`` — what ``Harness.score`` returns for a verbalizer of single-token words."""
+    ``words`` — what ``Harness.score`` returns for a verbalizer of single-token words — or, with
+    ``normalise=False``, over the whole vocabulary (absolute, comparable across word sets)."""
     ids = torch.tensor(single_token_ids(harness, words, space_before))
+    if not normalise:
+        out = torch.empty(hidden.shape[0], len(ids))
+        with torch.no_grad():
+            for rows, logp in harness.output_logprobs(hidden.to(harness.device)):
+                out[rows] = logp[:, ids.to(logp.device)].float().cpu()
+        return out
     weight = harness.head.weight.detach().float().cpu()[ids]
     logits = hidden.float().cpu() @ weight.T
     cap = getattr(harness.model.config, "final_logit_softcapping", None)
@@ -270,13 +302,23 @@ def single_token_logprobs(harness: "Harness", hidden: torch.Tensor, words: Seque
 
 @dataclass
 class RefineSettings:
-    """Noise filtering and calibration (one trial's choices)."""
+    """Noise filtering and calibration (one trial's choices).
+
+    ``presence_rank`` / ``presence_min``: a word must be among the model's ``presence_rank`` most
+    likely vocabulary words at the mask for at least that fraction of the support texts (at least
+    one text; ``presence_rank`` 0 turns the filter off). ``min_relevance``: the lowest correlation
+    with the own class's seed profile a word may have (it must also exceed the word's correlation
+    with every other class); -1 turns both off.
+    """
 
     max_tokens: int = 1
     prior_cut: float = 0.5
     relevance_cut: float = 0.0
     calibration: str = "contextual"
     aggregation: str = "mean"
+    min_relevance: float = 0.3
+    presence_rank: int = 1000
+    presence_min: float = 0.02
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -288,6 +330,11 @@ class RefineSettings:
             raise AutoPromptError(f"KPT calibration is 'contextual' or 'none', got {self.calibration!r}")
         if self.aggregation not in ("mean", "max", "sum"):
             raise AutoPromptError(f"KPT aggregation is mean, max or sum, got {self.aggregation!r}")
+        if not -1.0 <= self.min_relevance < 1.0:
+            raise AutoPromptError(f"min_relevance is a correlation in [-1, 1) (-1: off), got {self.min_relevance}")
+        if self.presence_rank < 0 or not 0.0 <= self.presence_min <= 1.0:
+            raise AutoPromptError(f"presence_rank must be >= 0 (0: off) and presence_min a fraction in [0, 1], got "
+                                  f"{self.presence_rank}, {self.presence_min}")
 
 
 @dataclass
@@ -304,8 +351,24 @@ class KPTResult:
                 "removed_count": len(self.removed)}
 
 
+def _presence(scores: SupportScores, settings: RefineSettings) -> tuple[torch.Tensor, int] | None:
+    """Per word, the number of support texts that have it among their ``presence_rank`` most likely
+    vocabulary words, and the number needed; None when the filter is off or cannot run."""
+    if settings.presence_rank == 0 or scores.top_logprobs is None:
+        return None
+    kept = scores.top_logprobs.shape[1]
+    # Fewer kept than asked is fine only when they are all the vocabulary's word tokens (a small model).
+    if settings.presence_rank > kept and kept < scores.vocab_prior.shape[0]:
+        raise AutoPromptError(f"presence_rank {settings.presence_rank} is above the {kept} top words per text the "
+                              "support scores kept; compute them with support_scores(..., presence_rank=…)")
+    threshold = scores.top_logprobs[:, min(settings.presence_rank, kept) - 1]
+    hits = (scores.word_logprobs >= threshold[:, None] - 1e-4).sum(dim=0)  # a word token ties with itself
+    need = max(1, math.ceil(settings.presence_min * scores.word_logprobs.shape[0] - 1e-9))
+    return hits, need
+
+
 def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings) -> KPTResult:
-    """Tokenization, frequency and relevance refinement; returns the calibrated verbalizer."""
+    """Tokenization, frequency, presence and relevance refinement; returns the calibrated verbalizer."""
     col = scores.index()
     removed = list(expansion.removed)
     missing = [w for ws in expansion.words for w in ws if w not in col and w not in scores.too_long]
@@ -315,6 +378,13 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
     seed_sets = [set(s) for s in expansion.seeds]
     threshold = (float(torch.quantile(scores.vocab_prior, settings.prior_cut)) if settings.prior_cut > 0
                  else -math.inf)
+    presence = _presence(scores, settings)
+    n_support = scores.word_logprobs.shape[0]
+
+    def drop(w: str, c: int, reason: str) -> None:
+        removed.append({"word": w, "class": expansion.labels[c], "reason": reason,
+                        "sources": expansion.sources[c].get(w, [])})
+
     classes: list[list[str]] = []
     for c, words in enumerate(expansion.words):
         keep = []
@@ -330,51 +400,83 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
                     reason = (f"prior {math.exp(scores.word_prior[i]):.2e} below the {settings.prior_cut:.0%} "
                               f"vocabulary quantile {math.exp(threshold):.2e}")
             if reason:
-                removed.append({"word": w, "class": expansion.labels[c], "reason": reason,
-                                "sources": expansion.sources[c].get(w, [])})
+                drop(w, c, reason)
             else:
                 keep.append(w)
         classes.append(keep)
-    relevance = _relevance(classes, expansion.seeds, scores)
+    # Relevance is measured among every candidate left so far, so that the presence filter below
+    # does not change the per-text reference it is centred on.
+    relevance, closest = _relevance(classes, expansion.seeds, scores)
+    if presence is not None:
+        for c, ws in enumerate(classes):
+            for w in [w for w in ws if w not in seed_sets[c] and int(presence[0][col[w]]) < presence[1]]:
+                ws.remove(w)
+                drop(w, c, f"among the model's top {settings.presence_rank} words for {int(presence[0][col[w]])} of "
+                           f"{n_support} support texts (needs {presence[1]})")
+    if settings.min_relevance > -1.0:
+        for c, ws in enumerate(classes):
+            for w in [w for w in ws if w not in seed_sets[c]]:
+                other, other_score = closest[w]
+                if relevance[w] < settings.min_relevance:
+                    reason = f"relevance {relevance[w]:.3f} below min_relevance {settings.min_relevance}"
+                elif other is not None and other_score >= relevance[w]:
+                    reason = (f"follows class {expansion.labels[other]!r} ({other_score:.3f}) at least as much as "
+                              f"its own ({relevance[w]:.3f})")
+                else:
+                    continue
+                ws.remove(w)
+                drop(w, c, reason)
     if settings.relevance_cut > 0:
         # The cut applies within each class: one global cut can strip a class whose words score
         # lower overall (seen on MR: 67 negative vs 21 positive words left, and lower accuracy).
         for c, ws in enumerate(classes):
             pool = sorted((relevance[w], w) for w in ws if w not in seed_sets[c])
             for score, w in pool[: int(len(pool) * settings.relevance_cut)]:
-                classes[c].remove(w)
-                removed.append({"word": w, "class": expansion.labels[c], "sources": expansion.sources[c].get(w, []),
-                                "reason": f"relevance tf-idf {score:.3f} in the class's lowest "
-                                          f"{settings.relevance_cut:.0%}"})
+                ws.remove(w)
+                drop(w, c, f"relevance {score:.3f} in the class's lowest {settings.relevance_cut:.0%}")
     prior = tuple(tuple(float(scores.word_prior[col[w]]) for w in ws) for ws in classes)
     verbalizer = Verbalizer(tuple(tuple(ws) for ws in classes), labels=tuple(expansion.labels),
                             aggregation=settings.aggregation, calibration=settings.calibration, word_prior=prior)
-    kept = {label: [{"word": w, "prior": float(f"{math.exp(scores.word_prior[col[w]]):.3g}"),
-                     "relevance": round(relevance[w], 4), "sources": expansion.sources[c].get(w, [])}
-                    for w in ws] for c, (label, ws) in enumerate(zip(expansion.labels, classes))}
+    kept = {}
+    for c, (label, ws) in enumerate(zip(expansion.labels, classes)):
+        entries = []
+        for w in ws:
+            entry: dict[str, Any] = {"word": w, "prior": float(f"{math.exp(scores.word_prior[col[w]]):.3g}"),
+                                     "relevance": round(relevance[w], 4)}
+            if presence is not None:
+                entry["presence"] = round(int(presence[0][col[w]]) / n_support, 4)
+            entry["sources"] = expansion.sources[c].get(w, [])
+            entries.append(entry)
+        kept[label] = entries
     return KPTResult(verbalizer, removed, kept)
 
 
-def _relevance(classes: Sequence[Sequence[str]], seeds: Sequence[Sequence[str]], scores: SupportScores) -> dict[str, float]:
-    """KPT's tf·idf relevance of each word to its class on the support set."""
+def _relevance(classes: Sequence[Sequence[str]], seeds: Sequence[Sequence[str]],
+               scores: SupportScores) -> tuple[dict[str, float], dict[str, tuple[int | None, float]]]:
+    """Each word's correlation with its own class's seed profile over the support texts, and the
+    other class it correlates with most (with that correlation); see the module docstring."""
     col = scores.index()
     words = [w for ws in classes for w in ws]
+    owner = torch.tensor([c for c, ws in enumerate(classes) for _ in ws])
     idx = torch.tensor([col[w] for w in words])
-    # Calibrated probabilities, normalised over the current label words (per-example constants cancel).
-    calibrated = torch.softmax(scores.word_logprobs[:, idx] - scores.word_prior[idx], dim=1)
-    vectors = torch.nn.functional.normalize(calibrated.T, dim=1)  # (W, N)
+    calibrated = scores.word_logprobs[:, idx].double() - scores.word_prior[idx].double()   # (N, W)
+    # Per text, what it does to label words in general: the mean over classes (each class counts
+    # once, however many words it has) of its words' scores. Removing it leaves how a text favours
+    # one class's words over the others'.
+    general = torch.stack([calibrated[:, owner == c].mean(dim=1) for c in range(len(classes))], dim=1).mean(dim=1)
+    centred = calibrated - general[:, None]
+    centred = centred - centred.mean(dim=0)
     pos = {w: i for i, w in enumerate(words)}
-    class_vecs = torch.nn.functional.normalize(
-        torch.stack([vectors[[pos[s] for s in ss if s in pos]].mean(dim=0) for ss in seeds]), dim=1)
-    sims = (vectors @ class_vecs.T).clamp_min(1e-6)  # (W, C)
-    out = {}
-    n_classes = len(classes)
-    for c, ws in enumerate(classes):
-        for w in ws:
-            row = sims[pos[w]]
-            others = torch.cat([row[:c], row[c + 1:]]).mean() if n_classes > 1 else torch.tensor(1.0)
-            out[w] = float(row[c] / others)
-    return out
+    profiles = torch.stack([centred[:, [pos[s] for s in ss if s in pos]].mean(dim=1) for ss in seeds], dim=1)
+    corr = (torch.nn.functional.normalize(centred.T, dim=1) @ torch.nn.functional.normalize(profiles.T, dim=1).T)
+    relevance, closest = {}, {}
+    for j, w in enumerate(words):
+        c = int(owner[j])
+        relevance[w] = float(corr[j, c])
+        others = [(float(corr[j, o]), o) for o in range(len(classes)) if o != c]
+        best = max(others) if others else (-1.0, None)
+        closest[w] = (best[1], best[0])
+    return relevance, closest
 
 
 @contextlib.contextmanager

@@ -52,8 +52,16 @@ class KPTConfig(SearchConfig):
     max_tokens: list[int] = field(default_factory=lambda: [1], metadata={"help": "choices: tokens per word"})
     prior_cut: list[float] = field(default_factory=lambda: [0.5], metadata={
         "help": "choices: drop words whose support prior is below this vocabulary quantile"})
-    relevance_cut: list[float] = field(default_factory=lambda: [0.0, 0.5], metadata={
-        "help": "choices: fraction of each class's non-seed words with the lowest tf-idf relevance dropped"})
+    relevance_cut: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "choices: fraction of each class's non-seed words with the lowest relevance dropped (after min_relevance)"})
+    min_relevance: list[float] = field(default_factory=lambda: [0.3], metadata={
+        "help": "choices: lowest correlation with the own class's seeds over the support texts (and above every other "
+                "class's); -1 = off"})
+    presence_rank: int = field(default=1000, metadata={
+        "help": "a word must be among the model's N most likely vocabulary words at the mask for some support texts "
+                "(0 = off)"})
+    presence_min: float = field(default=0.02, metadata={
+        "help": "the fraction of support texts (at least one) that must have the word in their presence_rank top"})
     calibration: list[str] = field(default_factory=lambda: ["contextual"],
                                    metadata={"help": "choices: contextual (divide by the prior) and/or none"})
     aggregation: list[str] = field(default_factory=lambda: ["mean"], metadata={"help": "choices: mean, max, sum"})
@@ -79,7 +87,7 @@ class KPTConfig(SearchConfig):
         if any("kb" in _sources(c) for c in self.sources) and not self.kb_file:
             raise AutoPromptError("a sources choice uses 'kb' but kb_file is not set")
         for name in ("sources", "depth", "vader_threshold", "max_tokens", "prior_cut", "relevance_cut", "calibration",
-                     "aggregation", "learn_weights"):
+                     "aggregation", "learn_weights", "min_relevance"):
             if not getattr(self, name):
                 raise AutoPromptError(f"kpt: {name} must be a non-empty list of choices")
         for depth, thr in zip(self.depth, self.vader_threshold):
@@ -89,9 +97,17 @@ class KPTConfig(SearchConfig):
                 for rc in self.relevance_cut:
                     for cal in self.calibration:
                         for agg in self.aggregation:
-                            RefineSettings(mt, pc, rc, cal, agg)
+                            for mr in self.min_relevance:
+                                RefineSettings(mt, pc, rc, cal, agg, mr, self.presence_rank, self.presence_min)
         if self.support_size < 2 or self.epochs < 1 or self.lr <= 0:
             raise AutoPromptError("support_size must be >= 2, epochs >= 1 and lr > 0")
+
+    def check_task(self, task: "Task") -> None:
+        """Also refuse the VADER source before the study opens when the task's classes are not
+        sentiment polarities (its lexicon would add sentiment words to topic classes)."""
+        super().check_task(task)
+        if any("vader" in _sources(c) for c in self.sources):
+            knowledge.seed_valences({lab: self.seed_words.get(lab, []) for lab in task.label_names})
 
 
 def support_split(task: "Task", size: int, seed: int) -> "Split":
@@ -133,7 +149,9 @@ class KPTSearcher(Searcher):
             prior_cut=trial.suggest_categorical("prior_cut", cfg.prior_cut),
             relevance_cut=trial.suggest_categorical("relevance_cut", cfg.relevance_cut),
             calibration=trial.suggest_categorical("calibration", cfg.calibration),
-            aggregation=trial.suggest_categorical("aggregation", cfg.aggregation))
+            aggregation=trial.suggest_categorical("aggregation", cfg.aggregation),
+            min_relevance=trial.suggest_categorical("min_relevance", cfg.min_relevance),
+            presence_rank=cfg.presence_rank, presence_min=cfg.presence_min)
         learn = trial.suggest_categorical("learn_weights", cfg.learn_weights)
         template = Template(cfg.template)
         expansion = expand(seeds, exp_settings, h)
@@ -141,7 +159,7 @@ class KPTSearcher(Searcher):
             self._support = support_split(task, cfg.support_size, ctx.seed)
         self._scores = support_scores(h, self._support, template, expansion.all_words(), previous=self._scores,
                                       max_tokens=max(cfg.max_tokens),
-                                      always=[w for ws in seeds.values() for w in ws])
+                                      always=[w for ws in seeds.values() for w in ws], presence_rank=cfg.presence_rank)
         result = refine(expansion, self._scores, ref_settings)
         verbalizer = result.verbalizer
         artifacts = result.artifacts()
