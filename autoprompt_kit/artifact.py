@@ -8,9 +8,10 @@
     prompt.evaluate(task.test).accuracy          # labelled data
 
 Every method's result is a :class:`Prompt`: template(s) and ensemble weights, the verbalizer
-(calibration, word priors and weights, trigger ids live in the template), and whatever a trial
-trained — a head on the mask hidden state, a delta (LoRA, S3Delta structure, soft prompt,
-prefix), or fine-tuned backbone weights. The folder layout follows PEFT / transformers
+(calibration, word priors and weights, trigger ids live in the template), in-context
+demonstrations (their pool and selection rule, :mod:`autoprompt_kit.demonstrations`), and
+whatever a trial trained — a head on the mask hidden state, a delta (LoRA, S3Delta structure,
+soft prompt, prefix), or fine-tuned backbone weights. The folder layout follows PEFT / transformers
 ``save_pretrained``: a JSON manifest plus safetensors files, nothing pickled::
 
     best.prompt/
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from .demonstrations import Demonstrations
 from .errors import AutoPromptError
 from .prompts import Template, Verbalizer, as_template, as_verbalizer
 
@@ -46,7 +48,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = "autoprompt-kit.prompt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# A manifest says the oldest reader that applies it correctly: 2 only when it has demonstrations
+# (a version-1 reader would silently drop them), so every other prompt stays readable by version 1.
+DEMONSTRATIONS_VERSION = 2
 MANIFEST = "prompt.json"
 HEAD_FILE = "head.safetensors"
 MODEL_FILE = "model.safetensors"
@@ -109,6 +114,8 @@ class Prompt:
         templates: one template, or the members of an ensemble.
         verbalizer: label words with aggregation, calibration, word weights and priors.
         ensemble: ``None``, ``"uniform"`` or ``"dev"``; ``weights`` are the member weights used.
+        demonstrations: in-context demonstrations every input gets (``None``: none); the
+            templates stay the plain ones, the demonstration field is added when applied.
         head: a trained scorer (see :class:`Head`), applied instead of the verbalizer scores.
         delta_structure / delta_tensors: a delta's structure entries and weights (attached when
             the prompt is applied; see :mod:`autoprompt_kit.delta`).
@@ -122,6 +129,7 @@ class Prompt:
     verbalizer: Verbalizer
     ensemble: str | None = None
     weights: list[float] | None = None
+    demonstrations: Demonstrations | None = None
     head: Head | None = None
     delta_structure: list[dict[str, Any]] | None = None
     delta_tensors: dict[str, torch.Tensor] | None = None
@@ -145,6 +153,8 @@ class Prompt:
             self.weights = [float(w) for w in self.weights]
         if (self.delta_structure is None) != (self.delta_tensors is None):
             raise AutoPromptError("a delta needs both its structure and its weights")
+        if self.demonstrations is not None and not isinstance(self.demonstrations, Demonstrations):
+            self.demonstrations = Demonstrations.from_dict(self.demonstrations)
 
     # -- what it is -------------------------------------------------------------------------------
     @property
@@ -155,6 +165,11 @@ class Prompt:
     def trained(self) -> bool:
         """True when the prompt carries tensors (a head, a delta or fine-tuned weights)."""
         return self.head is not None or self.delta_structure is not None or self.model_weights is not None
+
+    def with_demonstrations(self, demonstrations: Demonstrations | None) -> "Prompt":
+        """This prompt (any template, verbalizer or trained state) with in-context demonstrations,
+        or without any (``None``)."""
+        return replace(self, demonstrations=demonstrations)
 
     def with_delta(self, delta: "Delta") -> "Prompt":
         """This prompt plus a (trained) delta's structure and weights, copied to the CPU."""
@@ -169,7 +184,8 @@ class Prompt:
         words = " / ".join(",".join(ws) for ws in self.verbalizer.label_words)
         body = self.template.display() if len(self.templates) == 1 else f"ensemble[{self.ensemble}] of {len(self.templates)}"
         cal = "" if self.verbalizer.calibration == "none" else f" [{self.verbalizer.calibration}]"
-        extra = "".join([f" + {self.head.kind} head" if self.head is not None else "",
+        extra = "".join([f" + {self.demonstrations.describe()}" if self.demonstrations is not None else "",
+                         f" + {self.head.kind} head" if self.head is not None else "",
                          f" + delta ({len(self.delta_structure)} modules)" if self.delta_structure else "",
                          " + fine-tuned weights" if self.model_weights is not None else ""])
         return f"{body} -> {words}{cal}{extra}"
@@ -235,9 +251,23 @@ class Prompt:
 
     def _score(self, harness: "Harness", split: "Split") -> "EvalResult":
         label_names = self.label_names
+        if self.demonstrations is not None:
+            return self._score_with_demonstrations(harness, split)
         if self.head is not None:
             return self.head.evaluate(harness, split, self.template, self.verbalizer, label_names)
         results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
+        if len(results) == 1:
+            return results[0]
+        return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
+
+    def _score_with_demonstrations(self, harness: "Harness", split: "Split") -> "EvalResult":
+        # Each template renders its own demonstrations, so ensemble members are scored one by one.
+        assert self.demonstrations is not None
+        shown = [self.demonstrations.apply(split, t, self.verbalizer, harness.kind, harness.encoder)
+                 for t in self.templates]
+        if self.head is not None:
+            return self.head.evaluate(harness, shown[0][0], shown[0][1], self.verbalizer, self.label_names)
+        results = [harness.evaluate(s, t, self.verbalizer, label_names=self.label_names) for s, t in shown]
         if len(results) == 1:
             return results[0]
         return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
@@ -269,12 +299,15 @@ class Prompt:
     # -- JSON and files ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The manifest: everything but the tensors, which it names by file."""
-        out: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION,
+        out: dict[str, Any] = {"format": FORMAT,
+                               "format_version": DEMONSTRATIONS_VERSION if self.demonstrations is not None else 1,
                                "templates": [t.to_dict() for t in self.templates],
                                "verbalizer": self.verbalizer.to_dict()}
         if self.ensemble is not None or len(self.templates) > 1:
             out["ensemble"] = self.ensemble
             out["weights"] = self.weights
+        if self.demonstrations is not None:
+            out["demonstrations"] = self.demonstrations.to_dict()
         if self.head is not None:
             out["head"] = {"kind": self.head.kind, "config": self.head.head_config(), "file": HEAD_FILE}
         if self.delta_structure is not None:
@@ -340,6 +373,8 @@ class Prompt:
         delta = data.get("delta")
         if delta is not None:
             kwargs["delta_structure"], kwargs["delta_tensors"] = _read_delta(delta, folder)
+        if data.get("demonstrations") is not None:
+            kwargs["demonstrations"] = Demonstrations.from_dict(data["demonstrations"])
         weights = data.get("model_weights")
         if weights is not None:
             kwargs["model_weights"] = _read_tensors(folder, (weights or {}).get("file", MODEL_FILE), "fine-tuned weights")

@@ -50,6 +50,19 @@ def gemma_dir(tmp_path_factory, tiny_models):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def gemma_long_dir(gemma_dir, tmp_path_factory):
+    """The same tiny Gemma with room for 512 tokens (rotary positions: only the config changes), so
+    MR reviews in its tiny tokenizer fit with demonstrations in front of them."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny-gemma3-long") / "model"
+    shutil.copytree(gemma_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    return str(path)
+
+
 def _configs(tmp_path: Path) -> dict[str, dict]:
     kb = tmp_path / "kb.tsv"
     kb.write_text("bad\tawful,boring\ngood\tgreat,fun\n")
@@ -69,6 +82,16 @@ def _configs(tmp_path: Path) -> dict[str, dict]:
                           inference=["combined", "proto"], steps=10),
         "s3delta": dict(template=TEMPLATE, label_words=WORDS, budget_percent=2.0, warmup_epochs=1, search_epochs=1,
                         epochs=1, batch_size=4),
+        # Demonstrations: per input at random, per input by similarity (the real all-MiniLM-L6-v2,
+        # embeddings recomputed in the fresh process), and one fixed set; calibrated, so the
+        # content-free inputs carry them too.
+        "demos-random": dict(template=TEMPLATE, label_words=WORDS, per_class=[1], selection=["random"],
+                             order=["balanced", "shuffled"], separator=["\n"], calibration=["content_free"]),
+        "demos-similar": dict(template=TEMPLATE, label_words=WORDS, per_class=[1], selection=["similar"],
+                              order=["similar_last"], separator=[" "], calibration=["none", "content_free"]),
+        "demos-fixed": dict(template=TEMPLATE, label_words=WORDS, per_class=[1], selection=["dev_selected"],
+                            order=["balanced"], separator=[" ", "\n"], calibration=["content_free"],
+                            fixed_candidates=3),
     }
 
 
@@ -89,9 +112,11 @@ def _search(method: str, gemma_dir: str, tmp_path: Path, trials: int = 2):
     return finish_search(study, job, ctx, test_split="test", out=out), task, harness, out
 
 
-@pytest.mark.parametrize("method", ["select", "autoprompt", "lmbff", "lmbff-full", "kpt", "protoverb", "s3delta"])
-def test_reloaded_prompt_reproduces_the_best_trial_in_a_fresh_process(method, gemma_dir, tmp_path):
-    result, task, harness, out = _search(method, gemma_dir, tmp_path)
+@pytest.mark.parametrize("method", ["select", "autoprompt", "lmbff", "lmbff-full", "kpt", "protoverb", "s3delta",
+                                    "demos-random", "demos-similar", "demos-fixed"])
+def test_reloaded_prompt_reproduces_the_best_trial_in_a_fresh_process(method, request, tmp_path):
+    model_dir = request.getfixturevalue("gemma_long_dir" if method.startswith("demos") else "gemma_dir")
+    result, task, harness, out = _search(method, model_dir, tmp_path)
     doc = json.loads(out.read_text())
     jsonschema.validate(doc, SCHEMA)
     best = result.study.best_trial
@@ -107,6 +132,14 @@ def test_reloaded_prompt_reproduces_the_best_trial_in_a_fresh_process(method, ge
         assert doc["prompt"]["verbalizer"]["weights"] and doc["prompt"]["verbalizer"]["word_prior"]
     if method == "autoprompt":
         assert all(i is not None for i in doc["prompt"]["templates"][0]["trigger_ids"])
+    if method.startswith("demos"):
+        saved = doc["prompt"]["demonstrations"]
+        assert doc["prompt"]["format_version"] == 2 and len(saved["pool"]) == len(task.train)
+        assert saved["selection"] == {"random": "random", "similar": "similar", "fixed": "fixed"}[method.split("-")[1]]
+        assert ("fixed" in saved) == (method == "demos-fixed") and ("encoder" in saved) == (method == "demos-similar")
+        shown, _ = result.prompt.demonstrations.apply(task.dev, result.prompt.template, result.prompt.verbalizer,
+                                                      harness.kind, harness.encoder)
+        assert all(ex.meta["demos"] for ex in shown)  # every dev review really gets demonstrations
 
     fresh = subprocess.run([sys.executable, "-c", FRESH, str(out)], capture_output=True, text=True, env=ENV,
                            timeout=300)

