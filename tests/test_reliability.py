@@ -141,12 +141,12 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 
 def test_kill_9_then_immediate_rerun_retries_the_lost_trial_at_once(tiny_model_dir, tmp_path):
-    """Default heartbeat (30 s, grace 60 s): the rerun sees the killed process is gone and retries its
-    trial now, instead of reporting it as running and stopping."""
+    """A heartbeat of 10 minutes (grace 20 min): the rerun sees the killed process is gone and retries its
+    trial now — it could not finish inside its 6-minute timeout if it waited for the grace period."""
     storage = f"sqlite:///{tmp_path / 'k.db'}"
     args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", storage, "--study",
-            "kill", "--trials", "14", "--max-examples", "160", "--shots", "8", "--quiet", "--out",
-            str(tmp_path / "best.json")]
+            "kill", "--trials", "14", "--max-examples", "160", "--shots", "8", "--quiet", "--heartbeat", "600",
+            "--out", str(tmp_path / "best.json")]
     killed = None
     for _ in range(20):
         proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
@@ -169,10 +169,8 @@ def test_kill_9_then_immediate_rerun_retries_the_lost_trial_at_once(tiny_model_d
             killed = left[0]
             break
     assert killed is not None, "never caught the job mid-trial"
-    start = time.time()
-    again = cli(*args)
+    again = cli(*args, timeout=360)
     assert again.returncode == 0, again.stderr
-    assert time.time() - start < 55  # well inside the 60 s grace period
     doc = json.loads((tmp_path / "best.json").read_text())
     assert doc["study"]["trials"].get("running", 0) == 0 and doc["study"]["trials"]["complete"] == 14
     trials = optuna.load_study(study_name="kill", storage=storage).get_trials()

@@ -242,8 +242,10 @@ class Harness:
         #: Causal LMs, scoring without gradients: rows that share a token prefix (templates starting
         #: with ``{text_a}``, AutoPrompt candidates, a fixed demonstration block) run the prefix once
         #: and only their remaining tokens against its key/value cache — the same log-probabilities.
-        #: ``False`` runs every row whole (the reference the benchmarks compare with).
-        self.shared_prefix = True
+        #: ``False`` runs every row whole (the reference the benchmarks compare with). Off by default
+        #: for now: an ensemble search on a GPT-2 with learned absolute positions hit an index error
+        #: through this path (tests/test_reliability.py kill-9 test); opt in with ``harness.shared_prefix = True``.
+        self.shared_prefix = False
         #: Shortest shared prefix, in tokens, worth a cached pass (and a pass is used only when its
         #: groups skip at least 1/8 of the tokens).
         self.shared_prefix_min = 4
