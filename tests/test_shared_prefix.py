@@ -148,6 +148,31 @@ def test_shared_prefix_scores_equal_whole_rows(tiny_models, arch, case, batch_si
         torch.testing.assert_close(b.word_logprobs.cpu(), reference, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_long_prefixes_and_long_suffixes_in_one_pass_stay_inside_the_position_table(tiny_models, arch):
+    # Every row fits the model's 128 positions, but a batch mixes rows with a ~60-token cached
+    # prefix and rows whose suffix is ~60 tokens: padding each row's suffix to the batch's widest
+    # must not number its pads past the position table (GPT-2's absolute embeddings index it).
+    h = harness(tiny_models, arch, batch_size=16)
+    limit = h.model.config.max_position_embeddings if arch == "gemma3" else h.model.config.n_positions
+    tail = " ".join(["and the cast was fine"] * 8)
+    templates = [Template(tail + " {text_a} it was {mask} ."), Template(tail + " {text_a} overall {mask} !"),
+                 Template("{text_a} it was {mask} . " + tail), Template("{text_a} {mask} ! " + tail)]
+    rows = rows_of(h, templates, EXAMPLES, VERB)
+    groups, _ = group_by_prefix(rows, h.shared_prefix_min)
+    longest = max(len(r.input_ids) for r in rows)
+    assert longest <= limit < max(g.length for g in groups) + max(len(r.input_ids) - g.length for g in groups
+                                                                    for r in g.rows)
+    h.shared_prefix = False
+    whole = h.score_blocks(templates, [EXAMPLES] * len(templates), VERB, exact=True)
+    h.shared_prefix = True
+    seen = count_tokens(h)
+    shared = h.score_blocks(templates, [EXAMPLES] * len(templates), VERB, exact=True)
+    assert seen["tokens"] < sum(len(r.input_ids) for r in rows), "the prefix cache was not used"
+    for a, b in zip(whole, shared):
+        assert (a.word_logprobs - b.word_logprobs).abs().max() <= 1e-4
+
+
 def test_the_tiny_gemma_cases_cross_its_sliding_window(tiny_models):
     h = harness(tiny_models, "gemma3")
     window = h.model.config.sliding_window

@@ -242,10 +242,8 @@ class Harness:
         #: Causal LMs, scoring without gradients: rows that share a token prefix (templates starting
         #: with ``{text_a}``, AutoPrompt candidates, a fixed demonstration block) run the prefix once
         #: and only their remaining tokens against its key/value cache — the same log-probabilities.
-        #: ``False`` runs every row whole (the reference the benchmarks compare with). Off by default
-        #: for now: an ensemble search on a GPT-2 with learned absolute positions hit an index error
-        #: through this path (tests/test_reliability.py kill-9 test); opt in with ``harness.shared_prefix = True``.
-        self.shared_prefix = False
+        #: ``False`` runs every row whole (the reference the benchmarks compare with).
+        self.shared_prefix = True
         #: Shortest shared prefix, in tokens, worth a cached pass (and a pass is used only when its
         #: groups skip at least 1/8 of the tokens).
         self.shared_prefix_min = 4
@@ -918,7 +916,11 @@ class Harness:
             from transformers import DynamicCache
 
             kwargs["attention_mask"] = torch.cat([cache.mask, mask], dim=1)
-            kwargs["position_ids"] = cache.lengths[:, None] + torch.arange(ids.shape[1], device=dev)[None, :]
+            # Pads after a row's last token keep its last position: numbered on, a short suffix behind
+            # a long prefix would run past an absolute position table (GPT-2) that the row itself fits.
+            last = cache.lengths + mask.sum(1).clamp_min(1) - 1
+            positions = cache.lengths[:, None] + torch.arange(ids.shape[1], device=dev)[None, :]
+            kwargs["position_ids"] = torch.minimum(positions, last[:, None])
             kwargs[self._cache_key(self.model)] = DynamicCache(cache.states)
             kwargs["use_cache"] = True
         if self.kind == "seq2seq":

@@ -95,6 +95,20 @@ class DemosConfig(SearchConfig):
                     raise AutoPromptError(f"selection {sel!r} has no valid order in {self.order} "
                                           "(similar_last needs similar): add balanced or shuffled")
 
+    @classmethod
+    def task_defaults(cls, task: "Task") -> dict[str, Any]:
+        """Numbers of demonstrations the task's train split can give: at most its smallest class's
+        count, and below it for dev_selected (scored on the train examples outside each set) —
+        scored on dev instead only where the train split is too small for that."""
+        default = cls.__dataclass_fields__["per_class"].default_factory()  # type: ignore[misc]
+        counts = np.bincount(task.train.labels, minlength=len(task.label_names)) if len(task.train) else \
+            np.zeros(len(task.label_names), dtype=int)
+        smallest = int(counts.min())
+        below = [k for k in default if k < smallest]
+        if any(below):
+            return {"per_class": below}
+        return {"per_class": [k for k in default if k <= smallest] or [0], "fixed_select_on": "dev"}
+
     def base_prompt(self) -> Prompt:
         """The prompt demonstrations are added to (demonstrations it already had are dropped)."""
         if self.prompt is not None:
