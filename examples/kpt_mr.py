@@ -5,8 +5,8 @@ One ``Harness.mask_hidden`` pass over the support set (200 unlabelled train exam
 the test split are cached (examples/_mask_cache.py); every verbalizer below is then scored from
 those states by the output layer alone (single-token words: the cached path is checked against
 ``Harness.score`` first). No labels are used: the KPT settings are the defaults fixed before the
-run (``--prior-cut``, ``--relevance-cut``); the variant table is printed for transparency, not for
-picking.
+run (``--prior-cut``, ``--presence-rank``, ``--min-relevance``, ``--relevance-cut``); the variant
+table is printed for transparency, not for picking.
 
     python examples/kpt_mr.py --task mr [--seeds terrible,great bad,good] [--test-examples 1000]
 """
@@ -45,7 +45,9 @@ def main() -> None:
                         help="negative,positive seed words (one set per run)")
     parser.add_argument("--sources", default="wordnet+vader")
     parser.add_argument("--prior-cut", type=float, default=0.5)
-    parser.add_argument("--relevance-cut", type=float, default=0.5)
+    parser.add_argument("--presence-rank", type=int, default=1000)
+    parser.add_argument("--min-relevance", type=float, default=0.3)
+    parser.add_argument("--relevance-cut", type=float, default=0.0)
     parser.add_argument("--test-examples", type=int, default=None, help="cap the test split (seeded subsample)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -75,35 +77,37 @@ def main() -> None:
                 ("seed words, contextual calibration (support prior)",
                  accuracy(harness, manual.replace(calibration="contextual", word_prior=[list(p) for p in seed_prior]),
                           ht, labels))]
-        default = None
+        chosen = dict(prior_cut=args.prior_cut, presence_rank=args.presence_rank, min_relevance=args.min_relevance,
+                      relevance_cut=args.relevance_cut)
+        default = refine(exp, scores, RefineSettings(**chosen))
+        rows.append((f"KPT default ({args.sources}, {', '.join(f'{k} {v}' for k, v in chosen.items())}, contextual)",
+                     accuracy(harness, default.verbalizer, ht, labels)))
         variants = []
-        for prior_cut in (0.0, args.prior_cut):
-            for relevance_cut in (0.0, args.relevance_cut):
-                for calibration in ("contextual", "none"):
-                    res = refine(exp, scores, RefineSettings(prior_cut=prior_cut, relevance_cut=relevance_cut,
-                                                             calibration=calibration))
-                    acc = accuracy(harness, res.verbalizer, ht, labels)
-                    sizes = [len(ws) for ws in res.verbalizer.label_words]
-                    variants.append((prior_cut, relevance_cut, calibration, sizes, acc))
-                    if (prior_cut, relevance_cut, calibration) == (args.prior_cut, args.relevance_cut, "contextual"):
-                        default = res
-        assert default is not None
-        chosen = [v[4] for v in variants if v[:3] == (args.prior_cut, args.relevance_cut, "contextual")][0]
-        rows.append((f"KPT default ({args.sources}, prior_cut {args.prior_cut}, relevance_cut {args.relevance_cut}, "
-                     "contextual)", chosen))
+        for presence_rank in (0, args.presence_rank):
+            for min_relevance in (-1.0, args.min_relevance):
+                for relevance_cut in (0.0, 0.5):
+                    for calibration in ("contextual", "none"):
+                        settings = RefineSettings(prior_cut=args.prior_cut, presence_rank=presence_rank,
+                                                  min_relevance=min_relevance, relevance_cut=relevance_cut,
+                                                  calibration=calibration)
+                        res = refine(exp, scores, settings)
+                        sizes = [len(ws) for ws in res.verbalizer.label_words]
+                        variants.append((presence_rank, min_relevance, relevance_cut, calibration, sizes,
+                                         accuracy(harness, res.verbalizer, ht, labels)))
         print(f"\nseeds {neg}/{pos}: expanded {[len(ws) for ws in exp.words]} words, {len(single)} single-token "
               f"scored; cached-path check max |Δ| = {diff:.1e}; {time.perf_counter() - start:.0f}s")
         print("| verbalizer | test accuracy |\n|---|---|")
         for name, acc in rows:
             print(f"| {name} | {acc:.4f} |")
-        print("\n| prior_cut | relevance_cut | calibration | words per class | test accuracy |\n|---|---|---|---|---|")
-        for pc, rc, cal, sizes, acc in variants:
-            print(f"| {pc} | {rc} | {cal} | {sizes} | {acc:.4f} |")
+        print(f"\nprior_cut {args.prior_cut}\n| presence_rank | min_relevance | relevance_cut | calibration | words per class "
+              "| test accuracy |\n|---|---|---|---|---|---|")
+        for pr, mr, rc, cal, sizes, acc in variants:
+            print(f"| {pr or 'off'} | {mr if mr > -1 else 'off'} | {rc} | {cal} | {sizes} | {acc:.4f} |")
         for c, label in enumerate(default.verbalizer.labels):
             words = default.verbalizer.label_words[c]
-            print(f"kept {label} ({len(words)}): {', '.join(words[:25])}{' …' if len(words) > 25 else ''}")
-        print(f"removed: {len(default.removed)} words, e.g. " + "; ".join(
-            f"{r['word']} ({r['class']}: {r['reason']})" for r in default.removed[:6]))
+            print(f"kept {label} ({len(words)}): {', '.join(words)}")
+            gone = [r["word"] for r in default.removed if r["class"] == label and "tokens >" not in r["reason"]]
+            print(f"removed {label} ({len(gone)}, longer words not counted): {', '.join(gone)}")
 
 
 if __name__ == "__main__":
