@@ -421,7 +421,7 @@ def test_kpt_beats_the_seed_words_on_gemma(real_harness, tmp_path, wn):
     task = load_task("mr", shots=8, seed=13, max_examples=400)
     test = load_task("mr", max_examples=200).test
     config = KPTConfig(seed_words={"negative": ["terrible"], "positive": ["great"]}, sources=["wordnet+vader"],
-                       prior_cut=[0.5], relevance_cut=[0.5], support_size=64)
+                       prior_cut=[0.5], relevance_cut=[0.0], support_size=64)
     job = SearchJob(get_searcher("kpt")(config), "kpt-real", f"sqlite:///{tmp_path / 'k.db'}", n_trials=1,
                     progress=False, task_info={"name": "mr", "label_names": task.label_names, "splits": {}},
                     model_info={"name": "gemma-3-270m", "kind": "causal"})
@@ -432,6 +432,28 @@ def test_kpt_beats_the_seed_words_on_gemma(real_harness, tmp_path, wn):
     kpt = h.evaluate(test, TEMPLATE, verb).accuracy
     seeds = h.evaluate(test, TEMPLATE, {"negative": ["terrible"], "positive": ["great"]}).accuracy
     assert kpt > seeds + 0.05, (kpt, seeds)
+
+
+@pytest.mark.slow
+def test_off_domain_lexicon_words_are_removed_on_mr(real_harness, wn):
+    """MR, terrible / great through WordNet + VADER: the lexicon's general-purpose negative words
+    ("raping", "slavery", "fu", "kill", "murder") are proposed, and the refinement on 200
+    unlabelled MR reviews removes them while keeping the reviews' own sentiment words."""
+    h = real_harness
+    seeds = {"negative": ["terrible"], "positive": ["great"]}
+    exp = expand(seeds, ExpansionSettings(sources=("wordnet", "vader")), h)
+    off_domain = {"raping", "slavery", "fu", "kill", "murder"}
+    assert off_domain <= set(exp.words[0])
+    support = load_task("mr", max_examples=200).train
+    scores = support_scores(h, support, "{text_a} It was {mask}.", exp.all_words(), max_tokens=1,
+                            always=["terrible", "great"])
+    result = refine(exp, scores, RefineSettings())
+    negative, positive = (set(ws) for ws in result.verbalizer.label_words)
+    assert not off_domain & negative
+    reasons = {r["word"]: r["reason"] for r in result.removed if r["word"] in off_domain}
+    assert all(r.startswith(("among the model's top", "relevance", "follows")) for r in reasons.values()), reasons
+    assert {"awful", "dreadful", "atrocious", "worst"} <= negative and {"amazing", "superb", "lovely"} <= positive
+    assert min(len(negative), len(positive)) >= 10
 
 
 def test_cli_evaluate_keeps_contextual_calibration(tiny_model_dir, tmp_path, capsys):
