@@ -114,8 +114,6 @@ class Prompt:
         templates: one template, or the members of an ensemble.
         verbalizer: label words with aggregation, calibration, word weights and priors.
         ensemble: ``None``, ``"uniform"`` or ``"dev"``; ``weights`` are the member weights used.
-        demonstrations: in-context demonstrations every input gets (``None``: none); the
-            templates stay the plain ones, the demonstration field is added when applied.
         head: a trained scorer (see :class:`Head`), applied instead of the verbalizer scores.
         delta_structure / delta_tensors: a delta's structure entries and weights (attached when
             the prompt is applied; see :mod:`autoprompt_kit.delta`).
@@ -123,13 +121,14 @@ class Prompt:
         label_names: the task's class names, in order.
         model: ``name``, ``kind`` and, where known, ``revision`` / ``sha256`` / ``package``.
         provenance: method, study, trial, parameters, dev/test metrics and dev predictions.
+        demonstrations: in-context demonstrations every input gets (``None``: none); the
+            templates stay the plain ones, the demonstration field is added when applied.
     """
 
     templates: list[Template]
     verbalizer: Verbalizer
     ensemble: str | None = None
     weights: list[float] | None = None
-    demonstrations: Demonstrations | None = None
     head: Head | None = None
     delta_structure: list[dict[str, Any]] | None = None
     delta_tensors: dict[str, torch.Tensor] | None = None
@@ -137,6 +136,7 @@ class Prompt:
     label_names: list[str] | None = None
     model: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    demonstrations: Demonstrations | None = None  # last: positional arguments keep their meaning
     _harness: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -251,23 +251,17 @@ class Prompt:
 
     def _score(self, harness: "Harness", split: "Split") -> "EvalResult":
         label_names = self.label_names
-        if self.demonstrations is not None:
-            return self._score_with_demonstrations(harness, split)
-        if self.head is not None:
-            return self.head.evaluate(harness, split, self.template, self.verbalizer, label_names)
-        results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
-        if len(results) == 1:
-            return results[0]
-        return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
-
-    def _score_with_demonstrations(self, harness: "Harness", split: "Split") -> "EvalResult":
-        # Each template renders its own demonstrations, so ensemble members are scored one by one.
-        assert self.demonstrations is not None
-        shown = [self.demonstrations.apply(split, t, self.verbalizer, harness.kind, harness.encoder)
-                 for t in self.templates]
-        if self.head is not None:
-            return self.head.evaluate(harness, shown[0][0], shown[0][1], self.verbalizer, self.label_names)
-        results = [harness.evaluate(s, t, self.verbalizer, label_names=self.label_names) for s, t in shown]
+        if self.demonstrations is None:
+            if self.head is not None:
+                return self.head.evaluate(harness, split, self.template, self.verbalizer, label_names)
+            results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
+        else:
+            # Each template renders its own demonstrations, so ensemble members are scored one by one.
+            shown = [self.demonstrations.apply(split, t, self.verbalizer, harness.kind, harness.encoder)
+                     for t in self.templates]
+            if self.head is not None:
+                return self.head.evaluate(harness, shown[0][0], shown[0][1], self.verbalizer, label_names)
+            results = [harness.evaluate(s, t, self.verbalizer, label_names=label_names) for s, t in shown]
         if len(results) == 1:
             return results[0]
         return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))

@@ -14,7 +14,7 @@ from autoprompt_kit import AutoPromptError, Example, Harness, Prompt, Split, Tem
 from autoprompt_kit.data import Task
 from autoprompt_kit.demonstrations import DEMO_FIELD, Demonstrations, demonstration_template, sentence_encoder
 from autoprompt_kit.methods.demos import DemosConfig, select_fixed_demonstrations
-from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
+from autoprompt_kit.search import SearchContext, SearchJob, combine_results, finish_search, get_searcher, run_search
 
 LABELS = ["negative", "positive"]
 TRAIN = Split([Example(t, y) for t, y in [
@@ -97,6 +97,12 @@ def test_rendered_field_and_placement(tiny_models):
     for arch in ("bert", "t5", "gpt2"):
         h = harness(tiny_models, arch)
         assert Prompt([Template(TEMPLATE)], verbalizer).with_demonstrations(d).evaluate(DEV, h).n == len(DEV)
+    # An ensemble: each member renders its own demonstrations, then the members are averaged.
+    members = [Template(TEMPLATE), Template("{text_a} All in all, it was {mask}.")]
+    both = Prompt(members, verbalizer, "uniform", [1.0, 1.0]).with_demonstrations(d).evaluate(DEV, h)
+    singles = [Prompt([t], verbalizer).with_demonstrations(d).evaluate(DEV, h) for t in members]
+    assert np.allclose(both.class_logprobs, combine_results(singles, [1.0, 1.0]).class_logprobs)
+    assert "All in all, it was bad." in d.apply(DEV, members[1], verbalizer, "causal")[0][0].meta[DEMO_FIELD]
 
 
 def test_demonstrations_that_do_not_fit_are_dropped_farthest_first(tiny_models):
@@ -245,3 +251,7 @@ def test_search_space_grid_and_a_search_from_a_saved_prompt(tiny_models, tmp_pat
     assert again.predictions.tolist() == result.study.best_trial.user_attrs["dev_predictions"]
     trials = {t.params["selection"]: t for t in result.study.trials}
     assert len(trials["dev_selected"].user_attrs["fixed_set_candidates"]) == 2
+    from autoprompt_kit.search.runner import summary
+
+    printed = summary(result.study, result.document, str(tmp_path / "best.json"))
+    assert "demonstrations: " in printed and "separator '\\n' (from 8 train examples)" in printed

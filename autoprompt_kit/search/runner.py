@@ -440,6 +440,11 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
     best = Template.from_dict(doc["template"]).display()  # filled trigger slots shown as [token]
     lines.append(f"best prompt: {best}" + (f"  (ensemble of {len(doc['templates'])})" if doc.get("templates") else ""))
     lines.append(f"label words: {json.dumps(doc['verbalizer']['label_words'])}  calibration: {doc['verbalizer']['calibration']}")
+    demos = doc.get("prompt", {}).get("demonstrations")
+    if demos:
+        how = f"fixed set {demos['fixed']}" if "fixed" in demos else f"{demos['per_class']} per class, {demos['selection']}"
+        lines.append(f"demonstrations: {how}, {demos['order']}, separator {demos['separator']!r} "
+                     f"(from {len(demos['pool'])} train examples)")
     for split, m in doc["metrics"].items():
         lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
     if out:
