@@ -870,7 +870,7 @@ class Harness:
         ids_t = flat[: n * width].view(n, width)
         pos_t = flat[n * width: n * (width + k)].view(n, k)
         tail_t = flat[n * (width + k): n * (width + k + 3)].view(n, 3)
-        t = flat[n * (width + k + 3):].view(-1, 5).T
+        t = flat[n * (width + k + 3):].view(-1, 5).T.contiguous()  # each row is an index tensor
         mask = (torch.arange(width, device=self.device)[None, :] < tail_t[:, 2:3]).long()
         return _Plan(batch, ids_t, mask, pos_t, tail_t[:, 0], t[0], t[1], t[2], t[3], t[4], tail_t[:, 1])
 
@@ -879,16 +879,20 @@ class Harness:
                                  labels: tuple[torch.Tensor, Verbalizer, str], n_words: int) -> None:
         gold, verbalizer, loss_kind = labels
         items = sorted({r.item for r in batch})
-        local = {it: i for i, it in enumerate(items)}
+        items_t = torch.tensor(items, device=self.device)
+        # Each target's place among the batch's items, found on the device (no per-target read-back).
+        local = torch.searchsorted(items_t, index[0])
         word_lp = torch.zeros(len(items), n_words, device=self.device)
-        word_lp = word_lp.index_put((torch.tensor([local[int(i)] for i in index[0]], device=self.device), index[1]),
-                                    values, accumulate=True)
+        word_lp = word_lp.index_put((local, index[1]), values, accumulate=True)
         # Unsorted batches never split an item's rows (see _batches), so class scores are whole.
-        loss = -verbalizer.gold_logprob(word_lp, gold[items], loss_kind).sum()
+        loss = -verbalizer.gold_logprob(word_lp, gold[items_t], loss_kind).sum()
         (g,) = torch.autograd.grad(loss, embeds)
-        for b, row in enumerate(batch):
-            if row.trigger_positions:
-                grads += g[b, row.trigger_positions].float()
+        with_triggers = [(b, row.trigger_positions) for b, row in enumerate(batch) if row.trigger_positions]
+        if with_triggers:
+            rows_b = [b for b, positions in with_triggers for _ in positions]
+            slots = [p for _, positions in with_triggers for p in positions]
+            picked = g[torch.tensor(rows_b, device=g.device), torch.tensor(slots, device=g.device)]
+            grads += picked.view(len(with_triggers), -1, g.shape[-1]).sum(0).float()
 
     def _forward(
         self,
