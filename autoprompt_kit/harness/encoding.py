@@ -246,6 +246,8 @@ class PromptEncoder:
         last = len(prompt) - 1
         if words is None:
             return [Row(item, prompt, None, [], last, trig, soft)]
+        if enc.mask_at_end and all(len(ids) == 1 for ids in words):  # the common case: one row, read at ``last``
+            return [Row(item, prompt, None, [(last, ids[0], w) for w, ids in enumerate(words)], last, trig, soft)]
         tail = () if enc.mask_at_end else tuple(enc.suffix)
         groups: dict[tuple[int, ...], Row] = {}
         for w, ids in enumerate(words):
@@ -256,8 +258,6 @@ class PromptEncoder:
                 row = Row(item, prompt + list(key), None, [], last, trig, soft)
                 groups[key] = row
             row.targets += [(last + j, tok, w) for j, tok in enumerate(cont)]
-        if len(groups) == 1:  # single-token words at a final mask: one row per example
-            return list(groups.values())
         return sorted(groups.values(), key=lambda r: len(r.input_ids))
 
     def _mlm_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:

@@ -75,12 +75,12 @@ def group_by_prefix(rows: Sequence[Row], min_length: int) -> tuple[list[PrefixGr
         return [], list(rows)
     # Only rows whose first ``min_length`` tokens occur in another row can share a long enough
     # prefix: a dictionary finds them without sorting and comparing every row.
+    keys = [tuple(row.input_ids[:min_length]) for row in rows]
     heads: dict[tuple[int, ...], int] = {}
-    for row in rows:
-        head = tuple(row.input_ids[:min_length])
-        heads[head] = heads.get(head, 0) + 1
-    candidates = [i for i, row in enumerate(rows)
-                  if heads[tuple(row.input_ids[:min_length])] > 1 and read_limit(row) >= min_length]
+    for key in keys:
+        heads[key] = heads.get(key, 0) + 1
+    candidates = [i for i, (row, key) in enumerate(zip(rows, keys))
+                  if heads[key] > 1 and read_limit(row) >= min_length]
     if len(candidates) < 2:
         return [], list(rows)
     order = sorted(candidates, key=lambda i: rows[i].input_ids)
