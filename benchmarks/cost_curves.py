@@ -150,14 +150,12 @@ def measure_evaluation(model: str, layers: int, n: int) -> dict[str, Any]:
     accuracy = result.accuracy
     del result
     # The Python-side structures evaluate builds for n examples, alone (cold caches again).
-    h._encoded.clear()
-    h.encoder._piece_cache.clear()
+    h.clear_cache(pieces=True)
     gc.collect()
     tracemalloc.start()
-    rows, _ = h._build_rows([template], [list(split)], verbalizer)
-    batches = list(h._batches(rows, sort=True))
+    batches = h.batches([template], [list(split)], verbalizer)
     py_peak = tracemalloc.get_traced_memory()[1]
-    del rows, batches
+    del batches
     gc.collect()
     py_retained = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()

@@ -80,8 +80,8 @@ def run_row(method: str, seed: int, harness: Any, test: Any, args: argparse.Name
             budget = float(method.split("@")[1])
             config = S3DeltaConfig(budget_percent=budget, warmup_epochs=args.warmup_epochs,
                                    search_epochs=args.search_epochs, epochs=args.epochs, lr=args.lr,
-                                   gate_lr=args.gate_lr, batch_size=args.batch_size,
-                                   gate_cost="per_parameter" if method.startswith("s3delta-cost@") else "none",
+                                   gate_lr=[args.gate_lr], batch_size=args.batch_size,
+                                   gate_cost=["per_parameter" if method.startswith("s3delta-cost@") else "none"],
                                    **({"adapter_targets": []} if method.startswith("s3delta-noadapter@") else {}))
             found = s3delta_search(harness, task.train, task.dev, TEMPLATE, WORDS, config, seed=seed)
             row["search_seconds"] = round(found.seconds, 1)

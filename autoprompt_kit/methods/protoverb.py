@@ -54,7 +54,7 @@ from torch import nn
 
 from ..errors import AutoPromptError
 from ..prompts import Template, Verbalizer, as_template
-from ..search.base import HEADS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, register
+from ..search.base import HEADS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
 from .kpt.knowledge import vocabulary_words
 
 if TYPE_CHECKING:
@@ -450,13 +450,11 @@ class ProtoVerbConfig(SearchConfig):
     label_words: dict[str, Any] = field(default_factory=dict, metadata={"role": "label_words", 
         "help": "the manual verbalizer (label → words), used by combined inference"})
     calibration: str = field(default="none", metadata={"help": "the manual verbalizer's calibration"})
-    proj_dim: list[int] = field(default_factory=lambda: [64], metadata={"help": "choices: projection size"})
-    prototypes_per_class: list[int] = field(default_factory=lambda: [1], metadata={"help": "choices: K per class"})
-    temperature: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "choices: cosine temperature"})
-    instance_weight: list[float] = field(default_factory=lambda: [1.0],
-                                         metadata={"help": "choices: weight of the instance-instance loss"})
-    inference: list[str] = field(default_factory=lambda: ["combined", "proto"],
-                                 metadata={"help": "choices: proto (prototypes alone) and/or combined"})
+    proj_dim: list[int] = choice([64], help="choices: projection size")
+    prototypes_per_class: list[int] = choice([1], help="choices: K per class")
+    temperature: list[float] = choice([0.1], help="choices: cosine temperature")
+    instance_weight: list[float] = choice([1.0], help="choices: weight of the instance-instance loss")
+    inference: list[str] = choice(["combined", "proto"], help="choices: proto (prototypes alone) and/or combined")
     manual_weight: float = field(default=1.0, metadata={"help": "weight of the manual verbalizer when combined"})
     steps: int = field(default=100, metadata={"help": "optimisation steps (batches of batch_size)"})
     lr: float = field(default=0.01, metadata={"help": "learning rate (Adam)"})
@@ -470,18 +468,23 @@ class ProtoVerbConfig(SearchConfig):
         if not isinstance(self.label_words, dict) or len(self.label_words) < 2:
             raise AutoPromptError("protoverb needs label_words: the manual verbalizer, a mapping of label → word(s)")
         Verbalizer.from_words(self.label_words, calibration=self.calibration)
-        for name in ("proj_dim", "prototypes_per_class", "temperature", "instance_weight", "inference"):
-            if not getattr(self, name):
+        for name, values in self.axes().items():
+            if not values:
                 raise AutoPromptError(f"protoverb: {name} must be a non-empty list of choices")
-        for d in self.proj_dim:
-            for k in self.prototypes_per_class:
-                for t in self.temperature:
-                    for w in self.instance_weight:
-                        for inf in self.inference:
-                            ProtoSettings(d, k, t, w, self.steps, self.lr, self.batch_size, inf, self.manual_weight,
-                                          self.on_small_class)
+        self.check_points()
         if self.top_words < 1:
             raise AutoPromptError("top_words must be at least 1")
+
+
+    def check_point(self, point: dict[str, Any]) -> None:
+        self.settings(point)
+
+    def settings(self, point: dict[str, Any]) -> ProtoSettings:
+        """The head's settings for one trial's parameters."""
+        return ProtoSettings(proj_dim=point["proj_dim"], prototypes_per_class=point["prototypes_per_class"],
+                             temperature=point["temperature"], instance_weight=point["instance_weight"],
+                             inference=point["inference"], steps=self.steps, lr=self.lr, batch_size=self.batch_size,
+                             manual_weight=self.manual_weight, on_small_class=self.on_small_class)
 
 
 @register
@@ -512,14 +515,7 @@ class ProtoVerbSearcher(Searcher):
         if verbalizer.calibration == "content_free":
             raise AutoPromptError("protoverb's manual verbalizer takes calibration none (combined inference "
                                   "standardises its scores on the training set instead)")
-        settings = ProtoSettings(
-            proj_dim=trial.suggest_categorical("proj_dim", cfg.proj_dim),
-            prototypes_per_class=trial.suggest_categorical("prototypes_per_class", cfg.prototypes_per_class),
-            temperature=trial.suggest_categorical("temperature", cfg.temperature),
-            instance_weight=trial.suggest_categorical("instance_weight", cfg.instance_weight),
-            inference=trial.suggest_categorical("inference", cfg.inference),
-            steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, manual_weight=cfg.manual_weight,
-            on_small_class=cfg.on_small_class)
+        settings = cfg.settings(cfg.sample(trial))
         template = Template(cfg.template)
         hidden, manual = self._states(h, task.train, template, verbalizer)
         head, history = train_prototypes(hidden, task.train.labels, verbalizer.num_classes, settings, manual=manual,

@@ -31,7 +31,6 @@ dashboard. Training always runs through ``Harness.train`` with the template and 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import re
@@ -54,7 +53,9 @@ from ..search.base import (
     SearchContext,
     Searcher,
     TrialOutcome,
+    choice,
     register,
+    suggest,
 )
 
 if TYPE_CHECKING:
@@ -102,15 +103,15 @@ class S3DeltaConfig(SearchConfig):
     search_epochs: int = field(default=6, metadata={"help": "epochs of the bi-level search over train"})
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
-    gate_lr: float | list[float] = field(default=0.1, metadata={"help": "learning rate of the gate logits; list = sampled"})
-    gate_cost: str | list[str] = field(default="none", metadata={
-        "help": "none, or per_parameter: each gate's gradient divided by its module's size (relative to the "
-                "mean), so the gates rank value per parameter — the greedy knapsack order; list = sampled"})
+    gate_lr: list[float] = choice([0.1], help="choices: learning rate of the gate logits")
+    gate_cost: list[str] = choice(["none"], help=(
+        "choices: none, or per_parameter: each gate's gradient divided by its module's size (relative to the "
+        "mean), so the gates rank value per parameter — the greedy knapsack order"))
     gate_optimizer: str = field(default="normalized_sgd", metadata={
         "help": "normalized_sgd (gradient / its RMS over all gates: keeps which gate matters more) or adam "
                 "(per-gate scaling: with few steps every helpful gate moves by the same lr)"})
     beta: float = field(default=1.0, metadata={"help": "sigmoid temperature of the shifted global sigmoid"})
-    temperature: float | list[float] = field(default=0.5, metadata={"help": "relaxed-Bernoulli temperature; list = sampled"})
+    temperature: list[float] = choice([0.5], help="choices: relaxed-Bernoulli temperature")
     batch_size: int = field(default=8, metadata={"help": "examples per step (train and dev)"})
     spaces: list[str] | None = field(default=None, metadata={
         "help": "module kinds in the space, sampled per trial, each a '+'-joined subset of lora, bitfit, ln, "
@@ -126,9 +127,8 @@ class S3DeltaConfig(SearchConfig):
         for name in ("lora_rank", "adapter_bottleneck", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
-        costs = self.gate_cost if isinstance(self.gate_cost, list) else [self.gate_cost]
-        if not costs or any(c not in GATE_COSTS for c in costs):
-            raise AutoPromptError(f"gate_cost must be one of {GATE_COSTS} or a list of them, got {self.gate_cost!r}")
+        if not self.gate_cost or any(c not in GATE_COSTS for c in self.gate_cost):
+            raise AutoPromptError(f"gate_cost must be a list of {GATE_COSTS}, got {self.gate_cost!r}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise AutoPromptError(f"gate_optimizer must be one of {GATE_OPTIMIZERS}, got {self.gate_optimizer!r}")
         if self.search_epochs < 0 or self.warmup_epochs < 0:
@@ -136,9 +136,9 @@ class S3DeltaConfig(SearchConfig):
         if self.beta <= 0:
             raise AutoPromptError("beta must be positive")
         for name in ("gate_lr", "temperature"):
-            values = getattr(self, name) if isinstance(getattr(self, name), list) else [getattr(self, name)]
-            if not values or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
-                raise AutoPromptError(f"{name} must be a positive number or a list of them, got {getattr(self, name)!r}")
+            values = getattr(self, name)
+            if not values or any(v <= 0 for v in values):
+                raise AutoPromptError(f"{name} must be a list of positive numbers, got {values!r}")
         if not (self.lora_targets or self.bitfit_targets or self.ln_targets or self.adapter_targets):
             raise AutoPromptError("the s3delta search space is empty: give at least one *_targets list")
         for space in self.spaces or []:
@@ -153,6 +153,13 @@ class S3DeltaConfig(SearchConfig):
         bad = [c for c in self.layer_choices if c not in ("all", "upper", "lower", "even", "odd")]
         if bad or not self.layer_choices:
             raise AutoPromptError(f"layer_choices must be from all, upper, lower, even, odd; got {self.layer_choices}")
+
+    def axes(self) -> dict[str, list[Any]]:
+        """Per trial: the module kinds (``spaces``), and for the differentiable search its gate settings."""
+        axes: dict[str, list[Any]] = {"space": list(self.spaces)} if self.spaces else {}
+        if self.strategy == "differentiable":
+            axes.update(gate_cost=list(self.gate_cost), gate_lr=list(self.gate_lr), temperature=list(self.temperature))
+        return axes
 
     def verbalizer(self) -> Verbalizer:
         return as_verbalizer(self.label_words)
@@ -287,12 +294,12 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     sizes = delta.module_parameters()
     check_budget(budget, sizes)
     controller = GateController(sizes, budget, config.beta,
-                                float(temperature if temperature is not None else _first(config.temperature)))
+                                float(temperature if temperature is not None else config.temperature[0]))
     controller.to(next(harness.model.parameters()).device)
     for i, module in enumerate(delta.deltas):
         module.gate = (lambda i=i: controller.gate(i))
-    lr = float(gate_lr if gate_lr is not None else _first(config.gate_lr))
-    cost = gate_cost or _first(config.gate_cost)
+    lr = float(gate_lr if gate_lr is not None else config.gate_lr[0])
+    cost = gate_cost or config.gate_cost[0]
     gate_opt = (torch.optim.Adam([controller.alpha], lr=lr) if config.gate_optimizer == "adam"
                 else torch.optim.SGD([controller.alpha], lr=lr))
     dev_examples = list(dev)
@@ -346,16 +353,6 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
                          controller.alpha.detach().cpu().tolist())
 
 
-def _first(value: Any) -> Any:
-    """A setting's value, or the first of a sampled list (what a search outside a study uses)."""
-    return value[0] if isinstance(value, list) else value
-
-
-def _sampled(trial: optuna.Trial, name: str, value: Any) -> Any:
-    """A setting's value, or the study's pick from a listed one (a grid axis, see ``S3DeltaSearcher.grid``)."""
-    return trial.suggest_categorical(name, value) if isinstance(value, list) else value
-
-
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -371,11 +368,11 @@ def blackbox_structure(trial: optuna.Trial, entries: list[dict[str, Any]], sizes
     """One TPE-sampled structure: group switches × a layer subset, repaired to the budget."""
     groups = sorted({group_of(e)[0] for e in entries})
     layers = sorted({g for e in entries if (g := group_of(e)[1]) is not None})
-    on = {g for g in groups if trial.suggest_categorical(f"on[{g}]", [False, True])}
-    choice = trial.suggest_categorical("layers", list(config.layer_choices))
+    on = {g for g in groups if suggest(trial, f"on[{g}]", [False, True])}
+    layer_choice = suggest(trial, "layers", list(config.layer_choices))
     half = layers[len(layers) // 2] if layers else 0
     keep_layer = {"all": lambda i: True, "upper": lambda i: i >= half, "lower": lambda i: i < half,
-                  "even": lambda i: i % 2 == 0, "odd": lambda i: i % 2 == 1}[choice]
+                  "even": lambda i: i % 2 == 0, "odd": lambda i: i % 2 == 1}[layer_choice]
     chosen = [i for i, e in enumerate(entries) if group_of(e)[0] in on
               and (group_of(e)[1] is None or keep_layer(group_of(e)[1]))]
     rng = np.random.default_rng(seed)
@@ -412,14 +409,10 @@ class S3DeltaSearcher(Searcher):
     ordered_grid = True  # the first listed values (the defaults) run first
 
     def grid(self) -> list[dict[str, Any]] | None:
-        """Differentiable search: every combination of the listed settings once (a finite space)."""
+        """Differentiable search: every combination of the listed settings once (a finite space);
+        blackbox: TPE samples the structure switches (a grid would be random search)."""
         cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
-        if cfg.strategy != "differentiable":
-            return None
-        axes = {name: values for name, values in (("space", cfg.spaces), ("gate_cost", cfg.gate_cost),
-                                                  ("gate_lr", cfg.gate_lr), ("temperature", cfg.temperature))
-                if isinstance(values, list)}
-        return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else None
+        return cfg.grid() if cfg.strategy == "differentiable" else None
 
     def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
@@ -428,13 +421,12 @@ class S3DeltaSearcher(Searcher):
         seed = ctx.seed + trial.number
         start = time.perf_counter()
         info: dict[str, Any] = {"strategy": cfg.strategy, "budget_percent": cfg.budget_percent}
-        if cfg.spaces:
-            info["space"] = trial.suggest_categorical("space", list(cfg.spaces))
+        point = cfg.sample(trial)
+        if "space" in point:
+            info["space"] = point["space"]
             cfg = cfg.restricted(info["space"])
         if cfg.strategy == "differentiable":
-            gate_lr = _sampled(trial, "gate_lr", cfg.gate_lr)
-            temp = _sampled(trial, "temperature", cfg.temperature)
-            cost = _sampled(trial, "gate_cost", cfg.gate_cost)
+            gate_lr, temp, cost = point["gate_lr"], point["temperature"], point["gate_cost"]
             found = s3delta_search(harness, task.train, task.dev, template, verbalizer, cfg, seed=seed,
                                    gate_lr=gate_lr, temperature=temp, gate_cost=cost)
             structure = found.structure

@@ -7,14 +7,13 @@ one calibration mode.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AutoPromptError
 from ..prompts import CALIBRATIONS, Template, Verbalizer
 from ..search.base import (ENSEMBLE_WEIGHTINGS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome,
-                           combine_results, register)
+                           choice, combine_results, register)
 
 if TYPE_CHECKING:
     import optuna
@@ -25,7 +24,7 @@ class SelectConfig(SearchConfig):
     templates: list[str] = field(default_factory=list, metadata={"role": "templates", "help": "manual templates to choose from"})
     label_words: list[dict[str, Any]] = field(
         default_factory=list, metadata={"role": "label_word_sets", "help": "label-word sets: each maps every label to its word(s)"})
-    calibration: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "none and/or content_free"})
+    calibration: list[str] = choice(["none"], help="none and/or content_free")
     aggregation: str = field(default="mean", metadata={"help": "how a class's words combine"})
     ensembles: list[str] = field(
         default_factory=list, metadata={"help": "also try the ensemble of all templates: uniform and/or dev"})
@@ -53,6 +52,12 @@ class SelectConfig(SearchConfig):
         bad = [e for e in self.ensembles if e not in ENSEMBLE_WEIGHTINGS]
         if bad:
             raise AutoPromptError(f"ensembles must be a list of {ENSEMBLE_WEIGHTINGS}, got {self.ensembles}")
+        self.check_points()
+
+    def axes(self) -> dict[str, list[Any]]:
+        """A template by its index, or an ensemble of all of them; a label-word set by its index."""
+        return {"template": [str(i) for i in range(len(self.templates))] + [f"ensemble-{e}" for e in self.ensembles],
+                "label_words": [str(i) for i in range(len(self.label_words))], "calibration": list(self.calibration)}
 
 
 @register
@@ -63,33 +68,22 @@ class TemplateSelection(Searcher):
     config_class = SelectConfig
     config: SelectConfig
 
-    def _template_choices(self) -> list[str]:
-        return [str(i) for i in range(len(self.config.templates))] + [f"ensemble-{e}" for e in self.config.ensembles]
-
-    def grid(self) -> list[dict[str, Any]]:
-        return [
-            {"template": t, "label_words": str(w), "calibration": c}
-            for t, w, c in itertools.product(self._template_choices(),
-                                             range(len(self.config.label_words)), self.config.calibration)
-        ]
-
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg = self.config
-        choice = trial.suggest_categorical("template", self._template_choices())
-        words = cfg.label_words[int(trial.suggest_categorical("label_words", [str(i) for i in range(len(cfg.label_words))]))]
-        calibration = trial.suggest_categorical("calibration", cfg.calibration)
+        point = cfg.sample(trial)
+        template, words, calibration = point["template"], cfg.label_words[int(point["label_words"])], point["calibration"]
         verbalizer = Verbalizer.from_words(words, calibration=calibration, aggregation=cfg.aggregation)
         names = ctx.task.label_names
         if not verbalizer.labels:
             verbalizer = Verbalizer.from_words(dict(zip(names, verbalizer.label_words)), calibration=calibration,
                                                aggregation=cfg.aggregation)
-        if choice.startswith("ensemble-"):
-            weighting = choice.split("-", 1)[1]
+        if template.startswith("ensemble-"):
+            weighting = template.split("-", 1)[1]
             templates = [Template(t) for t in cfg.templates]
             singles = ctx.harness.evaluate_many(ctx.task.dev, templates, verbalizer, label_names=names)
             weights = [1.0] * len(templates) if weighting == "uniform" else [r.accuracy for r in singles]
             candidate = Candidate(templates, verbalizer, ensemble=weighting, weights=weights)
             dev = combine_results(singles, weights)
             return TrialOutcome(candidate, dev, {"member_dev_accuracy": [r.accuracy for r in singles]})
-        candidate = Candidate([Template(cfg.templates[int(choice)])], verbalizer)
+        candidate = Candidate([Template(cfg.templates[int(template)])], verbalizer)
         return TrialOutcome(candidate, candidate.evaluate(ctx.task.dev, ctx.harness))

@@ -1,14 +1,14 @@
 """The search backbone shared by every method: Searcher shape, Optuna studies, best.json."""
 
-from .base import (REGISTRY, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, combine_results,
-                   get_searcher, register)
+from .base import (REGISTRY, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, combine_results,
+                   get_searcher, register, suggest)
 from .runner import (DEFAULT_STORAGE, SearchJob, SearchResult, best_candidate, build_best_json, finish_search,
                      open_storage, open_study, prompt_folder, run_search, storage_summaries, trial_prompt,
                      write_best_json)
 
 __all__ = [
     "DEFAULT_STORAGE", "REGISTRY", "Candidate", "SearchConfig", "SearchContext", "SearchJob", "SearchResult", "Searcher",
-    "TrialOutcome", "best_candidate", "build_best_json", "combine_results", "finish_search", "get_searcher",
-    "open_storage", "open_study", "prompt_folder", "register", "run_search", "storage_summaries", "trial_prompt",
-    "write_best_json",
+    "TrialOutcome", "best_candidate", "build_best_json", "choice", "combine_results", "finish_search", "get_searcher",
+    "open_storage", "open_study", "prompt_folder", "register", "run_search", "storage_summaries", "suggest",
+    "trial_prompt", "write_best_json",
 ]

@@ -8,13 +8,15 @@ the backbone (:mod:`.runner`) owns those. Configs are dataclasses loadable from 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 import types
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +33,37 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Values Optuna stores as a categorical parameter as they are; anything else goes by its index.
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def choice(default: Sequence[Any], help: str, **metadata: Any) -> Any:
+    """A setting each trial takes one value of: the list of values is declared once, and the base
+    class samples it (:meth:`SearchConfig.sample`), enumerates the grid (:meth:`SearchConfig.grid`)
+    and validates every combination (:meth:`SearchConfig.check_point`)."""
+    values = list(default)
+    return field(default_factory=lambda: list(values), metadata={"choices": True, "help": help, **metadata})
+
+
+def _encode(options: Sequence[Any]) -> list[Any]:
+    return list(options) if all(isinstance(v, _PLAIN) for v in options) else [str(i) for i in range(len(options))]
+
+
+def suggest(trial: "optuna.Trial", name: str, options: Sequence[Any]) -> Any:
+    """The trial's value of one axis; values Optuna cannot store (mappings, lists) go by their index.
+
+    For axes a method derives at run time (a model's module groups, generated templates); declared
+    settings go through :meth:`SearchConfig.sample`.
+    """
+    options = list(options)
+    value = trial.suggest_categorical(name, _encode(options))
+    return value if all(isinstance(v, _PLAIN) for v in options) else options[int(value)]
+
+
 @dataclass
 class SearchConfig:
-    """Base of every method's config. Subclasses add fields with defaults and ``help`` metadata."""
+    """Base of every method's config. Subclasses add fields with defaults and ``help`` metadata;
+    a setting each trial picks one value of is declared with :func:`choice`."""
 
     method: str = field(default="", metadata={"help": "the method this space is for (checked when loading)"})
 
@@ -85,6 +115,45 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # -- the space a study searches ----------------------------------------------------------
+    def axes(self) -> dict[str, list[Any]]:
+        """Trial parameter → its values: every :func:`choice` setting, in declaration order.
+        Methods whose parameters are not one-to-one with settings override this."""
+        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata.get("choices")}
+
+    def valid_point(self, point: dict[str, Any]) -> bool:
+        """Whether a combination of axis values is one the method can run (override to exclude some)."""
+        return True
+
+    def check_point(self, point: dict[str, Any]) -> None:
+        """Raise :class:`AutoPromptError` if one combination of axis values is invalid (override)."""
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every valid combination of axis values (the decoded values, not Optuna's encoding)."""
+        axes = self.axes()
+        combos = (dict(zip(axes, values)) for values in itertools.product(*axes.values()))
+        return [p for p in combos if self.valid_point(p)]
+
+    def check_points(self) -> None:
+        """Validate every combination (call at the end of ``__post_init__``)."""
+        points = self.points()
+        if not points:
+            raise AutoPromptError(f"the space has no valid combination of {', '.join(self.axes())}")
+        for point in points:
+            self.check_point(point)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every valid combination as trial parameters (what the backbone enqueues, once each)."""
+        encoded = {name: dict(zip(map(_key, values), _encode(values))) for name, values in self.axes().items()}
+        return [{name: encoded[name][_key(v)] for name, v in point.items()} for point in self.points()]
+
+    def sample(self, trial: "optuna.Trial") -> dict[str, Any]:
+        """The trial's value of every axis (its enqueued grid point), decoded."""
+        point = {name: suggest(trial, name, values) for name, values in self.axes().items()}
+        if not self.valid_point(point):
+            raise AutoPromptError(f"trial parameters {point} are not a valid combination of this space")
+        return point
+
     @classmethod
     def for_task(cls, task: "Task") -> "SearchConfig":
         """The default space for a task: templates and label words read off the task itself (class
@@ -114,8 +183,6 @@ class SearchConfig:
     def to_yaml(self, header: str = "") -> str:
         """The space as YAML, each setting with its help text: a file to edit and pass to ``--space``."""
         import yaml
-
-        import json
 
         lines = [f"# {line}" for line in header.splitlines()] if header else []
         values = self.to_dict()
@@ -151,6 +218,10 @@ class SearchConfig:
                         Verbalizer.from_words(v).check_labels(task.label_names)
                 except AutoPromptError as exc:
                     raise AutoPromptError(f"setting {f.name!r}: {exc}") from None
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _type_name(hint: Any) -> str:
@@ -261,8 +332,9 @@ class Searcher(ABC):
         """
 
     def grid(self) -> list[dict[str, Any]] | None:
-        """All parameter sets of a finite space, or None when the space is sampled."""
-        return None
+        """All parameter sets of a finite space (by default the config's :meth:`SearchConfig.grid`),
+        or None when the space is sampled."""
+        return self.config.grid()
 
     @abstractmethod
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:

@@ -406,8 +406,6 @@ def vocabulary_words(harness: "Harness") -> torch.Tensor:
     """Boolean mask of the vocabulary's word tokens (lower-case, alphabetic, word-initial, 3+ letters)."""
     from ...models.vocab import word_token_mask
 
-    cached = getattr(harness, "_kpt_vocabulary_words", None)
-    if cached is None:
-        cached = word_token_mask(harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3)
-        harness._kpt_vocabulary_words = cached  # type: ignore[attr-defined]  # 262k-token scan: once per harness
-    return cached
+    # A 262k-token scan: once per harness.
+    return harness.memo("kpt_vocabulary_words", lambda: word_token_mask(
+        harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3))

@@ -292,12 +292,9 @@ def single_token_logprobs(harness: "Harness", hidden: torch.Tensor, words: Seque
             for rows, logp in harness.output_logprobs(hidden.to(harness.device)):
                 out[rows] = logp[:, ids.to(logp.device)].float().cpu()
         return out
-    weight = harness.head.weight.detach().float().cpu()[ids]
-    logits = hidden.float().cpu() @ weight.T
-    cap = getattr(harness.model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits, dim=-1)
+    with torch.no_grad():
+        logits = harness.output_logits(hidden, ids)  # the bias too: masked LMs' decoders have one
+    return torch.log_softmax(logits, dim=-1).cpu()
 
 
 @dataclass
