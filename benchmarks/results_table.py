@@ -66,7 +66,11 @@ if TYPE_CHECKING:
 
 TEMPLATE = "{text_a} It was {mask}."
 WORDS = {"negative": ["terrible"], "positive": ["great"]}
-TASKS = ("mr", "tweets", "amazon", "nyt")
+#: Tasks whose classes are sentiment polarities use the manual sentiment prompt above (the numbers
+#: since the table began); every other task uses the prompt its own class names give
+#: (``prompts.defaults``: the first default template, the class names as words), as a user's would.
+SENTIMENT_LABELS = ["negative", "positive"]
+TASKS = ("mr", "tweets", "amazon", "nyt", "fortunes", "spam")
 SEEDS = (13, 21, 42)
 SHOTS = 16
 METHODS: dict[str, str] = {
@@ -78,6 +82,9 @@ METHODS: dict[str, str] = {
     "kpt": "KPT (zero-shot, contextual calibration)",
     "protoverb": "ProtoVerb (16-shot, dev-selected)",
     "s3delta": "S3Delta prompt fine-tuning",
+    "demos-random": "Demonstrations: random (1 per class)",
+    "demos-similar": "Demonstrations: similar (1 per class)",
+    "demos-dev": "Demonstrations: dev-selected set (1 per class)",
 }
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = "sqlite:///runs/results_table.db"
@@ -102,6 +109,7 @@ class Profile:
     s3_warmup_epochs: int = 1       # module-weight epochs before the gates move
     s3_search_epochs: int = 1       # bi-level search epochs
     s3_epochs: int = 3              # re-training epochs of the found structure
+    demos_per_class: int = 1        # demonstrations per class (calibration none / content-free chosen on dev)
 
 
 PROFILES: dict[str, Profile] = {
@@ -122,6 +130,7 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "kpt": ("kpt_support",),
     "protoverb": ("protoverb_trials",),
     "s3delta": ("s3_budget", "s3_warmup_epochs", "s3_search_epochs", "s3_epochs"),
+    "demos-random": ("demos_per_class",), "demos-similar": ("demos_per_class",), "demos-dev": ("demos_per_class",),
 }
 
 
@@ -169,12 +178,23 @@ def plan(args: argparse.Namespace, model: str) -> list[Cell]:
 # ------------------------------------------------------------------------------------------------
 # Running the methods: every row calls the library's public functions, as the examples do.
 # ------------------------------------------------------------------------------------------------
-def is_manual(template: Template | str) -> bool:
-    """Whether ``template`` is the manual one (whose test states are cached)."""
+def task_prompt(task: str) -> tuple[str, dict[str, list[str]]]:
+    """The manual template and label words of a task's rows (see :data:`SENTIMENT_LABELS`)."""
+    from autoprompt_kit import load_task
+    from autoprompt_kit.prompts import defaults
+
+    info = load_task(task, max_examples=32)
+    if list(info.label_names) == SENTIMENT_LABELS:
+        return TEMPLATE, WORDS
+    return defaults.task_templates(info)[0], defaults.task_label_words(info.label_names)
+
+
+def is_manual(template: Template | str, task: str) -> bool:
+    """Whether ``template`` is the task's manual one (whose test states are cached)."""
     from autoprompt_kit import Template
     from autoprompt_kit.prompts import as_template
 
-    return as_template(template) == Template(TEMPLATE)
+    return as_template(template) == Template(task_prompt(task)[0])
 
 
 @dataclass
@@ -214,7 +234,8 @@ class Runner:
 
             test = self.test_split(task)
             start = time.perf_counter()
-            out = self.harness.score(test, TEMPLATE, Verbalizer.from_words(WORDS), hidden=True)
+            template, words = task_prompt(task)
+            out = self.harness.score(test, template, Verbalizer.from_words(words), hidden=True)
             assert out.hidden is not None
             self._states[task] = TestStates(test, out.hidden.float().cpu(), out.word_logprobs.float().cpu(),
                                             time.perf_counter() - start)
@@ -233,7 +254,7 @@ class Runner:
         from autoprompt_kit import AutoPromptError
         from autoprompt_kit.methods.kpt import single_token_logprobs
 
-        st = self.states(task) if is_manual(template) else None
+        st = self.states(task) if is_manual(template, task) else None
         if st is not None:
             try:
                 return single_token_logprobs(self.harness, st.hidden, verbalizer.flat_words)
@@ -280,14 +301,16 @@ class Runner:
     def row_manual(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
 
-        plain, calibrated = self.accuracies(cell.task, TEMPLATE, Verbalizer.from_words(WORDS))
+        template, words = task_prompt(cell.task)
+        plain, calibrated = self.accuracies(cell.task, template, Verbalizer.from_words(words))
         return CellResult(plain, {"calibrated_accuracy": calibrated,
                                   "shared_test_pass_seconds": round(self.states(cell.task).seconds, 1)})
 
     def row_calibrated(self, cell: Cell, task: Task) -> CellResult:
         from autoprompt_kit import Verbalizer
 
-        plain, calibrated = self.accuracies(cell.task, TEMPLATE, Verbalizer.from_words(WORDS))
+        template, words = task_prompt(cell.task)
+        plain, calibrated = self.accuracies(cell.task, template, Verbalizer.from_words(words))
         return CellResult(calibrated, {"uncalibrated_accuracy": plain})
 
     def row_autoprompt(self, cell: Cell, task: Task) -> CellResult:
@@ -295,13 +318,14 @@ class Runner:
         from autoprompt_kit.methods import AutoPromptConfig
 
         p = self.profile
-        config = AutoPromptConfig(template="{text_a} {trigger*3} {mask}.", label_words=WORDS,
+        _, words = task_prompt(cell.task)
+        config = AutoPromptConfig(template="{text_a} {trigger*3} {mask}.", label_words=words,
                                   num_triggers=[p.ap_triggers], num_candidates=[p.ap_candidates], init_token=["the"],
                                   iterations=p.ap_iterations, batch_size=16, loss=["cross_entropy"])
         res = self.search("autoprompt", config, f"autoprompt-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed, 1)
         trial, found = res.study.best_trial, res.prompt
         # The found Template (with its trigger ids), not its text (which has only the slots).
-        plain, calibrated = self.accuracies(cell.task, found.template, Verbalizer.from_words(WORDS))
+        plain, calibrated = self.accuracies(cell.task, found.template, Verbalizer.from_words(words))
         shown = found.template.display()
         return CellResult(plain, {"template": shown, "template_json": found.template.to_dict(),
                                   "dev_accuracy": trial.value, "calibrated_accuracy": calibrated}, shown)
@@ -313,13 +337,14 @@ class Runner:
         p = self.profile
         # Ranked and run with content-free calibration, as the README's LM-BFF results (uncalibrated,
         # Gemma says "great" to ~every review and every template ties near 0.5 on dev).
-        config = LMBFFConfig(template=TEMPLATE, label_words=WORDS, beam=p.lmbff_beam, keep_generated=p.lmbff_templates,
+        template, words = task_prompt(cell.task)
+        config = LMBFFConfig(template=template, label_words=words, beam=p.lmbff_beam, keep_generated=p.lmbff_templates,
                              top_n=p.lmbff_top_n, calibration=["content_free"])
         res = self.search("lmbff", config, f"lmbff-templates-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
                           p.lmbff_top_n)
         trial, best = res.study.best_trial, res.prompt
         art = res.study.user_attrs.get("artifacts", {})
-        plain, calibrated = self.accuracies(cell.task, best.template.text, Verbalizer.from_words(WORDS))
+        plain, calibrated = self.accuracies(cell.task, best.template.text, Verbalizer.from_words(words))
         return CellResult(calibrated, {"template": best.template.text, "dev_accuracy": trial.value,
                                        "uncalibrated_accuracy": plain,
                                        "generation_seconds": art.get("generation_seconds"),
@@ -330,13 +355,14 @@ class Runner:
         from autoprompt_kit.methods import LMBFFConfig
 
         p = self.profile
-        config = LMBFFConfig(template=TEMPLATE, generate_templates=False, search_label_words=True,
+        template, _ = task_prompt(cell.task)
+        config = LMBFFConfig(template=template, generate_templates=False, search_label_words=True,
                              label_k=p.lmbff_label_k, label_assignments=p.lmbff_assignments)
         res = self.search("lmbff", config, f"lmbff-words-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
                           p.lmbff_assignments)
         trial, best = res.study.best_trial, res.prompt
         words = dict(zip(task.label_names, (list(ws) for ws in best.verbalizer.label_words)))
-        plain, calibrated = self.accuracies(cell.task, TEMPLATE, Verbalizer.from_words(words))
+        plain, calibrated = self.accuracies(cell.task, template, Verbalizer.from_words(words))
         shown = " / ".join(ws[0] for ws in words.values())
         return CellResult(plain, {"label_words": words, "dev_accuracy": trial.value,
                                   "calibrated_accuracy": calibrated}, shown)
@@ -352,14 +378,23 @@ class Runner:
             support_split,
         )
 
+        from autoprompt_kit.methods.kpt import KPTConfig
+
         # Zero-shot: no labels; the seed only draws the unlabelled support set from the train split.
         support = support_split(self.full_task(cell.task), self.profile.kpt_support, cell.seed)
-        expansion = expand(WORDS, ExpansionSettings(sources=("wordnet", "vader")), self.harness)
-        scores = support_scores(self.harness, support, TEMPLATE, expansion.all_words(), max_tokens=1,
-                                always=[w for ws in WORDS.values() for w in ws])
-        result = refine(expansion, scores, RefineSettings(prior_cut=0.5, relevance_cut=0.5, calibration="contextual"))
+        template, words = task_prompt(cell.task)
+        if words is WORDS:  # sentiment: WordNet + VADER, the settings the table began with
+            expansion_settings = ExpansionSettings(sources=("wordnet", "vader"))
+            refine_settings = RefineSettings(prior_cut=0.5, relevance_cut=0.5, calibration="contextual")
+        else:  # any other task: the space `autoprompt-kit search kpt --task` builds, its first setting
+            config = KPTConfig.for_task(task)
+            expansion_settings, refine_settings = config.settings(config.points()[0])
+        expansion = expand(words, expansion_settings, self.harness)
+        scores = support_scores(self.harness, support, template, expansion.all_words(), max_tokens=1,
+                                always=[w for ws in words.values() for w in ws])
+        result = refine(expansion, scores, refine_settings)
         verbalizer = result.verbalizer
-        word_lp = self.word_logprobs(cell.task, TEMPLATE, verbalizer)
+        word_lp = self.word_logprobs(cell.task, template, verbalizer)
         preds = verbalizer.class_logprobs(word_lp).argmax(1).numpy()
         acc = classification_metrics(self.states(cell.task).test.labels, preds, verbalizer.num_classes)[0]
         sizes = [len(ws) for ws in verbalizer.label_words]
@@ -376,13 +411,15 @@ class Runner:
         from autoprompt_kit.methods import ProtoVerbConfig
         from autoprompt_kit.methods.protoverb import PrototypeHead
 
+        template, words = task_prompt(cell.task)
         config = ProtoVerbConfig.from_yaml(ROOT / "search_spaces" / "protoverb_sentiment.yaml")
+        config = dataclasses.replace(config, template=template, label_words=words)
         res = self.search("protoverb", config, f"protoverb-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed,
                           self.profile.protoverb_trials)
         trial, head = res.study.best_trial, res.prompt.head
         assert isinstance(head, PrototypeHead)
         st = self.states(cell.task)
-        manual = Verbalizer.from_words(WORDS).class_logprobs(st.word_logprobs)
+        manual = Verbalizer.from_words(words).class_logprobs(st.word_logprobs)
         with torch.no_grad():
             class_lp = head.class_logprobs(st.hidden.to(head.prototypes.device), manual.to(head.prototypes.device))
         acc = classification_metrics(st.test.labels, class_lp.argmax(1).cpu().numpy(), head.num_classes)[0]
@@ -400,7 +437,8 @@ class Runner:
                   "search_epochs": p.s3_search_epochs, "epochs": p.s3_epochs}
         names = {f.name for f in dataclasses.fields(S3DeltaConfig)}
         config = S3DeltaConfig(**{k: v for k, v in wanted.items() if k in names})
-        template, verbalizer = Template(TEMPLATE), Verbalizer.from_words(WORDS)
+        text, words = task_prompt(cell.task)
+        template, verbalizer = Template(text), Verbalizer.from_words(words)
         found = s3delta_search(self.harness, task.train, task.dev, template, verbalizer, config, seed=cell.seed)
         delta = train_structure(self.harness, found.structure, task.train, template, verbalizer, config, cell.seed)
         try:
@@ -414,6 +452,25 @@ class Runner:
         finally:
             delta.detach()
         return CellResult(test.accuracy, attrs, f"{attrs['parameters']:,} params ({attrs['percent_of_backbone']}%)")
+
+
+    def row_demos(self, cell: Cell, task: Task) -> CellResult:
+        """The demos search with one selection rule: ``demos_per_class`` per class, calibration none
+        or content-free (content-free inputs carry the demonstrations), the better on dev."""
+        from autoprompt_kit.methods import DemosConfig
+
+        selection = {"demos-random": "random", "demos-similar": "similar", "demos-dev": "dev_selected"}[cell.method]
+        template, words = task_prompt(cell.task)
+        config = DemosConfig(template=template, label_words=words, per_class=[self.profile.demos_per_class],
+                             selection=[selection], order=["similar_last" if selection == "similar" else "balanced"],
+                             separator=[" "], calibration=["none", "content_free"])
+        res = self.search("demos", config, f"{cell.method}-{cell.task}-s{cell.seed}-{cell.key}", task, cell.seed, 2)
+        trial = res.study.best_trial
+        test = res.prompt.evaluate(self.test_split(cell.task), self.harness)
+        return CellResult(test.accuracy, {"dev_accuracy": trial.value, "params": trial.params,
+                                          "test_macro_f1": test.macro_f1}, f"calibration={trial.params['calibration']}")
+
+    row_demos_random = row_demos_similar = row_demos_dev = row_demos
 
 
 # ------------------------------------------------------------------------------------------------
@@ -629,8 +686,15 @@ def markdown(study: optuna.Study, args: argparse.Namespace, footer: bool = True)
         "VADER expansion refined (prior cut 0.5, relevance cut 0.5) on unlabelled support examples drawn with the "
         "seed, contextual calibration; ProtoVerb: prototype head on the frozen model's mask states, the setting of "
         "search_spaces/protoverb_sentiment.yaml with the best dev accuracy; S3Delta: bi-level structure search under "
-        f"the budget ({p.s3_budget}% of the backbone), the structure re-trained from scratch, uncalibrated. Wall time "
-        "of frozen-model rows: the first row of a task pays for the shared test pass."),
+        f"the budget ({p.s3_budget}% of the backbone), the structure re-trained from scratch, uncalibrated; "
+        f"Demonstrations: {p.demos_per_class} train example(s) per class before each input, chosen at random, as the "
+        "nearest by sentence embedding (most similar last) or as one fixed set (the best of 8 random sets on the "
+        "train examples outside each), calibration none or content-free (inputs carrying the demonstrations) "
+        "chosen on dev. Tasks whose classes are not negative / positive (fortunes, spam) use the prompt their class "
+        "names give in every row — the first default template `{text_a} Category: {mask}.` and the class names as "
+        "label words (`prompts.defaults`); KPT there expands through WordNet only with the default filters of "
+        "`autoprompt-kit space kpt --task`. Wall time of frozen-model rows: the first row of a task pays for the "
+        "shared test pass."),
     ]
     if incomplete:
         lines.append("\n– = no completed cell; * = not every seed completed (mean ± sd over the completed ones).")

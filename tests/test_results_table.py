@@ -90,6 +90,25 @@ def test_run_resume_and_report(table, tiny_model_dir, tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![results](results.png)" in text
 
 
+def test_a_topic_task_uses_its_own_prompt_and_demonstration_rows_run(table, tiny_model_dir, tmp_path):
+    """fortunes (10 topics): every row's prompt comes from the task's class names, not from
+    sentiment; a demonstrations row is the demos search's best prompt scored on the same test."""
+    db = tmp_path / "results.db"
+    args = ["--model", tiny_model_dir, "--tasks", "fortunes", "--seeds", "13", "--test-examples", "30",
+            "--storage", f"sqlite:///{db}", "--no-progress", "--methods", "manual", "demos-dev"]
+    assert table.main(args) == 0
+    by_method = {t.params["method"]: t for t in _trials(db)}
+    assert all(t.state == TrialState.COMPLETE for t in by_method.values())
+    h = Harness(tiny_model_dir, progress=False)
+    task = load_task("fortunes", max_examples=30)
+    words = {name: name.split("-") for name in task.label_names}  # men-women → men, women
+    plain = h.evaluate(task.test, "{text_a} Category: {mask}.", Verbalizer.from_words(words)).accuracy
+    assert by_method["manual"].value == pytest.approx(plain)
+    demos = by_method["demos-dev"]
+    assert demos.user_attrs["params"]["selection"] == "dev_selected" and 0 <= demos.value <= 1
+    assert demos.user_attrs["params"]["calibration"] in ("none", "content_free")
+
+
 def test_failed_and_interrupted_cells_are_retried(table, tiny_model_dir, tmp_path, monkeypatch):
     db = tmp_path / "results.db"
 
