@@ -1,0 +1,236 @@
+"""LM-BFF's study: :class:`LMBFFConfig` and the registered :class:`LMBFFSearcher`.
+
+Ranking: all generated templates are scored zero-shot on the few-shot dev split in one batched
+harness pass; the best ``top_n`` become the study's trials (best first), optionally re-ranked by
+prompt-based fine-tuning.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...delta import Delta, DeltaSpec, default_lora_targets
+from ...errors import AutoPromptError
+from ...prompts import Template, Verbalizer
+from ...search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register, suggest
+from .finetune import prompt_finetune, restored_weights
+from .generation import SEQ2SEQ_FORMATS, CausalTemplateGenerator, GeneratedTemplate, Seq2SeqTemplateGenerator
+from .label_words import EXHAUSTIVE_LIMIT, LABEL_SEARCH_STRATEGIES, label_word_search
+
+if TYPE_CHECKING:
+    import optuna
+
+FINETUNE_PARAMETERS = ("lora", "full")
+
+
+@dataclass
+class LMBFFConfig(SearchConfig):
+    template: str = field(default="{text_a} It was {mask}.",
+                          metadata={"role": "template", "help": "manual template (label-word search; the baseline)"})
+    label_words: dict[str, Any] | None = field(default=None, metadata={"role": "label_words", "help": "manual label words (label → words)"})
+    generate_templates: bool = field(default=True, metadata={"help": "generate templates (else use `template`)"})
+    search_label_words: bool = field(default=False, metadata={"help": "search label words with `template`"})
+    generator_model: str | None = field(default=None, metadata={
+        "help": "a separate model to generate templates with (e.g. t5-large for an MLM); default: the scoring model"})
+    formats: list[str] = field(default_factory=lambda: ["after"],
+                               metadata={"help": "seq2seq formats: after, before, pair"})
+    context: str = field(default="{text_a}", metadata={"help": "causal generation: text before the span"})
+    suffix: str = field(default=".", metadata={"help": "causal generation: text after the mask"})
+    beam: int = field(default=32, metadata={"help": "beam width (paper: 100)"})
+    max_span_tokens: int = field(default=5, metadata={"help": "causal: longest span in tokens"})
+    max_decode_tokens: int = field(default=20, metadata={"help": "seq2seq: longest decoded sequence"})
+    ascii_only: bool = field(default=True, metadata={"help": "generated spans use ASCII tokens only"})
+    keep_generated: int = field(default=40, metadata={"help": "generated templates scored on dev"})
+    top_n: int = field(default=10, metadata={"help": "best templates (by zero-shot dev) that become trials"})
+    label_k: int = field(default=20, metadata={"help": "label-word candidates per class"})
+    label_assignments: int = field(default=5, metadata={"help": "label-word assignments that become trials"})
+    label_candidates: str = field(default="contrastive", metadata={
+        "help": "likelihood (the paper: most likely words per class) or contrastive (likely and class-specific)"})
+    label_pool: int = field(default=1000, metadata={"help": "contrastive: only the N words most likely at the mask"})
+    label_search_strategy: str = field(default="auto", metadata={
+        "help": "exhaustive (score all label_k^C assignments), beam (one class at a time, label_beam kept) or auto "
+                f"(exhaustive up to {EXHAUSTIVE_LIMIT:,} assignments)"})
+    label_beam: int = field(default=100, metadata={"help": "beam search: partial assignments kept per class"})
+    calibration: list[str] = choice(["none"], help="choices: none and/or content_free; the first also ranks generated "
+                                                   "templates on dev")
+    finetune_epochs: int = field(default=0, metadata={
+        "help": "prompt-based fine-tuning epochs per trial (0 = zero-shot); the trained state is saved with the prompt"})
+    finetune_parameters: str = field(default="lora", metadata={
+        "help": "lora (a LoRA delta on the attention query/value layers: small on disk) or full (every weight)"})
+    finetune_lr: float | None = field(default=None, metadata={
+        "help": "fine-tuning learning rate (default: 1e-3 with lora, 1e-5 with full, as LM-BFF)"})
+    finetune_batch_size: int = field(default=8, metadata={"help": "fine-tuning batch size"})
+    finetune_lora_rank: int = field(default=8, metadata={"help": "LoRA rank (finetune_parameters: lora)"})
+    finetune_lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "LoRA target module patterns (default: the attention query/value projections, e.g. q_proj, v_proj)"})
+
+    @classmethod
+    def task_defaults(cls, task: Any) -> dict[str, Any]:
+        from ...prompts.defaults import is_pair_task
+
+        # Calibrated ranking first: an uncalibrated small model often says one class for everything.
+        return {"calibration": ["content_free", "none"], "context": "{text_a} {text_b}" if is_pair_task(task) else "{text_a}"}
+
+    def __post_init__(self) -> None:
+        Template(self.template)
+        if not self.generate_templates and not self.search_label_words:
+            raise AutoPromptError("set generate_templates and/or search_label_words: otherwise there is nothing to search")
+        if self.generate_templates and not self.label_words and not self.search_label_words:
+            raise AutoPromptError("template generation needs label_words (or search_label_words: true)")
+        bad = [f for f in self.formats if f not in SEQ2SEQ_FORMATS]
+        if bad or not self.formats:
+            raise AutoPromptError(f"formats must be a list of {SEQ2SEQ_FORMATS}, got {self.formats}")
+        for name in ("beam", "max_span_tokens", "max_decode_tokens", "keep_generated", "top_n", "label_k",
+                     "label_assignments", "label_pool"):
+            if getattr(self, name) < 1:
+                raise AutoPromptError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.calibration or any(c not in ("none", "content_free") for c in self.calibration):
+            raise AutoPromptError(f"calibration must be a list of none/content_free, got {self.calibration}")
+        if self.label_search_strategy not in LABEL_SEARCH_STRATEGIES:
+            raise AutoPromptError(f"label_search_strategy must be one of {LABEL_SEARCH_STRATEGIES}, "
+                                  f"got {self.label_search_strategy!r}")
+        if self.label_beam < 1:
+            raise AutoPromptError(f"label_beam must be at least 1, got {self.label_beam}")
+        if self.label_candidates not in ("contrastive", "likelihood"):
+            raise AutoPromptError(f"label_candidates must be contrastive or likelihood, got {self.label_candidates!r}")
+        if self.finetune_epochs < 0:
+            raise AutoPromptError("finetune_epochs must be >= 0")
+        if self.finetune_parameters not in FINETUNE_PARAMETERS:
+            raise AutoPromptError(f"finetune_parameters must be one of {FINETUNE_PARAMETERS}, got {self.finetune_parameters!r}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise AutoPromptError(f"finetune_lr must be a positive number, got {self.finetune_lr!r}")
+        if self.finetune_lora_rank < 1:
+            raise AutoPromptError(f"finetune_lora_rank must be at least 1, got {self.finetune_lora_rank}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.finetune_lr if self.finetune_lr is not None else (1e-3 if self.finetune_parameters == "lora" else 1e-5)
+
+
+@register
+class LMBFFSearcher(Searcher):
+    """Generation and label-word search run once (:meth:`prepare`, stored in the study); each trial
+    scores one (template, label words, calibration) candidate, best zero-shot dev first."""
+
+    name = "lmbff"
+    config_class = LMBFFConfig
+    config: LMBFFConfig
+    ordered_grid = True
+
+    def __init__(self, config: SearchConfig) -> None:
+        super().__init__(config)
+        self.templates: list[str] = []
+        self.words: list[dict[str, list[str]]] = []
+
+    def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
+        saved = study.user_attrs.get("artifacts")
+        if saved and "trial_templates" in saved:       # resumed job or extra worker: reuse, don't regenerate
+            self.templates, self.words = saved["trial_templates"], saved["trial_words"]
+            return
+        artifacts = self.run_generation(ctx)
+        study.set_user_attr("artifacts", artifacts)
+        self.templates, self.words = artifacts["trial_templates"], artifacts["trial_words"]
+
+    def run_generation(self, ctx: SearchContext) -> dict[str, Any]:
+        """Label-word search and template generation + zero-shot dev ranking (the study's artifacts)."""
+        cfg, h, task = self.config, ctx.harness, ctx.task
+        artifacts: dict[str, Any] = {}
+        words: list[dict[str, list[str]]] = []
+        if cfg.search_label_words:
+            start = time.perf_counter()
+            found = label_word_search(h, task.train, task.dev, cfg.template, task.label_names, k=cfg.label_k,
+                                      n_assignments=cfg.label_assignments, candidates=cfg.label_candidates,
+                                      pool=cfg.label_pool, strategy=cfg.label_search_strategy, beam=cfg.label_beam)
+            artifacts["label_word_candidates"] = dict(zip(task.label_names, found.per_class))
+            artifacts["label_word_assignments"] = found.ranked
+            artifacts["label_search_strategy"] = found.strategy
+            artifacts["label_assignments_scored"] = found.scored
+            artifacts["label_search_seconds"] = round(time.perf_counter() - start, 2)
+            words = [{k: [v] for k, v in r["words"].items()} for r in found.ranked]
+        manual = {k: [v] if isinstance(v, str) else list(v) for k, v in (cfg.label_words or {}).items()}
+        if manual:
+            Verbalizer.from_words(manual).check_labels(task.label_names)
+            if not cfg.search_label_words:  # searched words, when asked for, replace the manual ones in trials
+                words = [manual]
+        templates = [cfg.template]
+        if cfg.generate_templates:
+            verbalizer = Verbalizer.from_words(manual or words[0])
+            start = time.perf_counter()
+            generated = self.generate(ctx, verbalizer)
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            results = h.evaluate_many(task.dev, [g.template for g in generated],
+                                      verbalizer.replace(calibration=cfg.calibration[0]), label_names=task.label_names)
+            ranked = sorted(zip(generated, results), key=lambda gr: (-gr[1].accuracy, -gr[0].score))
+            artifacts["generated_templates"] = [
+                {**asdict(g), "dev_accuracy": r.accuracy, "dev_macro_f1": r.macro_f1} for g, r in ranked]
+            artifacts["generation_seconds"] = round(seconds, 2)
+            artifacts["ranking_seconds"] = round(time.perf_counter() - start, 2)
+            templates = [g.template for g, _ in ranked[: cfg.top_n]]
+        artifacts["trial_templates"] = templates
+        artifacts["trial_words"] = words[: cfg.label_assignments] if cfg.search_label_words else words[:1]
+        return artifacts
+
+    def generate(self, ctx: SearchContext, verbalizer: Verbalizer) -> list[GeneratedTemplate]:
+        cfg = self.config
+        from ...harness import Harness
+
+        gen = ctx.harness if cfg.generator_model is None else Harness(cfg.generator_model, progress=False)
+        if gen.kind == "causal":
+            return CausalTemplateGenerator(gen, beam=cfg.beam, max_span_tokens=cfg.max_span_tokens, context=cfg.context,
+                                           suffix=cfg.suffix, ascii_only=cfg.ascii_only).generate(
+                ctx.task.train, verbalizer, keep=cfg.keep_generated)
+        if gen.kind == "seq2seq":
+            formats = [f for f in cfg.formats if f != "pair" or "text_b" in ctx.task.train.fields()]
+            if not formats:
+                raise AutoPromptError(f"no usable format in {cfg.formats}: 'pair' needs a text_b field")
+            return Seq2SeqTemplateGenerator(gen, beam=cfg.beam, max_tokens=cfg.max_decode_tokens,
+                                            ascii_only=cfg.ascii_only).generate(
+                ctx.task.train, verbalizer, formats, keep=cfg.keep_generated)
+        raise AutoPromptError("a masked LM cannot generate templates: set generator_model to a T5 model (e.g. t5-large)")
+
+    def grid(self) -> list[dict[str, Any]]:
+        import json
+
+        return [{"template": t, "label_words": json.dumps(w, sort_keys=True), "calibration": c}
+                for t in self.templates for w in self.words for c in self.config.calibration]
+
+    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+        import json
+
+        cfg, h, task = self.config, ctx.harness, ctx.task
+        grid = self.grid()
+        text = suggest(trial, "template", sorted({g["template"] for g in grid}))
+        words = json.loads(suggest(trial, "label_words", sorted({g["label_words"] for g in grid})))
+        calibration = suggest(trial, "calibration", cfg.calibration)
+        verbalizer = Verbalizer.from_words(words, calibration=calibration)
+        verbalizer.check_labels(task.label_names)
+        candidate = Candidate([Template(text)], verbalizer)
+        if cfg.finetune_epochs == 0:
+            return TrialOutcome(candidate, candidate.evaluate(task.dev, h))
+        zero_shot = candidate.evaluate(task.dev, h)
+        seed = ctx.seed + trial.number
+        fit = dict(epochs=cfg.finetune_epochs, lr=cfg.learning_rate, batch_size=cfg.finetune_batch_size, seed=seed)
+        if cfg.finetune_parameters == "full":
+            with restored_weights(h.model):  # trials share one model: the trained copy leaves with the prompt
+                losses = prompt_finetune(h, task.train, candidate.template, verbalizer, **fit)
+                dev = candidate.evaluate(task.dev, h)
+                candidate = candidate.with_model_weights(h.model)
+        else:
+            torch.manual_seed(seed)
+            targets = cfg.finetune_lora_targets or default_lora_targets(h)
+            delta = Delta.from_specs(h, [DeltaSpec("lora", targets, r=cfg.finetune_lora_rank,
+                                                   alpha=2.0 * cfg.finetune_lora_rank)]).attach(h)
+            try:
+                losses = prompt_finetune(h, task.train, candidate.template, verbalizer,
+                                         parameters=list(delta.parameters()), **fit)
+                dev = candidate.evaluate(task.dev, h)
+            finally:
+                delta.detach()
+            candidate = candidate.with_delta(delta)
+        return TrialOutcome(candidate, dev, {"zero_shot_dev_accuracy": zero_shot.accuracy,
+                                             "finetune_losses": [round(x, 4) for x in losses]})
