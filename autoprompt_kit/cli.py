@@ -240,9 +240,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
         heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet, trial_dir=args.trial_dir,
-        task_info={"name": task.name, "source": _task_source(args.task), "label_names": task.label_names,
-                   "shots": args.shots, "seed": args.seed,
-                   "max_examples": args.max_examples, "splits": {k: len(v) for k, v in task.splits.items()}},
+        task_info=task.info(source=_task_source(args.task), shots=args.shots, seed=args.seed,
+                            max_examples=args.max_examples),
         model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
     )
     if not args.worker:

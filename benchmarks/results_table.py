@@ -283,7 +283,7 @@ class Runner:
         prompt with its trained state); the test pass reads this table's cached test states instead."""
         from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
 
-        info = {"name": task.name, "shots": SHOTS, "seed": seed, "label_names": task.label_names}
+        info = task.info(shots=SHOTS, seed=seed)
         job = SearchJob(get_searcher(name)(config), study, self.search_storage, n_trials=n_trials, seed=seed,
                         progress=False, task_info=info, model_info={"name": self.harness.model_name,
                                                                     "kind": self.harness.kind})

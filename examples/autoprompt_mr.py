@@ -47,7 +47,7 @@ def main() -> None:
         test = task.test if args.test_examples is None else load_task("mr", max_examples=args.test_examples).test
         job = SearchJob(get_searcher("autoprompt")(config), f"autoprompt-mr-example-s{seed}-it{args.iterations}-{args.loss}",
                         args.storage, n_trials=1, seed=seed, progress=False,
-                        task_info={"name": "mr", "shots": 16, "seed": seed}, model_info={"name": "gemma-3-270m"})
+                        task_info=task.info(shots=16, seed=seed), model_info={"name": "gemma-3-270m"})
         ctx = SearchContext(task, harness, seed)
         result = finish_search(run_search(job, ctx), job, ctx, test_split=None)  # best trial -> found prompt
         trial, found = result.study.best_trial, result.prompt

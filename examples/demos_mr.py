@@ -36,9 +36,7 @@ def main() -> None:
         config = searcher_cls.config_class.from_dict({**config.to_dict(), "prompt": args.prompt})
     job = SearchJob(searcher_cls(config), f"demos-mr-example-s{args.seed}" + ("-on-prompt" if args.prompt else ""),
                     args.storage, n_trials=args.trials, seed=args.seed,
-                    task_info={"name": "mr", "label_names": task.label_names, "shots": 16, "seed": args.seed,
-                               "max_examples": args.test_examples,
-                               "splits": {k: len(v) for k, v in task.splits.items()}},
+                    task_info=task.info(shots=16, seed=args.seed, max_examples=args.test_examples),
                     model_info={"name": "gemma-3-270m", "kind": harness.kind})
     ctx = SearchContext(task, harness, args.seed)
     study = run_search(job, ctx)

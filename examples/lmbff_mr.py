@@ -64,7 +64,7 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         task = load_task("mr", shots=16, seed=seed)
-        info = {"name": "mr", "shots": 16, "seed": seed, "label_names": task.label_names}
+        info = task.info(shots=16, seed=seed)
         start = time.perf_counter()
         templates = LMBFFConfig(template=MANUAL, label_words=WORDS, beam=args.beam, keep_generated=args.keep, top_n=args.top_n,
                                 calibration=["content_free"])  # uncalibrated, Gemma says "great" to ~every review

@@ -29,8 +29,7 @@ def main() -> None:
     searcher_cls = get_searcher("select")
     searcher = searcher_cls(searcher_cls.config_class.from_yaml(SPACE))
     job = SearchJob(searcher, f"select-mr-example-s{args.seed}", None, n_trials=args.trials, seed=args.seed,
-                    task_info={"name": "mr", "label_names": task.label_names, "shots": 16, "seed": args.seed,
-                               "splits": {k: len(v) for k, v in task.splits.items()}},
+                    task_info=task.info(shots=16, seed=args.seed),
                     model_info={"name": "gemma-3-270m", "kind": harness.kind})
     ctx = SearchContext(task, harness, args.seed)
     study = run_search(job, ctx)

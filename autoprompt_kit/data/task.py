@@ -288,6 +288,12 @@ class Task:
         """Number of classes."""
         return len(self.label_names)
 
+    def info(self, **extra: Any) -> dict[str, Any]:
+        """What a study records about the task (``best.json``'s ``task``): name, label names, metric,
+        split sizes, plus ``extra`` (e.g. ``shots``, ``seed``, ``source``)."""
+        return {"name": self.name, "label_names": list(self.label_names), "metric": self.metric,
+                "splits": {k: len(v) for k, v in self.splits.items()}, **extra}
+
     def summary(self) -> str:
         """One line: name, labels and split sizes."""
         sizes = " ".join(f"{k}={len(v)}" for k, v in self.splits.items())

@@ -49,8 +49,7 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
     harness = harness or Harness(progress=False)
     name = study or f"{method}-{task.name}-api-s{seed}"
     job = SearchJob(searcher_cls(config), name, storage, n_trials=trials, seed=seed, progress=False,
-                    task_info={"name": task.name, "label_names": list(task.label_names), "seed": seed,
-                               "splits": {k: len(v) for k, v in task.splits.items()}},
+                    task_info=task.info(seed=seed),
                     model_info={"name": harness.model_name, "kind": harness.kind})
     ctx = SearchContext(task, harness, seed)
     start = time.perf_counter()
