@@ -72,6 +72,33 @@ class EvalResult:
     template: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_class_logprobs(
+        cls,
+        class_logprobs: torch.Tensor | np.ndarray,
+        labels: np.ndarray,
+        *,
+        word_logprobs: torch.Tensor | np.ndarray,
+        num_classes: int | None = None,
+        prior: torch.Tensor | np.ndarray | None = None,
+        seconds: float = 0.0,
+        template: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> EvalResult:
+        """The result of class log-probs ``(N, C)``: argmax predictions, accuracy and macro-F1 over
+        ``num_classes`` (default ``C``); tensors are stored as NumPy arrays on the CPU."""
+        # The argmax is taken by the library the scores come in (tie and NaN order stay as they were).
+        if isinstance(class_logprobs, torch.Tensor):
+            predictions = class_logprobs.argmax(dim=1).cpu().numpy()
+            class_logprobs = class_logprobs.cpu().numpy()
+        else:
+            predictions = class_logprobs.argmax(axis=1)
+        acc, f1 = classification_metrics(labels, predictions, class_logprobs.shape[1] if num_classes is None
+                                         else num_classes)
+        return cls(accuracy=acc, macro_f1=f1, predictions=predictions, labels=labels, class_logprobs=class_logprobs,
+                   word_logprobs=_numpy(word_logprobs), prior=None if prior is None else _numpy(prior),
+                   seconds=seconds, template=template, extra={} if extra is None else extra)
+
     @property
     def n(self) -> int:
         return int(len(self.labels))
@@ -130,6 +157,10 @@ def calibration_contexts(template: Template, split: Split) -> tuple[list[dict[st
     index: dict[str, int] = {}
     group = np.array([index.setdefault(ex.get_field(DEMO_FIELD), len(index)) for ex in split])
     return [{DEMO_FIELD: text} for text in index], (None if len(index) == 1 else group)
+
+
+def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return values.cpu().numpy() if isinstance(values, torch.Tensor) else values
 
 
 def _long_tensor(values: list[int]) -> torch.Tensor:
@@ -322,16 +353,11 @@ class Harness:
                 prior = prior[0] if group is None else prior[torch.as_tensor(group, device=prior.device)]
                 word_lp = word_lp[: len(split)]
             class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
-            preds = class_lp.argmax(dim=1).cpu().numpy()
-            acc, f1 = classification_metrics(labels, preds, verbalizer.num_classes)
             cut = sum(e.truncated > 0 for e in self._encode(template, list(split) + cf_block,
                                                              self.encoder.reserve(verbalizer.flat_words))[:len(split)])
-            results.append(EvalResult(
-                accuracy=acc, macro_f1=f1, predictions=preds, labels=labels,
-                class_logprobs=class_lp.cpu().numpy(), word_logprobs=word_lp.cpu().numpy(),
-                prior=None if prior is None else prior.cpu().numpy(), seconds=seconds, template=template.display(),
-                extra={"truncated": int(cut)},
-            ))
+            results.append(EvalResult.from_class_logprobs(
+                class_lp, labels, word_logprobs=word_lp, num_classes=verbalizer.num_classes, prior=prior,
+                seconds=seconds, template=template.display(), extra={"truncated": int(cut)}))
         return results
 
     def clear_cache(self, pieces: bool = False) -> None:
