@@ -422,7 +422,7 @@ class Prompt:
 
 def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -> "EvalResult":
     """Weighted average of class probabilities over several templates' results."""
-    from .harness import EvalResult, classification_metrics
+    from .harness import EvalResult
 
     w = np.asarray(weights, dtype=np.float64)
     if w.sum() <= 0:
@@ -430,13 +430,11 @@ def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -
     w = w / w.sum()
     probs = sum(wi * np.exp(r.class_logprobs) for wi, r in zip(w, results))
     class_lp = np.log(np.clip(probs, 1e-30, None))
-    preds = class_lp.argmax(axis=1)
-    labels = results[0].labels
-    acc, f1 = classification_metrics(labels, preds, class_lp.shape[1])
-    return EvalResult(accuracy=acc, macro_f1=f1, predictions=preds, labels=labels, class_logprobs=class_lp,
-                      word_logprobs=np.concatenate([r.word_logprobs for r in results], axis=1),
-                      seconds=sum(r.seconds for r in results), template=" | ".join(r.template for r in results),
-                      extra={"weights": w.tolist()})
+    return EvalResult.from_class_logprobs(class_lp, results[0].labels,
+                                          word_logprobs=np.concatenate([r.word_logprobs for r in results], axis=1),
+                                          seconds=sum(r.seconds for r in results),
+                                          template=" | ".join(r.template for r in results),
+                                          extra={"weights": w.tolist()})
 
 
 def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":

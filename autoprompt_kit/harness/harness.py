@@ -7,9 +7,12 @@ applied to every position: while the harness runs, the output embedding layer is
 one that first gathers the few positions that are read and, when only one position per example is
 read, projects onto the label-word rows alone (Gemma's 262k-row output matrix is most of its
 compute). Rows of a causal LM that share a token prefix (see :mod:`.prefix`) run it once and
-continue from its key/value cache. The same path exposes the gradient with respect to input
-embeddings (AutoPrompt), the mask hidden state (ProtoVerb) and a short training loop
-(prompt-based fine-tuning).
+continue from its key/value cache. The same path exposes the mask hidden state (ProtoVerb).
+
+Built on its primitives, each in a module of its own with a thin ``Harness`` method in front:
+the training loop (:mod:`.training`, ``Harness.train``), AutoPrompt's trigger-gradient pass
+(:mod:`.gradients`, ``Harness.embedding_gradient``) and decoding helpers (:mod:`.decoding`,
+``Harness.body`` / ``Harness.output_logprobs``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..errors import AutoPromptError
 from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
 from ..prompts.template import DEMO_FIELD, Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
+from . import decoding, gradients, training
 from .encoding import EncodedPrompt, PromptEncoder, Row
 from .prefix import PrefixGroup, group_by_prefix
 
@@ -67,6 +71,33 @@ class EvalResult:
     seconds: float = 0.0
     template: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_class_logprobs(
+        cls,
+        class_logprobs: torch.Tensor | np.ndarray,
+        labels: np.ndarray,
+        *,
+        word_logprobs: torch.Tensor | np.ndarray,
+        num_classes: int | None = None,
+        prior: torch.Tensor | np.ndarray | None = None,
+        seconds: float = 0.0,
+        template: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> EvalResult:
+        """The result of class log-probs ``(N, C)``: argmax predictions, accuracy and macro-F1 over
+        ``num_classes`` (default ``C``); tensors are stored as NumPy arrays on the CPU."""
+        # The argmax is taken by the library the scores come in (tie and NaN order stay as they were).
+        if isinstance(class_logprobs, torch.Tensor):
+            predictions = class_logprobs.argmax(dim=1).cpu().numpy()
+            class_logprobs = class_logprobs.cpu().numpy()
+        else:
+            predictions = class_logprobs.argmax(axis=1)
+        acc, f1 = classification_metrics(labels, predictions, class_logprobs.shape[1] if num_classes is None
+                                         else num_classes)
+        return cls(accuracy=acc, macro_f1=f1, predictions=predictions, labels=labels, class_logprobs=class_logprobs,
+                   word_logprobs=_numpy(word_logprobs), prior=None if prior is None else _numpy(prior),
+                   seconds=seconds, template=template, extra={} if extra is None else extra)
 
     @property
     def n(self) -> int:
@@ -126,6 +157,10 @@ def calibration_contexts(template: Template, split: Split) -> tuple[list[dict[st
     index: dict[str, int] = {}
     group = np.array([index.setdefault(ex.get_field(DEMO_FIELD), len(index)) for ex in split])
     return [{DEMO_FIELD: text} for text in index], (None if len(index) == 1 else group)
+
+
+def _numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    return values.cpu().numpy() if isinstance(values, torch.Tensor) else values
 
 
 def _long_tensor(values: list[int]) -> torch.Tensor:
@@ -318,16 +353,11 @@ class Harness:
                 prior = prior[0] if group is None else prior[torch.as_tensor(group, device=prior.device)]
                 word_lp = word_lp[: len(split)]
             class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
-            preds = class_lp.argmax(dim=1).cpu().numpy()
-            acc, f1 = classification_metrics(labels, preds, verbalizer.num_classes)
             cut = sum(e.truncated > 0 for e in self._encode(template, list(split) + cf_block,
                                                              self.encoder.reserve(verbalizer.flat_words))[:len(split)])
-            results.append(EvalResult(
-                accuracy=acc, macro_f1=f1, predictions=preds, labels=labels,
-                class_logprobs=class_lp.cpu().numpy(), word_logprobs=word_lp.cpu().numpy(),
-                prior=None if prior is None else prior.cpu().numpy(), seconds=seconds, template=template.display(),
-                extra={"truncated": int(cut)},
-            ))
+            results.append(EvalResult.from_class_logprobs(
+                class_lp, labels, word_logprobs=word_lp, num_classes=verbalizer.num_classes, prior=prior,
+                seconds=seconds, template=template.display(), extra={"truncated": int(cut)}))
         return results
 
     def clear_cache(self, pieces: bool = False) -> None:
@@ -491,18 +521,7 @@ class Harness:
         ``(num_triggers, d)`` summed over examples, and the mean loss. Every row runs whole here
         (no shared-prefix cache: the gradient must reach each row's own trigger embeddings).
         """
-        template = as_template(template)
-        verbalizer = as_verbalizer(verbalizer)
-        if template.num_triggers == 0:
-            raise AutoPromptError(f"template {template.text!r} has no {{trigger}} slot to take gradients at")
-        split = self._as_split(split)
-        labels = torch.tensor([e.label for e in split], device=self.device)
-        rows, sizes = self._build_rows([template], [list(split)], verbalizer)
-        grads = torch.zeros(template.num_triggers, self.model.get_input_embeddings().weight.shape[1], device=self.device)
-        with torch.enable_grad():
-            word_lp, _ = self._run(rows, sizes[0], len(verbalizer.flat_words), None, hidden=False,
-                                   sort=False, trigger_grads=grads, labels=(labels, verbalizer, loss))
-        return grads, float(-verbalizer.gold_logprob(word_lp.detach(), labels, loss).mean())
+        return gradients.embedding_gradient(self, split, template, verbalizer, loss=loss)
 
     def train(
         self,
@@ -532,46 +551,9 @@ class Harness:
 
         Returns the mean loss of each epoch.
         """
-        template = as_template(template)
-        verbalizer = as_verbalizer(verbalizer)
-        split = self._as_split(split)
-        self._check(split, [template], verbalizer, None)
-        params = [p for p in parameters if p.requires_grad]
-        if not params:
-            raise AutoPromptError("train() got no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        generator = torch.Generator().manual_seed(seed)
-        examples = list(split)
-        losses = []
-        step = 0
-        self.model.train()
-        try:
-            for epoch in range(epochs):
-                order = torch.randperm(len(examples), generator=generator).tolist()
-                total = 0.0
-                for start in range(0, len(order), batch_size):
-                    batch = [examples[i] for i in order[start:start + batch_size]]
-                    labels = torch.tensor([e.label for e in batch], device=self.device)
-                    # Without a custom head the loss reads class scores normalised over classes, which a
-                    # per-example shift of the word scores leaves unchanged: the label-word rows of the
-                    # output layer suffice (same loss and gradients; Gemma's 262k-row matrix is skipped).
-                    out = self.score(batch, template, verbalizer, exact=head is not None, hidden=head is not None,
-                                     grad=True, soft_embeddings=soft_embeddings)
-                    logits = head(out) if head is not None else verbalizer.class_logprobs(out.word_logprobs.float())
-                    loss = loss_fn(logits, labels) if loss_fn else nn.functional.cross_entropy(logits, labels)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(batch)
-                    step += 1
-                    if on_step:
-                        on_step(step)
-                losses.append(total / len(examples))
-                if on_epoch:
-                    on_epoch(epoch, losses[-1])
-        finally:
-            self.model.eval()
-        return losses
+        return training.train(self, split, template, verbalizer, parameters, epochs=epochs, lr=lr,
+                              batch_size=batch_size, weight_decay=weight_decay, head=head, loss_fn=loss_fn,
+                              soft_embeddings=soft_embeddings, seed=seed, on_epoch=on_epoch, on_step=on_step)
 
     def output_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         """The output layer on hidden states ``(n, d)`` — weight, bias and the model's final logit
@@ -593,9 +575,7 @@ class Harness:
         Yields ``(rows, log_probs)`` chunks so that ``n × V`` values never exist at once (Gemma's
         vocabulary has 262k tokens). Applies the model's final logit soft-capping when it has one.
         """
-        for start in range(0, hidden.shape[0], chunk):
-            rows = slice(start, min(start + chunk, hidden.shape[0]))
-            yield rows, torch.log_softmax(self.output_logits(hidden[rows]), dim=-1)
+        return decoding.output_logprobs(self, hidden, chunk)
 
     def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None,
              position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
@@ -605,14 +585,7 @@ class Harness:
         :meth:`output_logprobs`. ``attention_mask`` covers cached + new tokens; left padding needs
         explicit ``position_ids``.
         """
-        if self.kind != "causal":
-            raise AutoPromptError("body() is for causal LMs")
-        body = self.model.base_model
-        with self.autocast():
-            out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                       **{self._cache_key(body): cache})
-        new_cache = out.get("cache")
-        return out.last_hidden_state, new_cache if new_cache is not None else out.past_key_values
+        return decoding.body(self, input_ids, attention_mask, cache, position_ids)
 
     # ------------------------------------------------------------------------------------------
     # Internals
@@ -750,11 +723,11 @@ class Harness:
             passes.append(_PrefixPass(current))
         return passes
 
-    def _use_shared_prefix(self, soft_embeddings: torch.Tensor | None, trigger_grads: torch.Tensor | None) -> bool:
-        # Gradients, input hooks (prefix deltas, S3Delta gates) and trainable soft tokens edit what
-        # the prefix pass would see: those keep the whole-row path.
+    def _use_shared_prefix(self, soft_embeddings: torch.Tensor | None) -> bool:
+        # Gradients (training, trigger gradients), input hooks (prefix deltas, S3Delta gates) and
+        # trainable soft tokens edit what the prefix pass would see: those keep the whole-row path.
         return (self.shared_prefix and self.kind == "causal" and not torch.is_grad_enabled()
-                and trigger_grads is None and soft_embeddings is None and not self.input_hooks)
+                and soft_embeddings is None and not self.input_hooks)
 
     def _run(
         self,
@@ -766,22 +739,18 @@ class Harness:
         hidden: bool,
         sort: bool,
         soft_embeddings: torch.Tensor | None = None,
-        trigger_grads: torch.Tensor | None = None,
-        labels: tuple[torch.Tensor, Verbalizer, str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Forward all rows; scatter target log-probs into ``(n_items, n_words)``.
 
         Without gradients, rows of a causal LM that share a long token prefix are run through
-        the prefix cache (see :attr:`shared_prefix`). With ``trigger_grads`` set, each batch's
-        loss is back-propagated to the input embeddings and the gradient at trigger slots is
-        added into ``trigger_grads`` (batch by batch, so the graph of one batch is freed before
-        the next). Scores stay on the device; nothing is synchronised per batch.
+        the prefix cache (see :attr:`shared_prefix`). Scores stay on the device; nothing is
+        synchronised per batch. (Trigger gradients run their own pass: :mod:`.gradients`.)
         """
         word_lp = torch.zeros(n_items, n_words, device=self.device)
         hid: torch.Tensor | None = None
         col = {tok: i for i, tok in enumerate(subset)} if subset is not None else None
         subset_t = torch.tensor(subset, device=self.device) if subset is not None else None
-        passes = self._passes(rows, sort, self._use_shared_prefix(soft_embeddings, trigger_grads))
+        passes = self._passes(rows, sort, self._use_shared_prefix(soft_embeddings))
         bar = None
         if self.progress and len(passes) > 8 and not torch.is_grad_enabled():
             from tqdm.auto import tqdm
@@ -792,17 +761,10 @@ class Harness:
                 outputs = self._prefix_forwards(one, subset_t, col)
             else:
                 plan = self._plan(one, col)
-                outputs = [(plan, *self._forward(plan, subset_t, soft_embeddings=soft_embeddings,
-                                                 embeds_grad=trigger_grads is not None))]
-            for plan, logp, h, embeds in outputs:
+                outputs = [(plan, *self._forward(plan, subset_t, soft_embeddings=soft_embeddings))]
+            for plan, logp, h, _ in outputs:
                 if plan.target_batch.numel():
-                    values = logp[plan.target_batch, plan.target_k, plan.target_column].float()
-                    index = (plan.target_item, plan.target_word)
-                    if trigger_grads is not None:
-                        assert labels is not None and embeds is not None
-                        self._accumulate_trigger_grad(plan.rows, values, index, embeds, trigger_grads, labels,
-                                                      n_words)
-                        values = values.detach()
+                    values, index = self._target_values(plan, logp)
                     word_lp = word_lp.index_put(index, values, accumulate=True)
                 if hidden and h is not None:
                     if hid is None:
@@ -940,25 +902,10 @@ class Harness:
         mask = (torch.arange(width, device=self.device)[None, :] < tail_t[:, 2:3]).long()
         return _Plan(batch, ids_t, mask, pos_t, tail_t[:, 0], t[0], t[1], t[2], t[3], t[4], tail_t[:, 1])
 
-    def _accumulate_trigger_grad(self, batch: list[Row], values: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor],
-                                 embeds: torch.Tensor, grads: torch.Tensor,
-                                 labels: tuple[torch.Tensor, Verbalizer, str], n_words: int) -> None:
-        gold, verbalizer, loss_kind = labels
-        items = sorted({r.item for r in batch})
-        items_t = torch.tensor(items, device=self.device)
-        # Each target's place among the batch's items, found on the device (no per-target read-back).
-        local = torch.searchsorted(items_t, index[0])
-        word_lp = torch.zeros(len(items), n_words, device=self.device)
-        word_lp = word_lp.index_put((local, index[1]), values, accumulate=True)
-        # Unsorted batches never split an item's rows (see _batches), so class scores are whole.
-        loss = -verbalizer.gold_logprob(word_lp, gold[items_t], loss_kind).sum()
-        (g,) = torch.autograd.grad(loss, embeds)
-        with_triggers = [(b, row.trigger_positions) for b, row in enumerate(batch) if row.trigger_positions]
-        if with_triggers:
-            rows_b = [b for b, positions in with_triggers for _ in positions]
-            slots = [p for _, positions in with_triggers for p in positions]
-            picked = g[torch.tensor(rows_b, device=g.device), torch.tensor(slots, device=g.device)]
-            grads += picked.view(len(with_triggers), -1, g.shape[-1]).sum(0).float()
+    @staticmethod
+    def _target_values(plan: _Plan, logp: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Each target's log-prob in ``logp`` (float32) and the ``(item, word)`` index it is added at."""
+        return logp[plan.target_batch, plan.target_k, plan.target_column].float(), (plan.target_item, plan.target_word)
 
     def _forward(
         self,

@@ -164,7 +164,7 @@ class PrototypeHead(nn.Module):
     def evaluate(self, harness: "Harness", split: "Split", template: Template | str, verbalizer: Verbalizer,
                  label_names: Sequence[str] | None = None) -> "EvalResult":
         """Accuracy / macro-F1 on a split: one harness pass (word scores + mask hidden states)."""
-        from ..harness import EvalResult, classification_metrics
+        from ..harness import EvalResult
 
         start = time.perf_counter()
         template = as_template(template)
@@ -175,13 +175,11 @@ class PrototypeHead(nn.Module):
         manual = verbalizer.class_logprobs(out.word_logprobs.float())
         with torch.no_grad():
             class_lp = self.class_logprobs(out.hidden.float().to(self.prototypes.device), manual.to(self.prototypes.device))
-        preds = class_lp.argmax(1).cpu().numpy()
         labels = np.array([e.label for e in split])
-        acc, f1 = classification_metrics(labels, preds, self.num_classes)
-        return EvalResult(accuracy=acc, macro_f1=f1, predictions=preds, labels=labels,
-                          class_logprobs=class_lp.cpu().numpy(), word_logprobs=out.word_logprobs.float().cpu().numpy(),
-                          seconds=time.perf_counter() - start, template=template.display(),
-                          extra={"manual_class_logprobs": manual.cpu().numpy()})
+        return EvalResult.from_class_logprobs(class_lp, labels, word_logprobs=out.word_logprobs.float(),
+                                              num_classes=self.num_classes, seconds=time.perf_counter() - start,
+                                              template=template.display(),
+                                              extra={"manual_class_logprobs": manual.cpu().numpy()})
 
     # -- saving -------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -532,12 +530,9 @@ class ProtoVerbSearcher(Searcher):
 def _result(head: PrototypeHead, hidden: torch.Tensor, manual: torch.Tensor, labels: np.ndarray,
             template: Template) -> "EvalResult":
     """An EvalResult from cached states (same numbers as :meth:`PrototypeHead.evaluate`)."""
-    from ..harness import EvalResult, classification_metrics
+    from ..harness import EvalResult
 
     with torch.no_grad():
         class_lp = head.class_logprobs(hidden, manual)
-    preds = class_lp.argmax(1).numpy()
-    acc, f1 = classification_metrics(np.asarray(labels), preds, head.num_classes)
-    return EvalResult(accuracy=acc, macro_f1=f1, predictions=preds, labels=np.asarray(labels),
-                      class_logprobs=class_lp.numpy(), word_logprobs=np.zeros((len(preds), 0)),
-                      template=template.display())
+    return EvalResult.from_class_logprobs(class_lp, np.asarray(labels), word_logprobs=np.zeros((len(class_lp), 0)),
+                                          num_classes=head.num_classes, template=template.display())
