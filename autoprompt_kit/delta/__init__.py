@@ -8,25 +8,10 @@
     delta.detach()                         # the backbone is exactly as before
 """
 
-from .modules import (
-                        Adapter,
-                        BitFit,
-                        DeltaModule,
-                        LNTuning,
-                        LoRA,
-                        PrefixTuning,
-                        SoftPrompt,
-)
-from .structure import (
-                        Delta,
-                        DeltaLibrary,
-                        DeltaSpec,
-                        count_parameters,
-                        default_lora_targets,
-                        read_structure,
-                        structure_table,
-                        structure_view,
-)
+from .modules import Adapter, BitFit, DeltaModule, LNTuning, LoRA, PrefixTuning, SoftPrompt
+from .structure import (Delta, DeltaLibrary, DeltaSpec, count_parameters, default_lora_targets, read_structure,
+                        structure_table, structure_view)
 
 __all__ = ["Adapter", "BitFit", "Delta", "DeltaLibrary", "DeltaModule", "DeltaSpec", "LNTuning", "LoRA",
-           "PrefixTuning", "SoftPrompt", "count_parameters", "default_lora_targets", "read_structure", "structure_table", "structure_view"]
+           "PrefixTuning", "SoftPrompt", "count_parameters", "default_lora_targets", "read_structure", "structure_table",
+           "structure_view"]

@@ -523,37 +523,9 @@ class Harness:
         """
         return gradients.embedding_gradient(self, split, template, verbalizer, loss=loss)
 
-    def train(
-        self,
-        split: Split | Sequence[Example],
-        template: Template | str,
-        verbalizer: Verbalizer | dict[str, Any],
-        parameters: Iterable[nn.Parameter],
-        *,
-        epochs: int = 10,
-        lr: float = 1e-5,
-        batch_size: int = 8,
-        weight_decay: float = 0.0,
-        head: Callable[[ScoreOutput], torch.Tensor] | None = None,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        soft_embeddings: torch.Tensor | None = None,
-        seed: int = 0,
-        on_epoch: Callable[[int, float], None] | None = None,
-        on_step: Callable[[int], None] | None = None,
-    ) -> list[float]:
-        """Prompt-based fine-tuning of ``parameters`` (model weights, deltas, verbalizer weights, heads).
-
-        Each step scores a minibatch through the same path as :meth:`evaluate` with gradients on,
-        turns word scores into class log-probabilities (or ``head(output)`` logits) and minimises
-        cross-entropy (or ``loss_fn(logits, labels)``). Dropout is on while training. ``on_step(step)``
-        runs after every optimizer step (e.g. the second level of a bi-level search). Training
-        runs every row whole (the shared-prefix cache is for scoring without gradients).
-
-        Returns the mean loss of each epoch.
-        """
-        return training.train(self, split, template, verbalizer, parameters, epochs=epochs, lr=lr,
-                              batch_size=batch_size, weight_decay=weight_decay, head=head, loss_fn=loss_fn,
-                              soft_embeddings=soft_embeddings, seed=seed, on_epoch=on_epoch, on_step=on_step)
+    #: Prompt-based fine-tuning of parameters (model weights, deltas, verbalizer weights, heads):
+    #: :func:`.training.train` (the harness is its first argument).
+    train = training.train
 
     def output_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
         """The output layer on hidden states ``(n, d)`` — weight, bias and the model's final logit

@@ -38,8 +38,16 @@ def train(
     on_epoch: Callable[[int, float], None] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Prompt-based fine-tuning of ``parameters`` with AdamW (see :meth:`Harness.train`); returns
-    the mean loss of each epoch."""
+    """Prompt-based fine-tuning of ``parameters`` with AdamW (model weights, deltas, verbalizer weights, heads).
+
+    Each step scores a minibatch through the same path as :meth:`Harness.evaluate` with gradients on,
+    turns word scores into class log-probabilities (or ``head(output)`` logits) and minimises
+    cross-entropy (or ``loss_fn(logits, labels)``). Dropout is on while training. ``on_step(step)``
+    runs after every optimizer step (e.g. the second level of a bi-level search). Training
+    runs every row whole (the shared-prefix cache is for scoring without gradients).
+
+    Returns the mean loss of each epoch.
+    """
     template = as_template(template)
     verbalizer = as_verbalizer(verbalizer)
     split = harness._as_split(split)
