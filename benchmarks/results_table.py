@@ -74,7 +74,7 @@ TASKS = ("mr", "tweets", "amazon", "nyt", "fortunes", "spam")
 SEEDS = (13, 21, 42)
 SHOTS = 16
 METHODS: dict[str, str] = {
-    "manual": "manual prompt (terrible / great)",
+    "manual": "manual prompt (terrible / great, or the class names)",
     "calibrated": "manual + content-free calibration",
     "autoprompt": "AutoPrompt (trigger search)",
     "lmbff-template": "LM-BFF auto template (calibrated)",
