@@ -39,6 +39,13 @@ SELECT_ON = ("train", "dev")
 NONE = "none"  # the value of selection / order / separator in a trial without demonstrations
 
 
+def _train_class_counts(task: "Task") -> np.ndarray:
+    """Examples per class in the task's train split (the demonstration pool)."""
+    if not len(task.train):
+        return np.zeros(len(task.label_names), dtype=int)
+    return np.bincount(task.train.labels, minlength=len(task.label_names))
+
+
 @dataclass
 class DemosConfig(SearchConfig):
     prompt: str | None = field(default=None, metadata={
@@ -99,8 +106,7 @@ class DemosConfig(SearchConfig):
         count, and below it for dev_selected (scored on the train examples outside each set) —
         scored on dev instead only where the train split is too small for that."""
         default = cls.__dataclass_fields__["per_class"].default_factory()  # type: ignore[misc]
-        counts = np.bincount(task.train.labels, minlength=len(task.label_names)) if len(task.train) else \
-            np.zeros(len(task.label_names), dtype=int)
+        counts = _train_class_counts(task)
         smallest = int(counts.min())
         below = [k for k in default if k < smallest]
         if any(below):
@@ -145,8 +151,7 @@ class DemosConfig(SearchConfig):
         k = max(self.per_class)
         if k == 0:
             return
-        counts = np.bincount(task.train.labels, minlength=len(task.label_names)) if len(task.train) else \
-            np.zeros(len(task.label_names), dtype=int)
+        counts = _train_class_counts(task)
         c = int(counts.argmin())
         if k > counts[c]:
             raise AutoPromptError(f"per_class {k} is more than the train split's {int(counts[c])} example(s) of class "
