@@ -45,8 +45,12 @@ def choice(default: Sequence[Any], help: str, **metadata: Any) -> Any:
     return field(default_factory=lambda: list(values), metadata={"choices": True, "help": help, **metadata})
 
 
+def _plain(options: Sequence[Any]) -> bool:
+    return all(isinstance(v, _PLAIN) for v in options)
+
+
 def _encode(options: Sequence[Any]) -> list[Any]:
-    return list(options) if all(isinstance(v, _PLAIN) for v in options) else [str(i) for i in range(len(options))]
+    return list(options) if _plain(options) else [str(i) for i in range(len(options))]
 
 
 def suggest(trial: "optuna.Trial", name: str, options: Sequence[Any]) -> Any:
@@ -57,7 +61,7 @@ def suggest(trial: "optuna.Trial", name: str, options: Sequence[Any]) -> Any:
     """
     options = list(options)
     value = trial.suggest_categorical(name, _encode(options))
-    return value if all(isinstance(v, _PLAIN) for v in options) else options[int(value)]
+    return value if _plain(options) else options[int(value)]
 
 
 @dataclass
