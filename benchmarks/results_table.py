@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -178,6 +179,7 @@ def plan(args: argparse.Namespace, model: str) -> list[Cell]:
 # ------------------------------------------------------------------------------------------------
 # Running the methods: every row calls the library's public functions, as the examples do.
 # ------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)  # every row and every test-state lookup asks; the task loads once
 def task_prompt(task: str) -> tuple[str, dict[str, list[str]]]:
     """The manual template and label words of a task's rows (see :data:`SENTIMENT_LABELS`)."""
     from autoprompt_kit import load_task
