@@ -37,7 +37,7 @@ from ..prompts.template import DEMO_FIELD, Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
 from . import decoding, gradients, training
 from .encoding import EncodedPrompt, PromptEncoder, Row
-from .prefix import PrefixGroup, group_by_prefix
+from .prefix import PrefixGroup, group_by_prefix, suffix_cache
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +141,10 @@ class _PrefixPass:
 
 @dataclass
 class _PrefixCache:
-    """What a suffix batch continues: per-layer key/values ``(B, heads, width, d)`` with each
-    row's prefix at the right end, which of the ``width`` slots are real, and each prefix's length."""
+    """What a suffix batch continues: a key/value cache (see :func:`.prefix.suffix_cache`) with each
+    row's prefix at the right end of ``width`` slots, which slots are real, and each prefix's length."""
 
-    states: list[tuple[torch.Tensor, torch.Tensor]]
+    cache: Any
     mask: torch.Tensor      # (B, width)
     lengths: torch.Tensor   # (B,)
 
@@ -789,12 +789,9 @@ class Harness:
         for chunk in self._suffix_chunks(members, per_batch):
             which = torch.tensor([g for _, (g, _) in chunk], device=dev)
             plan = self._plan([row for _, (_, row) in chunk], col, offsets=[groups[g].length for _, (g, _) in chunk])
-            if len(groups) == 1:  # a view: the one prefix is broadcast over the batch
-                cached = [(k.expand(len(chunk), *k.shape[1:]), v.expand(len(chunk), *v.shape[1:])) for k, v in states]
-            else:
-                cached = [(k.index_select(0, which), v.index_select(0, which)) for k, v in states]
+            cache = suffix_cache(states, None if len(groups) == 1 else which, len(chunk), plan.ids.shape[1])
             valid = torch.arange(width, device=dev)[None, :] >= shift[which][:, None]
-            logp, h, _ = self._forward(plan, subset, cache=_PrefixCache(cached, valid.long(), lengths[which]))
+            logp, h, _ = self._forward(plan, subset, cache=_PrefixCache(cache, valid.long(), lengths[which]))
             yield plan, logp, h, None
 
     @staticmethod
@@ -901,15 +898,13 @@ class Harness:
         ids, mask = plan.ids, plan.mask
         kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
         if cache is not None:
-            from transformers import DynamicCache
-
             kwargs["attention_mask"] = torch.cat([cache.mask, mask], dim=1)
             # Pads after a row's last token keep its last position: numbered on, a short suffix behind
             # a long prefix would run past an absolute position table (GPT-2) that the row itself fits.
             last = cache.lengths + mask.sum(1).clamp_min(1) - 1
             positions = cache.lengths[:, None] + torch.arange(ids.shape[1], device=dev)[None, :]
             kwargs["position_ids"] = torch.minimum(positions, last[:, None])
-            kwargs[self._cache_key(self.model)] = DynamicCache(cache.states)
+            kwargs[self._cache_key(self.model)] = cache.cache
             kwargs["use_cache"] = True
         if self.kind == "seq2seq":
             dec, dmask = self.pad([r.decoder_input_ids or [] for r in batch])

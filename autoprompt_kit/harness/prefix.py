@@ -18,7 +18,7 @@ grouped (the cache bookkeeping would cost more than the tokens saved).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from .encoding import Row
 
@@ -121,3 +121,55 @@ def group_by_prefix(rows: Sequence[Row], min_length: int) -> tuple[list[PrefixGr
         grouped.update(order[lo:hi + 1])
     rest = [row for i, row in enumerate(rows) if i not in grouped]
     return groups, rest
+
+
+def suffix_cache(states: Sequence[tuple[Any, Any]], which: Any | None, rows: int, suffix_width: int) -> Any:
+    """A key/value cache for ``rows`` suffixes of ``suffix_width`` tokens behind cached prefixes.
+
+    ``states`` are per-layer ``(P, heads, width, d)`` prefix states; row ``b`` continues prefix
+    ``which[b]`` (``which`` None: the one prefix, broadcast). Each layer's prefix and the suffix's
+    keys share one buffer allocated once, so a suffix pass copies the prefix states once (into the
+    buffer) rather than three times (batch gather, cache fill and the concatenation of every
+    layer's update). transformers versions without cache layers get a plain ``DynamicCache``.
+    """
+    from transformers import DynamicCache
+
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # transformers 4.x: a cache of per-layer lists, filled by concatenation
+        gathered = [(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) if which is None
+                    else (k.index_select(0, which), v.index_select(0, which)) for k, v in states]
+        return DynamicCache.from_legacy_cache(tuple(gathered)) if hasattr(DynamicCache, "from_legacy_cache") \
+            else DynamicCache(gathered)
+
+    class _SuffixLayer(DynamicLayer):
+        """A layer whose prefix sits in a buffer with room for the suffix; ``update`` writes into it."""
+
+        def __init__(self, keys: Any, values: Any, width: int) -> None:
+            super().__init__()
+            self._buffers, self._width = (keys, values), width
+            self.keys, self.values = keys[:, :, :width], values[:, :, :width]
+            self.device, self.dtype, self.is_initialized = keys.device, keys.dtype, True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            end = self._width + key_states.shape[-2]
+            keys, values = self._buffers
+            if end > keys.shape[-2]:  # not the one suffix pass this cache was sized for
+                return super().update(key_states, value_states, *args, **kwargs)
+            keys[:, :, self._width:end].copy_(key_states)
+            values[:, :, self._width:end].copy_(value_states)
+            self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+            return self.keys, self.values
+
+    layers = []
+    for k, v in states:
+        buffers = []
+        for x in (k, v):
+            buffer = x.new_empty(rows, x.shape[1], x.shape[2] + suffix_width, x.shape[3])
+            source = x.expand(rows, *x.shape[1:]) if which is None else x.index_select(0, which)
+            buffer[:, :, :x.shape[2]].copy_(source)
+            buffers.append(buffer)
+        layers.append(_SuffixLayer(*buffers, k.shape[2]))
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
