@@ -13,6 +13,8 @@ run, and the mean of the two is reported: load that drifts during the run hits b
 The load average is printed at the start and the end.
 
 Run: ``python benchmarks/shared_prefix.py [--examples 200] [--demo-examples 100] [--cases templates demonstrations]``
+(prefix it with ``OMP_NUM_THREADS=1`` on a machine whose cores are busy: there, several threads
+per process make the short suffix passes' small kernels wait, and the ratio measures contention).
 (``--gemma-config DIR`` as in ``harness_throughput.py``: Gemma 3 270M's architecture with random
 weights, for a machine the real weights cannot reach).
 """
