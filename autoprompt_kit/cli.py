@@ -488,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprompt-kit", description="Search for the best prompt for a language model.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('autoprompt_kit').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .search.base import method_names
+
+    methods = ", ".join(method_names())  # the registry's, so a plugin's method is listed too
 
     ev = sub.add_parser("evaluate", help="score a template + verbalizer on a task split",
                         description="Score a template + verbalizer on a task split and print accuracy and macro-F1.")
@@ -512,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
                         description="Run a search method as a resumable Optuna study; write best.json.")
-    se.add_argument("method", help="search method: select, autoprompt, lmbff, kpt, protoverb, s3delta")
+    se.add_argument("method", help=f"search method: {methods}")
     se.add_argument("--space", default=None,
                     help="search-space YAML (see search_spaces/); default: built from the task (see `space`)")
     se.add_argument("--task", default="mr")
@@ -540,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("space", help="write a method's default search space for a task (YAML to edit)",
                         description="Build a method's search space from a task (label words from the class names, "
                                     "templates by input shape) and write it as YAML.")
-    sp.add_argument("method", help="search method (select, autoprompt, lmbff, kpt, protoverb, s3delta)")
+    sp.add_argument("method", help=f"search method ({methods})")
     sp.add_argument("--task", required=True, help="built-in task, local file/folder or HF dataset")
     sp.add_argument("--shots", type=int, default=16)
     sp.add_argument("--seed", type=int, default=13)

@@ -21,6 +21,26 @@ def test_help_everywhere():
     assert "--template" in cli("evaluate", "--help").stdout
 
 
+def test_method_help_lists_the_registry():
+    """The method list in ``search`` / ``space`` help is the registry's, not a list kept by hand."""
+    from autoprompt_kit import cli as cli_module
+    from autoprompt_kit.search.base import REGISTRY, Searcher
+
+    class Plugin(Searcher):  # what an entry-point method adds to the registry
+        name = "zz_plugin"
+
+    REGISTRY["zz_plugin"] = Plugin
+    try:
+        parser = cli_module.build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command").choices
+        for command in ("search", "space"):
+            text = " ".join(sub[command].format_help().split())
+            for name in sorted(REGISTRY):
+                assert name in text, (command, name)
+    finally:
+        del REGISTRY["zz_plugin"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--template", "{text_a} great", *W], "has no mask"),
     (["--template", "{text_a} {mask} {mask}", *W], "2 masks"),

@@ -381,6 +381,12 @@ def _load_plugins() -> None:
             REGISTRY.setdefault(getattr(cls, "name", ep.name), cls)
 
 
+def method_names() -> list[str]:
+    """Every available search method: the built-ins and those other packages add by entry point."""
+    _load_plugins()
+    return sorted(REGISTRY)
+
+
 def get_searcher(name: str) -> type[Searcher]:
     """The registered method ``name`` (built-ins register when the package is imported)."""
     if name not in REGISTRY:
