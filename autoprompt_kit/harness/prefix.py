@@ -17,6 +17,7 @@ grouped (the cache bookkeeping would cost more than the tokens saved).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -123,26 +124,15 @@ def group_by_prefix(rows: Sequence[Row], min_length: int) -> tuple[list[PrefixGr
     return groups, rest
 
 
-def suffix_cache(states: Sequence[tuple[Any, Any]], which: Any | None, rows: int, suffix_width: int) -> Any:
-    """A key/value cache for ``rows`` suffixes of ``suffix_width`` tokens behind cached prefixes.
-
-    ``states`` are per-layer ``(P, heads, width, d)`` prefix states; row ``b`` continues prefix
-    ``which[b]`` (``which`` None: the one prefix, broadcast). Each layer's prefix and the suffix's
-    keys share one buffer allocated once, so a suffix pass copies the prefix states once (into the
-    buffer) rather than three times (batch gather, cache fill and the concatenation of every
-    layer's update). transformers versions without cache layers get a plain ``DynamicCache``.
-    """
-    from transformers import DynamicCache
-
+@functools.lru_cache(maxsize=None)
+def _suffix_layer_class() -> type | None:
+    """The cache layer :func:`suffix_cache` builds (defined once; None on transformers 4.x, which has no layers)."""
     try:
         from transformers.cache_utils import DynamicLayer
-    except ImportError:  # transformers 4.x: a cache of per-layer lists, filled by concatenation
-        gathered = [(k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])) if which is None
-                    else (k.index_select(0, which), v.index_select(0, which)) for k, v in states]
-        return DynamicCache.from_legacy_cache(tuple(gathered)) if hasattr(DynamicCache, "from_legacy_cache") \
-            else DynamicCache(gathered)
+    except ImportError:
+        return None
 
-    class _SuffixLayer(DynamicLayer):
+    class SuffixLayer(DynamicLayer):
         """A layer whose prefix sits in a buffer with room for the suffix; ``update`` writes into it."""
 
         def __init__(self, keys: Any, values: Any, width: int) -> None:
@@ -161,15 +151,34 @@ def suffix_cache(states: Sequence[tuple[Any, Any]], which: Any | None, rows: int
             self.keys, self.values = keys[:, :, :end], values[:, :, :end]
             return self.keys, self.values
 
+    return SuffixLayer
+
+
+def suffix_cache(states: Sequence[tuple[Any, Any]], which: Any | None, rows: int, suffix_width: int) -> Any:
+    """A key/value cache for ``rows`` suffixes of ``suffix_width`` tokens behind cached prefixes.
+
+    ``states`` are per-layer ``(P, heads, width, d)`` prefix states; row ``b`` continues prefix
+    ``which[b]`` (``which`` None: the one prefix, broadcast). Each layer's prefix and the suffix's
+    keys share one buffer allocated once, so a suffix pass copies the prefix states once (into the
+    buffer) rather than three times (batch gather, cache fill and the concatenation of every
+    layer's update). transformers versions without cache layers get a plain ``DynamicCache``.
+    """
+    from transformers import DynamicCache
+
+    def rows_of(x: Any) -> Any:
+        return x.expand(rows, *x.shape[1:]) if which is None else x.index_select(0, which)
+
+    layer_class = _suffix_layer_class()
+    if layer_class is None:  # transformers 4.x: a cache of per-layer lists, filled by concatenation
+        return DynamicCache.from_legacy_cache(tuple((rows_of(k), rows_of(v)) for k, v in states))
     layers = []
     for k, v in states:
         buffers = []
         for x in (k, v):
             buffer = x.new_empty(rows, x.shape[1], x.shape[2] + suffix_width, x.shape[3])
-            source = x.expand(rows, *x.shape[1:]) if which is None else x.index_select(0, which)
-            buffer[:, :, :x.shape[2]].copy_(source)
+            buffer[:, :, :x.shape[2]].copy_(rows_of(x))
             buffers.append(buffer)
-        layers.append(_SuffixLayer(*buffers, k.shape[2]))
+        layers.append(layer_class(*buffers, k.shape[2]))
     cache = DynamicCache()
     cache.layers = layers
     return cache
