@@ -178,6 +178,36 @@ def test_csv_single_file_string_labels(tmp_path):
     assert flipped.test.labels.tolist() == (1 - task.test.labels).tolist()
 
 
+def test_single_file_cut_is_stratified(tmp_path):
+    # 90 "ham" and 10 "spam": an unstratified seeded cut leaves dev/test with 0-3 spam at random.
+    lines = ["text,label"] + [f"message {i},{'spam' if i % 10 == 0 else 'ham'}" for i in range(100)]
+    path = write(tmp_path / "mails.csv", "\n".join(lines) + "\n")
+    task = load_task(str(path))
+    assert [len(task.train), len(task.dev), len(task.test)] == [80, 10, 10]
+    assert np.bincount(task.train.labels).tolist() == [72, 8]
+    assert np.bincount(task.dev.labels).tolist() == [9, 1]
+    assert np.bincount(task.test.labels).tolist() == [9, 1]
+    every = [e.text_a for split in task.splits.values() for e in split]
+    assert len(set(every)) == 100  # still a partition
+    # The cut does not depend on the classes' order.
+    flipped = load_task(str(path), label_names=["spam", "ham"])
+    assert [e.text_a for e in flipped.test] == [e.text_a for e in task.test]
+
+
+def test_single_file_few_shot_dev_draws_beyond_the_dev_cut(tmp_path):
+    # 10 classes x 20 rows: the 10% dev cut holds 2 per class, too few for 8-shot dev on its own.
+    lines = ["text,label"] + [f"topic {c} text {i},c{c}" for c in range(10) for i in range(20)]
+    path = write(tmp_path / "topics.csv", "\n".join(lines) + "\n")
+    full = load_task(str(path))
+    assert np.bincount(full.dev.labels).tolist() == [2] * 10
+    task = load_task(str(path), shots=8, seed=13)
+    assert np.bincount(task.train.labels).tolist() == [8] * 10
+    assert np.bincount(task.dev.labels).tolist() == [8] * 10
+    train, dev, test = ({e.text_a for e in s} for s in (task.train, task.dev, task.test))
+    assert not train & dev and not dev & test and not train & test
+    assert test == {e.text_a for e in full.test}  # the test split stays fixed
+    assert dev & {e.text_a for e in full.dev}  # the dev cut is part of the pool
+
 def test_tsv_pair_file_with_int_labels(tmp_path):
     lines = ["premise\thypothesis\tlabel"] + [f'p "{i}"\th {i}\t{i % 3}' for i in range(30)]
     task = load_task(str(write(tmp_path / "nli.tsv", "\n".join(lines))))

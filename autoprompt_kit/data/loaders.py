@@ -19,12 +19,13 @@ the order. Empty/missing labels and ``-1`` mean unlabelled.
 
 Splits:
 
-* A single file (or a dataset with only a train split) is shuffled (seed 0) and cut 80/10/10 into
-  train/dev/test.
+* A single file (or a dataset with only a train split) is cut 80/10/10 into train/dev/test,
+  stratified by label (seed 0): every class keeps its share in each split. With ``shots=K`` the
+  K-shot dev is drawn from that dev cut and the train examples not picked for train.
 * If the test split is missing or entirely unlabelled (GLUE/SuperGLUE hide their test labels as
   -1), the labelled validation split becomes ``test`` and ``dev`` is carved from train.
 * A missing dev is carved from train: with ``shots=K`` it is sampled from the train examples not
-  picked for the K-shot train split; otherwise it is a seeded 10% of train (seed 0).
+  picked for the K-shot train split; otherwise it is a seeded, stratified 10% of train (seed 0).
 
 The fixed seed 0 for these cuts and for ``max_examples`` subsampling keeps the evaluation data the
 same across few-shot seeds, as in LM-BFF.
@@ -243,11 +244,26 @@ def _labelled(split: Split | None) -> bool:
 
 
 def _cut(split: Split, fractions: Sequence[float], names: Sequence[str]) -> list[Split]:
-    order = np.random.default_rng(FIXED_SEED).permutation(len(split))
+    """Cut ``split`` into parts of ``fractions`` (the first takes the rounding), stratified by label.
+
+    Every class is spread over the parts in proportion (within one example): an unstratified cut
+    of a small or imbalanced file can leave a class nearly absent from dev or test. Each example's
+    key is its seeded rank within its class over the class size, so consecutive slices of the
+    examples sorted by key take every class's share.
+    """
+    rng = np.random.default_rng(FIXED_SEED)
+    labels = split.labels
+    # Drawn for all examples at once, so the cut does not depend on the classes' order (label_names).
+    shuffled, jitter = rng.permutation(len(split)), rng.random(len(split))
+    key = np.empty(len(split))
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        key[idx] = (np.argsort(np.argsort(shuffled[idx])) + jitter[idx]) / len(idx)
+    order = np.argsort(key, kind="stable")
     sizes = [int(len(split) * f) for f in fractions[1:]]
     first = len(split) - sum(sizes)
     bounds = np.cumsum([0, first, *sizes])
-    parts = [Split(split[order[bounds[i] : bounds[i + 1]]], name=n) for i, n in enumerate(names)]
+    parts = [Split(split[rng.permutation(order[bounds[i] : bounds[i + 1]])], name=n) for i, n in enumerate(names)]
     for part in parts:
         if len(part) == 0:
             raise AutoPromptError(
@@ -256,7 +272,8 @@ def _cut(split: Split, fractions: Sequence[float], names: Sequence[str]) -> list
     return parts
 
 
-def _normalise_splits(splits: dict[str, Split]) -> tuple[Split, Split | None, Split]:
+def _normalise_splits(splits: dict[str, Split]) -> tuple[Split, Split | None, Split, bool]:
+    """``(train, dev, test, carved)``: ``carved`` when dev was cut from the same labelled pool as train."""
     train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
     if not _labelled(train):
         raise AutoPromptError("the train split has no labelled examples")
@@ -268,7 +285,8 @@ def _normalise_splits(splits: dict[str, Split]) -> tuple[Split, Split | None, Sp
             test, dev = Split(dev, name="test"), None
         else:
             train, dev, test = _cut(train, SINGLE_FILE_FRACTIONS, ("train", "dev", "test"))
-    return train, dev, test
+            return train, dev, test, True
+    return train, dev, test, False
 
 
 def _cap(split: Split, max_examples: int | None) -> Split:
@@ -504,6 +522,7 @@ def load_task(
                 )
             names = label_names
         train, dev, test = base.train, base.dev, base.test
+        carved = False
         task_name, metric, description = key, base.metric, base.description
     else:
         path = Path(name).expanduser()
@@ -521,20 +540,22 @@ def load_task(
             task_name = f"{name}/{hf_config}" if hf_config else name
             description = f"HuggingFace dataset {task_name}"
         names, raw = _tables_to_splits(tables, text_a, text_b, label, label_names)
-        train, dev, test = _normalise_splits(raw)
+        train, dev, test, carved = _normalise_splits(raw)
         metric = "accuracy"
 
     if shots is not None:
         rng = np.random.default_rng(seed)
         picked = _few_shot_indices(train.labels, shots, rng, "the train split", names, on_small_class)
         pool = dev
-        if pool is None:
+        if pool is None or carved:
+            # A dev cut from the same file as train is only 10% of it: K per class is drawn from it
+            # and the train examples not picked (a 10-class file of 1,000 rows has 10 per class in it).
             rest = np.ones(len(train), dtype=bool)
             rest[picked] = False
-            pool = Split(train[rest], name="dev")
+            pool = Split([*train[rest], *(dev if dev is not None else [])], name="dev")
         train = Split((train[int(i)] for i in picked), name="train")
         dev_rng = np.random.default_rng(seed)
-        what = "the dev split" if dev is not None else "the train examples left for dev"
+        what = "the dev split" if dev is not None and not carved else "the train examples left for dev"
         dev_idx = _few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names, on_small_class)
         dev = Split((pool[int(i)] for i in dev_idx), name="dev")
     elif dev is None:
