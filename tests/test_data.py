@@ -208,6 +208,7 @@ def test_single_file_few_shot_dev_draws_beyond_the_dev_cut(tmp_path):
     assert test == {e.text_a for e in full.test}  # the test split stays fixed
     assert dev & {e.text_a for e in full.dev}  # the dev cut is part of the pool
 
+
 def test_tsv_pair_file_with_int_labels(tmp_path):
     lines = ["premise\thypothesis\tlabel"] + [f'p "{i}"\th {i}\t{i % 3}' for i in range(30)]
     task = load_task(str(write(tmp_path / "nli.tsv", "\n".join(lines))))
