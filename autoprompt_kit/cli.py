@@ -186,8 +186,8 @@ def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
     argv = [sys.executable, "-m", "autoprompt_kit.cli", "search", args.method,
             "--task", str(args.task), "--shots", str(args.shots), "--seed", str(args.seed), "--study", study_name,
             "--trials", str(args.trials), "--heartbeat", str(args.heartbeat), "--batch-size", str(args.batch_size),
-            "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet"]
-    for flag, value in (("--space", args.space), ("--model", args.model), ("--kind", args.kind),
+            "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet", "--folds", str(args.folds)]
+    for flag, value in (("--space", args.space), ("--budget", args.budget), ("--selection", args.selection), ("--model", args.model), ("--kind", args.kind),
                         ("--max-examples", args.max_examples),
                         ("--storage", args.storage), ("--device", args.device), ("--precision", args.precision),
                         ("--trial-dir", args.trial_dir), ("--truncation", args.truncation)):
@@ -203,7 +203,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .data import load_task
     from .search import DEFAULT_STORAGE, SearchContext, SearchJob, finish_search, get_searcher, run_search
     from .search._storage import public_url
-    from .search.runner import summary
+    from .search.runner import parse_budget, summary
 
     searcher_cls = get_searcher(args.method)
     config = searcher_cls.config_class.from_yaml(args.space) if args.space else None
@@ -215,6 +215,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise AutoPromptError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.heartbeat < 1:
         raise AutoPromptError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
+    budget = parse_budget(args.budget if args.budget is not None else searcher_cls.default_budget)
+    selection = args.selection or searcher_cls.default_selection
+    if selection == "cv" and args.folds < 2:
+        raise AutoPromptError(f"--folds must be at least 2, got {args.folds}")
     if args.out:
         _check_out(args.out)
     start = time.perf_counter()
@@ -228,8 +232,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not args.worker:
             print(f"space    built from the task (write it to edit: autoprompt-kit space {args.method} --task "
                   f"{args.task} --out space.yaml):")
-            print("\n".join(f"         {line}" for line in config.to_yaml().splitlines()
-                            if line.split(":")[0] in _SHOWN_SETTINGS))
+            print("\n".join(f"         {line}" for line in _shown_settings(config.to_yaml())))
     searcher = searcher_cls(config)
     config.check_task(task)
     from .search.runner import open_storage
@@ -243,12 +246,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         task_info=task.info(source=_task_source(args.task), shots=args.shots, seed=args.seed,
                             max_examples=args.max_examples),
         model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
+        budget=budget, selection=selection, folds=args.folds,
     )
     if not args.worker:
         print(f"task     {task.summary()}")
         print(f"model    {job.model_info['name']} ({harness.kind}, {harness.device})")
-        print(f"study    {study_name} in {public_url(job.storage_url or DEFAULT_STORAGE)}; {args.trials} trials"
-              + (f", {args.workers} workers" if args.workers > 1 else ""))
+        size = "stages sized to the budget" if searcher.staged else f"{args.trials} trials"
+        print(f"study    {study_name} in {public_url(job.storage_url or DEFAULT_STORAGE)}; {size}"
+              + (f", {args.workers} workers" if args.workers > 1 else "")
+              + (f", budget {args.budget or searcher_cls.default_budget}" if budget else "")
+              + (f", selection by {args.folds}-fold cross-validation over train + dev" if selection == "cv" else ""))
 
     def start_workers() -> list[subprocess.Popen]:
         # Extra processes join the same study (the queue is already filled, so none duplicates work);
@@ -270,6 +277,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 #: Settings the startup line shows of a space built from the task (the rest are defaults).
 _SHOWN_SETTINGS = ("template", "templates", "label_words", "seed_words", "calibration", "sources")
+
+
+def _shown_settings(yaml_text: str) -> list[str]:
+    """The lines of the shown settings, nested blocks (a mapping of label words) included."""
+    shown, keep = [], False
+    for line in yaml_text.splitlines():
+        if line and not line[0].isspace():
+            keep = line.split(":")[0] in _SHOWN_SETTINGS and not line.startswith("#")
+        if keep:
+            shown.append(line)
+    return shown
 
 
 def _task_space(method: str, searcher_cls: Any, task: Any) -> Any:
@@ -528,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--study", default=None, help="study name (same name + storage = resume / join)")
     se.add_argument("--trials", type=int, default=20, help="finished trials the study should hold")
     se.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (use PostgreSQL)")
+    se.add_argument("--budget", default=None,
+                    help="time for the trials, e.g. 90s, 10m, 1h (model load and the test pass excluded): no trial "
+                         "starts once it is spent (auto sizes its stages to it; default 10m for auto, none otherwise)")
+    se.add_argument("--selection", choices=["dev", "cv"], default=None,
+                    help="score candidates on the dev split, or by k-fold cross-validation over train + dev "
+                         "(default: cv for auto, dev otherwise)")
+    se.add_argument("--folds", type=int, default=4, help="folds of --selection cv (default 4)")
     se.add_argument("--heartbeat", type=int, default=30,
                     help="seconds between trial heartbeats; a trial silent for 2x this is failed and retried")
     se.add_argument("--test-split", default="test", help="split scored with the best prompt at the end ('' = none)")

@@ -86,6 +86,7 @@ METHODS: dict[str, str] = {
     "demos-random": "Demonstrations: random (1 per class)",
     "demos-similar": "Demonstrations: similar (1 per class)",
     "demos-dev": "Demonstrations: dev-selected set (1 per class)",
+    "auto": "auto (budgeted, cross-validated)",
 }
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = "sqlite:///runs/results_table.db"
@@ -111,6 +112,7 @@ class Profile:
     s3_search_epochs: int = 1       # bi-level search epochs
     s3_epochs: int = 3              # re-training epochs of the found structure
     demos_per_class: int = 1        # demonstrations per class (calibration none / content-free chosen on dev)
+    auto_budget: int = 600          # auto: seconds of search (model load and the test pass excluded)
 
 
 PROFILES: dict[str, Profile] = {
@@ -132,6 +134,7 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "protoverb": ("protoverb_trials",),
     "s3delta": ("s3_budget", "s3_warmup_epochs", "s3_search_epochs", "s3_epochs"),
     "demos-random": ("demos_per_class",), "demos-similar": ("demos_per_class",), "demos-dev": ("demos_per_class",),
+    "auto": ("auto_budget",),
 }
 
 
@@ -280,15 +283,16 @@ class Runner:
         c = verbalizer.num_classes
         return classification_metrics(labels, plain, c)[0], classification_metrics(labels, calibrated, c)[0]
 
-    def search(self, name: str, config: Any, study: str, task: Task, seed: int, n_trials: int) -> Any:
+    def search(self, name: str, config: Any, study: str, task: Task, seed: int, n_trials: int, **job: Any) -> Any:
         """A resumable inner study of a library search method, finished as every search is (best trial →
-        prompt with its trained state); the test pass reads this table's cached test states instead."""
+        prompt with its trained state); the test pass reads this table's cached test states instead.
+        ``job`` sets more of the search (``budget``, ``selection``, ``progress``)."""
         from autoprompt_kit.search import SearchContext, SearchJob, finish_search, get_searcher, run_search
 
         info = task.info(shots=SHOTS, seed=seed)
         job = SearchJob(get_searcher(name)(config), study, self.search_storage, n_trials=n_trials, seed=seed,
-                        progress=False, task_info=info, model_info={"name": self.harness.model_name,
-                                                                    "kind": self.harness.kind})
+                        task_info=info, model_info={"name": self.harness.model_name, "kind": self.harness.kind},
+                        **{"progress": False, **job})
         ctx = SearchContext(task, self.harness, seed)
         return finish_search(run_search(job, ctx), job, ctx, test_split=None)
 
@@ -473,6 +477,24 @@ class Runner:
                                           "test_macro_f1": test.macro_f1}, f"calibration={trial.params['calibration']}")
 
     row_demos_random = row_demos_similar = row_demos_dev = row_demos
+
+    def row_auto(self, cell: Cell, task: Task) -> CellResult:
+        """``auto`` as a user runs it: the space read off the task, a time budget, cross-validated
+        selection; the row reports its test accuracy next to its own estimate."""
+        from autoprompt_kit.methods import AutoConfig
+
+        start = time.perf_counter()
+        res = self.search("auto", AutoConfig.for_task(task), f"auto-{cell.task}-s{cell.seed}-{cell.key}", task,
+                          cell.seed, 1, budget=float(self.profile.auto_budget), selection="cv", progress=True)
+        seconds = time.perf_counter() - start
+        test = res.prompt.evaluate(self.test_split(cell.task), self.harness)
+        cv = res.document["metrics"]["cv"]
+        stages = res.document.get("stages", {})
+        return CellResult(test.accuracy, {"cv_accuracy": cv["accuracy"], "cv_macro_f1": cv["macro_f1"],
+                                          "cv_se": cv["se"], "cv_metric": cv.get("metric"), "cv_n": cv["n"],
+                                          "test_macro_f1": test.macro_f1, "search_seconds": round(seconds, 1),
+                                          "prompt": res.prompt.describe(), "stages": stages},
+                          f"cv {cv['accuracy']:.3f} ± {cv['se']:.3f}; {res.prompt.describe()[:80]}")
 
 
 # ------------------------------------------------------------------------------------------------

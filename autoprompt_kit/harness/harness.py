@@ -280,6 +280,9 @@ class Harness:
         #: Tokenised prompts kept in the cache, in examples summed over entries (~1.4 KiB each).
         self.cache_items = 200_000
         self._memo: dict[str, Any] = {}
+        #: Mask log-probability rows kept inside :meth:`reused_scores` (None outside it).
+        self._logprob_rows: OrderedDict[tuple[Any, ...], torch.Tensor] | None = None
+        self._logprob_limit = 0
         #: Callables ``hook(kwargs, batch)`` that may edit the model's keyword arguments before every
         #: forward pass (input-side deltas: prefix key/values, soft-prompt embeddings).
         self.input_hooks: list[Callable[[dict[str, Any], list[Row]], None]] = []
@@ -480,7 +483,10 @@ class Harness:
         as KPT uses) without holding ``N × V`` values; ``reduce=None`` returns ``(N, V)``.
         """
         template = as_template(template)
-        rows, sizes = self._build_rows([template], [list(self._as_split(split))], None)
+        examples = list(self._as_split(split))
+        if reduce is None and self._logprob_rows is not None:
+            return self._cached_logprobs(examples, template)
+        rows, sizes = self._build_rows([template], [examples], None)
         total: torch.Tensor | None = None
         per_row = []
         with torch.inference_mode():
@@ -497,6 +503,44 @@ class Harness:
         out = torch.empty(sizes[0], self.head.weight.shape[0])
         for batch, logp in per_row:
             out[[r.item for r in batch]] = logp.float().cpu()
+        return out
+
+    @contextlib.contextmanager
+    def reused_scores(self, rows: "OrderedDict[Any, torch.Tensor] | None" = None,
+                      max_rows: int = 2048) -> Iterator["Harness"]:
+        """Within the block, full-vocabulary mask log-probabilities (:meth:`mask_logprobs` with
+        ``reduce=None``) are kept per (template, example) and reused: a search that scores the same
+        examples again (each fold of a cross-validation, a re-ranking on the same split) runs each
+        once. Pass ``rows`` (an empty ``OrderedDict`` the caller keeps) to carry them over to later
+        blocks. Only for a frozen model: nothing may change its weights while rows are kept. At most
+        ``max_rows`` rows are kept (a row is the vocabulary size in floats: 1 MB for Gemma 3)."""
+        outer, limit = self._logprob_rows, self._logprob_limit
+        self._logprob_rows = rows if rows is not None else (outer if outer is not None else OrderedDict())
+        self._logprob_limit = max_rows
+        try:
+            yield self
+        finally:
+            self._logprob_rows, self._logprob_limit = outer, limit
+
+    def _cached_logprobs(self, examples: list[Example], template: Template) -> torch.Tensor:
+        cache = self._logprob_rows
+        assert cache is not None
+        keys = [(template, self.precision, e) for e in examples]
+        missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in cache))
+        if missing:
+            fresh = self._logprob_rows, None
+            self._logprob_rows = None  # compute the missing rows the ordinary way
+            try:
+                rows = self.mask_logprobs([examples[i] for i in missing], template, reduce=None)
+            finally:
+                self._logprob_rows = fresh[0]
+            for i, row in zip(missing, rows):
+                cache[keys[i]] = row
+        out = torch.stack([cache[k] for k in keys]) if keys else torch.empty(0, self.head.weight.shape[0])
+        for k in keys:
+            cache.move_to_end(k)
+        while len(cache) > self._logprob_limit:
+            cache.popitem(last=False)
         return out
 
     def class_prior(self, template: Template | str, verbalizer: Verbalizer | dict[str, Any]) -> torch.Tensor:

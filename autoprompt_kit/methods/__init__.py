@@ -7,6 +7,7 @@ from .demos import DemosConfig, DemosSearcher, select_fixed_demonstrations  # no
 from .kpt import KPTConfig, KPTSearcher  # noqa: F401
 from .protoverb import ProtoVerbConfig, ProtoVerbSearcher  # noqa: F401
 from .s3delta import S3DeltaConfig, S3DeltaSearcher, s3delta_search  # noqa: F401
+from .auto import AutoConfig, AutoSearcher  # noqa: F401  (composes the methods above)
 
 __all__ = ["AutoPromptConfig", "AutoPromptSearcher", "LMBFFConfig", "LMBFFSearcher", "SelectConfig",
            "TemplateSelection", "TriggerSearch", "label_token_search", "label_word_search"]

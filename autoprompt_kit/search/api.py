@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import SearchConfig, SearchContext, get_searcher
-from .runner import SearchJob, SearchResult, best_candidate, finish_search, open_storage, open_study, run_search
+from .runner import (SearchJob, SearchResult, best_candidate, finish_search, open_storage, open_study, parse_budget,
+                     run_search)
 
 if TYPE_CHECKING:
     from ..artifact import Prompt
@@ -25,16 +26,20 @@ if TYPE_CHECKING:
 def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] | str | Path | None = None, *,
                 harness: "Harness | None" = None, trials: int = 20, storage: str | None = None,
                 study: str | None = None, seed: int = 13, test_split: str | None = "test",
-                out: str | Path | None = None) -> SearchResult:
+                out: str | Path | None = None, budget: str | float | None = None, selection: str | None = None,
+                folds: int = 4, progress: bool = False) -> SearchResult:
     """Search ``task`` with ``method`` and return the found prompt (it predicts and saves).
 
     ``space`` is a config, its dict, a YAML path, or None for the default space built from the
     task. The study is resumable (same ``study`` and ``storage``); ``out`` also writes best.json
-    and the prompt folder beside it.
+    and the prompt folder beside it. ``budget`` (seconds, or ``"10m"``) stops starting trials once
+    spent; ``selection="cv"`` scores candidates by ``folds``-fold cross-validation over train + dev
+    (the default of ``auto``).
     """
     from ..harness import Harness
 
     searcher_cls = get_searcher(method)
+    seconds = parse_budget(budget if budget is not None else searcher_cls.default_budget)
     config_class = searcher_cls.config_class
     if space is None:
         config = config_class.for_task(task)
@@ -48,9 +53,10 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
     config.check_task(task)
     harness = harness or Harness(progress=False)
     name = study or f"{method}-{task.name}-api-s{seed}"
-    job = SearchJob(searcher_cls(config), name, storage, n_trials=trials, seed=seed, progress=False,
+    job = SearchJob(searcher_cls(config), name, storage, n_trials=trials, seed=seed, progress=progress,
                     task_info=task.info(seed=seed),
-                    model_info={"name": harness.model_name, "kind": harness.kind})
+                    model_info={"name": harness.model_name, "kind": harness.kind},
+                    budget=seconds, selection=selection or searcher_cls.default_selection, folds=folds)
     ctx = SearchContext(task, harness, seed)
     start = time.perf_counter()
     found = run_search(job, ctx)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ..data import Task
     from ..harness import EvalResult, Harness
+    from .folds import Fold
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +298,9 @@ class SearchContext:
     task: "Task"
     harness: "Harness"
     seed: int
+    #: Under cross-validated selection, the fold this run of the trial learns and is scored in
+    #: (``task.train`` / ``task.dev`` are then its two sides); None otherwise.
+    fold: "Fold | None" = None
 
     def seed_everything(self, offset: int = 0) -> None:
         import random
@@ -323,6 +327,8 @@ class Searcher(ABC):
         if config.method and config.method != self.name:
             raise AutoPromptError(f"this search space is for method {config.method!r}, not {self.name!r}")
         self.config = config
+        #: Lines for the user (a staged search's plan and stages): the backbone prints and clears them.
+        self.messages: list[str] = []
 
     #: Run the grid's candidates in the order :meth:`grid` gives (e.g. best-first), not shuffled.
     ordered_grid: ClassVar[bool] = False
@@ -339,6 +345,25 @@ class Searcher(ABC):
         """All parameter sets of a finite space (by default the config's :meth:`SearchConfig.grid`),
         or None when the space is sampled."""
         return self.config.grid()
+
+    #: How candidates are scored unless the user says (``dev`` or ``cv``), and the default time budget.
+    default_selection: ClassVar[str] = "dev"
+    default_budget: ClassVar[str | None] = None
+
+    #: A staged search builds its candidates stage by stage from the results of the stages before:
+    #: the backbone asks :meth:`next_stage` whenever the queue is empty, until it returns None.
+    staged: ClassVar[bool] = False
+
+    def next_stage(self, ctx: SearchContext, study: "optuna.Study", seconds_left: float | None) -> list[dict[str, Any]] | None:
+        """The parameter sets still to run (a staged search): the current stage's that are not yet
+        queued, or the next stage's, built from the finished trials; None when the search is done.
+        Must be deterministic given the study, so that a resumed job and extra workers agree."""
+        return None
+
+    #: Whether every run of a trial returns the same candidate whatever it learnt from (nothing is
+    #: fitted to data): a cross-validated winner is then not refit.
+    def refit_needed(self, params: dict[str, Any]) -> bool:
+        return True
 
     @abstractmethod
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:

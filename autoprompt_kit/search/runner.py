@@ -28,7 +28,8 @@ from ..errors import AutoPromptError
 from ..io import write_json_atomic
 from ..prompts import Template
 from ._storage import check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock
-from .base import SearchContext, Searcher
+from .base import SearchContext, Searcher, TrialOutcome
+from .folds import SELECTIONS, Fold, fold_task, gold_logprob, make_folds, pooled_result, refit_task, standard_error
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
 QUEUED = "autoprompt.queued"
 ARTIFACT_KEYS = "autoprompt.artifacts"  # names of the user attributes a trial's method produced
 PROMPT_DIR = "prompt_dir"               # a trained trial's prompt folder
+REFIT = "refit:"                        # study attribute prefix: a cross-validated winner refit on all data
 SCHEMA_VERSION = BEST_SCHEMA_VERSION
 
 
@@ -89,7 +91,10 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
                create: bool = True) -> optuna.Study:
     """Create the study, or load it to resume; checks it was made by the same method."""
     sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    # Iterative methods report dev scores per epoch (warm-up 1); cross-validation reports the running
+    # out-of-fold score after each fold, so a candidate under the median of the others costs one fold.
+    cv = (meta or {}).get("selection", {}).get("mode") == "cv"
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4 if cv else 3, n_warmup_steps=0 if cv else 1)
     if not create:
         try:
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
@@ -102,7 +107,7 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
         if made_by and made_by != meta.get("method"):
             raise AutoPromptError(f"study {name!r} was made by method {made_by!r}, not {meta.get('method')!r}")
         before, now = study.user_attrs.get("fingerprint") or {}, meta.get("fingerprint") or {}
-        for what in ("space", "task"):
+        for what in ("space", "task", "selection"):
             if before.get(what) and now.get(what) and before[what] != now[what]:
                 raise AutoPromptError(
                     f"study {name!r} was run with another {what} ({what} {before[what][:12]}, now {now[what][:12]}); "
@@ -170,6 +175,21 @@ class SearchJob:
     task_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
     trial_dir: str | None = None               # where trials keep trained state (default: beside the storage)
+    budget: float | None = None                # seconds: no trial starts after it is spent (None: no limit)
+    selection: str = "dev"                     # "dev": score on the dev split; "cv": k-fold over train + dev
+    folds: int = 4                             # folds of cross-validated selection
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise AutoPromptError(f"--selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.selection == "cv" and self.folds < 2:
+            raise AutoPromptError(f"--folds must be at least 2, got {self.folds}")
+        if self.budget is not None and not self.budget > 0:
+            raise AutoPromptError(f"--budget must be a positive duration, got {self.budget} s")
+
+    def selection_info(self) -> dict[str, Any]:
+        """How trials are scored (part of the study's fingerprint: values of two modes do not mix)."""
+        return {"mode": "cv", "folds": self.folds} if self.selection == "cv" else {"mode": "dev"}
 
     def trial_root(self) -> Path:
         """Folder of this study's per-trial prompt folders (``<root>/<study>/trial-<n>``)."""
@@ -182,43 +202,62 @@ class SearchJob:
 
 def run_search(job: SearchJob, ctx: SearchContext,
                start_workers: Callable[[], list[Any]] | None = None) -> optuna.Study:
-    """Run (or resume) the study until it holds ``n_trials`` finished trials; return it."""
+    """Run (or resume) the study until it holds ``n_trials`` finished trials (a staged method: until
+    its last stage is done), or its ``budget`` is spent; return it."""
     if job.n_trials < 1:
         raise AutoPromptError("--trials must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     job.searcher.config.check_task(ctx.task)  # an input error must not leave a failed trial in the study
+    folds = make_folds(ctx.task, job.folds, job.seed) if job.selection == "cv" else None
     storage = open_storage(job.storage_url, job.heartbeat)
     config = job.searcher.config.to_dict()
+    selection = job.selection_info()
     meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
-            "seed": job.seed, "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task)}}
+            "seed": job.seed, "selection": selection,
+            "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection)}}
     study = open_study(job.study_name, storage, job.seed, meta)
+    started = time.perf_counter()
     _recover(study, job)
     job.searcher.prepare(ctx, study)
-    grid = job.searcher.grid()
-    if grid is not None and not job.worker:
-        fill_queue(study, grid, job.n_trials, job.seed, shuffle=not job.searcher.ordered_grid)
+    searcher = job.searcher
+    staged = searcher.staged
+
+    def seconds_left() -> float | None:
+        return None if job.budget is None else job.budget - (time.perf_counter() - started)
+
+    def spent() -> bool:
+        left = seconds_left()
+        return left is not None and left <= 0
+
+    grid = searcher.grid() if not staged else []
+    if staged and not job.worker:
+        _next_stage(study, searcher, ctx, seconds_left(), job.progress)
+    elif grid is not None and not job.worker:
+        fill_queue(study, grid, job.n_trials, job.seed, shuffle=not searcher.ordered_grid)
     workers = start_workers() if start_workers else []
     metric = ctx.task.metric
+    queued = grid is not None
 
     def objective(trial: optuna.Trial) -> float:
         claim(trial)
-        if grid is not None and not trial.user_attrs.get(QUEUED):
+        if queued and not trial.user_attrs.get(QUEUED):
             # Another worker took the last queued candidate between our check and our ask.
             trial.set_user_attr("note", "no queued candidate left")
             raise optuna.TrialPruned()
-        ctx.seed_everything(trial.number)
         start = time.perf_counter()
-        outcome = job.searcher.run_trial(trial, ctx)
+        outcome = _run_trial(trial, job, ctx, folds, metric, job.budget, started)
         cand = outcome.candidate
         trial.set_user_attr("template", cand.template.display() if len(cand.templates) == 1
                             else " | ".join(t.display() for t in cand.templates))
         trial.set_user_attr("label_words", json.dumps(cand.verbalizer.to_dict()["label_words"]))
         trial.set_user_attr("prompt", cand.describe())
         trial.set_user_attr("candidate", cand.to_dict())
+        trial.set_user_attr("complexity", complexity(cand))
         if cand.trained:  # tensors do not belong in the storage: the trial's prompt folder holds them
             trial.set_user_attr(PROMPT_DIR, str(cand.save(job.trial_root() / f"trial-{trial.number}")))
         trial.set_user_attr("dev_accuracy", outcome.dev.accuracy)
         trial.set_user_attr("dev_macro_f1", outcome.dev.macro_f1)
+        trial.set_user_attr("dev_gold_logprob", gold_logprob(outcome.dev))
         trial.set_user_attr("dev_predictions", np.asarray(outcome.dev.predictions).tolist())
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         for name, value in outcome.artifacts.items():
@@ -227,22 +266,29 @@ def run_search(job: SearchJob, ctx: SearchContext,
         return outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if grid is not None and waiting(study) == 0:
+        if (queued and waiting(study) == 0) or spent():
             study.stop()
         if not job.progress or trial.state != TrialState.COMPLETE:
             return
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        print(f"[trial {trial.number:3d} · {done}/{job.n_trials}] dev {metric} {trial.value:.4f}  "
-              f"best {study.best_value:.4f}  {trial.user_attrs.get('prompt', trial.user_attrs.get('template'))}",
-              flush=True)
+        cv = trial.user_attrs.get("cv")
+        score = f"{trial.value:.4f}" + (f" ± {cv['se']:.3f}" if cv else "")
+        left = seconds_left()
+        total = f"{done}" if staged else f"{done}/{job.n_trials}"
+        clock = f"  [{_clock(time.perf_counter() - started)} of {_clock(job.budget)}]" if left is not None else ""
+        print(f"[trial {trial.number:3d} · {total}] {'cv' if folds else 'dev'} {metric} {score}  "
+              f"best {best_trial(study).value:.4f}{clock}  "
+              f"{trial.user_attrs.get('prompt', trial.user_attrs.get('template'))}", flush=True)
 
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [report]
-    if grid is None:
+    if not queued:
         callbacks.append(optuna.study.MaxTrialsCallback(job.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     def work_left() -> bool:
+        if spent():
+            return False
         finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        return waiting(study) > 0 if grid is not None else finished < job.n_trials
+        return waiting(study) > 0 if queued else finished < job.n_trials
 
     announced: set[int] = set()
     while True:
@@ -252,6 +298,8 @@ def run_search(job: SearchJob, ctx: SearchContext,
         # and take over (at once, or after the heartbeat's grace period) the trials of processes that died.
         others = running_elsewhere(study)
         if not others:
+            if staged and not spent() and _next_stage(study, searcher, ctx, seconds_left(), job.progress and not job.worker):
+                continue
             break
         if _recover(study, job):
             continue
@@ -261,10 +309,126 @@ def run_search(job: SearchJob, ctx: SearchContext,
                   f"(a dead one is retried after the {2 * job.heartbeat} s heartbeat grace period)…", flush=True)
         announced.update(new)
         time.sleep(min(2.0, job.heartbeat))
+    if spent() and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise AutoPromptError(f"the budget of {_clock(job.budget)} was spent before any trial finished; rerun with a "
+                              f"larger --budget (the study resumes where it stopped)")
+    if spent() and job.progress and not job.worker:
+        print(f"budget of {_clock(job.budget)} spent: no further trial started "
+              f"({waiting(study)} queued candidate(s) left for a rerun)", flush=True)
     for proc in workers:
         if proc.wait() != 0:
             raise AutoPromptError(f"a worker process exited with code {proc.returncode}")
     return study
+
+
+def parse_budget(value: str | float | int | None) -> float | None:
+    """Seconds in a budget: ``90s``, ``10m``, ``1.5h``, or a number of seconds; None for no limit."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        import re
+
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*", str(value))
+        if not match:
+            raise AutoPromptError(f"--budget {value!r} is not a duration: write e.g. 90s, 10m or 1h")
+        seconds = float(match.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, None: 1}[match.group(2)]
+    if not 0 < seconds < 10**7:
+        raise AutoPromptError(f"--budget must be a positive duration, got {value!r}")
+    return seconds
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def _next_stage(study: optuna.Study, searcher: Searcher, ctx: SearchContext, seconds_left: float | None,
+                progress: bool) -> bool:
+    """Queue what a staged searcher runs next; False when it has nothing left."""
+    grid = searcher.next_stage(ctx, study, seconds_left)
+    if progress:
+        for line in searcher.messages:
+            print(line, flush=True)
+    searcher.messages.clear()
+    if not grid:
+        return False
+    added = extend_queue(study, grid)
+    return added > 0 or waiting(study) > 0
+
+
+def extend_queue(study: optuna.Study, grid: Sequence[dict[str, Any]]) -> int:
+    """Enqueue the candidates of ``grid`` not queued before (in order); returns how many."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    url, engine = getattr(storage, "url", None), getattr(storage, "engine", None)
+    lock = storage_lock(url, f"queue:{study.study_name}", engine) if url is not None else contextlib.nullcontext()
+    with lock:
+        present = {t.user_attrs[QUEUED] for t in study.get_trials(deepcopy=False)
+                   if QUEUED in t.user_attrs and t.state != TrialState.FAIL}
+        added = 0
+        for params in grid:
+            key = json.dumps(params, sort_keys=True)
+            if key not in present:
+                study.enqueue_trial(params, user_attrs={QUEUED: key})
+                present.add(key)
+                added += 1
+        return added
+
+
+def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: list[Fold] | None, metric: str,
+               budget: float | None, started: float) -> TrialOutcome:
+    """One trial: on dev, or once per fold (learning from the others) with the out-of-fold score."""
+    if folds is None:
+        ctx.seed_everything(trial.number)
+        return job.searcher.run_trial(trial, ctx)
+    results, scores, outcome = [], [], None
+    for fold in folds:
+        fctx = SearchContext(fold_task(ctx.task, fold), ctx.harness, ctx.seed, fold=fold)
+        fctx.seed_everything(trial.number)
+        outcome = job.searcher.run_trial(trial, fctx)
+        results.append(outcome.dev)
+        scores.append(outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1)
+        if fold.number + 1 < len(folds):
+            so_far = pooled_result(results, folds, len(ctx.task.label_names))
+            trial.report(so_far.accuracy if metric == "accuracy" else so_far.macro_f1, fold.number)
+            if trial.should_prune():
+                trial.set_user_attr("note", f"pruned after {fold.number + 1} of {len(folds)} folds")
+                raise optuna.TrialPruned()
+            if budget is not None and time.perf_counter() - started > 1.1 * budget:
+                trial.set_user_attr("note", "budget spent")
+                raise optuna.TrialPruned()
+    assert outcome is not None
+    pooled = pooled_result(results, folds, len(ctx.task.label_names))
+    value = pooled.accuracy if metric == "accuracy" else pooled.macro_f1
+    cv = {"metric": metric, "mean": value, "se": standard_error(pooled, scores, metric), "n": pooled.n,
+          "folds": len(folds), "fold_scores": scores}
+    trial.set_user_attr("cv", cv)
+    return TrialOutcome(outcome.candidate, pooled, outcome.artifacts)
+
+
+def complexity(prompt: Prompt) -> int:
+    """How many parts a prompt has (templates, extra words, calibration, demonstrations, trained
+    state): the tie-breaker that prefers the simpler of two equally good prompts."""
+    words = sum(len(ws) for ws in prompt.verbalizer.label_words) - prompt.verbalizer.num_classes
+    demos = prompt.demonstrations.per_class if prompt.demonstrations is not None else 0
+    return (len(prompt.templates) + words + (prompt.verbalizer.calibration != "none") + demos
+            + 2 * int(prompt.trained))
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The study's best finished trial. Ties on the value are broken by the simpler prompt
+    (:func:`complexity`), then the higher mean gold-class log-probability on dev (the more confident
+    of two equally accurate prompts), then the earlier trial — never by trial order alone."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        raise AutoPromptError(f"study {study.study_name!r} has no completed trial yet")
+    top = max(t.value for t in done)  # type: ignore[type-var]
+    tied = [t for t in done if t.value == top]
+    return min(tied, key=lambda t: (t.user_attrs.get("complexity", 0),
+                                    -float(t.user_attrs.get("dev_gold_logprob", float("-inf"))), t.number))
 
 
 def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
@@ -293,23 +457,29 @@ def task_fingerprint(task: Any) -> str:
 
 
 def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Prompt]:
-    """The best trial and its prompt, trained state included."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise AutoPromptError(f"study {study.study_name!r} has no completed trial yet") from None
+    """The best trial (:func:`best_trial`) and its prompt, trained state included (for a
+    cross-validated study, the winner refit on all labelled examples once :func:`finish_search` did)."""
+    best = best_trial(study)
+    refit = study.user_attrs.get(f"{REFIT}{best.number}")
+    if refit:
+        return best, _prompt_from(refit.get(PROMPT_DIR), refit.get("candidate"), best.number)
     return best, trial_prompt(best)
 
 
 def trial_prompt(trial: optuna.trial.FrozenTrial) -> Prompt:
     """A finished trial's prompt: from its folder when it trained something, else from its attributes."""
-    folder = trial.user_attrs.get(PROMPT_DIR)
+    return _prompt_from(trial.user_attrs.get(PROMPT_DIR), trial.user_attrs["candidate"], trial.number)
+
+
+def _prompt_from(folder: str | None, candidate: dict[str, Any] | None, number: int) -> Prompt:
     if folder:
         if not Path(folder).is_dir():
-            raise AutoPromptError(f"trial {trial.number}'s trained state {folder!r} is gone (was the trial "
+            raise AutoPromptError(f"trial {number}'s trained state {folder!r} is gone (was the trial "
                                   "folder deleted or written on another machine?)")
         return Prompt.load(folder)
-    return Prompt.from_dict(trial.user_attrs["candidate"])
+    if candidate is None:
+        raise AutoPromptError(f"trial {number} recorded no prompt")
+    return Prompt.from_dict(candidate)
 
 
 def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, seconds: float,
@@ -319,7 +489,7 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
     It is the study's record; its ``prompt`` key embeds the found prompt's manifest (and, once
     :func:`finish_search` saved it, the ``path`` of the folder that holds its tensors).
     """
-    best, found = best_candidate(study) if prompt is None else (study.best_trial, prompt)
+    best, found = best_candidate(study) if prompt is None else (best_trial(study), prompt)
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -(t.value or 0.0))
@@ -334,8 +504,7 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
         "prompt": manifest,
         "model": job.model_info,
         "task": job.task_info,
-        "metrics": {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
-                            "n": job.task_info.get("splits", {}).get("dev")}},
+        "metrics": _selection_metrics(best, job.task_info.get("splits", {}).get("dev")),
         "study": {"name": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
                   "best_trial": best.number, "trials": counts, "direction": "maximize"},
         "params": best.params,
@@ -347,6 +516,14 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
         "candidates": [{"trial": t.number, "value": t.value, **{k: t.user_attrs.get(k) for k in ("template", "label_words")},
                         "params": t.params} for t in ranked],
     }
+    stages: dict[str, dict[str, Any]] = {}
+    for t in ranked:  # a staged search: each stage's best candidate (ranked is best first)
+        stage = t.params.get("stage")
+        if isinstance(stage, str) and stage not in stages:
+            stages[stage] = {"trial": t.number, "value": t.value, "candidate": t.params.get(stage),
+                             **({"se": t.user_attrs["cv"]["se"]} if t.user_attrs.get("cv") else {})}
+    if stages:
+        doc["stages"] = stages
     keys = best.user_attrs.get(ARTIFACT_KEYS) or []
     if keys:
         doc["trial_artifacts"] = {k: best.user_attrs[k] for k in keys if k in best.user_attrs}
@@ -382,6 +559,8 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     The test split is scored by the same :meth:`Prompt.evaluate` that ``predict`` and a reloaded
     prompt use, so the numbers in best.json are the artifact's own.
     """
+    if job.selection == "cv":
+        refit(study, job, ctx, progress=progress)
     best, prompt = best_candidate(study)
     task, harness = ctx.task, ctx.harness
     prompt.label_names = list(task.label_names)
@@ -390,10 +569,11 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
         "method": job.searcher.name, "study": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
         "trial": best.number, "params": best.params, "task": job.task_info, "seed": job.seed, "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "metrics": {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
-                            "n": len(task.dev), "fingerprint": task.dev.fingerprint,
-                            "predictions": best.user_attrs.get("dev_predictions")}},
+        "metrics": _selection_metrics(best, len(task.dev)),
     }
+    if "dev" in prompt.provenance["metrics"]:
+        prompt.provenance["metrics"]["dev"].update(fingerprint=task.dev.fingerprint,
+                                                   predictions=best.user_attrs.get("dev_predictions"))
     test = None
     if test_split:
         if test_split not in task.splits:
@@ -417,6 +597,41 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     return SearchResult(prompt, doc, study, test)
 
 
+def _selection_metrics(best: optuna.trial.FrozenTrial, dev_n: int | None) -> dict[str, Any]:
+    """What the best trial was chosen on: its dev scores, or its cross-validated estimate."""
+    cv = best.user_attrs.get("cv")
+    if cv:
+        return {"cv": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
+                       "metric": cv["metric"], "se": cv["se"], "n": cv["n"], "folds": cv["folds"], "fold_scores": cv["fold_scores"]}}
+    return {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
+                    "n": dev_n}}
+
+
+def refit(study: optuna.Study, job: SearchJob, ctx: SearchContext, progress: bool = False) -> None:
+    """Refit a cross-validated study's best trial on every labelled example (train + dev) and record
+    the result on the study (each fold's candidate learnt from part of the data only). Done once."""
+    from optuna.trial import FixedTrial
+
+    best = best_trial(study)
+    key = f"{REFIT}{best.number}"
+    if key in study.user_attrs:
+        return
+    if not job.searcher.refit_needed(best.params):
+        study.set_user_attr(key, {"candidate": best.user_attrs["candidate"], PROMPT_DIR: best.user_attrs.get(PROMPT_DIR)})
+        return
+    if progress:
+        print(f"refitting trial {best.number} on all {len(ctx.task.train) + len(ctx.task.dev)} labelled examples…",
+              flush=True)
+    full = SearchContext(refit_task(ctx.task), ctx.harness, ctx.seed)
+    full.seed_everything(best.number)
+    outcome = job.searcher.run_trial(FixedTrial(best.params, number=best.number), full)
+    cand = outcome.candidate
+    record: dict[str, Any] = {"candidate": cand.to_dict(), PROMPT_DIR: None}
+    if cand.trained:
+        record[PROMPT_DIR] = str(cand.save(job.trial_root() / f"refit-{best.number}"))
+    study.set_user_attr(key, record)
+
+
 def _drop_stale_trial_state(study: optuna.Study, best: int) -> None:
     """Delete the prompt folders of finished trials that lost (a finished trial's value never
     changes, so it can never become best again); the best one and running trials stay."""
@@ -434,7 +649,12 @@ def write_best_json(path: str | Path, doc: dict[str, Any]) -> None:
 
 def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int = 5) -> str:
     lines = [f"\nstudy {study.study_name!r}: " + ", ".join(f"{v} {k}" for k, v in doc["study"]["trials"].items() if v)]
-    lines.append(f"top {min(top, len(doc['candidates']))} on dev:")
+    if doc.get("stages"):
+        lines.append("best of each stage:")
+        for stage, b in doc["stages"].items():
+            se = f" ± {b['se']:.3f}" if "se" in b else ""
+            lines.append(f"  {stage:15s} {b['value']:.4f}{se}  #{b['trial']:<3d} {b['candidate']}")
+    lines.append(f"top {min(top, len(doc['candidates']))} on {'cross-validation' if 'cv' in doc['metrics'] else 'dev'}:")
     for c in doc["candidates"][:top]:
         lines.append(f"  #{c['trial']:<3d} {c['value']:.4f}  {c['template']}  {c['label_words']}")
     best = Template.from_dict(doc["template"]).display()  # filled trigger slots shown as [token]
@@ -446,7 +666,11 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
         lines.append(f"demonstrations: {how}, {demos['order']}, separator {demos['separator']!r} "
                      f"(from {len(demos['pool'])} train examples)")
     for split, m in doc["metrics"].items():
-        lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (n={m['n']})")
+        se = f" ± {m['se']:.4f}" if "se" in m else ""
+        on_f1 = m.get("metric") == "macro_f1"
+        how = f", {m['folds']}-fold cross-validation over train + dev" if "folds" in m else ""
+        lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}{'' if on_f1 else se}  macro-F1 {m['macro_f1']:.4f}"
+                     f"{se if on_f1 else ''}  (n={m['n']}{how})")
     if out:
         folder = doc.get("prompt", {}).get("path")
         lines.append(f"wrote {out}" + (f" and the prompt folder {Path(out).parent / folder}" if folder else ""))
