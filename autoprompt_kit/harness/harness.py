@@ -522,6 +522,25 @@ class Harness:
         finally:
             self._logprob_rows, self._logprob_limit = outer, limit
 
+    def prime_logprobs(self, split: Split | Sequence[Example], template: Template | str, hidden: torch.Tensor) -> None:
+        """Inside :meth:`reused_scores`: keep the mask log-probabilities of ``split`` computed from
+        its mask hidden states ``hidden`` (``(N, d)``, e.g. from ``score(..., hidden=True)``) — the
+        output layer only, no second pass through the model."""
+        cache = self._logprob_rows
+        if cache is None:
+            raise AutoPromptError("prime_logprobs works inside `with harness.reused_scores():`")
+        template = as_template(template)
+        examples = list(self._as_split(split))
+        keys = [(template, self.precision, e) for e in examples]
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if not todo:
+            return
+        rows = hidden[torch.as_tensor(todo)]
+        with torch.inference_mode():
+            for part, logp in self.output_logprobs(rows):
+                for j, row in zip(range(part.start, part.stop), logp.float().cpu()):
+                    cache[keys[todo[j]]] = row.clone()
+
     def _cached_logprobs(self, examples: list[Example], template: Template) -> torch.Tensor:
         cache = self._logprob_rows
         assert cache is not None

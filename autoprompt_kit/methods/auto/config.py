@@ -13,8 +13,9 @@ from ...search.base import SearchConfig
 if TYPE_CHECKING:
     from ...data import Task
 
-#: The stages, in the order they run; each one's best candidates seed the next.
-STAGES = ("words", "templates", "demonstrations", "trained", "ensemble")
+#: The stages, in the order they run; each one's best candidates seed the next. The costly one
+#: (demonstrations: every input grows by a demonstration per class) runs last, on what is left.
+STAGES = ("words", "templates", "trained", "ensemble", "demonstrations")
 DEMO_SELECTIONS = ("random", "similar")
 
 

@@ -3,13 +3,15 @@
 Stages (each one's best candidates seed the next; :data:`.config.STAGES`):
 
 1. **words** on the first template: the class-name words and LM-BFF's label-word search, each
-   with and without content-free calibration. Class-name words that the model never puts at the
-   mask for their own class on the training folds are dropped (the spam "ham" failure).
+   with and without content-free calibration, and KPT's expansion of the class names (refined on
+   the training texts, contextual calibration). Class-name words that the model never puts at the
+   mask for a training example of their own class are dropped (the spam "ham" failure).
 2. **templates**: every other template with the best word recipes.
-3. **demonstrations**: the best prompt so far with in-context demonstrations (per class, random
-   or similar), drawn only from the training folds.
-4. **trained**: a ProtoVerb head on the mask states of the best templates.
-5. **ensemble**: the best templates averaged, with the best word recipe.
+3. **trained**: a ProtoVerb head on the mask states of the best templates.
+4. **ensemble**: the best templates averaged, with the best word recipe.
+5. **demonstrations**: the best untrained prompt with in-context demonstrations (per class,
+   random or similar), drawn only from the training folds — last, because every input grows by a
+   demonstration per class: it gets what is left of the budget.
 
 A candidate is a *recipe* (a JSON spec): run once per fold, it learns only from the other folds
 (label words searched, demonstrations drawn, heads trained there) and is scored on the held-out
@@ -160,11 +162,10 @@ class AutoSearcher(Searcher):
                     recipes.append((s["words"], s["calibration"]))
             # No word recipe survived the first template: every recipe gets another chance on the others.
             recipes = recipes[: cfg.keep] or [(w, c) for w in words for c in cal]
-            # One pass per template (every word set reads its states), one more for the label-word search.
-            cost = per_pass * (1 + any(w == SEARCH for w, _ in recipes))
+            cost = per_pass  # one pass per template: every word recipe reads its mask states
             n = len(cfg.templates) - 1
-            if cost > 0 and n * cost > 0.4 * left:  # leave most of what is left to the later stages
-                n = max(0, min(n, int(0.4 * left / cost)))
+            if cost > 0 and n * cost > 0.5 * left:  # leave half of what is left to the later stages
+                n = max(0, min(n, int(0.5 * left / cost)))
                 self.messages.append(f"stage templates: {n} of {len(cfg.templates) - 1} templates fit the budget")
             return [{"templates": [t], "words": w, "calibration": c} for t in cfg.templates[1:1 + n] for w, c in recipes]
         if stage == "trained":
@@ -191,7 +192,7 @@ class AutoSearcher(Searcher):
                     if k > max(per_fold, smallest, 0) or k < 1:
                         continue
                     cost = per_pass * (1 + k * task.num_labels)  # every input carries k demonstrations per class
-                    if budget_used + cost > 0.6 * left:
+                    if budget_used + cost > 0.9 * left:  # the last stage: what is left, bar the refit
                         continue
                     budget_used += cost
                     specs.append({**best, "demos": {"per_class": k, "selection": sel}})
@@ -218,12 +219,14 @@ class AutoSearcher(Searcher):
     def _print_plan(self, ctx: SearchContext, per_pass: float, seconds_left: float | None) -> None:
         cfg, task = self.config, ctx.task
         n_words = 2 * (1 + cfg.label_search) + cfg.kpt
-        rows = [("words", n_words, 1 + cfg.label_search),
-                ("templates", (len(cfg.templates) - 1) * min(cfg.keep, n_words), (len(cfg.templates) - 1) * (1 + cfg.label_search)),
-                ("demonstrations", len(cfg.per_class) * len(cfg.demo_selection),
-                 sum(1 + k * task.num_labels for k in cfg.per_class) * len(cfg.demo_selection)),
-                ("trained", cfg.keep * len(cfg.head), 0.2),
-                ("ensemble", 1 if cfg.ensemble_size >= 2 else 0, 0.0)]
+        # One pass per template; every word recipe, calibration and head reads its mask states.
+        passes = {"words": (n_words, 1.0),
+                  "templates": ((len(cfg.templates) - 1) * min(cfg.keep, n_words), len(cfg.templates) - 1.0),
+                  "trained": (cfg.keep * len(cfg.head), 0.2),
+                  "ensemble": (1 if cfg.ensemble_size >= 2 else 0, 0.0),
+                  "demonstrations": (len(cfg.per_class) * len(cfg.demo_selection),
+                                     sum(1 + k * task.num_labels for k in cfg.per_class) * len(cfg.demo_selection))}
+        rows = [(name, *passes[name]) for name in STAGES]
         n = len(labelled_pool(task))
         say = self.messages.append
         say(f"plan     one pass over the {n} labelled examples (train + dev) takes {per_pass:.1f} s here; "
@@ -307,7 +310,11 @@ class AutoSearcher(Searcher):
         if key in self._searched:
             return self._searched[key]
         if kind == SEARCH:
-            with h.reused_scores(self._rows):  # the same examples come back in every fold and in the re-ranking
+            # The template's pass over the pool gave every example's mask state: its vocabulary
+            # log-probabilities (what the search reads) cost the output layer only, and come back
+            # in every fold and in the re-ranking.
+            with h.reused_scores(self._rows, max_rows=max(2048, 2 * len(pool))):
+                h.prime_logprobs(split, template, self._hidden(h, pool, template)[torch.as_tensor(train)])
                 found = label_word_search(h, split, split, template, names, k=self.config.label_search_k)
             verbalizer = found.verbalizer
         else:  # KPT: expanded class names, refined on the training texts' mask states (no labels used)
