@@ -166,6 +166,14 @@ def test_reused_scores_are_the_same_scores(gpt2, task):
     assert gpt2._logprob_rows is None  # nothing kept after the block
     assert torch.allclose(first, plain[:5], atol=1e-5)
     assert torch.equal(again.argmax(1), plain.argmax(1)) and torch.allclose(again, plain, atol=1e-5)
+    # From the mask states of a scoring pass: the same rows, the output layer only.
+    hidden = gpt2.mask_hidden(split, "{text_a} Category: {mask}.")
+    with gpt2.reused_scores():
+        gpt2.prime_logprobs(split, "{text_a} Category: {mask}.", hidden)
+        primed = gpt2.mask_logprobs(split, "{text_a} Category: {mask}.", reduce=None)
+    assert torch.allclose(primed, plain, atol=1e-4) and torch.equal(primed.argmax(1), plain.argmax(1))
+    with pytest.raises(AutoPromptError, match="reused_scores"):
+        gpt2.prime_logprobs(split, "{text_a} Category: {mask}.", hidden)
 
 
 def _auto(task, gpt2, tmp_path, name: str, budget: float | None = 120, **space: Any):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from autoprompt_kit import Template, Verbalizer, load_task
 from autoprompt_kit.harness import classification_metrics
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,26 @@ def test_search_then_predict_on_the_real_model(method, tmp_path):
     again = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "evaluate", "--prompt", str(out), "--split",
                             "dev", "--quiet"], capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0 and f"{len(dev)}/{len(dev)} dev predictions identical" in again.stdout, again.stdout
+
+
+def test_auto_search_then_predict_on_the_real_model(real_harness, tmp_path):
+    """``auto`` on Gemma and the hand-written support-intent task, with a small budget: the
+    cross-validated estimate is reported with its n, the refit prompt beats chance on test, and it
+    labels new messages after a reload."""
+    from autoprompt_kit import Prompt, find_prompt
+    from autoprompt_kit.methods import AutoConfig
+
+    task = load_task(str(ROOT / "benchmarks" / "tasks" / "support_intent"), shots=8, seed=13)
+    space = AutoConfig.for_task(task)
+    space.stages, space.label_search = ["words", "trained"], False
+    out = tmp_path / "best.json"
+    result = find_prompt("auto", task, space, harness=real_harness, storage=f"sqlite:///{tmp_path / 'a.db'}",
+                         budget=240, out=out)
+    cv, test = result.document["metrics"]["cv"], result.document["metrics"]["test"]
+    assert cv["n"] == 64 and cv["folds"] == 4 and 0 < cv["se"] < 0.2
+    assert test["n"] == 80 and test["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    assert set(result.document["stages"]) <= {"words", "trained"}
+    again = Prompt.load(tmp_path / "best.prompt")
+    labels = again.predict(["I was charged twice this month", "my parcel never arrived"], real_harness).labels
+    assert list(labels) == list(result.prompt.predict(["I was charged twice this month", "my parcel never arrived"],
+                                                      real_harness).labels)

@@ -360,9 +360,14 @@ class Searcher(ABC):
         Must be deterministic given the study, so that a resumed job and extra workers agree."""
         return None
 
-    #: Whether every run of a trial returns the same candidate whatever it learnt from (nothing is
-    #: fitted to data): a cross-validated winner is then not refit.
     def refit_needed(self, params: dict[str, Any]) -> bool:
+        """Whether a cross-validated winner with these parameters learnt from its folds (and is
+        refit on every labelled example); False when every fold gives the same candidate."""
+        return True
+
+    def costly(self, params: dict[str, Any]) -> bool:
+        """Whether each fold of this candidate costs real work; only then may the pruner stop it
+        after a fold (a fold scored from cached states saves nothing and only adds noise)."""
         return True
 
     @abstractmethod

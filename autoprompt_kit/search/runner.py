@@ -385,16 +385,19 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
         ctx.seed_everything(trial.number)
         return job.searcher.run_trial(trial, ctx)
     results, scores, outcome = [], [], None
+    prunable = True
     for fold in folds:
         fctx = SearchContext(fold_task(ctx.task, fold), ctx.harness, ctx.seed, fold=fold)
         fctx.seed_everything(trial.number)
         outcome = job.searcher.run_trial(trial, fctx)
         results.append(outcome.dev)
         scores.append(outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1)
+        if fold.number == 0:
+            prunable = job.searcher.costly(trial.params)
         if fold.number + 1 < len(folds):
             so_far = pooled_result(results, folds, len(ctx.task.label_names))
             trial.report(so_far.accuracy if metric == "accuracy" else so_far.macro_f1, fold.number)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 trial.set_user_attr("note", f"pruned after {fold.number + 1} of {len(folds)} folds")
                 raise optuna.TrialPruned()
             if budget is not None and time.perf_counter() - started > 1.1 * budget:

@@ -106,6 +106,10 @@ class AutoSearcher(Searcher):
             if key.startswith(STAGE_ATTR):
                 self._specs[key[len(STAGE_ATTR):]] = value
 
+    def costly(self, params: dict[str, Any]) -> bool:
+        """Only demonstrations cost a pass per fold; every other recipe reads cached states."""
+        return bool(self._spec(params["stage"], params[params["stage"]]).get("demos"))
+
     def refit_needed(self, params: dict[str, Any]) -> bool:  # learnt words, demonstrations and heads refit
         spec = self._spec(params["stage"], params[params["stage"]])
         return spec["words"] != NAMES or not _untrained(spec)
