@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,8 +22,8 @@ from optuna.trial import TrialState
 from autoprompt_kit import AutoPromptError, Harness, Template, Verbalizer, load_task
 from autoprompt_kit.data import Example, Split
 from autoprompt_kit.io import STALE_SECONDS, write_json_atomic
-from autoprompt_kit.search._storage import check_url, public_url
-from autoprompt_kit.search.runner import QUEUED, fill_queue, open_storage, open_study
+from autoprompt_kit.search._storage import OWNER, check_url, public_url, take_trials_atomically
+from autoprompt_kit.search.runner import QUEUED, SearchJob, _recover, fill_queue, open_storage, open_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
@@ -93,6 +94,64 @@ def test_two_searches_started_together_run_each_candidate_once(tiny_model_dir, t
         trials = optuna.load_study(study_name="two", storage=storage).get_trials()
         done = [json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]
         assert len(done) == 8 and len(set(done)) == 8, (r, len(done))
+
+
+def _take_all(url: str, barrier, out) -> None:
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ask alone here
+        study = open_study("take", open_storage(url), 13, {"method": "select"})
+        take_trials_atomically(study)
+        barrier.wait()
+        taken = []
+        while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            taken.append(study.ask().number)
+        out.put((os.getpid(), taken))
+    except BaseException as exc:  # noqa: BLE001 — reported to the parent
+        out.put((os.getpid(), f"{type(exc).__name__}: {exc}"))
+
+
+def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_sqlite(tmp_path):
+    """4 processes released by a barrier ask a 40-trial SQLite queue dry, 3 rounds: Optuna's own take
+    (read WAITING, then write RUNNING, no row lock on SQLite) handed the same trial to two processes
+    in every round (Optuna #4002); each queued trial is taken once, and its owner is the taker."""
+    grid = [{"template": str(i), "label_words": "0", "calibration": "none"} for i in range(40)]
+    ctx = mp.get_context("fork")
+    for r in range(3):
+        url = f"sqlite:///{tmp_path / f'take{r}.db'}"
+        fill_queue(open_study("take", open_storage(url), 13, {"method": "select"}), grid, 40, 13)
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_take_all, args=(url, barrier, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(60)
+        assert not [r for r in results if isinstance(r[1], str)], results
+        queued = sorted(n for _, taken in results for n in taken if n < 40)
+        assert queued == list(range(40)), (r, [n for n in set(queued) if queued.count(n) > 1])
+        by_number = {t.number: t for t in optuna.load_study(study_name="take", storage=url).get_trials()}
+        for pid, taken in results:
+            for n in taken:
+                assert by_number[n].user_attrs[OWNER]["pid"] == pid, (r, n)
+
+
+def test_three_searches_started_together_on_sqlite_all_succeed_and_run_each_candidate_once(tiny_model_dir, tmp_path):
+    """Three CLI searches on one SQLite study, 3 rounds: before taking a queued trial was atomic, one
+    of them now and then ran a trial another had taken and died with Optuna's 'Cannot tell a
+    COMPLETE trial' (exit 1); every process exits 0 and every candidate completes exactly once."""
+    for r in range(3):
+        storage = f"sqlite:///{tmp_path / f'three{r}.db'}"
+        args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", storage,
+                "--study", "three", "--trials", "24", "--max-examples", "40", "--shots", "2", "--quiet",
+                "--test-split", "", "--out", ""]
+        procs = [subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), (r, [o[1][-500:] for o in outs])
+        trials = optuna.load_study(study_name="three", storage=storage).get_trials()
+        done = [t.user_attrs[QUEUED] for t in trials if t.state == TrialState.COMPLETE]
+        assert len(done) == 24 and len(set(done)) == 24, (r, len(done), len(set(done)))
 
 
 # -- 2. long inputs -----------------------------------------------------------------------------------
@@ -175,6 +234,40 @@ def test_kill_9_then_immediate_rerun_retries_the_lost_trial_at_once(tiny_model_d
     assert doc["study"]["trials"].get("running", 0) == 0 and doc["study"]["trials"]["complete"] == 14
     trials = optuna.load_study(study_name="kill", storage=storage).get_trials()
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
+
+
+def _take_and_die(url: str) -> None:
+    warnings.simplefilter("ignore")
+    study = open_study("die", open_storage(url), 13, {"method": "select"})
+    take_trials_atomically(study)
+    study.ask()  # the kit's claim in the objective never runs: killed right after the take
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_kill_right_after_a_trial_is_taken_is_recovered_at_once_and_its_folder_removed(tmp_path):
+    """A process killed between taking a queued trial and running it: the trial already names its
+    owner, so the next run fails and re-queues it at once (not after the heartbeat's grace, which
+    is 20 minutes here); the prompt folder and staging folders the dead trial left are removed."""
+    url = f"sqlite:///{tmp_path / 'die.db'}"
+    study = open_study("die", open_storage(url, heartbeat=600), 13, {"method": "select"})
+    fill_queue(study, GRID, 8, 13)
+    child = mp.get_context("fork").Process(target=_take_and_die, args=(url,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    [dead] = study.get_trials(states=(TrialState.RUNNING,))
+    job = SearchJob(searcher=None, study_name="die", storage_url=url, progress=False)  # type: ignore[arg-type]
+    left = [job.trial_root() / f"trial-{dead.number}", job.trial_root() / f".trial-{dead.number}.x1y2.tmp"]
+    for folder in left:
+        (folder / "sub").mkdir(parents=True)
+    keep = job.trial_root() / f"trial-{dead.number + 1}"
+    keep.mkdir()
+    assert _recover(study, job) == [dead.number]
+    assert not any(f.exists() for f in left) and keep.is_dir()
+    after = study.get_trials()
+    assert [t.number for t in after if t.state == TrialState.FAIL] == [dead.number]
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    assert sum(t.state == TrialState.WAITING for t in after) == 8  # 7 queued + the retry
 
 
 def _children(pid: int) -> list[int]:

@@ -27,7 +27,8 @@ from ..artifact import BEST_SCHEMA_VERSION, Prompt, model_reference
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
 from ..prompts import Template
-from ._storage import check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock
+from ._storage import (check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock,
+                       take_trials_atomically)
 from .base import SearchContext, Searcher
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def run_search(job: SearchJob, ctx: SearchContext,
     meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
             "seed": job.seed, "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task)}}
     study = open_study(job.study_name, storage, job.seed, meta)
+    take_trials_atomically(study)  # no queued trial run twice; a taken trial has its owner at once
     _recover(study, job)
     job.searcher.prepare(ctx, study)
     grid = job.searcher.grid()
@@ -277,10 +279,23 @@ def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
         optuna.storages.fail_stale_trials(study)
     revived += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                 if t.number not in stale_before]
+    for number in revived:  # its retry gets a new number (and folder): what the dead one saved is garbage
+        _drop_trial_folder(job.trial_root(), number)
     if revived and job.progress and not job.worker:
         print(f"trial(s) {', '.join(map(str, sorted(revived)))} of a process that is gone: failed and queued again",
               flush=True)
     return revived
+
+
+def _drop_trial_folder(root: Path, number: int) -> None:
+    """Delete trial ``number``'s prompt folder and the staging folders a kill mid-save leaves beside it."""
+    import shutil
+
+    if not root.is_dir():
+        return
+    for path in [root / f"trial-{number}", *root.glob(f".trial-{number}.*.tmp"), *root.glob(f".trial-{number}.*.old")]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _digest(value: Any) -> str:
@@ -413,19 +428,22 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
         prompt.save(folder)
         doc["prompt"] = {"path": folder.name, **prompt.to_dict()}
         write_best_json(out, doc)
-    _drop_stale_trial_state(study, best.number)
+    _drop_stale_trial_state(study, best.number, job.trial_root())
     return SearchResult(prompt, doc, study, test)
 
 
-def _drop_stale_trial_state(study: optuna.Study, best: int) -> None:
+def _drop_stale_trial_state(study: optuna.Study, best: int, root: Path | None = None) -> None:
     """Delete the prompt folders of finished trials that lost (a finished trial's value never
-    changes, so it can never become best again); the best one and running trials stay."""
+    changes, so it can never become best again); the best one and running trials stay. Under
+    ``root``, also what failed trials left without recording it (killed between save and record)."""
     import shutil
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         folder = t.user_attrs.get(PROMPT_DIR)
         if folder and t.number != best and Path(folder).is_dir():
             shutil.rmtree(folder, ignore_errors=True)
+        if root is not None and t.state == TrialState.FAIL:
+            _drop_trial_folder(root, t.number)
 
 
 def write_best_json(path: str | Path, doc: dict[str, Any]) -> None:
