@@ -480,6 +480,123 @@ def test_resuming_with_another_space_or_task_is_an_error(tiny_model_dir, tmp_pat
     assert proc.returncode == 2 and "was run with another task" in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def other_model_dir(tiny_models, tmp_path_factory) -> str:
+    """A second tiny causal LM (Gemma 3 architecture, same tokenizer) saved as a folder."""
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    model, tok, _ = tiny_models["gemma3"]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _trial_count(storage: str) -> dict[str, int]:
+    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_resuming_with_another_model_or_precision_is_one_line_and_adds_nothing(tiny_model_dir, other_model_dir,
+                                                                            tmp_path):
+    """The same --study with another --model (or --precision) used to resume it and mix two models'
+    trials; it is refused with one line naming what differs, and nothing is added or written."""
+    storage = f"sqlite:///{tmp_path / 'm.db'}"
+    base = ["search", "select", "--space", str(SPACE), "--storage", storage, "--study", "same", "--trials", "1",
+            "--max-examples", "40", "--shots", "2", "--quiet", "--test-split", ""]
+    first = cli(*base, "--model", tiny_model_dir, "--out", "")
+    assert first.returncode == 0, first.stderr
+    before = _trial_count(storage)
+    out = tmp_path / "best.json"
+    for extra, what, shown in ((["--model", other_model_dir], "another model", other_model_dir),
+                               (["--model", tiny_model_dir, "--precision", "bf16"], "another precision", "bf16")):
+        proc = cli(*base, *extra, "--trials", "2", "--out", str(out))
+        assert proc.returncode == 2, (extra, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and what in lines[0] and shown in lines[0] and "--study" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists() and "weights" not in proc.stderr
+        assert _trial_count(storage) == before
+
+
+def test_resuming_after_the_model_files_changed_is_an_error(tiny_models, tmp_path):
+    """The same folder with other weights (retrained, replaced) is another model: its sha256 differs."""
+    import torch
+
+    folder = tmp_path / "model"
+    model, tok, _ = tiny_models["gpt2"]
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    args = ["search", "select", "--space", str(SPACE), "--model", str(folder), "--storage",
+            f"sqlite:///{tmp_path / 'w.db'}", "--study", "w", "--max-examples", "40", "--shots", "2", "--quiet",
+            "--test-split", "", "--out", ""]
+    assert cli(*args, "--trials", "1").returncode == 0
+    changed = type(model)(model.config)
+    changed.load_state_dict({k: v + 0.01 for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        changed.save_pretrained(folder)
+    proc = cli(*args, "--trials", "2")
+    assert proc.returncode == 2 and "was run with other model weights (sha256:" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_another_model_without_study_makes_its_own_study(tiny_model_dir, other_model_dir, tmp_path):
+    """Without --study the default name carries a tag of the model: a plain rerun with another model
+    starts a study of its own instead of failing, and a rerun with the first model resumes its one."""
+    storage = f"sqlite:///{tmp_path / 'd.db'}"
+    base = ["search", "select", "--space", str(SPACE), "--storage", storage, "--trials", "1", "--max-examples", "40",
+            "--shots", "2", "--quiet", "--test-split", "", "--out", ""]
+    for model in (tiny_model_dir, other_model_dir, tiny_model_dir):
+        proc = cli(*base, "--model", model)
+        assert proc.returncode == 0, proc.stderr
+    names = sorted(_trial_count(storage))
+    assert len(names) == 2 and all(n.startswith("select-mr-select_sentiment-s13-tiny-") for n in names), names
+    assert {n.split("-s13-")[1].rsplit("-", 1)[0] for n in names} == {Path(tiny_model_dir).name,
+                                                                       Path(other_model_dir).name}
+
+
+def test_find_prompt_names_its_default_study_after_the_model(tiny_models, tmp_path):
+    from autoprompt_kit import find_prompt
+
+    task = load_task("mr", shots=2, seed=13, max_examples=40)
+    space = {"templates": ["{text_a} It was {mask}."], "label_words": [{"negative": ["bad"], "positive": ["good"]}],
+             "calibration": ["none"]}
+    storage = f"sqlite:///{tmp_path / 'api.db'}"
+    names = set()
+    for arch in ("gpt2", "gemma3", "gpt2"):
+        model, tok, kind = tiny_models[arch]
+        harness = Harness(model, tok, kind=kind, progress=False)
+        found = find_prompt("select", task, space, harness=harness, trials=1, storage=storage, test_split=None)
+        names.add(found.study.study_name)
+    assert sorted(names) == sorted(_trial_count(storage)) and len(names) == 2, names
+    assert all(n.startswith("select-mr-api-s13-") for n in names)
+
+
+def test_a_study_from_before_model_fingerprints_still_resumes(tiny_model_dir, other_model_dir, tmp_path):
+    """A study made before the model was fingerprinted (only its name and kind recorded), under the
+    untagged default name: a plain rerun with the same model resumes it; another model is refused."""
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    legacy = "select-mr-select_sentiment-s13"
+    base = ["search", "select", "--space", str(SPACE), "--storage", storage, "--max-examples", "40", "--shots", "2",
+            "--quiet", "--test-split", "", "--out", ""]
+    assert cli(*base, "--model", tiny_model_dir, "--study", legacy, "--trials", "1").returncode == 0
+    old = optuna.load_study(study_name=legacy, storage=storage)
+    old.set_user_attr("fingerprint", {k: v for k, v in old.user_attrs["fingerprint"].items() if k in ("space", "task")})
+    old.set_user_attr("model", {"name": tiny_model_dir, "kind": "causal"})
+    proc = cli(*base, "--model", tiny_model_dir, "--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert _trial_count(storage) == {legacy: 2}
+    proc = cli(*base, "--model", other_model_dir, "--study", legacy, "--trials", "3")
+    assert proc.returncode == 2 and "another model" in proc.stderr and _trial_count(storage) == {legacy: 2}, proc.stderr
+
+
+def test_resuming_with_another_kind_is_an_error_naming_it(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'k.db'}")
+    fingerprint = {"space": "s", "task": "t", "model": "/m", "weights": "sha256:ab", "kind": "mlm", "precision": "fp32"}
+    open_study("k", storage, 13, {"method": "select", "fingerprint": fingerprint})
+    with pytest.raises(AutoPromptError, match=r"another kind \(kind mlm, now causal\)"):
+        open_study("k", storage, 13, {"method": "select", "fingerprint": {**fingerprint, "kind": "causal"}})
+    with pytest.raises(AutoPromptError, match=r"other model weights \(sha256:ab, now sha256:cd\)"):
+        open_study("k", storage, 13, {"method": "select", "fingerprint": {**fingerprint, "weights": "sha256:cd"}})
+    open_study("k", storage, 13, {"method": "select", "fingerprint": fingerprint})  # the same: resumes
+
+
 # -- 8-9. secrets and leftovers ---------------------------------------------------------------------
 def test_passwords_never_show(tmp_path):
     for url, hidden in [("postgresql://u:pw@h/db", "pw"), ("postgresql://:pw@h/db", "pw"),

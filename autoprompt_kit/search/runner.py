@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -102,16 +103,57 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
         made_by = study.user_attrs.get("method")
         if made_by and made_by != meta.get("method"):
             raise AutoPromptError(f"study {name!r} was made by method {made_by!r}, not {meta.get('method')!r}")
-        before, now = study.user_attrs.get("fingerprint") or {}, meta.get("fingerprint") or {}
-        for what in ("space", "task"):
-            if before.get(what) and now.get(what) and before[what] != now[what]:
-                raise AutoPromptError(
-                    f"study {name!r} was run with another {what} ({what} {before[what][:12]}, now {now[what][:12]}); "
-                    f"resuming would mix their results: give a new --study name")
+        _check_fingerprint(name, study, meta.get("fingerprint") or {})
         for key, value in meta.items():
             if key not in study.user_attrs:
                 study.set_user_attr(key, value)
     return study
+
+
+#: What a study's fingerprint holds (see :func:`run_search`) → how a difference is named.
+FINGERPRINT = {"space": "another space", "task": "another task", "model": "another model",
+               "weights": "other model weights", "kind": "another kind", "precision": "another precision"}
+
+
+def _check_fingerprint(name: str, study: optuna.Study, now: dict[str, str]) -> None:
+    """Refuse to resume a study whose results came from another space, task, model, weights, kind or
+    precision, with one line naming each difference. A part the study does not record yet (made by
+    an older version) is not compared, except the model name and kind its ``model`` attribute
+    kept; it is recorded now, so the next resume compares it."""
+    stored = study.user_attrs.get("fingerprint") or {}
+    before = stored
+    if stored and "model" not in stored and now.get("model"):
+        before = {**stored, **_legacy_model_fingerprint(study.user_attrs.get("model"), now)}
+    differ = [what for what in FINGERPRINT if before.get(what) and now.get(what) and before[what] != now[what]]
+    if "model" in differ and "weights" in differ:
+        differ.remove("weights")  # another model has other weights: saying so adds nothing
+    if differ:
+        def shown(what: str, value: str) -> str:  # digests cut to 12 characters, names in full
+            pin, _, digest = value.partition(":")
+            if what == "weights":
+                return f"{pin}:{digest[:12]}" if pin in ("sha256", "revision") else value
+            return f"{what} {value[:12] if what in ('space', 'task') else value}"
+
+        pairs = "; ".join(f"{shown(w, before[w])}, now {shown(w, now[w]).removeprefix(w + ' ')}" for w in differ)
+        raise AutoPromptError(f"study {name!r} was run with {' and '.join(FINGERPRINT[w] for w in differ)} ({pairs}); "
+                              "resuming would mix their results: give a new --study name")
+    if stored and set(now) - set(stored):
+        study.set_user_attr("fingerprint", {**now, **stored})
+
+
+def _legacy_model_fingerprint(recorded: Any, now: dict[str, Any]) -> dict[str, str]:
+    """What a study made before models were fingerprinted says about its model: the name and kind
+    its ``model`` attribute recorded, normalised as :func:`model_fingerprint` does. A name that
+    names the same folder, or the same last part of a path that moved, counts as the same model."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+        return {}
+    name = _model_name(recorded["name"])
+    if name != now["model"] and Path(name).name == Path(now["model"]).name:
+        name = now["model"]
+    out = {"model": name}
+    if isinstance(recorded.get("kind"), str):
+        out["kind"] = recorded["kind"]
+    return out
 
 
 def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int,
@@ -191,7 +233,8 @@ def run_search(job: SearchJob, ctx: SearchContext,
     storage = open_storage(job.storage_url, job.heartbeat)
     config = job.searcher.config.to_dict()
     meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
-            "seed": job.seed, "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task)}}
+            "seed": job.seed, "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task),
+                                              **model_fingerprint(job.model_info.get("name"), ctx.harness)}}
     study = open_study(job.study_name, storage, job.seed, meta)
     take_trials_atomically(study)  # no queued trial run twice; a taken trial has its owner at once
     _recover(study, job)
@@ -305,6 +348,59 @@ def _digest(value: Any) -> str:
 def task_fingerprint(task: Any) -> str:
     """What a study's results depend on in the task: its labels and its train/dev examples."""
     return _digest([list(task.label_names), task.train.fingerprint, task.dev.fingerprint, task.metric])
+
+
+def _model_name(name: str) -> str:
+    """One spelling per model: the embedded default's aliases as one name, a local path resolved."""
+    from ..models.loading import DEFAULT_ALIASES, DEFAULT_MODEL
+
+    if name.lower() in DEFAULT_ALIASES:
+        return DEFAULT_MODEL
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def model_fingerprint(name: str | None, harness: Any) -> dict[str, str]:
+    """What a study's results depend on in the model: its name, what pins its weights (file
+    sha256, hub revision or registry package, where known), its kind and the precision it runs in."""
+    name = name or harness.model_name
+    origin = getattr(harness.model.config, "_name_or_path", "")
+    if name == type(harness.model).__name__ and origin:  # a model object: the class says little, its origin more
+        name = origin
+    ref = model_reference(name, harness)
+    out = {"model": _model_name(ref["name"]), "kind": harness.kind, "precision": harness.precision}
+    for pin in ("sha256", "revision", "package"):
+        if ref.get(pin):
+            out["weights"] = f"{pin}:{ref[pin]}"
+            break
+    return out
+
+
+def model_tag(fingerprint: dict[str, str]) -> str:
+    """A short tag of a model for default study names: the last part of its name and 6 hex digits
+    of its whole fingerprint (weights, kind and precision included), e.g. ``gemma-3-270m-1a2b3c``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(fingerprint["model"]).name or fingerprint["model"]).strip("-.")
+    return f"{stem[:40] or 'model'}-{_digest(fingerprint)[:6]}"
+
+
+def default_study_name(storage: optuna.storages.BaseStorage, base: str, fingerprint: dict[str, str]) -> str:
+    """The study a search uses when no name is given: ``<base>-<model tag>``, so that another model
+    (weights, kind or precision) starts a study of its own instead of mixing with this one.
+
+    A study from before the tag, under the bare ``base`` name, keeps that name when it was run with
+    this model (or records no model): a plain rerun resumes it as before.
+    """
+    tagged = f"{base}-{model_tag(fingerprint)}"
+    names = set(optuna.get_all_study_names(storage))
+    if tagged in names or base not in names:
+        return tagged
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(base))
+    recorded = attrs.get("fingerprint") or {}
+    if "model" in recorded:  # made with tags: its own model's study has the tagged name
+        return tagged
+    legacy = _legacy_model_fingerprint(attrs.get("model"), fingerprint)
+    same = all(fingerprint.get(k) == v for k, v in legacy.items())
+    return base if same else tagged
 
 
 def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Prompt]:
