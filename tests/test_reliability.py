@@ -111,14 +111,11 @@ def _take_all(url: str, barrier, out) -> None:
         out.put((os.getpid(), f"{type(exc).__name__}: {exc}"))
 
 
-def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_sqlite(tmp_path):
-    """4 processes released by a barrier ask a 40-trial SQLite queue dry, 3 rounds: Optuna's own take
-    (read WAITING, then write RUNNING, no row lock on SQLite) handed the same trial to two processes
-    in every round (Optuna #4002); each queued trial is taken once, and its owner is the taker."""
+def _take_race(url_for_round, rounds: int) -> None:
     grid = [{"template": str(i), "label_words": "0", "calibration": "none"} for i in range(40)]
     ctx = mp.get_context("fork")
-    for r in range(3):
-        url = f"sqlite:///{tmp_path / f'take{r}.db'}"
+    for r in range(rounds):
+        url = url_for_round(r)
         fill_queue(open_study("take", open_storage(url), 13, {"method": "select"}), grid, 40, 13)
         barrier, out = ctx.Barrier(4), ctx.Queue()
         procs = [ctx.Process(target=_take_all, args=(url, barrier, out)) for _ in range(4)]
@@ -134,6 +131,22 @@ def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_sqlite(t
         for pid, taken in results:
             for n in taken:
                 assert by_number[n].user_attrs[OWNER]["pid"] == pid, (r, n)
+
+
+def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_sqlite(tmp_path):
+    """4 processes released by a barrier ask a 40-trial SQLite queue dry, 3 rounds: Optuna's own take
+    (read WAITING, then write RUNNING, no row lock on SQLite) handed the same trial to two processes
+    in every round (Optuna #4002); each queued trial is taken once, and its owner is the taker."""
+    _take_race(lambda r: f"sqlite:///{tmp_path / f'take{r}.db'}", rounds=3)
+
+
+@pytest.mark.services
+def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_postgresql():
+    from services import postgres_server
+
+    for r in range(2):
+        with postgres_server(dbname=f"take{r}") as url:
+            _take_race(lambda _: url, rounds=1)
 
 
 def test_three_searches_started_together_on_sqlite_all_succeed_and_run_each_candidate_once(tiny_model_dir, tmp_path):
@@ -244,13 +257,15 @@ def _take_and_die(url: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_kill_right_after_a_trial_is_taken_is_recovered_at_once_and_its_folder_removed(tmp_path):
-    """A process killed between taking a queued trial and running it: the trial already names its
-    owner, so the next run fails and re-queues it at once (not after the heartbeat's grace, which
-    is 20 minutes here); the prompt folder and staging folders the dead trial left are removed."""
+@pytest.mark.parametrize("queued", [8, 0], ids=["queued", "sampled"])
+def test_a_kill_right_after_a_trial_is_taken_is_recovered_at_once_and_its_folder_removed(queued, tmp_path):
+    """A process killed between taking a trial (queued, or new for a sampled space) and running it:
+    the trial already names its owner, so the next run fails and re-queues it at once (not after the
+    heartbeat's grace, which is 20 minutes here); the folders the dead trial left are removed."""
     url = f"sqlite:///{tmp_path / 'die.db'}"
     study = open_study("die", open_storage(url, heartbeat=600), 13, {"method": "select"})
-    fill_queue(study, GRID, 8, 13)
+    if queued:
+        fill_queue(study, GRID, queued, 13)
     child = mp.get_context("fork").Process(target=_take_and_die, args=(url,))
     child.start()
     child.join(60)
@@ -267,7 +282,7 @@ def test_a_kill_right_after_a_trial_is_taken_is_recovered_at_once_and_its_folder
     after = study.get_trials()
     assert [t.number for t in after if t.state == TrialState.FAIL] == [dead.number]
     assert not [t for t in after if t.state == TrialState.RUNNING]
-    assert sum(t.state == TrialState.WAITING for t in after) == 8  # 7 queued + the retry
+    assert sum(t.state == TrialState.WAITING for t in after) == max(queued, 1)  # the rest of the queue + the retry
 
 
 def _children(pid: int) -> list[int]:
