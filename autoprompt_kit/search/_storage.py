@@ -223,8 +223,8 @@ def take_trials_atomically(study: optuna.Study) -> None:
     """Make ``study.ask`` (and so ``study.optimize``) take its trials with :func:`take_trial`.
 
     Optuna has no public hook for how a queued trial is taken; ``Study._pop_waiting_trial_id``
-    (Optuna 3.6 to 5.x) is replaced on this study object only. Without it, or without an SQL
-    engine, Optuna's own take stays.
+    (Optuna 3.x to 5.x; checked on 5.1) is replaced on this study object only. Without it, or
+    without an SQL engine, Optuna's own take stays.
     """
     if _engine(study) is not None and callable(getattr(study, "_pop_waiting_trial_id", None)):
         study._pop_waiting_trial_id = lambda: take_trial(study)  # type: ignore[method-assign]
