@@ -249,6 +249,43 @@ def test_kill_9_then_immediate_rerun_retries_the_lost_trial_at_once(tiny_model_d
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
 
 
+def _fail_stale(url: str, barrier, out) -> None:
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.simplefilter("ignore")  # heartbeats are "experimental"
+        study = open_study("stale", open_storage(url, heartbeat=1), 13, {"method": "select"})
+        take_trials_atomically(study)
+        barrier.wait()
+        optuna.storages.fail_stale_trials(study)  # what Optuna runs before every trial of every process
+        out.put("")
+    except BaseException as exc:  # noqa: BLE001 — reported to the parent
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_failing_the_same_stale_trials_at_once_requeue_each_once(tmp_path):
+    """20 trials whose heartbeat went stale, 4 processes failing them at once, 2 rounds: on SQLite
+    two of them could both fail a trial and both re-queue it (21-23 retries of 20), so a candidate
+    ran twice; each stale trial is re-queued exactly once."""
+    warnings.simplefilter("ignore")
+    ctx = mp.get_context("fork")
+    for r in range(2):
+        url = f"sqlite:///{tmp_path / f'stale{r}.db'}"
+        study = open_study("stale", open_storage(url, heartbeat=1), 13, {"method": "select"})
+        for _ in range(20):
+            study._storage.record_heartbeat(study.ask()._trial_id)
+        time.sleep(2.5)  # past the grace period (2 x 1 s)
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_fail_stale, args=(url, barrier, out)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        problems = [m for m in (out.get(timeout=120) for _ in procs) if m]
+        for proc in procs:
+            proc.join(60)
+        assert not problems, problems
+        states = [t.state for t in study.get_trials()]
+        assert states.count(TrialState.FAIL) == 20 and states.count(TrialState.WAITING) == 20, (r, states)
+
+
 def _take_and_die(url: str) -> None:
     warnings.simplefilter("ignore")
     study = open_study("die", open_storage(url), 13, {"method": "select"})

@@ -220,14 +220,29 @@ def take_trial(study: optuna.Study) -> int:
 
 
 def take_trials_atomically(study: optuna.Study) -> None:
-    """Make ``study.ask`` (and so ``study.optimize``) take its trials with :func:`take_trial`.
+    """Make ``study.ask`` (and so ``study.optimize``) take its trials with :func:`take_trial`, and
+    failing a running trial a conditional move from RUNNING: when several processes fail the same
+    stale trial at once (Optuna does before every trial), only one re-queues it.
 
-    Optuna has no public hook for how a queued trial is taken; ``Study._pop_waiting_trial_id``
-    (Optuna 3.x to 5.x; checked on 5.1) is replaced on this study object only. Without it, or
-    without an SQL engine, Optuna's own take stays.
+    Optuna has no public hook for either; ``Study._pop_waiting_trial_id`` (Optuna 3.x to 5.x;
+    checked on 5.1) and the ``set_trial_state_values`` of this study's storage object are replaced
+    on these objects only. Without an SQL engine, Optuna's own ways stay.
     """
-    if _engine(study) is not None and callable(getattr(study, "_pop_waiting_trial_id", None)):
+    engine, storage = _engine(study), study._storage
+    if engine is None:
+        return
+    if callable(getattr(study, "_pop_waiting_trial_id", None)):
         study._pop_waiting_trial_id = lambda: take_trial(study)  # type: ignore[method-assign]
+    plain = storage.set_trial_state_values
+
+    def set_trial_state_values(trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.FAIL and values is None and _set_state_if(engine, trial_id, TrialState.RUNNING, state):
+            return True
+        # Anything else, or a trial no longer running: Optuna's own (it raises UpdateFinishedTrialError
+        # for a trial another process failed first, which its stale-trial check expects).
+        return plain(trial_id, state=state, values=values)
+
+    storage.set_trial_state_values = set_trial_state_values  # type: ignore[method-assign]
 
 
 def _alive(owner: dict[str, Any]) -> bool | None:
