@@ -468,10 +468,10 @@ def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
 
 def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
     """``name``, ``kind`` and what pins the weights: the hub revision, the file hash of a local
-    folder, or the registry package of the embedded default."""
+    folder or GGUF file, or the registry package of the embedded default."""
     from importlib import metadata
 
-    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL
+    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256
 
     name = name or DEFAULT_MODEL
     ref: dict[str, Any] = {"name": name, "kind": harness.kind}
@@ -485,16 +485,32 @@ def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
         ref["name"] = str(local.resolve())
         files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
         if files and sum(p.stat().st_size for p in files) < 4 * 2**30:  # hashing is ~1 s per GB
-            digest = hashlib.sha256()
-            for p in files:
-                with p.open("rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        digest.update(block)
-            ref["sha256"] = digest.hexdigest()
+            ref["sha256"] = _files_sha256(files)
+    elif local.is_file() and local.suffix.lower() == ".gguf":
+        ref["name"] = str(local.resolve())
+        ref["sha256"] = _file_sha256(local)  # remembered across runs: the file was hashed when it was converted
     revision = getattr(harness.model.config, "_commit_hash", None)
     if revision:
         ref["revision"] = revision
     return ref
+
+
+#: (path, size, mtime) of each file → their joint sha256: a search asks for a model's reference
+#: more than once (the study's fingerprint, then best.json); a multi-GB folder is read once.
+_DIGESTS: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+
+def _files_sha256(files: Sequence[Path]) -> str:
+    """sha256 of the files' contents one after another."""
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        for p in files:
+            with p.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 # -- reading saved parts ---------------------------------------------------------------------------

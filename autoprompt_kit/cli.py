@@ -235,18 +235,21 @@ def cmd_search(args: argparse.Namespace) -> int:
             print("\n".join(f"         {line}" for line in _shown_settings(config.to_yaml())))
     searcher = searcher_cls(config)
     config.check_task(task)
-    from .search.runner import open_storage
+    from .search.runner import default_study_name, model_fingerprint, open_storage
 
-    open_storage(args.storage, args.heartbeat)
+    storage = open_storage(args.storage, args.heartbeat)
     harness = _harness(args, progress=False)
-    study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}"
+    model_info = {"name": args.model or "gemma-3-270m", "kind": harness.kind}
+    # Without --study the name carries a tag of the model: another model starts its own study.
+    study_name = args.study or default_study_name(
+        storage, f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}",
+        model_fingerprint(model_info["name"], harness))
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
         heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet, trial_dir=args.trial_dir,
         task_info=task.info(source=_task_source(args.task), shots=args.shots, seed=args.seed,
                             max_examples=args.max_examples),
-        model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
-        budget=budget, selection=selection, folds=args.folds,
+        model_info=model_info, budget=budget, selection=selection, folds=args.folds,
     )
     if not args.worker:
         print(f"task     {task.summary()}")

@@ -285,7 +285,8 @@ def test_study_runs_best_first_and_resumes_without_regenerating(tiny_models, tmp
         raise AssertionError("regenerated on resume")
 
     monkeypatch.setattr(CausalTemplateGenerator, "generate", fail)
-    job2 = SearchJob(get_searcher("lmbff")(config), "lmbff-toy", storage, n_trials=4, seed=13, progress=False)
+    job2 = SearchJob(get_searcher("lmbff")(config), "lmbff-toy", storage, n_trials=4, seed=13, progress=False,
+                     model_info=job.model_info)  # the same model: a study refuses another
     study = run_search(job2, SearchContext(task, h, 13))
     assert len(study.get_trials()) == 4
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import optuna
@@ -21,8 +22,8 @@ from optuna.trial import TrialState
 from autoprompt_kit import AutoPromptError, Harness, Template, Verbalizer, load_task
 from autoprompt_kit.data import Example, Split
 from autoprompt_kit.io import STALE_SECONDS, write_json_atomic
-from autoprompt_kit.search._storage import check_url, public_url
-from autoprompt_kit.search.runner import QUEUED, fill_queue, open_storage, open_study
+from autoprompt_kit.search._storage import OWNER, check_url, public_url, take_trials_atomically
+from autoprompt_kit.search.runner import QUEUED, SearchJob, _recover, fill_queue, open_storage, open_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
@@ -93,6 +94,77 @@ def test_two_searches_started_together_run_each_candidate_once(tiny_model_dir, t
         trials = optuna.load_study(study_name="two", storage=storage).get_trials()
         done = [json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]
         assert len(done) == 8 and len(set(done)) == 8, (r, len(done))
+
+
+def _take_all(url: str, barrier, out) -> None:
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": ask alone here
+        study = open_study("take", open_storage(url), 13, {"method": "select"})
+        take_trials_atomically(study)
+        barrier.wait()
+        taken = []
+        while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            taken.append(study.ask().number)
+        out.put((os.getpid(), taken))
+    except BaseException as exc:  # noqa: BLE001 — reported to the parent
+        out.put((os.getpid(), f"{type(exc).__name__}: {exc}"))
+
+
+def _take_race(url_for_round, rounds: int) -> None:
+    grid = [{"template": str(i), "label_words": "0", "calibration": "none"} for i in range(40)]
+    ctx = mp.get_context("fork")
+    for r in range(rounds):
+        url = url_for_round(r)
+        fill_queue(open_study("take", open_storage(url), 13, {"method": "select"}), grid, 40, 13)
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_take_all, args=(url, barrier, out)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(60)
+        assert not [r for r in results if isinstance(r[1], str)], results
+        queued = sorted(n for _, taken in results for n in taken if n < 40)
+        assert queued == list(range(40)), (r, [n for n in set(queued) if queued.count(n) > 1])
+        by_number = {t.number: t for t in optuna.load_study(study_name="take", storage=url).get_trials()}
+        for pid, taken in results:
+            for n in taken:
+                assert by_number[n].user_attrs[OWNER]["pid"] == pid, (r, n)
+
+
+def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_sqlite(tmp_path):
+    """4 processes released by a barrier ask a 40-trial SQLite queue dry, 3 rounds: Optuna's own take
+    (read WAITING, then write RUNNING, no row lock on SQLite) handed the same trial to two processes
+    in every round (Optuna #4002); each queued trial is taken once, and its owner is the taker."""
+    _take_race(lambda r: f"sqlite:///{tmp_path / f'take{r}.db'}", rounds=3)
+
+
+@pytest.mark.services
+def test_processes_taking_queued_trials_at_once_never_take_one_twice_on_postgresql():
+    from services import postgres_server
+
+    for r in range(2):
+        with postgres_server(dbname=f"take{r}") as url:
+            _take_race(lambda _: url, rounds=1)
+
+
+def test_three_searches_started_together_on_sqlite_all_succeed_and_run_each_candidate_once(tiny_model_dir, tmp_path):
+    """Three CLI searches on one SQLite study, 3 rounds: before taking a queued trial was atomic, one
+    of them now and then ran a trial another had taken and died with Optuna's 'Cannot tell a
+    COMPLETE trial' (exit 1); every process exits 0 and every candidate completes exactly once."""
+    for r in range(3):
+        storage = f"sqlite:///{tmp_path / f'three{r}.db'}"
+        args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", storage,
+                "--study", "three", "--trials", "24", "--max-examples", "40", "--shots", "2", "--quiet",
+                "--test-split", "", "--out", ""]
+        procs = [subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), (r, [o[1][-500:] for o in outs])
+        trials = optuna.load_study(study_name="three", storage=storage).get_trials()
+        done = [t.user_attrs[QUEUED] for t in trials if t.state == TrialState.COMPLETE]
+        assert len(done) == 24 and len(set(done)) == 24, (r, len(done), len(set(done)))
 
 
 # -- 2. long inputs -----------------------------------------------------------------------------------
@@ -175,6 +247,79 @@ def test_kill_9_then_immediate_rerun_retries_the_lost_trial_at_once(tiny_model_d
     assert doc["study"]["trials"].get("running", 0) == 0 and doc["study"]["trials"]["complete"] == 14
     trials = optuna.load_study(study_name="kill", storage=storage).get_trials()
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
+
+
+def _fail_stale(url: str, barrier, out) -> None:
+    try:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        warnings.simplefilter("ignore")  # heartbeats are "experimental"
+        study = open_study("stale", open_storage(url, heartbeat=1), 13, {"method": "select"})
+        take_trials_atomically(study)
+        barrier.wait()
+        optuna.storages.fail_stale_trials(study)  # what Optuna runs before every trial of every process
+        out.put("")
+    except BaseException as exc:  # noqa: BLE001 — reported to the parent
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_failing_the_same_stale_trials_at_once_requeue_each_once(tmp_path):
+    """20 trials whose heartbeat went stale, 4 processes failing them at once, 2 rounds: on SQLite
+    two of them could both fail a trial and both re-queue it (21-23 retries of 20), so a candidate
+    ran twice; each stale trial is re-queued exactly once."""
+    warnings.simplefilter("ignore")
+    ctx = mp.get_context("fork")
+    for r in range(2):
+        url = f"sqlite:///{tmp_path / f'stale{r}.db'}"
+        study = open_study("stale", open_storage(url, heartbeat=1), 13, {"method": "select"})
+        for _ in range(20):
+            study._storage.record_heartbeat(study.ask()._trial_id)
+        time.sleep(2.5)  # past the grace period (2 x 1 s)
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_fail_stale, args=(url, barrier, out)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        problems = [m for m in (out.get(timeout=120) for _ in procs) if m]
+        for proc in procs:
+            proc.join(60)
+        assert not problems, problems
+        states = [t.state for t in study.get_trials()]
+        assert states.count(TrialState.FAIL) == 20 and states.count(TrialState.WAITING) == 20, (r, states)
+
+
+def _take_and_die(url: str) -> None:
+    warnings.simplefilter("ignore")
+    study = open_study("die", open_storage(url), 13, {"method": "select"})
+    take_trials_atomically(study)
+    study.ask()  # the kit's claim in the objective never runs: killed right after the take
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("queued", [8, 0], ids=["queued", "sampled"])
+def test_a_kill_right_after_a_trial_is_taken_is_recovered_at_once_and_its_folder_removed(queued, tmp_path):
+    """A process killed between taking a trial (queued, or new for a sampled space) and running it:
+    the trial already names its owner, so the next run fails and re-queues it at once (not after the
+    heartbeat's grace, which is 20 minutes here); the folders the dead trial left are removed."""
+    url = f"sqlite:///{tmp_path / 'die.db'}"
+    study = open_study("die", open_storage(url, heartbeat=600), 13, {"method": "select"})
+    if queued:
+        fill_queue(study, GRID, queued, 13)
+    child = mp.get_context("fork").Process(target=_take_and_die, args=(url,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    [dead] = study.get_trials(states=(TrialState.RUNNING,))
+    job = SearchJob(searcher=None, study_name="die", storage_url=url, progress=False)  # type: ignore[arg-type]
+    left = [job.trial_root() / f"trial-{dead.number}", job.trial_root() / f".trial-{dead.number}.x1y2.tmp"]
+    for folder in left:
+        (folder / "sub").mkdir(parents=True)
+    keep = job.trial_root() / f"trial-{dead.number + 1}"
+    keep.mkdir()
+    assert _recover(study, job) == [dead.number]
+    assert not any(f.exists() for f in left) and keep.is_dir()
+    after = study.get_trials()
+    assert [t.number for t in after if t.state == TrialState.FAIL] == [dead.number]
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    assert sum(t.state == TrialState.WAITING for t in after) == max(queued, 1)  # the rest of the queue + the retry
 
 
 def _children(pid: int) -> list[int]:
@@ -385,6 +530,123 @@ def test_resuming_with_another_space_or_task_is_an_error(tiny_model_dir, tmp_pat
     assert proc.returncode == 2 and "was run with another space" in proc.stderr and "new --study" in proc.stderr
     proc = cli(*[a if a != "4" else "8" for a in base], "--space", str(SPACE))
     assert proc.returncode == 2 and "was run with another task" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tiny_models, tmp_path_factory) -> str:
+    """A second tiny causal LM (Gemma 3 architecture, same tokenizer) saved as a folder."""
+    path = tmp_path_factory.mktemp("tiny-gemma3")
+    model, tok, _ = tiny_models["gemma3"]
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _trial_count(storage: str) -> dict[str, int]:
+    return {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_resuming_with_another_model_or_precision_is_one_line_and_adds_nothing(tiny_model_dir, other_model_dir,
+                                                                            tmp_path):
+    """The same --study with another --model (or --precision) used to resume it and mix two models'
+    trials; it is refused with one line naming what differs, and nothing is added or written."""
+    storage = f"sqlite:///{tmp_path / 'm.db'}"
+    base = ["search", "select", "--space", str(SPACE), "--storage", storage, "--study", "same", "--trials", "1",
+            "--max-examples", "40", "--shots", "2", "--quiet", "--test-split", ""]
+    first = cli(*base, "--model", tiny_model_dir, "--out", "")
+    assert first.returncode == 0, first.stderr
+    before = _trial_count(storage)
+    out = tmp_path / "best.json"
+    for extra, what, shown in ((["--model", other_model_dir], "another model", other_model_dir),
+                               (["--model", tiny_model_dir, "--precision", "bf16"], "another precision", "bf16")):
+        proc = cli(*base, *extra, "--trials", "2", "--out", str(out))
+        assert proc.returncode == 2, (extra, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and what in lines[0] and shown in lines[0] and "--study" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not out.exists() and "weights" not in proc.stderr
+        assert _trial_count(storage) == before
+
+
+def test_resuming_after_the_model_files_changed_is_an_error(tiny_models, tmp_path):
+    """The same folder with other weights (retrained, replaced) is another model: its sha256 differs."""
+    import torch
+
+    folder = tmp_path / "model"
+    model, tok, _ = tiny_models["gpt2"]
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    args = ["search", "select", "--space", str(SPACE), "--model", str(folder), "--storage",
+            f"sqlite:///{tmp_path / 'w.db'}", "--study", "w", "--max-examples", "40", "--shots", "2", "--quiet",
+            "--test-split", "", "--out", ""]
+    assert cli(*args, "--trials", "1").returncode == 0
+    changed = type(model)(model.config)
+    changed.load_state_dict({k: v + 0.01 for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        changed.save_pretrained(folder)
+    proc = cli(*args, "--trials", "2")
+    assert proc.returncode == 2 and "was run with other model weights (sha256:" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_another_model_without_study_makes_its_own_study(tiny_model_dir, other_model_dir, tmp_path):
+    """Without --study the default name carries a tag of the model: a plain rerun with another model
+    starts a study of its own instead of failing, and a rerun with the first model resumes its one."""
+    storage = f"sqlite:///{tmp_path / 'd.db'}"
+    base = ["search", "select", "--space", str(SPACE), "--storage", storage, "--trials", "1", "--max-examples", "40",
+            "--shots", "2", "--quiet", "--test-split", "", "--out", ""]
+    for model in (tiny_model_dir, other_model_dir, tiny_model_dir):
+        proc = cli(*base, "--model", model)
+        assert proc.returncode == 0, proc.stderr
+    names = sorted(_trial_count(storage))
+    assert len(names) == 2 and all(n.startswith("select-mr-select_sentiment-s13-tiny-") for n in names), names
+    assert {n.split("-s13-")[1].rsplit("-", 1)[0] for n in names} == {Path(tiny_model_dir).name,
+                                                                       Path(other_model_dir).name}
+
+
+def test_find_prompt_names_its_default_study_after_the_model(tiny_models, tmp_path):
+    from autoprompt_kit import find_prompt
+
+    task = load_task("mr", shots=2, seed=13, max_examples=40)
+    space = {"templates": ["{text_a} It was {mask}."], "label_words": [{"negative": ["bad"], "positive": ["good"]}],
+             "calibration": ["none"]}
+    storage = f"sqlite:///{tmp_path / 'api.db'}"
+    names = set()
+    for arch in ("gpt2", "gemma3", "gpt2"):
+        model, tok, kind = tiny_models[arch]
+        harness = Harness(model, tok, kind=kind, progress=False)
+        found = find_prompt("select", task, space, harness=harness, trials=1, storage=storage, test_split=None)
+        names.add(found.study.study_name)
+    assert sorted(names) == sorted(_trial_count(storage)) and len(names) == 2, names
+    assert all(n.startswith("select-mr-api-s13-") for n in names)
+
+
+def test_a_study_from_before_model_fingerprints_still_resumes(tiny_model_dir, other_model_dir, tmp_path):
+    """A study made before the model was fingerprinted (only its name and kind recorded), under the
+    untagged default name: a plain rerun with the same model resumes it; another model is refused."""
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    legacy = "select-mr-select_sentiment-s13"
+    base = ["search", "select", "--space", str(SPACE), "--storage", storage, "--max-examples", "40", "--shots", "2",
+            "--quiet", "--test-split", "", "--out", ""]
+    assert cli(*base, "--model", tiny_model_dir, "--study", legacy, "--trials", "1").returncode == 0
+    old = optuna.load_study(study_name=legacy, storage=storage)
+    old.set_user_attr("fingerprint", {k: v for k, v in old.user_attrs["fingerprint"].items() if k in ("space", "task")})
+    old.set_user_attr("model", {"name": tiny_model_dir, "kind": "causal"})
+    proc = cli(*base, "--model", tiny_model_dir, "--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert _trial_count(storage) == {legacy: 2}
+    proc = cli(*base, "--model", other_model_dir, "--study", legacy, "--trials", "3")
+    assert proc.returncode == 2 and "another model" in proc.stderr and _trial_count(storage) == {legacy: 2}, proc.stderr
+
+
+def test_resuming_with_another_kind_is_an_error_naming_it(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'k.db'}")
+    fingerprint = {"space": "s", "task": "t", "model": "/m", "weights": "sha256:ab", "kind": "mlm", "precision": "fp32"}
+    open_study("k", storage, 13, {"method": "select", "fingerprint": fingerprint})
+    with pytest.raises(AutoPromptError, match=r"another kind \(kind mlm, now causal\)"):
+        open_study("k", storage, 13, {"method": "select", "fingerprint": {**fingerprint, "kind": "causal"}})
+    with pytest.raises(AutoPromptError, match=r"other model weights \(sha256:ab, now sha256:cd\)"):
+        open_study("k", storage, 13, {"method": "select", "fingerprint": {**fingerprint, "weights": "sha256:cd"}})
+    open_study("k", storage, 13, {"method": "select", "fingerprint": fingerprint})  # the same: resumes
 
 
 # -- 8-9. secrets and leftovers ---------------------------------------------------------------------

@@ -7,6 +7,10 @@
   fresh storage's tables and filling a study's queue. SQLite uses an ``flock`` on a file beside
   the database (released by the kernel if the process dies); PostgreSQL a session advisory lock;
   MySQL ``GET_LOCK``; anything else a lock file in ``runs/``.
+* :func:`take_trials_atomically` makes ``study.ask`` take a queued trial with one conditional
+  ``UPDATE … WHERE state = 'WAITING'`` and record its owner in the same transaction: SQLite has no
+  row locks, so Optuna's read-then-write take let two processes run one trial (Optuna issue #4002),
+  and a kill between the take and :func:`claim` left a running trial nobody could tell was dead.
 * :func:`claim` / :func:`fail_dead_trials` record which process runs a trial, so a rerun on the
   same host fails (and re-queues) the trials of a process that is gone at once, instead of waiting
   for the heartbeat's grace period.
@@ -17,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import os
 import re
 import socket
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -163,8 +169,80 @@ def claim(trial: optuna.Trial) -> None:
 
 
 def _owner(t: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    # A tag without a number was written when the trial was created (its number was not known yet);
+    # a trial only becomes running through :func:`take_trial`, which overwrites an inherited tag.
     tag = t.user_attrs.get(OWNER)
-    return tag if isinstance(tag, dict) and tag.get("trial") == t.number else None
+    return tag if isinstance(tag, dict) and tag.get("trial", t.number) == t.number else None
+
+
+def _engine(study: optuna.Study) -> Any:
+    """The SQLAlchemy engine under the study's storage (None for an in-memory storage)."""
+    return getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
+
+
+def _set_state_if(engine: Any, trial_id: int, was: TrialState, now: TrialState,
+                  owner: dict[str, Any] | None = None) -> bool:
+    """Move a trial from state ``was`` to ``now`` (and record ``owner``) in one transaction, only if
+    it is still in state ``was``; True if this call moved it.
+
+    One conditional ``UPDATE`` is atomic on every database (SQLite serialises writers; PostgreSQL and
+    MySQL re-check the condition under the row lock), unlike Optuna's read-then-write, which SQLite
+    runs without a lock between the two. Writes Optuna's own tables, as its storage does.
+    """
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trials, attrs = models.TrialModel, models.TrialUserAttributeModel
+    stamp = {"datetime_start" if now == TrialState.RUNNING else "datetime_complete": datetime.now()}
+    with engine.begin() as conn:
+        moved = conn.execute(sa.update(trials).where(trials.trial_id == trial_id, trials.state == was)
+                             .values(state=now, **stamp)).rowcount
+        if moved != 1:
+            return False
+        if owner is not None:  # the same transaction: no moment when the trial runs without an owner
+            conn.execute(sa.delete(attrs).where(attrs.trial_id == trial_id, attrs.key == OWNER))
+            conn.execute(sa.insert(attrs).values(trial_id=trial_id, key=OWNER, value_json=json.dumps(owner)))
+    return True
+
+
+def take_trial(study: optuna.Study) -> int:
+    """Give this process a trial of ``study`` and return its id: the first queued (WAITING) one
+    nobody else took, else a new one. Either way the trial is running and carries this process as
+    its owner from the moment it exists (see :func:`_set_state_if`)."""
+    engine = _engine(study)
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if _set_state_if(engine, t._trial_id, TrialState.WAITING, TrialState.RUNNING, {**_me(), "trial": t.number}):
+            return t._trial_id
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
+        params={}, distributions={}, user_attrs={OWNER: _me()}, system_attrs={}, intermediate_values={}, trial_id=-1)
+    return study._storage.create_new_trial(study._study_id, template_trial=template)
+
+
+def take_trials_atomically(study: optuna.Study) -> None:
+    """Make ``study.ask`` (and so ``study.optimize``) take its trials with :func:`take_trial`, and
+    failing a running trial a conditional move from RUNNING: when several processes fail the same
+    stale trial at once (Optuna does before every trial), only one re-queues it.
+
+    Optuna has no public hook for either; ``Study._pop_waiting_trial_id`` (Optuna 3.x to 5.x;
+    checked on 5.1) and the ``set_trial_state_values`` of this study's storage object are replaced
+    on these objects only. Without an SQL engine, Optuna's own ways stay.
+    """
+    engine, storage = _engine(study), study._storage
+    if engine is None:
+        return
+    if callable(getattr(study, "_pop_waiting_trial_id", None)):
+        study._pop_waiting_trial_id = lambda: take_trial(study)  # type: ignore[method-assign]
+    plain = storage.set_trial_state_values
+
+    def set_trial_state_values(trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.FAIL and values is None and _set_state_if(engine, trial_id, TrialState.RUNNING, state):
+            return True
+        # Anything else, or a trial no longer running: Optuna's own (it raises UpdateFinishedTrialError
+        # for a trial another process failed first, which its stale-trial check expects).
+        return plain(trial_id, state=state, values=values)
+
+    storage.set_trial_state_values = set_trial_state_values  # type: ignore[method-assign]
 
 
 def _alive(owner: dict[str, Any]) -> bool | None:
@@ -185,10 +263,16 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     """Fail the running trials whose process (on this host) is gone and re-queue them via the
     storage's retry callback, as the heartbeat would after its grace period. Returns their numbers."""
     storage = study._storage  # Optuna keeps no public verb for failing a trial of another process
+    engine = _engine(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = _owner(t)
         if owner is None or _alive(owner) is not False:
+            continue
+        # Conditional, so that of two processes recovering at once only one re-queues the trial.
+        if engine is not None:
+            if _set_state_if(engine, t._trial_id, TrialState.RUNNING, TrialState.FAIL):
+                failed.append(t._trial_id)
             continue
         try:
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):

@@ -4,7 +4,7 @@
 
     result = apk.find_prompt("select", apk.load_task("mr", shots=16), trials=20, out="best.json")
     result.prompt.predict(["A gripping, funny film."])
-    apk.load_best("select-mr-task-s13")              # the best prompt of a stored study, trained state included
+    apk.load_best(result.study.study_name)           # the best prompt of a stored study, trained state included
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import SearchConfig, SearchContext, get_searcher
-from .runner import (SearchJob, SearchResult, best_candidate, finish_search, open_storage, open_study, parse_budget,
-                     run_search)
+from .runner import (SearchJob, SearchResult, best_candidate, default_study_name, finish_search, model_fingerprint,
+                     open_storage, open_study, parse_budget, run_search)
 
 if TYPE_CHECKING:
     from ..artifact import Prompt
@@ -52,7 +52,9 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
     config.method = config.method or method
     config.check_task(task)
     harness = harness or Harness(progress=False)
-    name = study or f"{method}-{task.name}-api-s{seed}"
+    # Without a study name, the name carries a tag of the model: another model starts its own study.
+    name = study or default_study_name(open_storage(storage), f"{method}-{task.name}-api-s{seed}",
+                                       model_fingerprint(harness.model_name, harness))
     job = SearchJob(searcher_cls(config), name, storage, n_trials=trials, seed=seed, progress=progress,
                     task_info=task.info(seed=seed),
                     model_info={"name": harness.model_name, "kind": harness.kind},

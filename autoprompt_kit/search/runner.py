@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from ..artifact import BEST_SCHEMA_VERSION, Prompt, model_reference
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
 from ..prompts import Template
-from ._storage import check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock
+from ._storage import (check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock,
+                       take_trials_atomically)
 from .base import SearchContext, Searcher, TrialOutcome
 from .folds import SELECTIONS, Fold, fold_task, gold_logprob, make_folds, pooled_result, refit_task, standard_error
 
@@ -106,16 +108,58 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
         made_by = study.user_attrs.get("method")
         if made_by and made_by != meta.get("method"):
             raise AutoPromptError(f"study {name!r} was made by method {made_by!r}, not {meta.get('method')!r}")
-        before, now = study.user_attrs.get("fingerprint") or {}, meta.get("fingerprint") or {}
-        for what in ("space", "task", "selection"):
-            if before.get(what) and now.get(what) and before[what] != now[what]:
-                raise AutoPromptError(
-                    f"study {name!r} was run with another {what} ({what} {before[what][:12]}, now {now[what][:12]}); "
-                    f"resuming would mix their results: give a new --study name")
+        _check_fingerprint(name, study, meta.get("fingerprint") or {})
         for key, value in meta.items():
             if key not in study.user_attrs:
                 study.set_user_attr(key, value)
     return study
+
+
+#: What a study's fingerprint holds (see :func:`run_search`) → how a difference is named.
+FINGERPRINT = {"space": "another space", "task": "another task", "selection": "another selection",
+               "model": "another model",
+               "weights": "other model weights", "kind": "another kind", "precision": "another precision"}
+
+
+def _check_fingerprint(name: str, study: optuna.Study, now: dict[str, str]) -> None:
+    """Refuse to resume a study whose results came from another space, task, model, weights, kind or
+    precision, with one line naming each difference. A part the study does not record yet (made by
+    an older version) is not compared, except the model name and kind its ``model`` attribute
+    kept; it is recorded now, so the next resume compares it."""
+    stored = study.user_attrs.get("fingerprint") or {}
+    before = stored
+    if stored and "model" not in stored and now.get("model"):
+        before = {**stored, **_legacy_model_fingerprint(study.user_attrs.get("model"), now)}
+    differ = [what for what in FINGERPRINT if before.get(what) and now.get(what) and before[what] != now[what]]
+    if "model" in differ and "weights" in differ:
+        differ.remove("weights")  # another model has other weights: saying so adds nothing
+    if differ:
+        def shown(what: str, value: str) -> str:  # digests cut to 12 characters, names in full
+            pin, _, digest = value.partition(":")
+            if what == "weights":
+                return f"{pin}:{digest[:12]}" if pin in ("sha256", "revision") else value
+            return f"{what} {value[:12] if what in ('space', 'task') else value}"
+
+        pairs = "; ".join(f"{shown(w, before[w])}, now {shown(w, now[w]).removeprefix(w + ' ')}" for w in differ)
+        raise AutoPromptError(f"study {name!r} was run with {' and '.join(FINGERPRINT[w] for w in differ)} ({pairs}); "
+                              "resuming would mix their results: give a new --study name")
+    if stored and set(now) - set(stored):
+        study.set_user_attr("fingerprint", {**now, **stored})
+
+
+def _legacy_model_fingerprint(recorded: Any, now: dict[str, Any]) -> dict[str, str]:
+    """What a study made before models were fingerprinted says about its model: the name and kind
+    its ``model`` attribute recorded, normalised as :func:`model_fingerprint` does. A name that
+    names the same folder, or the same last part of a path that moved, counts as the same model."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+        return {}
+    name = _model_name(recorded["name"])
+    if name != now["model"] and Path(name).name == Path(now["model"]).name:
+        name = now["model"]
+    out = {"model": name}
+    if isinstance(recorded.get("kind"), str):
+        out["kind"] = recorded["kind"]
+    return out
 
 
 def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int,
@@ -214,9 +258,11 @@ def run_search(job: SearchJob, ctx: SearchContext,
     selection = job.selection_info()
     meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
             "seed": job.seed, "selection": selection,
-            "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection)}}
+            "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection),
+                            **model_fingerprint(job.model_info.get("name"), ctx.harness)}}
     study = open_study(job.study_name, storage, job.seed, meta)
     started = time.perf_counter()
+    take_trials_atomically(study)  # no queued trial run twice; a taken trial has its owner at once
     _recover(study, job)
     job.searcher.prepare(ctx, study)
     searcher = job.searcher
@@ -444,10 +490,23 @@ def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
         optuna.storages.fail_stale_trials(study)
     revived += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                 if t.number not in stale_before]
+    for number in revived:  # its retry gets a new number (and folder): what the dead one saved is garbage
+        _drop_trial_folder(job.trial_root(), number)
     if revived and job.progress and not job.worker:
         print(f"trial(s) {', '.join(map(str, sorted(revived)))} of a process that is gone: failed and queued again",
               flush=True)
     return revived
+
+
+def _drop_trial_folder(root: Path, number: int) -> None:
+    """Delete trial ``number``'s prompt folder and the staging folders a kill mid-save leaves beside it."""
+    import shutil
+
+    if not root.is_dir():
+        return
+    for path in [root / f"trial-{number}", *root.glob(f".trial-{number}.*.tmp"), *root.glob(f".trial-{number}.*.old")]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _digest(value: Any) -> str:
@@ -457,6 +516,59 @@ def _digest(value: Any) -> str:
 def task_fingerprint(task: Any) -> str:
     """What a study's results depend on in the task: its labels and its train/dev examples."""
     return _digest([list(task.label_names), task.train.fingerprint, task.dev.fingerprint, task.metric])
+
+
+def _model_name(name: str) -> str:
+    """One spelling per model: the embedded default's aliases as one name, a local path resolved."""
+    from ..models.loading import DEFAULT_ALIASES, DEFAULT_MODEL
+
+    if name.lower() in DEFAULT_ALIASES:
+        return DEFAULT_MODEL
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def model_fingerprint(name: str | None, harness: Any) -> dict[str, str]:
+    """What a study's results depend on in the model: its name, what pins its weights (file
+    sha256, hub revision or registry package, where known), its kind and the precision it runs in."""
+    name = name or harness.model_name
+    origin = getattr(harness.model.config, "_name_or_path", "")
+    if name == type(harness.model).__name__ and origin:  # a model object: the class says little, its origin more
+        name = origin
+    ref = model_reference(name, harness)
+    out = {"model": _model_name(ref["name"]), "kind": harness.kind, "precision": harness.precision}
+    for pin in ("sha256", "revision", "package"):
+        if ref.get(pin):
+            out["weights"] = f"{pin}:{ref[pin]}"
+            break
+    return out
+
+
+def model_tag(fingerprint: dict[str, str]) -> str:
+    """A short tag of a model for default study names: the last part of its name and 6 hex digits
+    of its whole fingerprint (weights, kind and precision included), e.g. ``gemma-3-270m-1a2b3c``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(fingerprint["model"]).name or fingerprint["model"]).strip("-.")
+    return f"{stem[:40] or 'model'}-{_digest(fingerprint)[:6]}"
+
+
+def default_study_name(storage: optuna.storages.BaseStorage, base: str, fingerprint: dict[str, str]) -> str:
+    """The study a search uses when no name is given: ``<base>-<model tag>``, so that another model
+    (weights, kind or precision) starts a study of its own instead of mixing with this one.
+
+    A study from before the tag, under the bare ``base`` name, keeps that name when it was run with
+    this model (or records no model): a plain rerun resumes it as before.
+    """
+    tagged = f"{base}-{model_tag(fingerprint)}"
+    names = set(optuna.get_all_study_names(storage))
+    if tagged in names or base not in names:
+        return tagged
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(base))
+    recorded = attrs.get("fingerprint") or {}
+    if "model" in recorded:  # made with tags: its own model's study has the tagged name
+        return tagged
+    legacy = _legacy_model_fingerprint(attrs.get("model"), fingerprint)
+    same = all(fingerprint.get(k) == v for k, v in legacy.items())
+    return base if same else tagged
 
 
 def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Prompt]:
@@ -596,7 +708,7 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
         prompt.save(folder)
         doc["prompt"] = {"path": folder.name, **prompt.to_dict()}
         write_best_json(out, doc)
-    _drop_stale_trial_state(study, best.number)
+    _drop_stale_trial_state(study, best.number, job.trial_root())
     return SearchResult(prompt, doc, study, test)
 
 
@@ -635,15 +747,18 @@ def refit(study: optuna.Study, job: SearchJob, ctx: SearchContext, progress: boo
     study.set_user_attr(key, record)
 
 
-def _drop_stale_trial_state(study: optuna.Study, best: int) -> None:
+def _drop_stale_trial_state(study: optuna.Study, best: int, root: Path | None = None) -> None:
     """Delete the prompt folders of finished trials that lost (a finished trial's value never
-    changes, so it can never become best again); the best one and running trials stay."""
+    changes, so it can never become best again); the best one and running trials stay. Under
+    ``root``, also what failed trials left without recording it (killed between save and record)."""
     import shutil
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         folder = t.user_attrs.get(PROMPT_DIR)
         if folder and t.number != best and Path(folder).is_dir():
             shutil.rmtree(folder, ignore_errors=True)
+        if root is not None and t.state == TrialState.FAIL:
+            _drop_trial_folder(root, t.number)
 
 
 def write_best_json(path: str | Path, doc: dict[str, Any]) -> None:
