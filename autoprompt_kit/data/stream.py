@@ -107,12 +107,14 @@ def iter_inputs(stream: IO[str], fmt: str, source: str) -> Iterator[InputRow]:
         except csv.Error as exc:
             raise AutoPromptError(f"{source} line {reader.line_num}: {exc}") from None
         return
+    from ..io import loads_json
+
     cols_json: _Columns | None = None
     for line, text in enumerate(stream, start=1):
         if not text.strip():
             continue
         try:
-            record = json.loads(text)
+            record = loads_json(text, f"{source} line {line}")  # nesting bounded: no RecursionError
         except json.JSONDecodeError as exc:
             raise AutoPromptError(f"{source} line {line} is not valid JSON: {exc.msg}") from None
         if cols_json is None:

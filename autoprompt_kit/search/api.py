@@ -52,6 +52,7 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
                     task_info=task.info(seed=seed),
                     model_info={"name": harness.model_name, "kind": harness.kind})
     ctx = SearchContext(task, harness, seed)
+    job.searcher.check(ctx)  # before the study opens: no trial fails on what the space could have said
     start = time.perf_counter()
     found = run_search(job, ctx)
     return finish_search(found, job, ctx, test_split=test_split, out=out, seconds=time.perf_counter() - start)
