@@ -66,7 +66,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     template = Template(args.template)
     raw = _load_verbalizer_arg(args)
     try:
-        verbalizer = Verbalizer.from_dict(raw) if isinstance(raw, dict) else Verbalizer.from_words(raw)
+        if isinstance(raw, dict):  # {"label_words": …, …} or a plain {label: words}
+            verbalizer = Verbalizer.from_dict(raw if "label_words" in raw else {"label_words": raw})
+        else:
+            verbalizer = Verbalizer.from_words(raw)
     except AutoPromptError as exc:
         raise AutoPromptError(f"{'--verbalizer' if args.verbalizer else '--words'}: {exc}") from None
     args.task = args.task or "mr"

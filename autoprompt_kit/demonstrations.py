@@ -56,6 +56,9 @@ class SentenceEncoder:
             except ImportError:
                 path = DEFAULT_ENCODER
         self.name = name_or_path or DEFAULT_ENCODER
+        if path and path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            # A local path that is not there: say so, not the hub's "Repo id must be in the form …".
+            raise AutoPromptError(f"sentence encoder folder {path!r} does not exist")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path).eval()
