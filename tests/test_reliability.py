@@ -479,6 +479,9 @@ BAD_INPUTS = {
     "yaml_deep": (lambda t, m: _search(t, m, "select", "templates: " + "[" * 3000 + "]" * 3000 + "\n"), "levels deep"),
     "yaml_syntax": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} {mask}'\nlabel_words: x: y\n"),
                     "is not valid YAML: line"),
+    "template_part_deep": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} {\"mask\": " + "[" * 5000
+                                                + "]" * 5000 + "}']\nlabel_words: [{negative: [bad], positive: [good]}]\n"),
+                           "levels deep"),
     "json_task_deep": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(t / "d.json", _deep_json())),
                        "levels deep"),
     "jsonl_line_deep": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(
