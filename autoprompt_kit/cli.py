@@ -237,6 +237,19 @@ def _check_writable(flag: str, out: str, example: str = "best.json") -> Path:
     return path
 
 
+def _check_trial_root(root: Path, given: bool) -> None:
+    """The folder trials save trained prompts in (``--trial-dir``/<study>) must not have a file in its
+    place (every trial that trains something would fail on it); a given --trial-dir must be writable."""
+    for part in (root, *root.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise AutoPromptError(f"--trial-dir: trials would save under {str(root)!r}, but {str(part)!r} "
+                                      "is a file; remove it or give another --trial-dir")
+            break
+    if given:
+        _check_writable("--trial-dir", str(root / "trial-0"))
+
+
 def _check_out(out: str, flag: str = "--out") -> None:
     """``--out`` must be a file we can write (checked now, not after the whole search)."""
     from .search.runner import prompt_folder
@@ -286,10 +299,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise AutoPromptError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
     if args.out:
         _check_out(args.out)
-    if args.trial_dir:
-        _check_writable("--trial-dir", str(Path(args.trial_dir) / "x"))
-        if Path(args.trial_dir).exists() and not Path(args.trial_dir).is_dir():
-            raise AutoPromptError(f"--trial-dir {args.trial_dir!r} is a file; give a folder")
     start = time.perf_counter()
     # Everything that can be wrong with the input is found before the storage is touched or the model loads.
     task = _load_cli_task(args)
@@ -314,7 +323,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     # What the space can check against the model is checked before the study (or its file) exists:
     # a trial that fails on it would leave FAIL/WAITING trials and Optuna's traceback behind.
     searcher.check(ctx)
-    open_storage(args.storage, args.heartbeat)
     study_name = args.study or f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}"
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
@@ -323,6 +331,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                             max_examples=args.max_examples),
         model_info={"name": args.model or "gemma-3-270m", "kind": harness.kind},
     )
+    _check_trial_root(job.trial_root(), given=bool(args.trial_dir))
+    open_storage(args.storage, args.heartbeat)
     if not args.worker:
         print(f"task     {task.summary()}")
         print(f"model    {job.model_info['name']} ({harness.kind}, {harness.device})")

@@ -183,7 +183,7 @@ def load_json(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> Any
     try:
         return loads_json(text, f"{what} {str(path)!r}")
     except json.JSONDecodeError as exc:
-        raise AutoPromptError(f"{what} {str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno}, "
+        raise AutoPromptError(f"{what} {str(path)!r} is not JSON: {exc.msg} (line {exc.lineno}, "
                               f"column {exc.colno})") from None
 
 

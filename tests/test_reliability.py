@@ -520,6 +520,8 @@ BAD_INPUTS = {
                                                   f"sqlite:///{_write(t / 'f', 'x')}/s.db"), "--storage"),
     "trial_dir_is_a_file": (lambda t, m: _search(t, m, "select", _SEL, "--trial-dir", _write(t / "f", "x")),
                             "--trial-dir"),
+    "trial_folder_is_a_file": (lambda t, m: _search(t, m, "select", _SEL, "--study", "st", "--trial-dir",
+                                                    str(Path(_write(t / "tr" / "st", "x")).parent)), "is a file"),
     "seed_too_large": (lambda t, m: _search(t, m, "select", _SEL, "--seed", "4294967296"), "--seed must be"),
     "evaluate_seed_negative": (lambda t, m: ["evaluate", "--seed", "-1", "--words", "negative=bad", "--words",
                                              "positive=good", "--model", m], "--seed must be"),
@@ -543,7 +545,7 @@ BAD_INPUTS = {
     "kpt_kb_not_tsv": (lambda t, m: _search(t, m, "kpt", "seed_words: {negative: [bad], positive: [good]}\n"
                                             f"sources: [kb]\nkb_file: {_write(t / 'kb.tsv', _PASSWD)}\n"),
                        "expected 'key<TAB>"),
-    "delta_json_corrupt": (lambda t, m: ["delta", _delta_folder(t, "{not json", b"")], "not valid JSON"),
+    "delta_json_corrupt": (lambda t, m: ["delta", _delta_folder(t, "{not json", b"")], "not JSON"),
     "delta_bad_keys": (lambda t, m: ["delta", _delta_folder(t, _STRUCTURE, _safetensors({"weird": 1}))], "delta"),
     "delta_truncated_weights": (lambda t, m: ["delta", _delta_folder(
         t, _STRUCTURE, _safetensors({"deltas.0.a": 1})[:-3])], "cannot read"),
