@@ -75,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.task = args.task or "mr"
     args.seed = 13 if args.seed is None else args.seed
     args.calibration = args.calibration or "both"
-    task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
+    task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples, shots_flag="--shots")
     split = task[args.split]
     if not verbalizer.labels:
         verbalizer = verbalizer.replace(label_words=dict(zip(task.label_names, verbalizer.label_words)))
@@ -145,7 +145,8 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     task = load_task(args.task or info.get("source") or info.get("name") or "mr",
                      shots=args.shots if args.shots is not None else info.get("shots") or None,
                      seed=args.seed if args.seed is not None else info.get("seed", 13),
-                     max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"))
+                     max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"),
+                     shots_flag="--shots")
     if args.split not in task.splits:
         raise AutoPromptError(f"--split {args.split!r} is not a split of {task.name!r} (splits: {', '.join(task.splits)})")
     if args.calibration and args.calibration != "both":

@@ -669,3 +669,32 @@ def test_secrets_go_to_children_through_the_environment_not_argv(monkeypatch):
     env = cli._child_env(url)
     assert "secretpw" not in " ".join(argv) and url not in argv
     assert env[cli.STORAGE_ENV] == url
+
+
+def test_dashboard_on_a_public_host_needs_public_and_warns(tmp_path, capfd, monkeypatch):
+    """``--host 0.0.0.0`` is refused without ``--public``; with it the dashboard starts with a warning,
+    and its server process gets the storage URL from the environment, not its command line."""
+    import subprocess as sp
+
+    from autoprompt_kit import cli
+
+    started = []
+
+    class FakeServer:
+        returncode = 0
+
+        def __init__(self, argv, env=None, **kw):
+            started.append((argv, env))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sp, "Popen", FakeServer)
+    monkeypatch.setattr(cli, "_forward_signals", lambda procs: None)
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    assert cli.main(["dashboard", "--storage", url, "--host", "0.0.0.0"]) == 2 and not started
+    assert cli.main(["dashboard", "--storage", url, "--host", "0.0.0.0", "--public"]) == 0
+    err = capfd.readouterr().err
+    assert "warning: serving" in err and "network" in err
+    argv, env = started[0]
+    assert url not in " ".join(argv) and env[cli.STORAGE_ENV] == url

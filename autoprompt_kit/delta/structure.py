@@ -9,7 +9,6 @@ or a bare model), and writes the kit's JSON + safetensors or a PEFT LoRA adapter
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
