@@ -698,3 +698,19 @@ def test_dashboard_on_a_public_host_needs_public_and_warns(tmp_path, capfd, monk
     assert "warning: serving" in err and "network" in err
     argv, env = started[0]
     assert url not in " ".join(argv) and env[cli.STORAGE_ENV] == url
+
+
+def test_autoprompt_default_trigger_runs_where_the_is_several_tokens(tiny_models, monkeypatch):
+    """The space `autoprompt-kit space autoprompt` writes starts triggers at ``mask``; on a model with no
+    mask token that was the word "the", several tokens on some BPE vocabularies — the first trial
+    failed. Now a one-token neutral word (or the fallback token) is used; an explicit word is still checked."""
+    from autoprompt_kit.methods.autoprompt import init_triggers
+
+    model, tok, kind = tiny_models["gpt2"]
+    h = Harness(model, tok, kind=kind, progress=False)
+    real = h.encoder.word_ids
+    monkeypatch.setattr(h.encoder, "word_ids", lambda w, s: (1, 2, 3, 4) if w == "the" else real(w, s))
+    template = init_triggers(h, Template("{text_a} {trigger*3} {mask}."), "mask")
+    assert len(set(template.trigger_ids)) == 1 and template.trigger_ids[0] is not None
+    with pytest.raises(AutoPromptError, match="is 4 tokens; choose a single-token word"):
+        init_triggers(h, Template("{text_a} {trigger} {mask}."), "the")
