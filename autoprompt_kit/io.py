@@ -226,11 +226,13 @@ def loads_yaml(text: str, what: str) -> Any:
 
 
 def _check_yaml_size(root: Any, what: str) -> None:
-    """Count the values of a composed YAML graph as if every alias were copied (memoised per node,
-    so a billion-laughs file is counted in microseconds) and refuse recursive aliases."""
+    """Count the values of a composed YAML graph, and its depth, as if every alias were copied
+    (memoised per node, so a billion-laughs file is counted in microseconds: aliases chained one
+    inside another multiply the size and add up the depth) and refuse recursive aliases."""
     from .errors import AutoPromptError
 
     sizes: dict[int, int] = {}
+    depths: dict[int, int] = {}
     open_nodes: set[int] = set()
     stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
@@ -239,7 +241,11 @@ def _check_yaml_size(root: Any, what: str) -> None:
         if done:
             children = _yaml_children(node)
             sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            depths[key] = 1 + max((depths[id(c)] for c in children), default=0)
             open_nodes.discard(key)
+            if depths[key] > MAX_DEPTH:
+                raise AutoPromptError(f"{what} nests lists/mappings more than {MAX_DEPTH} levels deep "
+                                      "(YAML aliases included)")
             if sizes[key] > MAX_YAML_VALUES:
                 raise AutoPromptError(f"{what} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases); "
                                       "refused")
