@@ -476,9 +476,8 @@ BAD_INPUTS = {
     # bounded parsing
     "yaml_billion_laughs": (lambda t, m: _search(t, m, "select", _bomb()), "expands to more than"),
     "yaml_recursive_alias": (lambda t, m: _search(t, m, "select", "templates: &a [*a]\n"), "recursive YAML alias"),
-    "yaml_deep_through_aliases": (lambda t, m: _search(t, m, "select", "\n".join(
-        [f"x{i}: &a{i} " + "[" * 40 + (f"*a{i - 1}" if i else "x") + "]" * 40 for i in range(30)]) + "\n"),
-        "levels deep"),
+    "yaml_deep_through_aliases": (lambda t, m: _search(t, m, "select", "templates:\n" + "".join(
+        f"  - &a{i} " + "[" * 40 + (f"*a{i - 1}" if i else "x") + "]" * 40 + "\n" for i in range(30))), "levels deep"),
     "yaml_deep": (lambda t, m: _search(t, m, "select", "templates: " + "[" * 3000 + "]" * 3000 + "\n"), "levels deep"),
     "yaml_syntax": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} {mask}'\nlabel_words: x: y\n"),
                     "is not valid YAML: line"),
