@@ -389,9 +389,6 @@ def check_words_fit(harness: "Harness", words: Any) -> None:
         for word in ([ws] if isinstance(ws, str) else ws or []):
             if not isinstance(word, str) or not word.strip():
                 continue
-            if len(word) > 4 * encoder.max_length and harness.kind != "seq2seq":  # too long whatever the tokens
-                raise AutoPromptError(f"label word {word[:30]!r}… of class {label!r} ({len(word):,} characters) "
-                                      f"does not fit the model's maximum length ({encoder.max_length} tokens)")
             ids = encoder.word_ids(word, True)
             if harness.kind != "seq2seq" and len(ids) > room:  # T5 reads the word in its decoder
                 raise AutoPromptError(f"label word {word[:30]!r}… of class {label!r} is {len(ids):,} tokens: it does not "
