@@ -716,3 +716,28 @@ def test_autoprompt_default_trigger_runs_where_the_is_several_tokens(tiny_models
     assert len(set(template.trigger_ids)) == 1 and template.trigger_ids[0] is not None
     with pytest.raises(AutoPromptError, match="is 4 tokens; choose a single-token word"):
         init_triggers(h, Template("{text_a} {trigger} {mask}."), "the")
+
+
+@pytest.mark.services
+def test_worker_command_lines_never_show_the_postgresql_password(tiny_model_dir, tmp_path):
+    """``ps`` shows every process's command line to every user: the ``--workers`` children read the
+    storage URL from the environment. (The throwaway server trusts loopback, so any password works.)"""
+    from services import postgres_server
+
+    with postgres_server(dbname="pw") as url:
+        secret_url = url.replace("postgres@", "postgres:secretpw@")
+        args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", secret_url,
+                "--trials", "48", "--workers", "3", "--max-examples", "400", "--shots", "16", "--quiet",
+                "--test-split", "", "--out", ""]
+        proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert _wait_for(lambda: len(_children(proc.pid)) == 2, 120), "the workers never started"
+            for child in _children(proc.pid):
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+                assert "autoprompt_kit.cli" in cmdline and "secretpw" not in cmdline, cmdline
+            assert _wait_for(lambda: optuna.load_study(study_name=optuna.get_all_study_summaries(url)[0].study_name,
+                                                       storage=url).trials != [], 120)
+        finally:
+            proc.kill()
+            proc.wait()
