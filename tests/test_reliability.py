@@ -589,6 +589,10 @@ BAD_INPUTS = {
     "demos_encoder_missing": (lambda t, m: _search(t, m, "demos", "template: '{text_a} It was {mask}.'\n"
                                                    "label_words: {negative: [bad], positive: [good]}\n"
                                                    f"selection: [similar]\nencoder: {t / 'no-encoder'}\n"), "encoder"),
+    "demos_encoder_remote_code": (lambda t, m: _search(t, m, "demos", "template: '{text_a} It was {mask}.'\n"
+                                                       "label_words: {negative: [bad], positive: [good]}\n"
+                                                       f"selection: [similar]\nencoder: {_remote_code_model(t)}\n"),
+                                  "cannot load sentence encoder"),
     "label_word_16kb": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} It was {mask}.']\n"
                                              "label_words: [{negative: [bad], positive: [" + "great " * 2700 + "]}]\n"),
                         "maximum length"),
@@ -596,6 +600,13 @@ BAD_INPUTS = {
     "shots_too_many_names_the_flag": (lambda t, m: _search(t, m, "select", _SEL, "--task", _csv(t / "d.csv", _rows(30)),
                                                            "--shots", "40", "--max-examples", "1000"), "--shots"),
 }
+
+
+def _remote_code_model(tmp: Path) -> str:
+    """A model folder whose classes live in its own Python files (it needs trust_remote_code)."""
+    auto_map = {"AutoConfig": "modeling.MyConfig", "AutoModel": "modeling.MyModel", "AutoTokenizer": ["tok.MyTok", None]}
+    return str(Path(_write(tmp / "remote" / "config.json", json.dumps({"model_type": "mycustom",
+                                                                          "auto_map": auto_map}))).parent)
 
 
 def _safetensors(tensors: dict[str, int]) -> bytes:
