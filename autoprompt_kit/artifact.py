@@ -397,7 +397,11 @@ class Prompt:
         loaded on first use.
         """
         path = Path(path)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the file system
+            raise AutoPromptError(f"cannot read saved prompt {str(path)[:60]!r}: {exc.strerror or exc}") from None
+        if not exists:
             raise AutoPromptError(f"saved prompt {str(path)!r} does not exist")
         folder: Path | None
         if path.is_dir():

@@ -554,6 +554,14 @@ BAD_INPUTS = {
     "delta_missing_weights": (lambda t, m: ["delta", _delta_folder(t, _STRUCTURE, None)], "missing"),
     "task_tilde_nouser": (lambda t, m: _search(t, m, "select", _SEL, "--task", "~nouser_xyz/data.csv"), "~nouser"),
     "task_name_too_long": (lambda t, m: _search(t, m, "select", _SEL, "--task", "x" * 300 + ".csv"), "cannot read"),
+    "input_name_too_long": (lambda t, m: ["predict", "--prompt", _saved_prompt(t), "--input", "x" * 300 + ".txt"],
+                            "File name too long"),
+    "prompt_name_too_long": (lambda t, m: ["evaluate", "--prompt", "x" * 300 + ".json"], "File name too long"),
+    "space_name_too_long": (lambda t, m: _search(t, m, "select", None, "--space", "x" * 300 + ".yaml"),
+                            "File name too long"),
+    "storage_name_too_long": (lambda t, m: _search(t, m, "select", _SEL, "--storage", "sqlite:///" + "x" * 300 + ".db"),
+                              "File name too long"),
+    "out_name_too_long": (lambda t, m: _search(t, m, "select", _SEL, "--out", "x" * 300 + ".json"), "File name too long"),
     "task_name_empty": (lambda t, m: _search(t, m, "select", _SEL, "--task", ""), "--task"),
     # accepted silently before
     "csv_label_empty": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(

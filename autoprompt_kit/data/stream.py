@@ -48,11 +48,14 @@ def open_input(path: str) -> IO[str]:
     if path == "-":
         return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict")
     p = Path(path)
-    if p.is_dir():
-        raise AutoPromptError(f"--input {path!r} is a folder; give a file (or - for stdin)")
-    if not p.is_file():
-        raise AutoPromptError(f"--input file {path!r} does not exist")
-    return p.open(encoding="utf-8-sig", newline="")
+    try:
+        if p.is_dir():
+            raise AutoPromptError(f"--input {path!r} is a folder; give a file (or - for stdin)")
+        if not p.is_file():
+            raise AutoPromptError(f"--input file {path!r} does not exist")
+        return p.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:  # a name too long, no permission
+        raise AutoPromptError(f"cannot read --input {path[:60]!r}: {exc.strerror or exc}") from None
 
 
 class _Columns:

@@ -63,11 +63,13 @@ def _check_sqlite_folder(url: str, path: Path) -> None:
     import os
 
     try:
+        if path.is_dir():
+            raise AutoPromptError(f"--storage {url!r} names a folder, not a database file")
         parent = path.resolve().parent
         while not parent.exists():
             parent = parent.parent
-    except OSError as exc:
-        raise AutoPromptError(f"--storage {url[:200]!r}: {exc.strerror or exc}") from None
+    except OSError as exc:  # a name too long, a loop of links
+        raise AutoPromptError(f"--storage {url[:80]!r}…: {exc.strerror or exc}") from None
     if not parent.is_dir():
         raise AutoPromptError(f"--storage {url!r}: cannot create the database under {str(parent)!r}, which is a file")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
@@ -97,8 +99,6 @@ def check_url(url: str) -> str:
         if not parsed.database or parsed.database == ":memory:":
             raise AutoPromptError("--storage sqlite:// is an in-memory database that other processes and later runs "
                                   "cannot see; give a file: sqlite:///runs/autoprompt.db")
-        if Path(parsed.database).expanduser().is_dir():
-            raise AutoPromptError(f"--storage {url!r} names a folder, not a database file")
         _check_sqlite_folder(url, Path(parsed.database).expanduser())
         return url
     if backend not in ("postgresql", "mysql", "mariadb", "oracle", "mssql"):
