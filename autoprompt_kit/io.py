@@ -104,7 +104,11 @@ MAX_DATA_BYTES = 4 * 2**30
 
 
 def _size(num: int) -> str:
-    return f"{num / 2**20:.0f} MiB" if num < 2**30 else f"{num / 2**30:.0f} GiB"
+    """A byte count for a message: ``812 bytes``, ``3.4 KiB``, ``64 MiB``, ``4.2 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if num >= scale:
+            return f"{num / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{num} bytes"
 
 
 def check_file(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> Path:

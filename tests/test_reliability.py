@@ -760,3 +760,21 @@ def test_worker_command_lines_never_show_the_postgresql_password(tiny_model_dir,
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_bounded_readers_refuse_oversized_files_before_reading(tmp_path, monkeypatch):
+    """The size cap is checked from the file's size, before it is read: a task file over
+    ``io.MAX_DATA_BYTES`` and a settings file over the given limit are one clear error each."""
+    from autoprompt_kit import io as kit_io
+
+    data = tmp_path / "big.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(200)))
+    monkeypatch.setattr(kit_io, "MAX_DATA_BYTES", 1024)
+    with pytest.raises(AutoPromptError, match=r"big.csv' is 2.1 KiB; at most 1 KiB is read"):
+        load_task(str(data))
+    space = tmp_path / "space.yaml"
+    space.write_text("templates: ['{text_a} It was {mask}.']\n" * 10)
+    with pytest.raises(AutoPromptError, match="at most"):
+        kit_io.load_yaml(space, "search space", limit=100)
+    assert kit_io.loads_yaml("a: [1, {b: 2}]", "x") == {"a": [1, {"b": 2}]}
+    assert kit_io.loads_json('{"a": [1, 2]}', "x") == {"a": [1, 2]}
