@@ -190,6 +190,10 @@ def _load_cli_task(args: argparse.Namespace) -> Any:
     if not str(args.task).strip():
         raise AutoPromptError("--task is empty; give a built-in task (mr, tweets, amazon, nyt, fortunes, spam), "
                               "a local file or folder, or a HF dataset name")
+    if args.shots is not None and args.shots < 0:
+        raise AutoPromptError(f"--shots must be 0 (the full splits) or a positive integer, got {args.shots}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise AutoPromptError(f"--max-examples must be a positive integer, got {args.max_examples}")
     fit = args.shots is None
     task = load_task(args.task, shots=DEFAULT_SHOTS if fit else (args.shots or None), seed=args.seed,
                      max_examples=args.max_examples, fit_shots=fit, shots_flag="--shots")

@@ -605,6 +605,8 @@ BAD_INPUTS = {
                                              "label_words: [{negative: [bad], positive: [" + "great " * 2700 + "]}]\n"),
                         "maximum length"),
     # --shots on the CLI
+    "shots_negative": (lambda t, m: _search(t, m, "select", _SEL, "--shots", "-2"), "--shots must be"),
+    "max_examples_zero": (lambda t, m: _search(t, m, "select", _SEL, "--max-examples", "0"), "--max-examples must be"),
     "shots_too_many_names_the_flag": (lambda t, m: _search(t, m, "select", _SEL, "--task", _csv(t / "d.csv", _rows(30)),
                                                            "--shots", "40", "--max-examples", "1000"), "--shots"),
 }
