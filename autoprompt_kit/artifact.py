@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -350,6 +349,9 @@ class Prompt:
         older best.json (template/templates/verbalizer/head at the top level)."""
         if not isinstance(data, Mapping):
             raise AutoPromptError(f"a saved prompt must be a JSON object, got {type(data).__name__}")
+        if "format" in data and data["format"] != FORMAT:  # another tool's file that happens to look alike
+            raise AutoPromptError(f"this is not an autoprompt-kit prompt: its format is {data['format']!r:.60}, "
+                                  f"expected {FORMAT!r}")
         version = data.get("format_version", FORMAT_VERSION)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise AutoPromptError(f"this prompt has format_version {version!r}; this autoprompt-kit reads up to "
@@ -395,7 +397,11 @@ class Prompt:
         loaded on first use.
         """
         path = Path(path)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the file system
+            raise AutoPromptError(f"cannot read saved prompt {str(path)[:60]!r}: {exc.strerror or exc}") from None
+        if not exists:
             raise AutoPromptError(f"saved prompt {str(path)!r} does not exist")
         folder: Path | None
         if path.is_dir():
@@ -411,10 +417,11 @@ class Prompt:
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a best.json naming its prompt folder
             record, data = data, dict(data["prompt"])
             if data.get("path"):
-                folder = (manifest.parent / data["path"]).resolve()
+                folder = confined(manifest.parent, data["path"], "folder (best.json 'path')")
             data.setdefault("provenance", {}).setdefault("metrics", record.get("metrics"))
         elif isinstance(data, dict) and "delta" in data and isinstance(data["delta"], dict) and data["delta"].get("path"):
-            folder = Path(data["delta"]["path"])  # an older best.json: its delta folder
+            # an older best.json: its delta folder, beside it
+            folder = confined(manifest.parent, data["delta"]["path"], "delta folder (best.json 'delta.path')")
         prompt = cls.from_dict(data, folder)
         prompt._harness = harness
         return prompt
@@ -524,14 +531,25 @@ def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise AutoPromptError(f"{str(path)!r} is not UTF-8 text (not a saved prompt)") from None
-    except json.JSONDecodeError as exc:
-        raise AutoPromptError(f"{str(path)!r} is not JSON: {exc.msg} (line {exc.lineno})") from None
-    except IsADirectoryError:
-        raise AutoPromptError(f"{str(path)!r} is a folder, not a JSON file") from None
+    from .io import load_json
+
+    return load_json(path, "saved prompt")
+
+
+def confined(folder: Path, name: Any, what: str) -> Path:
+    """``folder / name`` when it stays inside ``folder``; an absolute name, ``..`` or a link out is an error.
+
+    A prompt may come from someone else: the files it names must not read anything else on this machine.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise AutoPromptError(f"the prompt's {what} must be a file name inside the prompt folder, got {name!r:.60}")
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise AutoPromptError(f"the prompt's {what} {name[:100]!r} is outside the prompt folder; refused")
+    root = folder.resolve()
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:  # a symbolic link that leads out
+        raise AutoPromptError(f"the prompt's {what} {name[:100]!r} leads outside the prompt folder; refused")
+    return path
 
 
 def _read_tensors(folder: Path | None, name: Any, what: str) -> dict[str, torch.Tensor]:
@@ -540,7 +558,7 @@ def _read_tensors(folder: Path | None, name: Any, what: str) -> dict[str, torch.
 
     if folder is None or not isinstance(name, str):
         raise AutoPromptError(f"the prompt's {what} are not in this file; load the prompt's folder instead")
-    path = folder / name
+    path = confined(folder, name, f"{what} file")
     if not path.is_file():
         raise AutoPromptError(f"the prompt's {what} file {str(path)!r} is missing")
     try:

@@ -23,17 +23,28 @@ def _parse_words(values: Sequence[str]) -> dict[str, list[str]]:
         if not sep or not label.strip() or not words.strip():
             raise AutoPromptError(f"--words {value!r}: expected LABEL=word1,word2")
         out[label.strip()] = [w.strip() for w in words.split(",") if w.strip()]
+        twice = sorted({w for w in out[label.strip()] if out[label.strip()].count(w) > 1})
+        if twice:
+            raise AutoPromptError(f"--words {value!r}: label word {twice[0]!r} is given twice")
     return out
 
 
 def _load_verbalizer_arg(args: argparse.Namespace) -> dict[str, Any]:
+    from .io import load_json, loads_json
+
     if args.verbalizer:
         path = Path(args.verbalizer)
-        text = path.read_text() if path.exists() else args.verbalizer
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AutoPromptError(f"--verbalizer is neither a JSON file nor JSON text: {exc.msg}") from None
+            is_file = path.exists()
+        except OSError:  # JSON text too long to be a file name
+            is_file = False
+        if is_file:
+            data = load_json(path, "--verbalizer file")
+        else:
+            try:
+                data = loads_json(args.verbalizer, "--verbalizer")
+            except json.JSONDecodeError as exc:
+                raise AutoPromptError(f"--verbalizer is neither a JSON file nor JSON text: {exc.msg}") from None
         return data.get("verbalizer", data) if isinstance(data, dict) else data
     if args.words:
         return {"label_words": _parse_words(args.words)}
@@ -47,14 +58,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .harness import classification_metrics
     from .prompts import Template, Verbalizer
 
+    _check_seed(args.seed)
+    if args.out:
+        _check_writable("--out", args.out, "metrics.json")
     if args.prompt:
         return _evaluate_prompt(args)
     template = Template(args.template)
-    verbalizer = Verbalizer.from_dict(_load_verbalizer_arg(args))
+    raw = _load_verbalizer_arg(args)
+    try:
+        if isinstance(raw, dict):  # {"label_words": …, …} or a plain {label: words}
+            verbalizer = Verbalizer.from_dict(raw if "label_words" in raw else {"label_words": raw})
+        else:
+            verbalizer = Verbalizer.from_words(raw)
+    except AutoPromptError as exc:
+        raise AutoPromptError(f"{'--verbalizer' if args.verbalizer else '--words'}: {exc}") from None
     args.task = args.task or "mr"
     args.seed = 13 if args.seed is None else args.seed
     args.calibration = args.calibration or "both"
-    task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples)
+    task = load_task(args.task, shots=args.shots, seed=args.seed, max_examples=args.max_examples, shots_flag="--shots")
     split = task[args.split]
     if not verbalizer.labels:
         verbalizer = verbalizer.replace(label_words=dict(zip(task.label_names, verbalizer.label_words)))
@@ -124,7 +145,8 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     task = load_task(args.task or info.get("source") or info.get("name") or "mr",
                      shots=args.shots if args.shots is not None else info.get("shots") or None,
                      seed=args.seed if args.seed is not None else info.get("seed", 13),
-                     max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"))
+                     max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"),
+                     shots_flag="--shots")
     if args.split not in task.splits:
         raise AutoPromptError(f"--split {args.split!r} is not a split of {task.name!r} (splits: {', '.join(task.splits)})")
     if args.calibration and args.calibration != "both":
@@ -156,29 +178,91 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
+#: --shots when not given: K per class for train and dev, lowered to what a small file allows.
+DEFAULT_SHOTS = 16
+
+
+def _load_cli_task(args: argparse.Namespace) -> Any:
+    """The task ``--task`` names with ``--shots`` (default :data:`DEFAULT_SHOTS`, lowered to fit a small
+    file, and said so); ``args.shots`` is set to the K used. Errors name the CLI flags."""
+    from .data import load_task
+
+    if not str(args.task).strip():
+        raise AutoPromptError("--task is empty; give a built-in task (mr, tweets, amazon, nyt, fortunes, spam), "
+                              "a local file or folder, or a HF dataset name")
+    if args.shots is not None and args.shots < 0:
+        raise AutoPromptError(f"--shots must be 0 (the full splits) or a positive integer, got {args.shots}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise AutoPromptError(f"--max-examples must be a positive integer, got {args.max_examples}")
+    fit = args.shots is None
+    task = load_task(args.task, shots=DEFAULT_SHOTS if fit else (args.shots or None), seed=args.seed,
+                     max_examples=args.max_examples, fit_shots=fit, shots_flag="--shots")
+    if fit:
+        if task.shots is not None and task.shots < DEFAULT_SHOTS and not getattr(args, "worker", False):
+            print(f"shots    {task.name}'s smallest class is too small for the default {DEFAULT_SHOTS} per class: "
+                  f"using --shots {task.shots} (train and dev {task.shots} per class; set --shots to choose)",
+                  file=sys.stderr)
+        args.shots = task.shots
+    return task
+
+
 def _task_source(task: str) -> str:
     """What loads the task again from anywhere: a local file or folder as an absolute path, else the name."""
     path = Path(task)
     return str(path.resolve()) if path.exists() else task
 
 
-def _check_out(out: str) -> None:
-    """``--out`` must be a file we can write (checked now, not after the whole search)."""
+#: Seeds go to numpy and torch, which take 32-bit unsigned values.
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(seed: int | None, flag: str = "--seed") -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise AutoPromptError(f"{flag} must be a non-negative integer up to {MAX_SEED}, got {seed}")
+
+
+def _check_writable(flag: str, out: str, example: str = "best.json") -> Path:
+    """A file ``flag`` names must be one we can create: not a folder, its nearest existing ancestor a
+    writable folder (missing folders are created at the end); checked before any work is done."""
     import os
 
+    path = Path(out)
+    try:
+        if path.is_dir():
+            raise AutoPromptError(f"{flag} {out!r} is a folder; give a file name such as {str(path / example)!r}")
+        parent = path.resolve().parent
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as exc:  # a name too long, a loop of links
+        raise AutoPromptError(f"{flag} {out[:200]!r}: {exc.strerror or exc}") from None
+    if not parent.is_dir():
+        raise AutoPromptError(f"{flag} {out!r}: cannot write under {str(parent)!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AutoPromptError(f"{flag} {out!r}: cannot write into {str(parent)!r}")
+    return path
+
+
+def _check_trial_root(root: Path, given: bool) -> None:
+    """The folder trials save trained prompts in (``--trial-dir``/<study>) must not have a file in its
+    place (every trial that trains something would fail on it); a given --trial-dir must be writable."""
+    for part in (root, *root.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise AutoPromptError(f"--trial-dir: trials would save under {str(root)!r}, but {str(part)!r} "
+                                      "is a file; remove it or give another --trial-dir")
+            break
+    if given:
+        _check_writable("--trial-dir", str(root / "trial-0"))
+
+
+def _check_out(out: str, flag: str = "--out") -> None:
+    """``--out`` must be a file we can write (checked now, not after the whole search)."""
     from .search.runner import prompt_folder
 
-    path = Path(out)
-    if path.is_dir():
-        raise AutoPromptError(f"--out {out!r} is a folder; give a file name such as {str(path / 'best.json')!r}")
+    path = _check_writable(flag, out)
     folder = prompt_folder(path)
     if folder.exists() and not folder.is_dir():
         raise AutoPromptError(f"--out {out!r}: the prompt folder {str(folder)!r} would go beside it, but a file has that name")
-    parent = path.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise AutoPromptError(f"--out {out!r}: cannot write into {str(parent)!r}")
 
 
 def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
@@ -189,7 +273,7 @@ def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
             "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet", "--folds", str(args.folds)]
     for flag, value in (("--space", args.space), ("--budget", args.budget), ("--selection", args.selection), ("--model", args.model), ("--kind", args.kind),
                         ("--max-examples", args.max_examples),
-                        ("--storage", args.storage), ("--device", args.device), ("--precision", args.precision),
+                        ("--device", args.device), ("--precision", args.precision),
                         ("--trial-dir", args.trial_dir), ("--truncation", args.truncation)):
         if value is not None:
             argv += [flag, str(value)]
@@ -205,14 +289,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search._storage import public_url
     from .search.runner import parse_budget, summary
 
+    import os
+
+    if args.worker and args.storage is None:  # a helper of `--workers N`: its parent's storage
+        args.storage = os.environ.get(STORAGE_ENV)
     searcher_cls = get_searcher(args.method)
     config = searcher_cls.config_class.from_yaml(args.space) if args.space else None
     if args.trials < 1:
         raise AutoPromptError("--trials must be at least 1")
     if args.workers < 1:
         raise AutoPromptError("--workers must be at least 1")
-    if args.seed < 0:
-        raise AutoPromptError(f"--seed must be a non-negative integer, got {args.seed}")
+    _check_seed(args.seed)
     if args.heartbeat < 1:
         raise AutoPromptError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
     budget = parse_budget(args.budget if args.budget is not None else searcher_cls.default_budget)
@@ -223,7 +310,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         _check_out(args.out)
     start = time.perf_counter()
     # Everything that can be wrong with the input is found before the storage is touched or the model loads.
-    task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
+    task = _load_cli_task(args)
     if args.test_split and args.test_split not in task.splits:
         raise AutoPromptError(f"--test-split {args.test_split!r} is not a split of {task.name!r} "
                               f"(splits: {', '.join(task.splits)}; '' = none)")
@@ -235,14 +322,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             print("\n".join(f"         {line}" for line in _shown_settings(config.to_yaml())))
     searcher = searcher_cls(config)
     config.check_task(task)
-    from .search.runner import default_study_name, model_fingerprint, open_storage
+    from .search._storage import check_url
+    from .search.runner import default_storage, default_study_name, model_fingerprint, open_storage
 
-    storage = open_storage(args.storage, args.heartbeat)
+    check_url(args.storage or default_storage())  # a bad URL is said before the model loads
     harness = _harness(args, progress=False)
+    ctx = SearchContext(task=task, harness=harness, seed=args.seed)
+    # What the space can check against the model is checked before the study (or its file) exists:
+    # a trial that fails on it would leave FAIL/WAITING trials and Optuna's traceback behind.
+    searcher.check(ctx)
     model_info = {"name": args.model or "gemma-3-270m", "kind": harness.kind}
     # Without --study the name carries a tag of the model: another model starts its own study.
     study_name = args.study or default_study_name(
-        storage, f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}",
+        open_storage(args.storage, args.heartbeat),
+        f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}",
         model_fingerprint(model_info["name"], harness))
     job = SearchJob(
         searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
@@ -251,6 +344,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                             max_examples=args.max_examples),
         model_info=model_info, budget=budget, selection=selection, folds=args.folds,
     )
+    _check_trial_root(job.trial_root(), given=bool(args.trial_dir))
+    open_storage(args.storage, args.heartbeat)
     if not args.worker:
         print(f"task     {task.summary()}")
         print(f"model    {job.model_info['name']} ({harness.kind}, {harness.device})")
@@ -263,12 +358,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     def start_workers() -> list[subprocess.Popen]:
         # Extra processes join the same study (the queue is already filled, so none duplicates work);
         # they die with this process, even when it is killed with SIGKILL.
-        procs = [subprocess.Popen(_worker_argv(args, study_name), preexec_fn=_die_with_parent)
+        # The storage URL (perhaps with a password) goes through the environment, not the command line.
+        procs = [subprocess.Popen(_worker_argv(args, study_name), env=_child_env(args.storage),
+                                  preexec_fn=_die_with_parent)
                  for _ in range(args.workers - 1)]
         _forward_signals(procs)
         return procs
 
-    ctx = SearchContext(task=task, harness=harness, seed=args.seed)
     study = run_search(job, ctx, start_workers=start_workers if not args.worker and args.workers > 1 else None)
     if args.worker:
         return 0
@@ -305,9 +401,10 @@ def cmd_space(args: argparse.Namespace) -> int:
     from .search import get_searcher
 
     searcher_cls = get_searcher(args.method)
-    if args.out and Path(args.out).is_dir():
-        raise AutoPromptError(f"--out {args.out!r} is a folder; give a file name such as space.yaml")
-    task = load_task(args.task, shots=args.shots or None, seed=args.seed, max_examples=args.max_examples)
+    _check_seed(args.seed)
+    if args.out:
+        _check_writable("--out", args.out, "space.yaml")
+    task = _load_cli_task(args)
     config = _task_space(args.method, searcher_cls, task)
     text = config.to_yaml(f"{args.method} search space for task {task.name} ({len(task.label_names)} classes: "
                           f"{', '.join(task.label_names)}), built from the task by autoprompt-kit "
@@ -336,8 +433,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.chunk_size < 1:
         raise AutoPromptError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    if args.out and Path(args.out).is_dir():
-        raise AutoPromptError(f"--out {args.out!r} is a folder; give a file name")
+    if args.out:
+        _check_writable("--out", args.out, "predictions.jsonl")
     prompt = _load_prompt(args.prompt)
     fmt = input_format(args.input, args.input_format)
     source = "stdin" if args.input == "-" else args.input
@@ -424,13 +521,22 @@ def cmd_delta(args: argparse.Namespace) -> int:
         return 0
     import math
 
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     sizes = [0] * len(doc["modules"])
-    with safe_open(str(Path(args.path) / WEIGHTS_FILE), "pt") as fh:
-        for key in fh.keys():
-            index = int(key.split(".")[1])  # "deltas.<i>.<parameter>"
-            sizes[index] += math.prod(fh.get_slice(key).get_shape())
+    weights = (Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AutoPromptError(f"the delta's weights file {str(weights)!r} is missing")
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            for key in fh.keys():
+                parts = key.split(".")  # "deltas.<i>.<parameter>"
+                if len(parts) < 3 or parts[0] != "deltas" or not parts[1].isdigit() or int(parts[1]) >= len(sizes):
+                    raise AutoPromptError(f"{str(weights)!r} holds {key[:80]!r}, not a weight of this delta's "
+                                          f"{len(sizes)} modules (expected deltas.<i>.<parameter>)")
+                sizes[int(parts[1])] += math.prod(fh.get_slice(key).get_shape())
+    except (SafetensorError, OSError) as exc:
+        raise AutoPromptError(f"cannot read the delta's weights {str(weights)!r}: {' '.join(str(exc).split())[:200]}") from None
     print(structure_table(doc["modules"], sizes, doc.get("backbone_parameters")))
     return 0
 
@@ -450,21 +556,52 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The environment variable through which a child process gets the storage URL: a password in a
+#: command line is visible to every user of the machine (``ps``), the environment is not.
+STORAGE_ENV = "AUTOPROMPT_KIT_STORAGE"
+
+#: Hosts that serve only this machine; any other --host serves every study to the network.
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+#: The dashboard's server, run in a child that reads the storage URL from the environment.
+_DASHBOARD_CODE = ("import os, sys; from optuna_dashboard import run_server; "
+                   "run_server(os.environ.pop(%r), host=sys.argv[1], port=int(sys.argv[2]))" % STORAGE_ENV)
+
+
+def _child_env(url: str | None) -> dict[str, str]:
+    """This process's environment plus the storage URL for a child (see :data:`STORAGE_ENV`)."""
+    import os
+
+    env = dict(os.environ)
+    if url:
+        env[STORAGE_ENV] = url
+    return env
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import shutil
+    import importlib.util
     import subprocess
 
+    from .search._storage import public_url
     from .search.runner import default_storage, open_storage
 
+    if not 0 < args.port < 65536:
+        raise AutoPromptError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.host not in _LOCAL_HOSTS and not args.public:
+        raise AutoPromptError(f"--host {args.host} would serve every study in the storage to the network, "
+                              "without a password; add --public if that is what you want")
     url = args.storage or default_storage()
     open_storage(url)  # fails early and clearly on a bad URL
-    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).with_name("optuna-dashboard"))
-    if not Path(exe).exists():
+    if importlib.util.find_spec("optuna_dashboard") is None:
         raise AutoPromptError("optuna-dashboard is not installed: pip install optuna-dashboard")
+    if args.host not in _LOCAL_HOSTS:
+        print(f"warning: serving {public_url(url)} to the network on {args.host}:{args.port} (--public), "
+              "with no password", file=sys.stderr)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard  (Ctrl-C to stop)")
     import time
 
-    proc = subprocess.Popen([exe, url, "--host", args.host, "--port", str(args.port)], preexec_fn=_die_with_parent)
+    proc = subprocess.Popen([sys.executable, "-c", _DASHBOARD_CODE, args.host, str(args.port)],
+                            env=_child_env(url), preexec_fn=_die_with_parent)
     _forward_signals([proc])
     while proc.poll() is None:  # not proc.wait(): the signal handler must be able to reap the child itself
         time.sleep(0.2)
@@ -542,7 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--task", default="mr")
     se.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     se.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None)
-    se.add_argument("--shots", type=int, default=16, help="K per class for train and dev (default 16; 0 = full splits)")
+    se.add_argument("--shots", type=int, default=None,
+                    help=f"K per class for train and dev (default {DEFAULT_SHOTS}, lowered to fit a small file; "
+                         "0 = full splits)")
     se.add_argument("--seed", type=int, default=13)
     se.add_argument("--max-examples", type=int, default=None, help="cap every split, test included (seeded)")
     se.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
@@ -573,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "templates by input shape) and write it as YAML.")
     sp.add_argument("method", help=f"search method ({methods})")
     sp.add_argument("--task", required=True, help="built-in task, local file/folder or HF dataset")
-    sp.add_argument("--shots", type=int, default=16)
+    sp.add_argument("--shots", type=int, default=None,
+                    help=f"K per class (default {DEFAULT_SHOTS}, lowered to fit a small file; 0 = full splits)")
     sp.add_argument("--seed", type=int, default=13)
     sp.add_argument("--max-examples", type=int, default=None)
     sp.add_argument("--out", default=None, help="write here (default: stdout)")
@@ -610,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
     da.add_argument("--host", default="127.0.0.1")
     da.add_argument("--port", type=int, default=8080)
+    da.add_argument("--public", action="store_true",
+                    help="allow a --host other than localhost (every study is then served to the network)")
     da.set_defaults(func=cmd_dashboard)
     return parser
 

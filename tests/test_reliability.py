@@ -671,3 +671,382 @@ def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
     os.utime(stale, (old, old))
     write_json_atomic(target, {"ok": 1})
     assert json.loads(target.read_text()) == {"ok": 1} and not stale.exists() and fresh.exists()
+
+
+# -- 10. every hostile or malformed input of issue 28: one line, exit 2, no traceback, no file, no trial --
+def _bomb() -> str:
+    """A 'billion laughs' space: 9 levels of 9 aliases (387 million strings once expanded) in < 400 bytes."""
+    lines = ["method: select", "templates:", "  - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    prev = "a"
+    for name in "bcdefgh":
+        lines.append(f"  - &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    return "\n".join(lines) + "\nlabel_words: [{negative: [bad], positive: [good]}]\n"
+
+
+def _deep_json(depth: int = 5000) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _write(path: Path, text: str | bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def _rows(n: int = 60, classes: tuple[str, ...] = ("negative", "positive")) -> list[dict[str, str]]:
+    words = ["great fun", "awful plot", "fine cast", "dull music", "brilliant ending", "boring start"]
+    return [{"text": f"{words[i % len(words)]} number {i}", "label": classes[i % len(classes)]} for i in range(n)]
+
+
+def _csv(path: Path, rows: list[dict[str, str]]) -> str:
+    return _write(path, "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+
+
+def _saved_prompt(tmp: Path, **extra: object) -> str:
+    """A prompt folder whose manifest carries ``extra`` (a head or delta naming files)."""
+    doc = {"format": "autoprompt-kit.prompt", "format_version": 1, "templates": [{"text": "{text_a} It was {mask}."}],
+           "verbalizer": {"label_words": {"negative": ["bad"], "positive": ["good"]}}, **extra}
+    return _write(tmp / "p" / "prompt.json", json.dumps(doc))
+
+
+def _delta_folder(tmp: Path, structure: str | None, weights: bytes | None) -> str:
+    folder = tmp / "delta"
+    folder.mkdir()
+    if structure is not None:
+        _write(folder / "delta.json", structure)
+    if weights is not None:
+        _write(folder / "delta.safetensors", weights)
+    return str(folder)
+
+
+_PASSWD = "root:x:0:0:secret\n"
+_STRUCTURE = json.dumps({"format": "autoprompt-kit-delta", "modules": [{"kind": "lora", "target": "h.0.attn"}]})
+_SEL = "templates: ['{text_a} It was {mask}.']\nlabel_words: [{negative: [bad], positive: [good]}]\n"
+
+
+def _search(tmp: Path, model: str, method: str = "select", space: str | None = _SEL, *extra: str) -> list[str]:
+    argv = ["search", method, "--model", model, "--storage", f"sqlite:///{tmp / 's.db'}", "--max-examples", "40",
+            "--shots", "4", "--trials", "1", "--quiet", "--out", str(tmp / "out" / "best.json")]
+    if space is not None:
+        argv += ["--space", _write(tmp / "space.yaml", space)]
+    return argv + list(extra)
+
+
+# name -> (argv builder (tmp_path, tiny model folder), a part of the one-line message)
+BAD_INPUTS = {
+    # bounded parsing
+    "yaml_billion_laughs": (lambda t, m: _search(t, m, "select", _bomb()), "expands to more than"),
+    "yaml_recursive_alias": (lambda t, m: _search(t, m, "select", "templates: &a [*a]\n"), "recursive YAML alias"),
+    "yaml_deep_through_aliases": (lambda t, m: _search(t, m, "select", "templates:\n" + "".join(
+        f"  - &a{i} " + "[" * 40 + (f"*a{i - 1}" if i else "x") + "]" * 40 + "\n" for i in range(30))), "levels deep"),
+    "yaml_deep": (lambda t, m: _search(t, m, "select", "templates: " + "[" * 3000 + "]" * 3000 + "\n"), "levels deep"),
+    "yaml_syntax": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} {mask}'\nlabel_words: x: y\n"),
+                    "is not valid YAML: line"),
+    "template_part_deep": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} {\"mask\": " + "[" * 5000
+                                                + "]" * 5000 + "}']\nlabel_words: [{negative: [bad], positive: [good]}]\n"),
+                           "levels deep"),
+    "json_task_deep": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(t / "d.json", _deep_json())),
+                       "levels deep"),
+    "jsonl_line_deep": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(
+        t / "d.jsonl", '{"text": "a", "label": "negative"}\n{"text": ' + _deep_json() + ', "label": "positive"}\n')),
+        "levels deep"),
+    "prompt_json_deep": (lambda t, m: ["evaluate", "--prompt", _write(t / "best.json", _deep_json())], "levels deep"),
+    "predict_input_deep": (lambda t, m: ["predict", "--prompt", _saved_prompt(t), "--input",
+                                         _write(t / "in.jsonl", '{"text": ' + _deep_json() + '}\n')], "levels deep"),
+    "verbalizer_deep": (lambda t, m: ["evaluate", "--verbalizer", _write(t / "v.json", _deep_json()), "--model", m],
+                        "levels deep"),
+    # paths a saved prompt names stay in its folder
+    "head_file_absolute": (lambda t, m: ["evaluate", "--prompt", _saved_prompt(
+        t, head={"kind": "protoverb", "config": {}, "file": "/etc/passwd"})], "outside the prompt folder"),
+    "head_file_parent": (lambda t, m: ["evaluate", "--prompt", _saved_prompt(
+        t, head={"kind": "protoverb", "config": {}, "file": "../../x.safetensors"})], "outside the prompt folder"),
+    "delta_file_parent": (lambda t, m: ["evaluate", "--prompt", _saved_prompt(
+        t, delta={"structure": [], "file": "../delta.safetensors"})], "outside the prompt folder"),
+    "best_json_prompt_path_absolute": (lambda t, m: ["evaluate", "--prompt", _write(
+        t / "best.json", json.dumps({"schema_version": 1, "prompt": {"path": "/etc"}}))], "outside"),
+    "best_json_prompt_path_parent": (lambda t, m: ["evaluate", "--prompt", _write(
+        t / "best.json", json.dumps({"schema_version": 1, "prompt": {"path": "../../.."}}))], "outside"),
+    "old_best_json_delta_path": (lambda t, m: ["evaluate", "--prompt", _write(t / "best.json", json.dumps(
+        {"template": "{text_a} {mask}", "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}},
+         "delta": {"path": "/etc"}}))], "outside"),
+    # tracebacks where one line is promised
+    "out_under_a_file": (lambda t, m: _search(t, m, "select", _SEL, "--out", _write(t / "f", "x") + "/best.json"),
+                         "cannot write"),
+    "evaluate_out_under_a_file": (lambda t, m: ["evaluate", "--words", "negative=bad", "--words", "positive=good",
+                                                "--model", m, "--max-examples", "20", "--out",
+                                                _write(t / "f", "x") + "/r.json"], "cannot write"),
+    "space_out_under_a_file": (lambda t, m: ["space", "select", "--task", "mr", "--out",
+                                             _write(t / "f", "x") + "/space.yaml"], "cannot write"),
+    "predict_out_under_a_file": (lambda t, m: ["predict", "--prompt", _saved_prompt(t), "--input", "-", "--out",
+                                               _write(t / "f", "x") + "/p.jsonl"], "cannot write"),
+    "storage_under_a_file": (lambda t, m: _search(t, m, "select", _SEL, "--storage",
+                                                  f"sqlite:///{_write(t / 'f', 'x')}/s.db"), "--storage"),
+    "trial_dir_is_a_file": (lambda t, m: _search(t, m, "select", _SEL, "--trial-dir", _write(t / "f", "x")),
+                            "--trial-dir"),
+    "trial_folder_is_a_file": (lambda t, m: _search(t, m, "select", _SEL, "--study", "st", "--trial-dir",
+                                                    str(Path(_write(t / "tr" / "st", "x")).parent)), "is a file"),
+    "seed_too_large": (lambda t, m: _search(t, m, "select", _SEL, "--seed", "4294967296"), "--seed must be"),
+    "evaluate_seed_negative": (lambda t, m: ["evaluate", "--seed", "-1", "--words", "negative=bad", "--words",
+                                             "positive=good", "--model", m], "--seed must be"),
+    "verbalizer_folder": (lambda t, m: ["evaluate", "--verbalizer", str(t), "--model", m], "is a folder"),
+    "verbalizer_binary": (lambda t, m: ["evaluate", "--verbalizer", _write(t / "v.json", b"\x00\x01\xff"), "--model",
+                                        m], "binary"),
+    "verbalizer_word_number": (lambda t, m: ["evaluate", "--verbalizer", _write(t / "v.json", '{"negative": 1}'),
+                                             "--model", m], "--verbalizer"),
+    "verbalizer_weight_text": (lambda t, m: ["evaluate", "--verbalizer", _write(t / "v.json", json.dumps(
+        {"label_words": [["bad"], ["good"]], "weights": [["x"], [1]]})), "--model", m], "--verbalizer"),
+    "words_duplicate": (lambda t, m: ["evaluate", "--words", "negative=bad,bad", "--words", "positive=good",
+                                      "--model", m], "twice"),
+    "dashboard_port_high": (lambda t, m: ["dashboard", "--port", "70000"], "--port"),
+    "dashboard_port_negative": (lambda t, m: ["dashboard", "--port", "-1"], "--port"),
+    "dashboard_public_host": (lambda t, m: ["dashboard", "--host", "0.0.0.0"], "--public"),
+    "kpt_kb_binary": (lambda t, m: _search(t, m, "kpt", "seed_words: {negative: [bad], positive: [good]}\n"
+                                           f"sources: [kb]\nkb_file: {_write(t / 'kb.tsv', bytes(range(256)))}\n"),
+                      "binary"),
+    "kpt_kb_missing": (lambda t, m: _search(t, m, "kpt", "seed_words: {negative: [bad], positive: [good]}\n"
+                                            f"sources: [kb]\nkb_file: {t / 'nokb.tsv'}\n"), "does not exist"),
+    "kpt_kb_not_tsv": (lambda t, m: _search(t, m, "kpt", "seed_words: {negative: [bad], positive: [good]}\n"
+                                            f"sources: [kb]\nkb_file: {_write(t / 'kb.tsv', _PASSWD)}\n"),
+                       "expected 'key<TAB>"),
+    "delta_json_corrupt": (lambda t, m: ["delta", _delta_folder(t, "{not json", b"")], "not JSON"),
+    "delta_bad_keys": (lambda t, m: ["delta", _delta_folder(t, _STRUCTURE, _safetensors({"weird": 1}))], "delta"),
+    "delta_truncated_weights": (lambda t, m: ["delta", _delta_folder(
+        t, _STRUCTURE, _safetensors({"deltas.0.a": 1})[:-3])], "cannot read"),
+    "delta_missing_weights": (lambda t, m: ["delta", _delta_folder(t, _STRUCTURE, None)], "missing"),
+    "task_tilde_nouser": (lambda t, m: _search(t, m, "select", _SEL, "--task", "~nouser_xyz/data.csv"), "~nouser"),
+    "task_name_too_long": (lambda t, m: _search(t, m, "select", _SEL, "--task", "x" * 300 + ".csv"), "cannot read"),
+    "input_name_too_long": (lambda t, m: ["predict", "--prompt", _saved_prompt(t), "--input", "x" * 300 + ".txt"],
+                            "File name too long"),
+    "prompt_name_too_long": (lambda t, m: ["evaluate", "--prompt", "x" * 300 + ".json"], "File name too long"),
+    "space_name_too_long": (lambda t, m: _search(t, m, "select", None, "--space", "x" * 300 + ".yaml"),
+                            "File name too long"),
+    "storage_name_too_long": (lambda t, m: _search(t, m, "select", _SEL, "--storage", "sqlite:///" + "x" * 300 + ".db"),
+                              "File name too long"),
+    "out_name_too_long": (lambda t, m: _search(t, m, "select", _SEL, "--out", "x" * 300 + ".json"), "File name too long"),
+    "task_name_empty": (lambda t, m: _search(t, m, "select", _SEL, "--task", ""), "--task"),
+    # accepted silently before
+    "csv_label_empty": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(
+        t / "d.csv", "text,label\n" + "".join(f"text {i},{'negative' if i % 2 else 'positive'}\n" for i in range(40))
+        + "text x,\n")), "label"),
+    "jsonl_label_nan": (lambda t, m: _search(t, m, "select", _SEL, "--task", _write(t / "d.jsonl", "".join(
+        json.dumps({"text": f"t {i}", "label": i % 2}) + "\n" for i in range(40)) + '{"text": "x", "label": NaN}\n')),
+        "label"),
+    "label_words_duplicate": (lambda t, m: _search(
+        t, m, "select", "templates: ['{text_a} It was {mask}.']\nlabel_words: [{negative: [bad, bad], positive: [good]}]\n"),
+        "twice"),
+    "prompt_other_format": (lambda t, m: ["evaluate", "--prompt", _write(t / "p" / "prompt.json", json.dumps(
+        {"format": "someone-elses-format", "templates": [{"text": "{text_a} {mask}"}],
+         "verbalizer": {"label_words": {"a": ["x"], "b": ["y"]}}}))], "format"),
+    # misleading messages
+    "autoprompt_empty_space": (lambda t, m: _search(t, m, "autoprompt", "# nothing\n"), "is empty"),
+    "class_key_integer": (lambda t, m: _search(t, m, "protoverb", "label_words: {0: [bad], 1: [good]}\n"),
+                          "class names"),
+    # found inside the first trial before: checked before the study opens
+    "s3delta_pattern_no_module": (lambda t, m: _search(t, m, "s3delta", "label_words: {negative: [bad], positive: [good]}\n"
+                                                       "lora_targets: [no_such_module]\nln_targets: []\nadapter_targets: []\n"),
+                                  "matches no module"),
+    "s3delta_invalid_regex": (lambda t, m: _search(t, m, "s3delta", "label_words: {negative: [bad], positive: [good]}\n"
+                                                   "lora_targets: ['c_attn(']\nln_targets: []\nadapter_targets: []\n"),
+                              "regular expression"),
+    "s3delta_budget_whole_space": (lambda t, m: _search(t, m, "s3delta", "label_words: {negative: [bad], positive: [good]}\n"
+                                                        "lora_targets: []\nln_targets: [ln_1]\nadapter_targets: []\n"
+                                                        "budget_percent: 90\n"), "covers the whole search space"),
+    "s3delta_default_space_on_gpt2": (lambda t, m: _search(t, m, "s3delta", None), "matches no module"),
+    "autoprompt_init_multi_token": (lambda t, m: _search(t, m, "autoprompt", "template: '{text_a} {trigger*2} {mask}.'\n"
+                                                         "label_words: {negative: [bad], positive: [good]}\n"
+                                                         "init_token: [wonderfulwonderful]\n"), "single-token"),
+    "demos_encoder_missing": (lambda t, m: _search(t, m, "demos", "template: '{text_a} It was {mask}.'\n"
+                                                   "label_words: {negative: [bad], positive: [good]}\n"
+                                                   f"selection: [similar]\nencoder: {t / 'no-encoder'}\n"), "encoder"),
+    "demos_encoder_remote_code": (lambda t, m: _search(t, m, "demos", "template: '{text_a} It was {mask}.'\n"
+                                                       "label_words: {negative: [bad], positive: [good]}\n"
+                                                       f"selection: [similar]\nencoder: {_remote_code_model(t)}\n"),
+                                  "cannot load sentence encoder"),
+    "label_word_16kb": (lambda t, m: _search(t, m, "select", "templates: ['{text_a} It was {mask}.']\n"
+                                             "label_words: [{negative: [bad], positive: [" + "great " * 2700 + "]}]\n"),
+                        "maximum length"),
+    # --shots on the CLI
+    "shots_negative": (lambda t, m: _search(t, m, "select", _SEL, "--shots", "-2"), "--shots must be"),
+    "max_examples_zero": (lambda t, m: _search(t, m, "select", _SEL, "--max-examples", "0"), "--max-examples must be"),
+    "shots_too_many_names_the_flag": (lambda t, m: _search(t, m, "select", _SEL, "--task", _csv(t / "d.csv", _rows(30)),
+                                                           "--shots", "40", "--max-examples", "1000"), "--shots"),
+}
+
+
+def _remote_code_model(tmp: Path) -> str:
+    """A model folder whose classes live in its own Python files (it needs trust_remote_code)."""
+    auto_map = {"AutoConfig": "modeling.MyConfig", "AutoModel": "modeling.MyModel", "AutoTokenizer": ["tok.MyTok", None]}
+    return str(Path(_write(tmp / "remote" / "config.json", json.dumps({"model_type": "mycustom",
+                                                                          "auto_map": auto_map}))).parent)
+
+
+def _safetensors(tensors: dict[str, int]) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({k: torch.zeros(v) for k, v in tensors.items()})
+
+
+def _trials_left(tmp: Path) -> int:
+    db = tmp / "s.db"
+    if not db.exists():
+        return 0
+    url = f"sqlite:///{db}"
+    return sum(len(optuna.load_study(study_name=s.study_name, storage=url).trials)
+               for s in optuna.get_all_study_summaries(url))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_nothing_left(case, tiny_model_dir, tmp_path, capfd, monkeypatch):
+    """In-process: ``main(argv)`` returns 2 with one ``error:`` line (no traceback, no 'Trial 0 failed'),
+    writes no output file and leaves no trial in the study."""
+    from autoprompt_kit.cli import main
+
+    build, message = BAD_INPUTS[case]
+    work = tmp_path / "w"
+    work.mkdir()
+    argv = build(work, tiny_model_dir)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("a text\n"))
+    start = time.perf_counter()
+    rc = main(argv)
+    seconds = time.perf_counter() - start
+    err = capfd.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert rc == 2, (case, err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (case, err)
+    assert message in lines[0], (case, lines[0])
+    assert len(lines[0]) < 600 and "root:x" not in lines[0]
+    assert not (work / "out").exists() and not (work / "best.json").exists() or case.startswith(("prompt_json", "best_json", "old_best"))
+    assert _trials_left(work) == 0, case
+    if case == "yaml_billion_laughs":
+        assert seconds < 1.0, seconds
+
+
+def test_default_shots_fit_a_small_file_and_say_what_was_chosen(tiny_model_dir, tmp_path, capfd, monkeypatch):
+    """A 90-row, 3-class CSV with no --shots: ``space`` and ``search`` work and say which K they chose."""
+    from autoprompt_kit.cli import main
+
+    data = _csv(tmp_path / "small.csv", _rows(90, ("sports", "politics", "science")))
+    monkeypatch.chdir(tmp_path)
+    assert main(["space", "select", "--task", data]) == 0
+    assert "--shots" in capfd.readouterr().err
+    argv = ["search", "select", "--task", data, "--model", tiny_model_dir, "--storage",
+            f"sqlite:///{tmp_path / 's.db'}", "--trials", "1", "--quiet", "--test-split", "", "--out", ""]
+    assert main(argv) == 0
+    out = capfd.readouterr()
+    assert "--shots" in out.out + out.err
+
+
+def test_secrets_go_to_children_through_the_environment_not_argv(monkeypatch):
+    """``--workers`` children and the dashboard get the PostgreSQL URL with its password from the
+    environment: ``ps`` shows the command line of every process on the machine."""
+    import argparse
+
+    from autoprompt_kit import cli
+
+    url = "postgresql+psycopg2://u:secretpw@127.0.0.1:5432/db"
+    args = argparse.Namespace(method="select", task="mr", shots=4, seed=13, trials=2, heartbeat=30, batch_size=8,
+                              space=None, model=None, kind=None, max_examples=None, storage=url, device=None,
+                              precision=None, trial_dir=None, truncation="tail")
+    argv = cli._worker_argv(args, "study")
+    env = cli._child_env(url)
+    assert "secretpw" not in " ".join(argv) and url not in argv
+    assert env[cli.STORAGE_ENV] == url
+
+
+def test_dashboard_on_a_public_host_needs_public_and_warns(tmp_path, capfd, monkeypatch):
+    """``--host 0.0.0.0`` is refused without ``--public``; with it the dashboard starts with a warning,
+    and its server process gets the storage URL from the environment, not its command line."""
+    import subprocess as sp
+
+    from autoprompt_kit import cli
+
+    started = []
+
+    class FakeServer:
+        returncode = 0
+
+        def __init__(self, argv, env=None, **kw):
+            started.append((argv, env))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sp, "Popen", FakeServer)
+    monkeypatch.setattr(cli, "_forward_signals", lambda procs: None)
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    assert cli.main(["dashboard", "--storage", url, "--host", "0.0.0.0"]) == 2 and not started
+    assert cli.main(["dashboard", "--storage", url, "--host", "0.0.0.0", "--public"]) == 0
+    err = capfd.readouterr().err
+    assert "warning: serving" in err and "network" in err
+    argv, env = started[0]
+    assert url not in " ".join(argv) and env[cli.STORAGE_ENV] == url
+
+
+def test_autoprompt_default_trigger_runs_where_the_is_several_tokens(tiny_models, monkeypatch):
+    """The space `autoprompt-kit space autoprompt` writes starts triggers at ``mask``; on a model with no
+    mask token that was the word "the", several tokens on some BPE vocabularies — the first trial
+    failed. Now a one-token neutral word (or the fallback token) is used; an explicit word is still checked."""
+    from autoprompt_kit.methods.autoprompt import init_triggers
+
+    model, tok, kind = tiny_models["gpt2"]
+    h = Harness(model, tok, kind=kind, progress=False)
+    real = h.encoder.word_ids
+    monkeypatch.setattr(h.encoder, "word_ids", lambda w, s: (1, 2, 3, 4) if w == "the" else real(w, s))
+    template = init_triggers(h, Template("{text_a} {trigger*3} {mask}."), "mask")
+    assert len(set(template.trigger_ids)) == 1 and template.trigger_ids[0] is not None
+    with pytest.raises(AutoPromptError, match="is 4 tokens; choose a single-token word"):
+        init_triggers(h, Template("{text_a} {trigger} {mask}."), "the")
+
+
+@pytest.mark.services
+def test_worker_command_lines_never_show_the_postgresql_password(tiny_model_dir, tmp_path):
+    """``ps`` shows every process's command line to every user: the ``--workers`` children read the
+    storage URL from the environment. (The throwaway server trusts loopback, so any password works.)"""
+    from services import postgres_server
+
+    with postgres_server(dbname="pw") as url:
+        secret_url = url.replace("postgres@", "postgres:secretpw@")
+        args = ["search", "select", "--space", str(SPACE), "--model", tiny_model_dir, "--storage", secret_url,
+                "--trials", "48", "--workers", "3", "--max-examples", "400", "--shots", "16", "--quiet",
+                "--test-split", "", "--out", ""]
+        proc = subprocess.Popen([sys.executable, "-m", "autoprompt_kit.cli", *args], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        def command_lines() -> list[str]:
+            out = []
+            for child in _children(proc.pid):  # short-lived helpers (ldconfig…) come and go: read what is there
+                try:
+                    out.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass
+            return out
+
+        try:
+            assert _wait_for(lambda: sum("--worker " in c for c in command_lines()) == 2, 120), "no workers started"
+            lines = command_lines()
+            assert not any("secretpw" in c for c in lines), lines
+            assert _wait_for(lambda: optuna.load_study(study_name=optuna.get_all_study_summaries(url)[0].study_name,
+                                                       storage=url).trials != [], 120)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_bounded_readers_refuse_oversized_files_before_reading(tmp_path, monkeypatch):
+    """The size cap is checked from the file's size, before it is read: a task file over
+    ``io.MAX_DATA_BYTES`` and a settings file over the given limit are one clear error each."""
+    from autoprompt_kit import io as kit_io
+
+    data = tmp_path / "big.csv"
+    data.write_text("text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(200)))
+    monkeypatch.setattr(kit_io, "MAX_DATA_BYTES", 1024)
+    with pytest.raises(AutoPromptError, match=r"big.csv' is 2.1 KiB; at most 1 KiB is read"):
+        load_task(str(data))
+    space = tmp_path / "space.yaml"
+    space.write_text("templates: ['{text_a} It was {mask}.']\n" * 10)
+    with pytest.raises(AutoPromptError, match="at most"):
+        kit_io.load_yaml(space, "search space", limit=100)
+    assert kit_io.loads_yaml("a: [1, {b: 2}]", "x") == {"a": [1, {"b": 2}]}
+    assert kit_io.loads_json('{"a": [1, 2]}', "x") == {"a": [1, 2]}

@@ -147,6 +147,25 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _is_nan(value: Any) -> bool:
+    """A NaN label (JSON ``NaN``, or the text ``nan`` a pandas export writes for a missing value)."""
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return isinstance(value, str) and value.strip().lower() == "nan"
+
+
+def _check_labels_present(table: _Table, column: str) -> None:
+    """A split is labelled on every row or on none (hidden test labels): a row with an empty or NaN
+    label among labelled rows is a broken row, never a class and never silently unlabelled."""
+    values = table.columns[column]
+    bad = [r for r, v in enumerate(values) if _is_missing(v) or _is_nan(v)]
+    if bad and len(bad) < len(values):
+        what = "NaN" if _is_nan(values[bad[0]]) else "empty"
+        raise AutoPromptError(f"{table.source} row {bad[0] + 1}: the label (column {column!r}) is {what}"
+                              + (f" ({len(bad)} rows like it)" if len(bad) > 1 else "")
+                              + "; fill it in or remove the row")
+
+
 def _label_mapping(
     tables: dict[str, _Table], cols: dict[str, _Columns], label_names: list[str] | None
 ) -> tuple[list[str], Callable[[Any], int]]:
@@ -233,6 +252,9 @@ def _tables_to_splits(
             f"{tables['train'].source}: no label column among {list(tables['train'].columns)}; "
             f"name it with label=... (recognised: {', '.join(LABEL_COLUMNS)})"
         )
+    for key, t in tables.items():
+        if cols[key].label is not None:
+            _check_labels_present(t, cols[key].label)
     names, to_index = _label_mapping(tables, cols, label_names)
     splits = {key: _build_split(t, cols[key], to_index, key, len(names)) for key, t in tables.items()}
     return names, splits
@@ -313,6 +335,9 @@ def _table_from_records(records: list[Any], source: str) -> _Table:
 
 
 def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
+    from ..io import MAX_DATA_BYTES, check_file
+
+    check_file(path, "task file", MAX_DATA_BYTES)
     old_limit = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents exceed the 128 KiB default
     try:
@@ -330,13 +355,12 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
 
 
 def _read_json(path: Path) -> list[Any] | dict[str, list[Any]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise AutoPromptError(f"could not read {path}: {exc}") from exc
+    from ..io import MAX_DATA_BYTES, loads_json, read_text
+
+    text = read_text(path, "task file", MAX_DATA_BYTES, encoding="utf-8-sig")
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = loads_json(text, f"task file {str(path)!r}")
         except json.JSONDecodeError:
             data = None  # many ".json" exports (e.g. datasets' to_json) are really JSON lines
         if isinstance(data, list):
@@ -354,7 +378,7 @@ def _read_json(path: Path) -> list[Any] | dict[str, list[Any]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append(loads_json(line, f"{path} line {lineno}"))
             except json.JSONDecodeError as exc:
                 raise AutoPromptError(f"{path} line {lineno} is not valid JSON: {exc.msg}") from None
     return records
@@ -455,6 +479,35 @@ def _hf_tables(name: str, hf_config: str | None) -> dict[str, _Table]:
 
 
 # -- entry point -----------------------------------------------------------------------------------
+def _task_path(name: str) -> Path:
+    """``name`` as a local path, ``~`` expanded; a path the system cannot even look at is one clear error."""
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # "~nouser/…": no such user
+        raise AutoPromptError(f"task path {name[:200]!r}: {name.split('/')[0][:60]!r} is not a known user's "
+                              "home folder") from None
+    try:
+        path.is_dir()
+        path.exists()
+    except OSError as exc:  # a name longer than the file system allows, a loop of links
+        raise AutoPromptError(f"cannot read task path {name[:60]!r}…: {exc.strerror or exc}") from None
+    return path
+
+
+def _fitting_shots(train: Split, dev: Split | None, carved: bool, num_classes: int, wanted: int) -> int:
+    """The largest K <= ``wanted`` that every class allows: K train examples, and K dev examples from
+    the dev split (or, when dev is carved from the same file, from dev plus the unpicked train rows)."""
+    fit = wanted
+    for c in range(num_classes):
+        in_train = int((train.labels == c).sum())
+        in_dev = int((dev.labels == c).sum()) if dev is not None else 0
+        if dev is None or carved:
+            fit = min(fit, in_train, (in_train + in_dev) // 2)
+        else:
+            fit = min(fit, in_train, in_dev)
+    return max(fit, 1)  # a class with no example is still the sampler's clear error
+
+
 def _check_positive(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
         raise AutoPromptError(f"{name} must be a positive integer, got {value!r}")
@@ -473,6 +526,8 @@ def load_task(
     hf_config: str | None = None,
     max_examples: int | None = None,
     on_small_class: str = "error",
+    fit_shots: bool = False,
+    shots_flag: str | None = None,
 ) -> Task:
     """Load a task by name: a built-in corpus, a local file or folder, or a HF dataset.
 
@@ -491,6 +546,9 @@ def load_task(
         max_examples: Cap every split (test included) by seeded subsampling (seed 0).
         on_small_class: With ``shots``, a class with fewer than K examples: ``error`` (default) or
             ``all`` (take all of its examples, with a warning; train and dev are then imbalanced).
+        fit_shots: ``shots`` is an upper bound: lower it to the largest K that every class allows in
+            train and dev (a small file); the K used is ``task.shots``.
+        shots_flag: the name errors give the shots setting (the CLI passes ``--shots``).
 
     Returns:
         A :class:`Task` with ``train``, ``dev`` and ``test`` splits.
@@ -509,6 +567,9 @@ def load_task(
         if not label_names or len(set(label_names)) != len(label_names):
             raise AutoPromptError(f"label_names must be non-empty and unique, got {label_names}")
 
+    if not isinstance(name, str) or not name.strip():
+        raise AutoPromptError(f"the task name is empty; give a built-in task ({', '.join(BUILTIN_TASKS)}), "
+                              "a local file or folder, or a HF dataset name")
     key = name.strip().lower()
     if key in BUILTIN_TASKS:
         if text_a or text_b or label or hf_config:
@@ -525,7 +586,7 @@ def load_task(
         carved = False
         task_name, metric, description = key, base.metric, base.description
     else:
-        path = Path(name).expanduser()
+        path = _task_path(name)
         if path.suffix.lower() in FILE_SUFFIXES or path.is_dir():
             if not path.exists():
                 raise AutoPromptError(f"task file {str(path)!r} does not exist")
@@ -543,9 +604,11 @@ def load_task(
         train, dev, test, carved = _normalise_splits(raw)
         metric = "accuracy"
 
+    if shots is not None and fit_shots:
+        shots = _fitting_shots(train, dev, carved, len(names), shots)
     if shots is not None:
         rng = np.random.default_rng(seed)
-        picked = _few_shot_indices(train.labels, shots, rng, "the train split", names, on_small_class)
+        picked = _few_shot_indices(train.labels, shots, rng, "the train split", names, on_small_class, shots_flag)
         pool = dev
         if pool is None or carved:
             # A dev cut from the same file as train is only 10% of it: K per class is drawn from it
@@ -556,10 +619,10 @@ def load_task(
         train = Split((train[int(i)] for i in picked), name="train")
         dev_rng = np.random.default_rng(seed)
         what = "the dev split" if dev is not None and not carved else "the train examples left for dev"
-        dev_idx = _few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names, on_small_class)
+        dev_idx = _few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names, on_small_class, shots_flag)
         dev = Split((pool[int(i)] for i in dev_idx), name="dev")
     elif dev is None:
         train, dev = _cut(train, (1 - DEV_FRACTION, DEV_FRACTION), ("train", "dev"))
 
     splits = {"train": _cap(train, max_examples), "dev": _cap(dev, max_examples), "test": _cap(test, max_examples)}
-    return Task(name=task_name, label_names=names, splits=splits, metric=metric, description=description)
+    return Task(name=task_name, label_names=names, splits=splits, metric=metric, description=description, shots=shots)

@@ -48,11 +48,14 @@ def open_input(path: str) -> IO[str]:
     if path == "-":
         return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="strict")
     p = Path(path)
-    if p.is_dir():
-        raise AutoPromptError(f"--input {path!r} is a folder; give a file (or - for stdin)")
-    if not p.is_file():
-        raise AutoPromptError(f"--input file {path!r} does not exist")
-    return p.open(encoding="utf-8-sig", newline="")
+    try:
+        if p.is_dir():
+            raise AutoPromptError(f"--input {path!r} is a folder; give a file (or - for stdin)")
+        if not p.is_file():
+            raise AutoPromptError(f"--input file {path!r} does not exist")
+        return p.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:  # a name too long, no permission
+        raise AutoPromptError(f"cannot read --input {path[:60]!r}: {exc.strerror or exc}") from None
 
 
 class _Columns:
@@ -107,12 +110,14 @@ def iter_inputs(stream: IO[str], fmt: str, source: str) -> Iterator[InputRow]:
         except csv.Error as exc:
             raise AutoPromptError(f"{source} line {reader.line_num}: {exc}") from None
         return
+    from ..io import loads_json
+
     cols_json: _Columns | None = None
     for line, text in enumerate(stream, start=1):
         if not text.strip():
             continue
         try:
-            record = json.loads(text)
+            record = loads_json(text, f"{source} line {line}")  # nesting bounded: no RecursionError
         except json.JSONDecodeError as exc:
             raise AutoPromptError(f"{source} line {line} is not valid JSON: {exc.msg}") from None
         if cols_json is None:

@@ -232,6 +232,7 @@ class Task:
     splits: dict[str, Split]
     metric: str = "accuracy"
     description: str = ""
+    shots: int | None = None  # K per class of train and dev when they were sampled few-shot
 
     def __post_init__(self) -> None:
         self.label_names = [str(n) for n in self.label_names]
@@ -305,8 +306,9 @@ SMALL_CLASS = ("error", "all")
 
 def _few_shot_indices(
     labels: np.ndarray, k: int, rng: np.random.Generator, what: str, label_names: Sequence[str] | None,
-    on_small_class: str = "error",
+    on_small_class: str = "error", shots_flag: str | None = None,
 ) -> np.ndarray:
+    """``k`` indices per class; ``shots_flag`` (e.g. ``--shots``) is what an error tells the user to lower."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise AutoPromptError(f"few-shot k must be a positive integer, got {k!r}")
     if on_small_class not in SMALL_CLASS:
@@ -327,8 +329,9 @@ def _few_shot_indices(
         idx = np.flatnonzero(labels == c)
         if idx.size < k:
             if idx.size == 0 or on_small_class == "error":
-                fix = "lower k" if idx.size else "lower k or give the class examples"
-                if idx.size and on_small_class == "error":
+                knob = shots_flag or "k"
+                fix = f"lower {knob}" if idx.size else f"lower {knob} or give the class examples"
+                if idx.size and on_small_class == "error" and shots_flag is None:
                     fix += " (or on_small_class='all' to take all of a smaller class)"
                 raise AutoPromptError(
                     f"cannot sample {k} examples per class from {what}: class {name(c)} has only {idx.size} "

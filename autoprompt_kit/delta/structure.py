@@ -9,7 +9,6 @@ or a bare model), and writes the kit's JSON + safetensors or a PEFT LoRA adapter
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -68,6 +67,16 @@ def name_matches(name: str, pattern: str) -> bool:
         return False
 
 
+def check_patterns(patterns: Sequence[str], what: str) -> None:
+    """Each module pattern must compile as a regular expression (a typo there would otherwise read as
+    "matches no module")."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise AutoPromptError(f"{what}: pattern {pattern!r} is not a valid regular expression ({exc})") from None
+
+
 @dataclass
 class DeltaSpec:
     """One kind of delta on every module whose name matches ``targets``."""
@@ -87,6 +96,7 @@ class DeltaSpec:
             raise AutoPromptError(f"unknown delta kind {self.kind!r}; choose one of {', '.join(MODULE_KINDS)}")
         if isinstance(self.targets, str):
             self.targets = [self.targets]
+        check_patterns(self.targets, f"{self.kind} targets")
         if self.kind not in INPUT_KINDS and not self.targets:
             raise AutoPromptError(f"a {self.kind} delta needs target module patterns (e.g. ['q_proj', 'v_proj'])")
         if self.kind == "soft" and not self.template:
@@ -376,12 +386,15 @@ class Delta(nn.Module):
 
 
 def read_structure(path: str | Path) -> dict[str, Any]:
+    from ..io import load_json
+
     path = Path(path)
     file = path / STRUCTURE_FILE if path.is_dir() else path
     if not file.exists():
         raise AutoPromptError(f"no delta structure at {str(file)!r}")
-    doc = json.loads(file.read_text())
-    if doc.get("format") != FORMAT or not isinstance(doc.get("modules"), list):
+    doc = load_json(file, "delta structure")
+    if (not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("modules"), list)
+            or not all(isinstance(m, dict) and isinstance(m.get("kind"), str) for m in doc["modules"])):
         raise AutoPromptError(f"{str(file)!r} is not an autoprompt-kit delta structure")
     return doc
 

@@ -168,6 +168,11 @@ def init_triggers(harness: "Harness", template: Template, init: str) -> Template
     tok = harness.tokenizer
     if init == "mask" and tok.mask_token_id is not None:
         token_id = int(tok.mask_token_id)
+    elif init == "mask":
+        # No mask token (causal, seq2seq): a neutral one-token word; on a BPE vocabulary "the" may be
+        # several tokens, and the default space must still run.
+        fitting = (ids for word in ("the", "a", ".", ",") if len(ids := harness.encoder.word_ids(word, True)) == 1)
+        token_id = next(fitting, [harness.encoder.soft_fallback_id])[0]
     else:
         word = "the" if init == "mask" else init
         ids = harness.encoder.word_ids(word, True)
@@ -280,6 +285,12 @@ class AutoPromptSearcher(Searcher):
     name = "autoprompt"
     config_class = AutoPromptConfig
     config: AutoPromptConfig
+
+    def check(self, ctx: SearchContext) -> None:
+        """Every initial trigger token is one token of this model (before the study opens)."""
+        super().check(ctx)
+        for init in self.config.init_token:
+            init_triggers(ctx.harness, resize_triggers(Template(self.config.template), 1), init)
 
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg, h, task = self.config, ctx.harness, ctx.task

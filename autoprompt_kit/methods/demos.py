@@ -211,6 +211,16 @@ class DemosSearcher(Searcher):
         super().__init__(config)
         self._base: Prompt | None = None
 
+    def check(self, ctx: SearchContext) -> None:
+        """The base prompt loads and, when a trial may pick ``similar``, the sentence encoder loads
+        (it is loaded once per process anyway, so this costs nothing more)."""
+        super().check(ctx)
+        self.config.base_prompt()
+        if "similar" in self.config.selection and any(int(k) > 0 for k in self.config.per_class):
+            from ..demonstrations import sentence_encoder
+
+            sentence_encoder(self.config.encoder)
+
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg, task, h = self.config, ctx.task, ctx.harness
         params = cfg.sample(trial)

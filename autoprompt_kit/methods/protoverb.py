@@ -251,7 +251,9 @@ class PrototypeHead(nn.Module):
         folder = Path(folder)
         if not (folder / "protoverb.json").is_file() or not (folder / "protoverb.safetensors").is_file():
             raise AutoPromptError(f"{folder} has no protoverb.json + protoverb.safetensors")
-        return cls._build(json.loads((folder / "protoverb.json").read_text()),
+        from ..io import load_json
+
+        return cls._build(load_json(folder / "protoverb.json", "prototype head"),
                           load_file(str(folder / "protoverb.safetensors")))
 
 

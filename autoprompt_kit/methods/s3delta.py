@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..delta import Delta, DeltaSpec, count_parameters
-from ..delta.structure import structure_table
+from ..delta.structure import check_patterns, structure_table
 from ..errors import AutoPromptError
 from ..prompts import Template, Verbalizer, as_template, as_verbalizer
 from ..search.base import (
@@ -139,6 +139,8 @@ class S3DeltaConfig(SearchConfig):
             values = getattr(self, name)
             if not values or any(v <= 0 for v in values):
                 raise AutoPromptError(f"{name} must be a list of positive numbers, got {values!r}")
+        for name in ("lora_targets", "bitfit_targets", "ln_targets", "adapter_targets"):
+            check_patterns(getattr(self, name), name)
         if not (self.lora_targets or self.bitfit_targets or self.ln_targets or self.adapter_targets):
             raise AutoPromptError("the s3delta search space is empty: give at least one *_targets list")
         for space in self.spaces or []:
@@ -413,6 +415,20 @@ class S3DeltaSearcher(Searcher):
         blackbox: TPE samples the structure switches (a grid would be random search)."""
         cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
         return cfg.grid() if cfg.strategy == "differentiable" else None
+
+    def check(self, ctx: SearchContext) -> None:
+        """Every module pattern matches on this backbone and the budget constrains every space
+        (checked before the study opens, not in its first trial)."""
+        super().check(ctx)
+        cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
+        budget = budget_params(ctx.harness, cfg.budget_percent)
+        for space in cfg.spaces or [None]:
+            restricted = cfg.restricted(space) if space else cfg
+            entries = search_space(ctx.harness, restricted)
+            try:
+                check_budget(budget, Delta.from_structure(ctx.harness, entries).module_parameters())
+            except AutoPromptError as exc:
+                raise AutoPromptError(f"{exc}" + (f" (space {space!r})" if space else "")) from None
 
     def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         cfg: S3DeltaConfig = self.config  # type: ignore[assignment]

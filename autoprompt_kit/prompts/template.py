@@ -81,14 +81,16 @@ def _parse_jsonish(inner: str, source: str) -> list[Part]:
     body = inner.strip()
     # OpenPrompt allows bare keys like {"mask"} and Python literals like True.
     fixed = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", body)))
+    from ..io import loads_json  # nesting bounded: a part of 5,000 '[' is an error, not a RecursionError
+
     try:
         if ":" not in body:
-            key = json.loads(body)
+            key = loads_json(body, f"template {short(source)!r}")
             if not isinstance(key, str):
                 raise json.JSONDecodeError("expected a quoted key", body, 0)
             obj: dict[str, Any] = {key: None}
         else:
-            obj = json.loads("{" + fixed + "}")
+            obj = loads_json("{" + fixed + "}", f"template {short(source)!r}")
     except json.JSONDecodeError as exc:
         raise AutoPromptError(f"template {short(source)!r}: cannot parse part {short('{' + inner + '}', 40)}: "
                               f"{exc.msg} (OpenPrompt syntax: {{\"mask\"}}, {{\"placeholder\": \"text_a\"}})") from None

@@ -120,6 +120,11 @@ class Verbalizer:
         """Raise when one word is given for two classes (a user's verbalizer must be unambiguous)."""
         owner: dict[str, int] = {}
         for i, ws in enumerate(self.label_words):
+            stripped = [w.strip() for w in ws]
+            twice = next((w for k, w in enumerate(stripped) if w in stripped[:k]), None)
+            if twice is not None:  # it would count twice in the class's mean/sum: a typo, not a choice
+                name = self.labels[i] if i < len(self.labels) else str(i)
+                raise AutoPromptError(f"verbalizer: label word {twice!r} is given twice for class {name!r}")
             for w in ws:
                 j = owner.setdefault(w.strip(), i)
                 if j != i:
@@ -233,23 +238,39 @@ class Verbalizer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Verbalizer":
-        if "label_words" not in data:
+        if not isinstance(data, Mapping) or "label_words" not in data:
             raise AutoPromptError("verbalizer JSON needs a 'label_words' key")
         words = data["label_words"]
         kwargs = {k: data[k] for k in ("aggregation", "calibration") if k in data}
-        if data.get("weights") is not None:
-            kwargs["weights"] = tuple(tuple(w) for w in data["weights"])
+        for key in ("weights", "word_prior"):
+            if data.get(key) is not None:
+                kwargs[key] = _number_rows(data[key], key)
         if "content_free_inputs" in data:
-            kwargs["content_free_inputs"] = tuple(data["content_free_inputs"])
-        if data.get("word_prior") is not None:
-            kwargs["word_prior"] = tuple(tuple(p) for p in data["word_prior"])
+            inputs = data["content_free_inputs"]
+            if not isinstance(inputs, (list, tuple)) or not all(isinstance(x, str) for x in inputs):
+                raise AutoPromptError(f"verbalizer content_free_inputs must be a list of texts, got {inputs!r:.60}")
+            kwargs["content_free_inputs"] = tuple(inputs)
         if isinstance(words, Mapping):
+            bad = next((k for k, v in words.items() if not isinstance(v, (str, list, tuple))), None)
+            if bad is not None:
+                raise AutoPromptError(f"verbalizer: class {bad!r} needs a word or a list of words, "
+                                      f"got {words[bad]!r:.60}")
             labels = tuple(words.keys())
             if all(k.isdigit() for k in labels):
                 labels = ()
             values = tuple(tuple([v] if isinstance(v, str) else v) for v in words.values())
             return cls(values, labels=labels, **kwargs)
         return cls.from_words(words, **kwargs)
+
+
+def _number_rows(value: Any, key: str) -> tuple[tuple[float, ...], ...]:
+    """Per-class lists of numbers (weights, priors) from JSON, or one clear error."""
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(row, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
+        for row in value)
+    if not ok:
+        raise AutoPromptError(f"verbalizer {key} must be a list of number lists (one per class), got {value!r:.60}")
+    return tuple(tuple(float(x) for x in row) for row in value)
 
 
 def as_verbalizer(value: "Verbalizer | Mapping[str, Any] | Sequence[Any]") -> Verbalizer:

@@ -63,6 +63,27 @@ def public_url(url: str) -> str:
     return f"{scheme}{netloc}{rest}"
 
 
+def _check_sqlite_folder(url: str, path: Path) -> None:
+    """The database file's folder must exist or be creatable, and be writable (SQLite writes a journal
+    beside the file): one line now, not an OSError from deep inside SQLAlchemy."""
+    import os
+
+    try:
+        if path.is_dir():
+            raise AutoPromptError(f"--storage {url!r} names a folder, not a database file")
+        parent = path.resolve().parent
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as exc:  # a name too long, a loop of links
+        raise AutoPromptError(f"--storage {url[:80]!r}…: {exc.strerror or exc}") from None
+    if not parent.is_dir():
+        raise AutoPromptError(f"--storage {url!r}: cannot create the database under {str(parent)!r}, which is a file")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise AutoPromptError(f"--storage {url!r}: the database file is not readable and writable")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AutoPromptError(f"--storage {url!r}: cannot write into {str(parent)!r}")
+
+
 def check_url(url: str) -> str:
     """Validate a storage URL (scheme, driver, file location) and return the one to open.
 
@@ -84,8 +105,7 @@ def check_url(url: str) -> str:
         if not parsed.database or parsed.database == ":memory:":
             raise AutoPromptError("--storage sqlite:// is an in-memory database that other processes and later runs "
                                   "cannot see; give a file: sqlite:///runs/autoprompt.db")
-        if Path(parsed.database).expanduser().is_dir():
-            raise AutoPromptError(f"--storage {url!r} names a folder, not a database file")
+        _check_sqlite_folder(url, Path(parsed.database).expanduser())
         return url
     if backend not in ("postgresql", "mysql", "mariadb", "oracle", "mssql"):
         raise AutoPromptError(f"--storage {public_url(url)!r}: unknown database {backend!r}; use sqlite:///FILE or "

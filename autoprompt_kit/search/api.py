@@ -52,14 +52,16 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
     config.method = config.method or method
     config.check_task(task)
     harness = harness or Harness(progress=False)
+    searcher = searcher_cls(config)
+    ctx = SearchContext(task, harness, seed)
+    searcher.check(ctx)  # before the study opens: no trial fails on what the space could have said
     # Without a study name, the name carries a tag of the model: another model starts its own study.
     name = study or default_study_name(open_storage(storage), f"{method}-{task.name}-api-s{seed}",
                                        model_fingerprint(harness.model_name, harness))
-    job = SearchJob(searcher_cls(config), name, storage, n_trials=trials, seed=seed, progress=progress,
+    job = SearchJob(searcher, name, storage, n_trials=trials, seed=seed, progress=progress,
                     task_info=task.info(seed=seed),
                     model_info={"name": harness.model_name, "kind": harness.kind},
                     budget=seconds, selection=selection or searcher_cls.default_selection, folds=folds)
-    ctx = SearchContext(task, harness, seed)
     start = time.perf_counter()
     found = run_search(job, ctx)
     return finish_search(found, job, ctx, test_split=test_split, out=out, seconds=time.perf_counter() - start)

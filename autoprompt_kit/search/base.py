@@ -102,19 +102,14 @@ class SearchConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SearchConfig":
-        import yaml
+        """A space file: size, nesting and YAML alias expansion are bounded (:func:`autoprompt_kit.io.load_yaml`)."""
+        from ..io import load_yaml
 
-        path = Path(path)
-        if path.is_dir():
-            raise AutoPromptError(f"search space {str(path)!r} is a folder; give a YAML file")
-        if not path.exists():
-            raise AutoPromptError(f"search space file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise AutoPromptError(f"search space {str(path)!r} is not UTF-8 text") from None
-        except yaml.YAMLError as exc:
-            raise AutoPromptError(f"search space {str(path)!r} is not valid YAML: {str(exc)[:300]}") from None
+        data = load_yaml(path, "search space")
+        if data is None or data == {}:
+            # Said here, not as whichever setting happens to be checked first.
+            raise AutoPromptError(f"search space {str(path)!r} is empty; write one with `autoprompt-kit space METHOD "
+                                  "--task TASK --out space.yaml`, or leave out --space to build it from the task")
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,11 +262,28 @@ def _conforms(value: Any, hint: Any) -> bool:
     return True
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters without building the whole of it (a YAML alias
+    bomb or a 100k-word list would take seconds or gigabytes to repr in full)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 3, 6, 6, 4
+    short.maxstring, short.maxother, short.maxlong = limit, limit, limit
+    return short.repr(value)[:limit]
+
+
 def check_type(name: str, value: Any, hint: Any) -> None:
     """One clear error when a setting's value does not have its declared type (``"15"`` for an int,
     ``10`` for a list of choices, ``"no"`` for a bool)."""
     if not _conforms(value, hint):
-        shown = f"{value!r}"[:60]
+        wants_mapping = any(typing.get_origin(h) is dict for h in (hint, *typing.get_args(hint)))
+        if wants_mapping and isinstance(value, dict) and any(not isinstance(k, str) for k in value):
+            key = next(k for k in value if not isinstance(k, str))
+            # YAML reads `0:` as a number: the real mistake is the key, not the mapping's values.
+            raise AutoPromptError(f"setting {name!r}: class names must be text, got {type(key).__name__} "
+                                  f"{short_repr(key)}; quote it in YAML ('{key}':)")
+        shown = short_repr(value)
         tip = ""
         if typing.get_origin(hint) is list and not isinstance(value, (list, tuple)):
             tip = f" — write [{shown}] for a single choice"
@@ -341,6 +353,23 @@ class Searcher(ABC):
         ``best.json``.
         """
 
+    def check(self, ctx: SearchContext) -> None:
+        """Everything the space can check against the task and the loaded model, run before the study
+        opens: an error found inside a trial leaves FAIL/WAITING trials and Optuna's traceback behind.
+
+        By default: every label word of the space is known to the tokenizer and fits the model's
+        length. Methods extend it (module patterns, budgets, files a space names, encoders).
+        """
+        for f in dataclasses.fields(self.config):
+            role, value = f.metadata.get("role"), getattr(self.config, f.name)
+            if not value or role not in ("label_words", "label_word_sets"):
+                continue
+            for words in (value if role == "label_word_sets" else [value]):
+                try:
+                    check_words_fit(ctx.harness, words)
+                except AutoPromptError as exc:
+                    raise AutoPromptError(f"setting {f.name!r}: {exc}") from None
+
     def grid(self) -> list[dict[str, Any]] | None:
         """All parameter sets of a finite space (by default the config's :meth:`SearchConfig.grid`),
         or None when the space is sampled."""
@@ -377,6 +406,23 @@ class Searcher(ABC):
         Iterative methods report intermediate dev scores with ``trial.report`` and honour
         ``trial.should_prune()``.
         """
+
+
+def check_words_fit(harness: "Harness", words: Any) -> None:
+    """Every label word in ``words`` (label → word(s)) tokenizes to something the model reads and,
+    on models that read it in the input, leaves room in the model's maximum length."""
+    if not isinstance(words, dict):
+        return
+    encoder = harness.encoder
+    room = encoder.max_length - 8  # the template, a few text tokens and the special tokens need some
+    for label, ws in words.items():
+        for word in ([ws] if isinstance(ws, str) else ws or []):
+            if not isinstance(word, str) or not word.strip():
+                continue
+            ids = encoder.word_ids(word, True)
+            if harness.kind != "seq2seq" and len(ids) > room:  # T5 reads the word in its decoder
+                raise AutoPromptError(f"label word {word[:30]!r}… of class {label!r} is {len(ids):,} tokens: it does not "
+                                      f"fit the model's maximum length ({encoder.max_length} tokens)")
 
 
 REGISTRY: dict[str, type[Searcher]] = {}

@@ -343,14 +343,14 @@ def vader_class_words(seeds: Mapping[str, Sequence[str]], *, threshold: float, m
 
 def read_kb(path: str | Path) -> dict[str, list[str]]:
     """A user knowledge-base file (format in the module docstring): ``{key: [words]}``."""
+    from ...io import loads_json, read_text
+
     path = Path(path)
-    if not path.is_file():
-        raise AutoPromptError(f"knowledge-base file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "knowledge-base file")  # bounded; a folder, binary or missing file is one line
     out: dict[str, list[str]] = {}
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text) if text.strip() else {}
+            data = loads_json(text, f"knowledge-base file {str(path)!r}") if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise AutoPromptError(f"knowledge-base file {str(path)!r} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(v, (list, str)) for v in data.values()):
@@ -362,7 +362,9 @@ def read_kb(path: str | Path) -> dict[str, list[str]]:
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             if "\t" not in line:
-                raise AutoPromptError(f"{path}:{lineno}: expected 'key<TAB>word1,word2,...', got {line[:60]!r}")
+                # The line itself is not shown: kb_file may name any file (a space file from someone else).
+                raise AutoPromptError(f"knowledge-base file {str(path)!r} line {lineno}: expected "
+                                      "'key<TAB>word1,word2,...' (no tab found)")
             key, words = line.split("\t", 1)
             out.setdefault(key.strip().lower(), []).extend(w for w in words.split(","))
     out = {k: [w.strip() for w in ws if w.strip()] for k, ws in out.items()}
