@@ -20,6 +20,10 @@ soft prompt, prefix), or fine-tuned backbone weights. The folder layout follows 
         delta.json           a delta's structure               (if any; ``autoprompt-kit delta DIR`` reads it)
         delta.safetensors    the delta's weights               (if any)
         model.safetensors    fine-tuned backbone parameters    (if any)
+        README.md            the model card (Hub front matter, scores, usage; :mod:`autoprompt_kit.hub`)
+
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` follow the transformers names; a Hub repo
+holds the same folder.
 """
 
 from __future__ import annotations
@@ -317,11 +321,20 @@ class Prompt:
         out["provenance"] = self.provenance
         return out
 
-    def save(self, path: str | Path) -> Path:
-        """Write the folder (manifest + safetensors) atomically: the old folder or the new one, never half."""
+    def save_pretrained(self, save_directory: str | Path, *, repo_id: str | None = None,
+                        model_card: bool = True) -> Path:
+        """Write the prompt folder (manifest + safetensors + the model card ``README.md``) atomically:
+        the old folder or the new one, never half. ``repo_id`` only names the repo in the card's
+        usage snippet (:meth:`push_to_hub` passes its own)."""
+        return self.save(save_directory, repo_id=repo_id, model_card=model_card)
+
+    def save(self, path: str | Path, *, repo_id: str | None = None, model_card: bool = True) -> Path:
+        """The folder :meth:`save_pretrained` writes (kept under its older name)."""
         from safetensors.torch import save_file
 
-        from .io import atomic_dir, write_json_atomic
+        from .hub import CARD_FILE
+        from .hub import model_card as card
+        from .io import atomic_dir, write_json_atomic, write_text_atomic
 
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -342,7 +355,46 @@ class Prompt:
             if self.model_weights is not None:
                 save_file(_contiguous(self.model_weights), str(tmp / MODEL_FILE))
             write_json_atomic(tmp / MANIFEST, self.to_dict())
+            if model_card:
+                write_text_atomic(tmp / CARD_FILE, card(self, repo_id))
         return path
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload prompt with autoprompt-kit",
+                    private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
+                    create_pr: bool = False) -> Any:
+        """Upload what :meth:`save_pretrained` writes to the Hub repo ``repo_id`` (created if needed),
+        as one commit, through ``huggingface_hub``. Returns its ``CommitInfo`` (``.commit_url``)."""
+        import tempfile
+
+        from .hub import upload
+
+        with tempfile.TemporaryDirectory(prefix="autoprompt-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "prompt", repo_id=repo_id)
+            return upload(folder, repo_id, commit_message=commit_message, private=private, token=token,
+                          revision=revision, create_pr=create_pr)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, *,
+                        harness: "Harness | None" = None, cache_dir: str | Path | None = None,
+                        token: str | bool | None = None, local_files_only: bool = False) -> "Prompt":
+        """A prompt folder (or best.json) on disk, or a Hub repo ``"user/name"`` at ``revision``
+        (downloaded once into the Hub cache by ``huggingface_hub.snapshot_download``).
+
+        ``harness`` as in :meth:`load`.
+        """
+        from .hub import download, is_repo_id
+
+        name = str(name_or_path)
+        if not is_repo_id(name):
+            if revision is not None:
+                raise AutoPromptError(f"revision={revision!r} applies to a Hub repo; {name!r} is a local path")
+            return cls.load(name, harness)
+        folder = download(name, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        return cls.load(folder, harness)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (an estimator, a worker process) without the loaded model: it reloads from ``model``.
+        return {**self.__dict__, "_harness": None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], folder: str | Path | None = None) -> "Prompt":

@@ -110,9 +110,10 @@ def _harness(args: argparse.Namespace, progress: bool) -> Any:
 
 
 def _load_prompt(path: str) -> Any:
+    """A best.json, a prompt folder, or a Hub repo ``user/name`` (downloaded into the Hub cache)."""
     from .artifact import Prompt
 
-    return Prompt.load(path)
+    return Prompt.from_pretrained(path)
 
 
 def _evaluate_prompt(args: argparse.Namespace) -> int:
@@ -512,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a template + verbalizer on a task split",
                         description="Score a template + verbalizer on a task split and print accuracy and macro-F1.")
-    ev.add_argument("--prompt", default=None, help="a best.json written by a search: re-score its prompt")
+    ev.add_argument("--prompt", default=None, help="a best.json written by a search, a prompt folder or a Hub repo "
+                    "user/name: re-score its prompt")
     ev.add_argument("--task", default=None, help="built-in task (mr, tweets, amazon, nyt, fortunes, spam), local file/folder or HF dataset")
     ev.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     ev.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None, help="model kind (detected if omitted)")
@@ -578,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="apply a saved prompt to new texts (JSONL or CSV out)",
                         description="Label new texts with a saved prompt: one output row per input, in input order.")
-    pr.add_argument("--prompt", required=True, help="a best.json, or a saved prompt folder")
+    pr.add_argument("--prompt", required=True, help="a best.json, a saved prompt folder, or a Hub repo user/name")
     pr.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain text lines (- = stdin)")
     pr.add_argument("--input-format", choices=["lines", "csv", "tsv", "jsonl"], default=None,
                     help="default: from the file suffix (plain lines otherwise, and for stdin)")
