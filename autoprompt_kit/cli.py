@@ -109,18 +109,18 @@ def _harness(args: argparse.Namespace, progress: bool) -> Any:
     return Harness(args.model, kind=args.kind, progress=progress, **_harness_options(args))
 
 
-def _load_prompt(path: str) -> Any:
+def _load_prompt(path: str, allow_model_mismatch: bool = False) -> Any:
     """A best.json, a prompt folder, or a Hub repo ``user/name`` (downloaded into the Hub cache)."""
     from .artifact import Prompt
 
-    return Prompt.from_pretrained(path)
+    return Prompt.from_pretrained(path, allow_model_mismatch=allow_model_mismatch)
 
 
 def _evaluate_prompt(args: argparse.Namespace) -> int:
     """Re-score a saved prompt (any method, trained state included) and compare with its record."""
     from .data import load_task
 
-    prompt = _load_prompt(args.prompt)
+    prompt = _load_prompt(args.prompt, args.allow_model_mismatch)
     info = prompt.provenance.get("task") or {}
     task = load_task(args.task or info.get("source") or info.get("name") or "mr",
                      shots=args.shots if args.shots is not None else info.get("shots") or None,
@@ -136,8 +136,8 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     split = task[args.split]
     print(f"task     {task.summary()}")
     print(f"prompt   {prompt.describe()}")
-    harness = _harness(argparse.Namespace(**{**vars(args), "model": prompt.model.get("name"),
-                                             "kind": prompt.model.get("kind")}), progress=not args.quiet)
+    # The prompt loads its model itself, so the saved pin is checked (--model included).
+    harness = prompt.harness(progress=not args.quiet, **_harness_options(args))
     result = prompt.evaluate(split, harness)
     cal = prompt.verbalizer.calibration
     print(f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
@@ -336,7 +336,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise AutoPromptError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     if args.out and Path(args.out).is_dir():
         raise AutoPromptError(f"--out {args.out!r} is a folder; give a file name")
-    prompt = _load_prompt(args.prompt)
+    prompt = _load_prompt(args.prompt, args.allow_model_mismatch)
     fmt = input_format(args.input, args.input_format)
     source = "stdin" if args.input == "-" else args.input
     stream = open_input(args.input)
@@ -531,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_harness_args(ev)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--allow-model-mismatch", action="store_true",
+                    help="with --prompt: use a model whose sha256/revision differs from the saved pin (a warning)")
     ev.set_defaults(func=cmd_evaluate)
 
     se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
@@ -589,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--chunk-size", type=int, default=256, help="texts scored per chunk (memory stays flat)")
     _add_harness_args(pr)
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--allow-model-mismatch", action="store_true",
+                    help="use a model whose sha256/revision differs from the prompt's saved pin (a warning)")
     pr.set_defaults(func=cmd_predict)
 
     de = sub.add_parser("delta", help="show a saved delta's structure table, or export it to PEFT",
