@@ -298,6 +298,11 @@ class Harness:
         #: each row carries is bounded apart (``batch_size * 512`` cached tokens per batch).
         self.suffix_batch_factor = 8
 
+    def __sklearn_clone__(self) -> "Harness":
+        """``sklearn.base.clone`` of an estimator holding this harness shares it: a deep copy would
+        copy the model's weights for every fold, and a search leaves the model as it found it."""
+        return self
+
     # ------------------------------------------------------------------------------------------
     # Public API
     # ------------------------------------------------------------------------------------------
