@@ -61,6 +61,9 @@ HEAD_FILE = "head.safetensors"
 MODEL_FILE = "model.safetensors"
 ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
 BEST_SCHEMA_VERSION = 1  # the best.json a search writes (schemas/best.schema.json)
+#: Decimal places of the probabilities ``autoprompt-kit predict`` writes, in JSONL and CSV alike
+#: (float32 scores carry ~7 significant digits; 6 places tell 1e-6 apart and keep rows short).
+PROBABILITY_DECIMALS = 6
 
 
 class Head(Protocol):
@@ -104,10 +107,12 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """``{"label": …, "probabilities": {class: p}}`` per input."""
+    def records(self, decimals: int | None = None) -> Iterator[dict[str, Any]]:
+        """``{"label": …, "probabilities": {class: p}}`` per input; ``decimals`` rounds the
+        probabilities (the CLI's JSONL and CSV both use :data:`PROBABILITY_DECIMALS`)."""
         for label, row in zip(self.labels, self.probabilities):
-            yield {"label": label, "probabilities": {n: float(p) for n, p in zip(self.label_names, row)}}
+            probs = {n: float(p) if decimals is None else round(float(p), decimals) for n, p in zip(self.label_names, row)}
+            yield {"label": label, "probabilities": probs}
 
 
 @dataclass
@@ -252,17 +257,27 @@ class Prompt:
                     for name, value in saved.items():
                         params[name].copy_(value)
 
-    def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None) -> "EvalResult":
+    def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None, *,
+                 progress: bool | None = None) -> "EvalResult":
         """Accuracy, macro-F1 and per-example class scores on labelled data (an ensemble averages
-        its members' class probabilities; a head replaces the verbalizer's scores)."""
+        its members' class probabilities; a head replaces the verbalizer's scores).
+
+        ``progress=True`` shows a progress bar on stderr while a long split is scored, ``False``
+        hides it; ``None`` keeps the harness's setting (off for the prompt's own model).
+        """
         from .data import Split
 
         harness = harness or self.harness()
         split = split if isinstance(split, Split) else Split(split)
         for t in self.templates:
             t.check_fields(split.fields())
-        with self.applied(harness):
-            return self._score(harness, split)
+        shown = harness.progress
+        harness.progress = shown if progress is None else progress
+        try:
+            with self.applied(harness):
+                return self._score(harness, split)
+        finally:
+            harness.progress = shown
 
     def _score(self, harness: "Harness", split: "Split") -> "EvalResult":
         label_names = self.label_names
@@ -281,19 +296,22 @@ class Prompt:
             return results[0]
         return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
 
-    def predict(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None) -> Predictions:
+    def predict(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None, *,
+                progress: bool | None = None) -> Predictions:
         """Labels and class probabilities for new inputs: texts, ``(text_a, text_b)`` pairs, dicts of
-        fields, :class:`Example` objects or a :class:`Split` (labels, if any, are ignored)."""
+        fields, :class:`Example` objects or a :class:`Split` (labels, if any, are ignored).
+        ``progress`` as in :meth:`evaluate`."""
         split = as_unlabelled(inputs)
         if not len(split):
             names = self.class_names()
             return Predictions([], np.zeros(0, dtype=np.int64), np.zeros((0, len(names))), names)
-        result = self.evaluate(split, harness)
+        result = self.evaluate(split, harness, progress=progress)
         return self._predictions(result.class_logprobs)
 
-    def predict_proba(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None) -> np.ndarray:
+    def predict_proba(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None, *,
+                      progress: bool | None = None) -> np.ndarray:
         """``(N, C)`` class probabilities, columns in :meth:`class_names` order (scikit-learn style)."""
-        return self.predict(inputs, harness).probabilities
+        return self.predict(inputs, harness, progress=progress).probabilities
 
     def class_names(self) -> list[str]:
         return list(self.label_names or self.verbalizer.labels or [str(i) for i in range(self.verbalizer.num_classes)])

@@ -324,13 +324,17 @@ def cmd_space(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Apply a saved prompt to new texts: JSONL (or CSV) out, in input order, written atomically."""
     import csv
+    import itertools
     import os
     import tempfile
+    import time
 
     from tqdm import tqdm
 
+    from .artifact import PROBABILITY_DECIMALS
     from .data import Split
     from .data.stream import input_format, open_input, read_chunks
+    from .io import current_umask
 
     if args.chunk_size < 1:
         raise AutoPromptError(f"--chunk-size must be at least 1, got {args.chunk_size}")
@@ -351,6 +355,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = prompt.class_names()
     has_id = bool(first) and first[0].id is not None
     has_b = bool(first) and first[0].example.text_b is not None
+    has_line = fmt == "lines"  # plain text has no id column: the line number joins results back
     out_dir = Path(args.out).resolve().parent if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,34 +363,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sink = os.fdopen(fd, "w", encoding="utf-8", newline="")
     else:
         tmp, sink = None, sys.stdout
+    # The bar goes to stderr, so it shows when the rows go to stdout too.
+    bar = tqdm(desc="predict", unit=" texts", total=_count_inputs(args.input, fmt), disable=args.quiet,
+               file=sys.stderr, leave=False)
+    start, done = time.perf_counter(), 0
     try:
         harness = prompt.harness(**_harness_options(args)) if first else None
         writer = None
         if args.format == "csv":
             writer = csv.writer(sink)
-            writer.writerow((["id"] if has_id else []) + ["text"] + (["text_b"] if has_b else []) + ["label"]
-                            + [f"p_{n}" for n in names])
-        bar = tqdm(desc="predict", unit=" texts", disable=args.quiet or out_dir is None, file=sys.stderr)
-        done, start = 0, __import__("time").perf_counter()
-        import itertools
-
+            writer.writerow((["id"] if has_id else []) + (["line"] if has_line else []) + ["text"]
+                            + (["text_b"] if has_b else []) + ["label"] + [f"p_{n}" for n in names])
         for chunk in itertools.chain([first] if first else [], chunks):
             preds = prompt.predict(Split([r.example for r in chunk], name="inputs"), harness)
             harness.clear_cache()
-            for row, record in zip(chunk, preds.records()):
+            for row, record in zip(chunk, preds.records(PROBABILITY_DECIMALS)):
                 ex = row.example
                 if writer is not None:
-                    writer.writerow(([row.id] if has_id else []) + [ex.text_a] + ([ex.text_b] if has_b else [])
-                                    + [record["label"]] + [f"{p:.6f}" for p in record["probabilities"].values()])
+                    writer.writerow(([row.id] if has_id else []) + ([row.line] if has_line else []) + [ex.text_a]
+                                    + ([ex.text_b] if has_b else []) + [record["label"]]
+                                    + [f"{p:.{PROBABILITY_DECIMALS}f}" for p in record["probabilities"].values()])
                 else:
-                    obj = ({"id": row.id} if has_id else {}) | {"text": ex.text_a} | (
-                        {"text_b": ex.text_b} if ex.text_b is not None else {}) | record
+                    obj = ({"id": row.id} if has_id else {}) | ({"line": row.line} if has_line else {}) | {
+                        "text": ex.text_a} | ({"text_b": ex.text_b} if ex.text_b is not None else {}) | record
                     sink.write(json.dumps(obj, ensure_ascii=False) + "\n")
             done += len(chunk)
             bar.update(len(chunk))
-        bar.close()
         if tmp is not None:
             sink.close()
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a result file is 0644
             os.replace(tmp, args.out)
     except BaseException:
         if tmp is not None:
@@ -394,12 +400,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
         raise
     finally:
+        bar.close()
         stream.close()
-    if out_dir is not None:
-        seconds = __import__("time").perf_counter() - start
-        print(f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> {args.out}",
-              file=sys.stderr)
+    if not args.quiet:
+        seconds = time.perf_counter() - start
+        print(f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> "
+              f"{args.out or 'stdout'}", file=sys.stderr)
     return 0
+
+
+def _count_inputs(path: str, fmt: str) -> int | None:
+    """How many inputs a plain-text or JSONL file holds (non-blank lines), for the bar's time
+    estimate; None for stdin and CSV (quoted fields may span lines)."""
+    if path == "-" or fmt not in ("lines", "jsonl"):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
 
 
 def _harness_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -587,10 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--input-format", choices=["lines", "csv", "tsv", "jsonl"], default=None,
                     help="default: from the file suffix (plain lines otherwise, and for stdin)")
     pr.add_argument("--out", default=None, help="output file (default: stdout); written atomically")
-    pr.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)")
+    pr.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                    help="output format (default jsonl); probabilities rounded to 6 decimals in both; plain-text "
+                         "input gets a 'line' field (its 1-based line number)")
     pr.add_argument("--chunk-size", type=int, default=256, help="texts scored per chunk (memory stays flat)")
     _add_harness_args(pr)
-    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar and no summary line (stderr)")
     pr.add_argument("--allow-model-mismatch", action="store_true",
                     help="use a model whose sha256/revision differs from the prompt's saved pin (a warning)")
     pr.set_defaults(func=cmd_predict)
