@@ -29,7 +29,6 @@ holds the same folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -561,7 +560,7 @@ def model_identity(name: str | None) -> dict[str, Any]:
     files. A hub name gives nothing here (its revision is known once loaded)."""
     from importlib import metadata
 
-    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256
+    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256, sha256_files
 
     name = name or DEFAULT_MODEL
     local = Path(name).expanduser()
@@ -575,12 +574,7 @@ def model_identity(name: str | None) -> dict[str, Any]:
     if local.is_dir():
         files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
         if files and sum(p.stat().st_size for p in files) < 4 * 2**30:  # hashing is ~1 s per GB
-            digest = hashlib.sha256()
-            for p in files:
-                with p.open("rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 22), b""):
-                        digest.update(block)
-            return {"sha256": digest.hexdigest()}
+            return {"sha256": sha256_files(files)}
     return {}
 
 

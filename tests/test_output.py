@@ -5,7 +5,6 @@ scikit-learn's metrics giving the numbers of the kit's former hand-written ones.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import stat
