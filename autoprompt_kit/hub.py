@@ -67,6 +67,15 @@ def _front_matter(prompt: "Prompt", task: str) -> str:
     return data.to_yaml()
 
 
+#: Label words shown per class in the card (KPT's expanded verbalizers hold hundreds; prompt.json has all).
+CARD_WORDS = 20
+
+
+def _words(words: list[str]) -> str:
+    shown = ", ".join(words[:CARD_WORDS])
+    return shown if len(words) <= CARD_WORDS else f"{shown}, … ({len(words)} words)"
+
+
 def _trained_state(prompt: "Prompt") -> list[str]:
     lines = []
     if prompt.head is not None:
@@ -107,7 +116,7 @@ def model_card(prompt: "Prompt", repo_id: str | None = None) -> str:
     else:
         body.append(f"Template: `{prompt.template.display()}`")
     body += ["", "| class | label words |", "|---|---|"]
-    body += [f"| {n} | {', '.join(ws)} |" for n, ws in zip(names, prompt.verbalizer.label_words)]
+    body += [f"| {n} | {_words(ws)} |" for n, ws in zip(names, prompt.verbalizer.label_words)]
     body += ["", f"Calibration: `{prompt.verbalizer.calibration}`; aggregation: `{prompt.verbalizer.aggregation}`.", ""]
     if prompt.demonstrations is not None:
         d = prompt.demonstrations

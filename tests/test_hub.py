@@ -180,3 +180,13 @@ def test_from_pretrained_errors_are_one_line(tmp_path, monkeypatch, capsys):
     # A missing local file is still "does not exist", not a Hub lookup.
     assert main(["predict", "--prompt", str(tmp_path / "best.json"), "--input", str(texts)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_card_shortens_long_word_lists(prompt):
+    from autoprompt_kit.hub import model_card
+
+    words = {"negative": [f"w{i}" for i in range(30)], "positive": ["good"]}
+    many = Prompt([Template("{text_a} It was {mask}.")], Verbalizer.from_words(words),
+                  label_names=["negative", "positive"], model=prompt.model)
+    card = model_card(many)
+    assert "| negative | w0, w1," in card and "w19, … (30 words) |" in card and "w20" not in card
