@@ -96,6 +96,15 @@ def test_cross_val_score_and_pipeline(harness):
     assert 0 <= pipe.score(X[:12], y[:12]) <= 1
 
 
+def test_the_default_method_auto_fits_on_a_budget(harness):
+    X, y = _data(48)
+    clf = PromptClassifier(model=harness, shots=4, budget="5s")  # method="auto", selection by cv
+    assert clf.get_params()["method"] == "auto"
+    clf.fit(X, y)
+    assert clf.search_["method"] == "auto" and "cv" in clf.search_["metrics"]
+    assert clf.predict(X[:4]).shape == (4,)
+
+
 #: Estimator checks that apply to a text classifier, and pass.
 APPLICABLE = ["check_estimator_cloneable", "check_estimator_tags_renamed", "check_valid_tag_types",
               "check_estimator_repr", "check_no_attributes_set_in_init", "check_parameters_default_constructible",
