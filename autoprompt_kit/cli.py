@@ -363,12 +363,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sink = os.fdopen(fd, "w", encoding="utf-8", newline="")
     else:
         tmp, sink = None, sys.stdout
-    # The bar goes to stderr, so it shows when the rows go to stdout too.
-    bar = tqdm(desc="predict", unit=" texts", total=_count_inputs(args.input, fmt), disable=args.quiet,
-               file=sys.stderr, leave=False)
-    start, done = time.perf_counter(), 0
+    start, done, bar = time.perf_counter(), 0, None
     try:
         harness = prompt.harness(**_harness_options(args)) if first else None
+        # After the model loads (a model that fails is one error line, no bar); on stderr, so it
+        # shows when the rows go to stdout too.
+        bar = tqdm(desc="predict", unit=" texts", total=_count_inputs(args.input, fmt), disable=args.quiet,
+                   file=sys.stderr, leave=False)
         writer = None
         if args.format == "csv":
             writer = csv.writer(sink)
@@ -400,7 +401,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         stream.close()
     if not args.quiet:
         seconds = time.perf_counter() - start

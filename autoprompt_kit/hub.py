@@ -38,9 +38,10 @@ def base_model(model: dict[str, Any]) -> str | None:
     name = str(model.get("name") or "")
     if not name or name.lower() in DEFAULT_ALIASES:
         return DEFAULT_BASE_MODEL
-    if name.startswith(("/", ".", "~")) or name.lower().endswith(".gguf") or not re.match(r"^[\w.-]+(/[\w.-]+)?$", name):
+    # A sha256 pin means local weights (a folder or a GGUF file), whatever the name looks like.
+    if model.get("sha256") or Path(name).expanduser().exists() or name.lower().endswith(".gguf"):
         return None
-    return name
+    return name if re.match(r"^[\w.-]+(/[\w.-]+)?$", name) else None
 
 
 def _metric_rows(prompt: "Prompt") -> list[tuple[str, dict[str, Any]]]:

@@ -90,7 +90,7 @@ def test_a_prompt_on_a_changed_gguf_file_fails_before_converting_it(tmp_path, mo
         Prompt.load(folder).harness()
     texts = tmp_path / "t.txt"
     texts.write_text("a bad film\n")
-    assert main(["predict", "--prompt", str(folder), "--input", str(texts), "--quiet"]) == 2
+    assert main(["predict", "--prompt", str(folder), "--input", str(texts)]) == 2  # no bar before the error
     err = capsys.readouterr().err
     assert err.startswith(f"error: model {gguf.resolve()} has sha256 ") and err.count("\n") == 1, err
     # Allowed, the check passes and the (fake) file itself is what fails to load — no conversion before.
@@ -106,3 +106,21 @@ def test_pins_are_compared_only_where_both_sides_know_them():
     assert model_mismatch({"name": "old", "kind": "mlm"}, "x", {"sha256": "c" * 64}) is None  # saved before pinning
     assert "pinned by sha256" in model_mismatch(saved, "/data/model", {"sha256": "c" * 64})
     assert model_mismatch({"package": "p==1"}, "gemma-3-270m", {"package": "p==2"}).startswith("model gemma-3-270m has package p==2")
+
+
+def test_a_search_records_a_relative_model_folder_by_absolute_path_and_pin(model_dir, tmp_path, monkeypatch):
+    import yaml
+
+    from autoprompt_kit import Task, find_prompt
+
+    monkeypatch.chdir(tmp_path)
+    texts = [f"{w} film number {i}" for i, w in enumerate(["a good", "a bad"] * 10)]
+    task = Task.from_examples(texts, ["positive", "negative"] * 10, shots=3)
+    space = {"templates": ["{text_a} It was {mask}."], "label_words": [WORDS]}
+    found = find_prompt("select", task, space, harness=Harness("model", progress=False), trials=1,
+                        storage="sqlite:///runs/s.db", test_split=None).prompt
+    assert found.model["name"] == str(model_dir.resolve()) and len(found.model["sha256"]) == 64
+    card = (found.save_pretrained("p") / "README.md").read_text()
+    assert "base_model" not in yaml.safe_load(card.split("\n---\n")[0][len("---\n"):])  # local, not a Hub id
+    monkeypatch.chdir(model_dir.parent.parent)  # elsewhere: the absolute path still loads
+    assert Prompt.load(tmp_path / "p").predict(TEXTS).labels

@@ -575,7 +575,8 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     best, prompt = best_candidate(study)
     task, harness = ctx.task, ctx.harness
     prompt.label_names = list(task.label_names)
-    prompt.model = {**model_reference(job.model_info.get("name"), harness), **job.model_info}
+    # The reference last: a local folder or GGUF file is recorded by its absolute path, with its pin.
+    prompt.model = {**job.model_info, **model_reference(job.model_info.get("name"), harness)}
     prompt.provenance = {
         "method": job.searcher.name, "study": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
         "trial": best.number, "params": best.params, "task": job.task_info, "seed": job.seed, "version": __version__,
