@@ -418,7 +418,11 @@ class Prompt:
             if revision is not None:
                 raise AutoPromptError(f"revision={revision!r} applies to a Hub repo; {name!r} is a local path")
             return cls.load(name, harness, allow_model_mismatch=allow_model_mismatch)
-        folder = download(name, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        try:
+            folder = download(name, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        except AutoPromptError as exc:
+            # "user/name" may as well be a mistyped local path: say that nothing local has the name either.
+            raise AutoPromptError(f"{exc}; no local folder or file {name!r} exists either") from None
         return cls.load(folder, harness, allow_model_mismatch=allow_model_mismatch)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -168,7 +168,8 @@ def test_from_pretrained_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     with pytest.raises(AutoPromptError, match=r"^cannot download the prompt someone/mr-prompt@v2 from the Hub "
-                                              r"\(LocalEntryNotFoundError: offline and not cached\)$"):
+                                              r"\(LocalEntryNotFoundError: offline and not cached\); no local folder "
+                                              r"or file 'someone/mr-prompt' exists either$"):
         Prompt.from_pretrained(REPO, revision="v2")
     with pytest.raises(AutoPromptError, match="applies to a Hub repo"):
         Prompt.from_pretrained(tmp_path, revision="v2")
