@@ -341,6 +341,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():
         raise AutoPromptError(f"--out {args.out!r} is a folder; give a file name")
     prompt = _load_prompt(args.prompt, args.allow_model_mismatch)
+    if args.model:  # the model's place on this machine; its pin is still checked
+        prompt.model = {**prompt.model, "name": args.model}
     fmt = input_format(args.input, args.input_format)
     source = "stdin" if args.input == "-" else args.input
     stream = open_input(args.input)
@@ -612,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output format (default jsonl); probabilities rounded to 6 decimals in both; plain-text "
                          "input gets a 'line' field (its 1-based line number)")
     pr.add_argument("--chunk-size", type=int, default=256, help="texts scored per chunk (memory stays flat)")
+    pr.add_argument("--model", default=None,
+                    help="where the prompt's model is on this machine (a moved folder or GGUF file; its sha256 "
+                         "must match the saved pin)")
     _add_harness_args(pr)
     pr.add_argument("--quiet", action="store_true", help="no progress bar and no summary line (stderr)")
     pr.add_argument("--allow-model-mismatch", action="store_true",

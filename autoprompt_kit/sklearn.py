@@ -35,6 +35,10 @@ Estimator checks (``sklearn.utils.estimator_checks``; ``tests/test_sklearn.py`` 
   ``check_supervised_y_no_nan`` (y is checked first, with scikit-learn's messages),
   ``check_complex_data``, ``check_estimator_sparse_tag``, ``check_estimator_sparse_matrix``
   (sparse input is refused with a TypeError naming it).
+* Pass vacuously (what they check is absent): ``check_n_features_in_after_fitting`` (no
+  ``n_features_in_`` for text), ``check_estimators_partial_fit_n_features`` (no ``partial_fit``),
+  ``check_non_transformer_estimators_n_iter`` (no ``max_iter``), ``check_decision_proba_consistency``
+  (no ``decision_function``), ``check_classifiers_one_label_sample_weights`` (no ``sample_weight``).
 * Do not apply: the checks that fit on numeric ``make_blobs`` / random arrays (dtypes, NaN/inf,
   ``dtype=object`` floats, empty and zero-feature arrays, memmaps, F-contiguous arrays, 1-D
   sparse arrays, ``_NotAnArray``, 2-D y, overwrite-parameters, fit-returns-self, pickle,

@@ -7,6 +7,7 @@ so a fake file is enough), are one error line — or a warning with ``--allow-mo
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -124,3 +125,20 @@ def test_a_search_records_a_relative_model_folder_by_absolute_path_and_pin(model
     assert "base_model" not in yaml.safe_load(card.split("\n---\n")[0][len("---\n"):])  # local, not a Hub id
     monkeypatch.chdir(model_dir.parent.parent)  # elsewhere: the absolute path still loads
     assert Prompt.load(tmp_path / "p").predict(TEXTS).labels
+
+
+def test_a_moved_model_folder_is_found_by_model_and_its_pin(model_dir, tmp_path, capsys):
+    prompt = _prompt(str(model_dir), Harness(str(model_dir), progress=False))
+    folder = prompt.save_pretrained(tmp_path / "p")
+    moved = tmp_path / "elsewhere"
+    model_dir.rename(moved)
+    texts = tmp_path / "t.txt"
+    texts.write_text("a bad film\n")
+    assert main(["predict", "--prompt", str(folder), "--input", str(texts), "--quiet"]) == 2  # the old place is gone
+    capsys.readouterr()
+    assert main(["predict", "--prompt", str(folder), "--input", str(texts), "--quiet", "--model", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out)["line"] == 1
+    shutil.copytree(moved, tmp_path / "changed")
+    _change_weights(tmp_path / "changed")
+    assert main(["predict", "--prompt", str(folder), "--input", str(texts), "--model", str(tmp_path / "changed")]) == 2
+    assert "sha256" in capsys.readouterr().err
