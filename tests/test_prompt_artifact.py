@@ -200,7 +200,7 @@ def test_save_is_atomic_and_load_reports_bad_folders(tmp_path, tiny_models):
     prompt = Prompt([Template(TEMPLATE)], Verbalizer.from_words(WORDS), label_names=["negative", "positive"],
                     model={"name": "tiny", "kind": "causal"})
     folder = prompt.save(tmp_path / "p")
-    assert sorted(x.name for x in folder.iterdir()) == ["prompt.json"]
+    assert sorted(x.name for x in folder.iterdir()) == ["README.md", "prompt.json"]  # + the model card
     again = Prompt.load(folder)
     assert again.to_dict() == prompt.to_dict()
     prompt.save(folder)  # overwrite in place: the old folder or the new one, no temp left behind

@@ -36,7 +36,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,8 +330,9 @@ def _table_from_records(records: list[Any], source: str) -> _Table:
             columns.setdefault(str(key), [None] * r)
         for key, col in columns.items():
             col.append(rec.get(key))
-    strings = {c for c, vals in columns.items() if all(v is None or isinstance(v, str) for v in vals)}
-    return _Table(source=source, columns=columns, string_columns=strings, rows=len(records))
+    table = _table_from_columns(columns, source)
+    table.rows = len(records)  # a file of empty records has rows but no columns
+    return table
 
 
 def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
@@ -444,6 +445,14 @@ def _hf_tables(name: str, hf_config: str | None) -> dict[str, _Table]:
         reason = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
         raise unknown(reason[:300]) from exc
 
+    label = f"{name}/{hf_config}" if hf_config else name
+    return _dataset_tables(loaded, label)
+
+
+def _dataset_tables(loaded: Any, label: str) -> dict[str, _Table]:
+    """Tables of a ``datasets.Dataset`` (one split: train) or ``DatasetDict`` (splits by name)."""
+    import datasets
+
     if isinstance(loaded, datasets.Dataset):
         loaded = {"train": loaded}
     available = list(loaded)
@@ -454,10 +463,9 @@ def _hf_tables(name: str, hf_config: str | None) -> dict[str, _Table]:
             chosen[key] = (split_name, ds)
     if "train" not in chosen:
         if len(available) != 1:
-            raise AutoPromptError(f"HF dataset {name!r} has no train split; its splits are {available}")
+            raise AutoPromptError(f"HF dataset {label!r} has no train split; its splits are {available}")
         chosen = {"train": (available[0], loaded[available[0]])}
 
-    label = f"{name}/{hf_config}" if hf_config else name
     tables = {}
     for key, (split_name, ds) in chosen.items():
         features = ds.features
@@ -476,6 +484,62 @@ def _hf_tables(name: str, hf_config: str | None) -> dict[str, _Table]:
             class_names=class_names, rows=len(ds),
         )
     return tables
+
+
+# -- in-memory data --------------------------------------------------------------------------------
+def _columns_table(columns: Mapping[str, Any], source: str) -> _Table:
+    """A table from ``{column: values}`` (lists, arrays, pandas Series), all of one length."""
+    lists: dict[str, list[Any]] = {}
+    for key, values in columns.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise AutoPromptError(f"{source}: column {key!r} must be a sequence of values, got {type(values).__name__}")
+        lists[str(key)] = list(values)
+    sizes = {k: len(v) for k, v in lists.items()}
+    if len(set(sizes.values())) > 1:
+        raise AutoPromptError(f"{source}: columns have different lengths {sizes}")
+    return _table_from_columns(lists, source)
+
+
+def _table_from_columns(columns: dict[str, list[Any]], source: str) -> _Table:
+    rows = len(next(iter(columns.values()), []))
+    strings = {c for c, vals in columns.items() if all(v is None or isinstance(v, str) for v in vals)}
+    return _Table(source=source, columns=columns, string_columns=strings, rows=rows)
+
+
+def _frame_table(frame: Any, source: str) -> _Table:
+    """A pandas DataFrame as one table; missing cells (NaN, None, NA) become None, as in a CSV."""
+    import pandas as pd
+
+    columns = {str(c): [None if _pandas_missing(pd, v) else v for v in frame[c].tolist()] for c in frame.columns}
+    return _table_from_columns(columns, source)
+
+
+def _pandas_missing(pd: Any, value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array in a cell is not missing
+        return False
+
+
+def _in_memory_tables(data: Any, task_name: str | None) -> tuple[dict[str, _Table], str, str]:
+    """``(tables, name, description)`` of a DataFrame, a ``datasets`` object or a dict of columns."""
+    module = type(data).__module__.split(".")[0]
+    if module == "pandas" and hasattr(data, "columns"):
+        name = task_name or "dataframe"
+        return {"train": _frame_table(data, name)}, name, f"pandas DataFrame ({len(data)} rows)"
+    if module == "datasets":
+        import datasets
+
+        if isinstance(data, (datasets.Dataset, datasets.DatasetDict)):
+            info = getattr(data, "info", None) if isinstance(data, datasets.Dataset) else None
+            name = task_name or getattr(info, "dataset_name", None) or "dataset"
+            return _dataset_tables(data, name), name, f"datasets.{type(data).__name__} object"
+    if isinstance(data, Mapping):
+        name = task_name or "examples"
+        table = _columns_table(data, name)
+        return {"train": table}, name, f"in-memory data ({table.rows} examples)"
+    raise AutoPromptError(f"load_task takes a task name or path, a pandas DataFrame, a datasets.Dataset/DatasetDict "
+                          f"or a dict of columns; got {type(data).__name__}")
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -514,7 +578,7 @@ def _check_positive(name: str, value: int | None) -> None:
 
 
 def load_task(
-    name: str,
+    name: str | Any,
     *,
     shots: int | None = None,
     seed: int = 13,
@@ -528,13 +592,17 @@ def load_task(
     on_small_class: str = "error",
     fit_shots: bool = False,
     shots_flag: str | None = None,
+    task_name: str | None = None,
 ) -> Task:
-    """Load a task by name: a built-in corpus, a local file or folder, or a HF dataset.
+    """Load a task: a built-in corpus, a local file or folder, a HF dataset, or data in memory.
 
     Args:
         name: ``mr``/``tweets``/``amazon``/``nyt`` (case-insensitive); a ``.csv``/``.tsv``/
             ``.json``/``.jsonl`` file; a folder with ``train``, ``dev``/``validation`` and ``test``
-            files; or a HuggingFace ``datasets`` name.
+            files; a HuggingFace ``datasets`` name; or in memory: a pandas ``DataFrame`` (one
+            table, like a single file), a ``datasets.Dataset`` / ``DatasetDict`` (splits by name),
+            or a dict of columns (``{"text": [...], "label": [...]}``). In-memory data follows the
+            file rules: the same column names, label mapping, validation, splits and few-shot.
         shots: If set, train and dev become K-shot samples per class (LM-BFF); test stays full.
         seed: Few-shot sampling seed.
         dev_shots: Per-class size of the few-shot dev split (default: ``shots``).
@@ -549,6 +617,8 @@ def load_task(
         fit_shots: ``shots`` is an upper bound: lower it to the largest K that every class allows in
             train and dev (a small file); the K used is ``task.shots``.
         shots_flag: the name errors give the shots setting (the CLI passes ``--shots``).
+        task_name: The name of an in-memory task (default ``dataframe``, the dataset's name, or
+            ``examples``).
 
     Returns:
         A :class:`Task` with ``train``, ``dev`` and ``test`` splits.
@@ -567,11 +637,18 @@ def load_task(
         if not label_names or len(set(label_names)) != len(label_names):
             raise AutoPromptError(f"label_names must be non-empty and unique, got {label_names}")
 
-    if not isinstance(name, str) or not name.strip():
+    if isinstance(name, str) and not name.strip():
         raise AutoPromptError(f"the task name is empty; give a built-in task ({', '.join(BUILTIN_TASKS)}), "
                               "a local file or folder, or a HF dataset name")
-    key = name.strip().lower()
-    if key in BUILTIN_TASKS:
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key is None:
+        if hf_config:
+            raise AutoPromptError("hf_config applies to a dataset loaded by name, not to data in memory")
+        tables, task_name, description = _in_memory_tables(name, task_name)
+        names, raw = _tables_to_splits(tables, text_a, text_b, label, label_names)
+        train, dev, test, carved = _normalise_splits(raw)
+        metric = "accuracy"
+    elif key in BUILTIN_TASKS:
         if text_a or text_b or label or hf_config:
             raise AutoPromptError(f"built-in task {key!r} takes no text_a/text_b/label/hf_config arguments")
         base = load_builtin(key)

@@ -261,6 +261,30 @@ class Task:
             splits[key] = split
         self.splits = splits
 
+    @classmethod
+    def from_examples(cls, texts: Sequence[str], labels: Sequence[Any], *, label_names: Sequence[str] | None = None,
+                      text_b: Sequence[str] | None = None, name: str = "examples", **options: Any) -> "Task":
+        """A task from texts and labels in memory, by the rules :func:`load_task` applies to a file.
+
+        The labels are class names (sorted unless ``label_names`` gives the order) or ints (class
+        indices with ``label_names``; otherwise the distinct values in order); the examples are cut
+        80/10/10 into train/dev/test, stratified, and ``shots=K`` (in ``options``, with ``seed``,
+        ``dev_shots``, ``max_examples``, ``on_small_class``) draws K per class for train and dev.
+
+        Example::
+
+            task = Task.from_examples(["great fun", "a waste of time", ...], ["pos", "neg", ...], shots=8)
+        """
+        from .loaders import load_task
+
+        if isinstance(texts, str) or isinstance(labels, str) or isinstance(text_b, str):
+            raise AutoPromptError("Task.from_examples takes sequences of texts and labels, not a single string")
+        columns: dict[str, Any] = {"text_a": texts, "label": labels}
+        if text_b is not None:
+            columns["text_b"] = text_b
+        return load_task(columns, label_names=None if label_names is None else list(label_names), task_name=name,
+                         **options)
+
     def __getitem__(self, split_name: str) -> Split:
         try:
             return self.splits[split_name]

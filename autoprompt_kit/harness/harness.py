@@ -171,30 +171,25 @@ def _long_tensor(values: list[int]) -> torch.Tensor:
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """Accuracy and macro-F1 over the labelled examples (label >= 0).
+    """Accuracy and macro-F1 over the labelled examples (label >= 0), by scikit-learn.
 
     Macro-F1 averages over every class that occurs in the labels or the predictions: a gold class
     that is never predicted counts with F1 0 (so always answering the majority class scores low),
     and so does a predicted class absent from the labels; a class in neither (e.g. a test subsample
-    without it) has no defined F1 and is left out rather than counted as 0. Computed from the
-    confusion counts (the same values as scikit-learn's ``f1_score(average="macro",
-    labels=union(y, p), zero_division=0)``, whose input validation costs more than a whole
-    evaluation of a small model).
+    without it) has no defined F1 and is left out rather than counted as 0
+    (``f1_score(average="macro", labels=union(y, p), zero_division=0)``).
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     keep = labels >= 0
     if not keep.any():
         return float("nan"), float("nan")
     y, p = labels[keep].astype(np.int64), predictions[keep].astype(np.int64)
     if (p < 0).any() or (p >= num_classes).any():
         raise AutoPromptError(f"predictions must be class indices 0..{num_classes - 1}")
-    acc = float((y == p).mean())
-    tp = np.bincount(y[y == p], minlength=num_classes)[:num_classes]
-    true = np.bincount(y, minlength=num_classes)[:num_classes]
-    pred = np.bincount(p, minlength=num_classes)[:num_classes]
-    denominator = true + pred  # 2·TP + FP + FN; 0 for a class in neither labels nor predictions
-    present = denominator > 0
-    f1 = 2 * tp[present] / denominator[present]
-    return acc, float(f1.mean()) if present.any() else 0.0
+    acc = float(accuracy_score(y, p))
+    f1 = float(f1_score(y, p, labels=np.union1d(y, p), average="macro", zero_division=0))
+    return acc, f1
 
 
 class Harness:
@@ -297,6 +292,11 @@ class Harness:
         #: Rows per suffix batch, in multiples of ``batch_size``: suffixes are short, and the cache copy
         #: each row carries is bounded apart (``batch_size * 512`` cached tokens per batch).
         self.suffix_batch_factor = 8
+
+    def __sklearn_clone__(self) -> "Harness":
+        """``sklearn.base.clone`` of an estimator holding this harness shares it: a deep copy would
+        copy the model's weights for every fold, and a search leaves the model as it found it."""
+        return self
 
     # ------------------------------------------------------------------------------------------
     # Public API

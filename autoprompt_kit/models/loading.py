@@ -135,14 +135,21 @@ def _file_sha256(path: Path) -> str:
     entry = memo.get(key)
     if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
         return str(entry["sha256"])
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    digest = sha256_files([path])
+    memo[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     staged = memo_file.with_suffix(f".{os.getpid()}.tmp")
     staged.write_text(json.dumps(memo, indent=2, sort_keys=True))
     os.replace(staged, memo_file)
+    return digest
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """sha256 over the bytes of ``paths`` in order (one file: its usual sha256)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

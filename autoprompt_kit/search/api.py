@@ -27,14 +27,15 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
                 harness: "Harness | None" = None, trials: int = 20, storage: str | None = None,
                 study: str | None = None, seed: int = 13, test_split: str | None = "test",
                 out: str | Path | None = None, budget: str | float | None = None, selection: str | None = None,
-                folds: int = 4, progress: bool = False) -> SearchResult:
+                folds: int = 4, progress: bool = False, trial_dir: str | Path | None = None) -> SearchResult:
     """Search ``task`` with ``method`` and return the found prompt (it predicts and saves).
 
     ``space`` is a config, its dict, a YAML path, or None for the default space built from the
     task. The study is resumable (same ``study`` and ``storage``); ``out`` also writes best.json
     and the prompt folder beside it. ``budget`` (seconds, or ``"10m"``) stops starting trials once
     spent; ``selection="cv"`` scores candidates by ``folds``-fold cross-validation over train + dev
-    (the default of ``auto``).
+    (the default of ``auto``). ``trial_dir`` is where trials keep what they trained (default: beside
+    an SQLite storage).
     """
     from ..harness import Harness
 
@@ -61,7 +62,8 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
     job = SearchJob(searcher, name, storage, n_trials=trials, seed=seed, progress=progress,
                     task_info=task.info(seed=seed),
                     model_info={"name": harness.model_name, "kind": harness.kind},
-                    budget=seconds, selection=selection or searcher_cls.default_selection, folds=folds)
+                    budget=seconds, selection=selection or searcher_cls.default_selection, folds=folds,
+                    trial_dir=None if trial_dir is None else str(trial_dir))
     start = time.perf_counter()
     found = run_search(job, ctx)
     return finish_search(found, job, ctx, test_split=test_split, out=out, seconds=time.perf_counter() - start)

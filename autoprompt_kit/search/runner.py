@@ -311,6 +311,8 @@ def run_search(job: SearchJob, ctx: SearchContext,
         trial.set_user_attr(ARTIFACT_KEYS, sorted(outcome.artifacts))
         return outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
 
+    finished_here: list[int] = []
+
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if (queued and waiting(study) == 0) or spent():
             study.stop()
@@ -321,7 +323,16 @@ def run_search(job: SearchJob, ctx: SearchContext,
         score = f"{trial.value:.4f}" + (f" ± {cv['se']:.3f}" if cv else "")
         left = seconds_left()
         total = f"{done}" if staged else f"{done}/{job.n_trials}"
-        clock = f"  [{_clock(time.perf_counter() - started)} of {_clock(job.budget)}]" if left is not None else ""
+        finished_here.append(trial.number)
+        elapsed = time.perf_counter() - started
+        if left is not None:
+            clock = f"  [{_clock(elapsed)} of {_clock(job.budget)}]"
+        elif not staged:
+            # Remaining time from this process's own pace (a resumed study's earlier trials ran elsewhere).
+            eta = elapsed / len(finished_here) * max(0, job.n_trials - done)
+            clock = f"  [{_clock(elapsed)}, ~{_clock(eta)} left]"
+        else:
+            clock = f"  [{_clock(elapsed)}]"
         print(f"[trial {trial.number:3d} · {total}] {'cv' if folds else 'dev'} {metric} {score}  "
               f"best {best_trial(study).value:.4f}{clock}  "
               f"{trial.user_attrs.get('prompt', trial.user_attrs.get('template'))}", flush=True)
@@ -679,7 +690,8 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     best, prompt = best_candidate(study)
     task, harness = ctx.task, ctx.harness
     prompt.label_names = list(task.label_names)
-    prompt.model = {**model_reference(job.model_info.get("name"), harness), **job.model_info}
+    # The reference last: a local folder or GGUF file is recorded by its absolute path, with its pin.
+    prompt.model = {**job.model_info, **model_reference(job.model_info.get("name"), harness)}
     prompt.provenance = {
         "method": job.searcher.name, "study": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
         "trial": best.number, "params": best.params, "task": job.task_info, "seed": job.seed, "version": __version__,
