@@ -665,7 +665,10 @@ def confined(folder: Path, name: Any, what: str) -> Path:
         raise AutoPromptError(f"the prompt's {what} {name[:100]!r} is outside the prompt folder; refused")
     root = folder.resolve()
     path = (root / name).resolve()
-    if path != root and root not in path.parents:  # a symbolic link that leads out
+    allowed = [root]
+    if root.parent.name == "snapshots":  # a Hub cache snapshot: its files link to the repo's blobs/
+        allowed.append(root.parent.parent / "blobs")
+    if not any(path == a or a in path.parents for a in allowed):  # a symbolic link that leads out
         raise AutoPromptError(f"the prompt's {what} {name[:100]!r} leads outside the prompt folder; refused")
     return path
 

@@ -266,3 +266,21 @@ def test_cv_and_dev_studies_do_not_mix(tmp_path, tiny_model_dir, capsys):
     assert main(args) == 0
     assert main(args + ["--selection", "cv"]) == 2
     assert "another selection" in capsys.readouterr().err
+
+
+def test_selection_bias_is_what_winning_on_the_same_folds_adds():
+    from autoprompt_kit.search.folds import selection_bias
+
+    scores = [[0.9, 0.5, 0.7, 0.7],   # the winner on the mean (0.70)
+              [0.6, 0.8, 0.6, 0.6],   # better on fold 2
+              [0.5, 0.5, 0.8, 0.5]]   # better on fold 3
+    assert selection_bias(scores, 0) == pytest.approx(((0.9 - 0.9) + (0.8 - 0.5) + (0.8 - 0.7) + 0) / 4)
+    assert selection_bias([[0.7, 0.8]], 0) == 0.0  # one candidate: nothing was chosen
+
+
+def test_best_json_reports_the_corrected_estimate(task, gpt2, tmp_path):
+    result = _auto(task, gpt2, tmp_path, "estimate", budget=None, stages=["words", "trained"], label_search=False)
+    cv = result.document["metrics"]["cv"]
+    value = cv["accuracy"] if cv["metric"] == "accuracy" else cv["macro_f1"]
+    assert cv["candidates"] >= 1 and cv["selection_bias"] >= 0
+    assert cv["estimate"] == pytest.approx(value - cv["selection_bias"])

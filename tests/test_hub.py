@@ -191,3 +191,25 @@ def test_card_shortens_long_word_lists(prompt):
                   label_names=["negative", "positive"], model=prompt.model)
     card = model_card(many)
     assert "| negative | w0, w1," in card and "w19, … (30 words) |" in card and "w20" not in card
+
+
+def test_confinement_allows_a_hub_snapshot_s_blobs_and_nothing_else(tmp_path):
+    from autoprompt_kit.artifact import confined
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("x")
+    folder = tmp_path / "prompt"
+    folder.mkdir()
+    (folder / "head.safetensors").symlink_to(outside)
+    with pytest.raises(AutoPromptError, match="leads outside"):
+        confined(folder, "head.safetensors", "head file")
+    repo = tmp_path / "models--me--p"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc").write_text("tensors")
+    snap = repo / "snapshots" / "rev1"
+    snap.mkdir(parents=True)
+    (snap / "head.safetensors").symlink_to("../../blobs/abc")
+    assert confined(snap, "head.safetensors", "head file") == (repo / "blobs" / "abc").resolve()
+    (snap / "other.safetensors").symlink_to(outside)
+    with pytest.raises(AutoPromptError, match="leads outside"):
+        confined(snap, "other.safetensors", "head file")

@@ -79,14 +79,19 @@ def test_from_examples_errors_are_the_file_errors(texts, labels, kwargs, message
 def test_a_pandas_dataframe_is_read_like_its_csv(tmp_path):
     pd = pytest.importorskip("pandas")
     texts, labels = _rows()
-    labels[5] = None  # an unlabelled row: NaN/None in a frame, an empty cell in a CSV
     frame = pd.DataFrame({"sentence": texts, "target": labels, "source": ["web"] * len(texts)})
-    path = _csv(tmp_path / "f.csv", {"sentence": texts, "target": ["" if y is None else y for y in labels],
-                                     "source": ["web"] * len(texts)})
+    path = _csv(tmp_path / "f.csv", {"sentence": texts, "target": labels, "source": ["web"] * len(texts)})
     for options in ({}, {"shots": 4}):
         task = load_task(frame, **options)
         _same(task, load_task(str(path), **options))
         assert task.name == "dataframe" and task.train[0].meta["source"] == "web"
+    # A row whose label is missing (None/NaN in a frame, an empty cell in a CSV) is an error in both.
+    labels[5] = None
+    holed = pd.DataFrame({"sentence": texts, "target": labels, "source": ["web"] * len(texts)})
+    _csv(path, {"sentence": texts, "target": ["" if y is None else y for y in labels], "source": ["web"] * len(texts)})
+    for data, where in ((holed, "dataframe"), (str(path), "f.csv")):
+        with pytest.raises(AutoPromptError, match=f"{where}.* row 6: the label .* is (empty|NaN)"):
+            load_task(data)
     with pytest.raises(AutoPromptError, match=r"dataframe: no label column among \['sentence', 'source'\]"):
         load_task(frame.drop(columns=["target"]))
 

@@ -124,3 +124,15 @@ def gold_logprob(result: "EvalResult") -> float:
     norm = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     value = float(norm[np.arange(len(lp)), np.asarray(result.labels)].mean())
     return value if math.isfinite(value) else float("-inf")
+
+
+def selection_bias(fold_scores: Sequence[Sequence[float]], winner: int) -> float:
+    """How much choosing the best of many candidates on the same folds flatters the winner's score
+    (Tibshirani & Tibshirani 2009, "A bias correction for the minimum error rate in
+    cross-validation"): the mean over folds of how far the winner falls short of the best candidate
+    *of that fold*. Subtract it from the winner's cross-validated score for an estimate of how the
+    chosen prompt does on new data. ``fold_scores[i]`` are candidate ``i``'s per-fold scores."""
+    scores = np.asarray([list(f) for f in fold_scores], dtype=float)
+    if scores.ndim != 2 or len(scores) < 2:
+        return 0.0
+    return float(np.mean(scores.max(axis=0) - scores[winner]))

@@ -31,7 +31,8 @@ from ..prompts import Template
 from ._storage import (check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock,
                        take_trials_atomically)
 from .base import SearchContext, Searcher, TrialOutcome
-from .folds import SELECTIONS, Fold, fold_task, gold_logprob, make_folds, pooled_result, refit_task, standard_error
+from .folds import (SELECTIONS, Fold, fold_task, gold_logprob, make_folds, pooled_result, refit_task, selection_bias,
+                    standard_error)
 
 logger = logging.getLogger(__name__)
 
@@ -630,7 +631,7 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
         "prompt": manifest,
         "model": job.model_info,
         "task": job.task_info,
-        "metrics": _selection_metrics(best, job.task_info.get("splits", {}).get("dev")),
+        "metrics": _selection_metrics(best, job.task_info.get("splits", {}).get("dev"), study),
         "study": {"name": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
                   "best_trial": best.number, "trials": counts, "direction": "maximize"},
         "params": best.params,
@@ -696,7 +697,7 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
         "method": job.searcher.name, "study": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
         "trial": best.number, "params": best.params, "task": job.task_info, "seed": job.seed, "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "metrics": _selection_metrics(best, len(task.dev)),
+        "metrics": _selection_metrics(best, len(task.dev), study),
     }
     if "dev" in prompt.provenance["metrics"]:
         prompt.provenance["metrics"]["dev"].update(fingerprint=task.dev.fingerprint,
@@ -724,12 +725,24 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     return SearchResult(prompt, doc, study, test)
 
 
-def _selection_metrics(best: optuna.trial.FrozenTrial, dev_n: int | None) -> dict[str, Any]:
-    """What the best trial was chosen on: its dev scores, or its cross-validated estimate."""
+def _selection_metrics(best: optuna.trial.FrozenTrial, dev_n: int | None,
+                       study: optuna.Study | None = None) -> dict[str, Any]:
+    """What the best trial was chosen on: its dev scores, or its cross-validated score with the
+    estimate corrected for having been chosen as the best of many (:func:`.folds.selection_bias`)."""
     cv = best.user_attrs.get("cv")
     if cv:
-        return {"cv": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
-                       "metric": cv["metric"], "se": cv["se"], "n": cv["n"], "folds": cv["folds"], "fold_scores": cv["fold_scores"]}}
+        out = {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
+               "metric": cv["metric"], "se": cv["se"], "n": cv["n"], "folds": cv["folds"],
+               "fold_scores": cv["fold_scores"]}
+        if study is not None:
+            rivals = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                      if len((t.user_attrs.get("cv") or {}).get("fold_scores", [])) == len(cv["fold_scores"])]
+            winner = next((i for i, t in enumerate(rivals) if t.number == best.number), None)
+            if winner is not None:
+                bias = selection_bias([t.user_attrs["cv"]["fold_scores"] for t in rivals], winner)
+                value = out["accuracy"] if cv["metric"] == "accuracy" else out["macro_f1"]
+                out.update(selection_bias=bias, estimate=value - bias, candidates=len(rivals))
+        return {"cv": out}
     return {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
                     "n": dev_n}}
 
@@ -801,6 +814,9 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
         how = f", {m['folds']}-fold cross-validation over train + dev" if "folds" in m else ""
         lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}{'' if on_f1 else se}  macro-F1 {m['macro_f1']:.4f}"
                      f"{se if on_f1 else ''}  (n={m['n']}{how})")
+        if "estimate" in m:
+            lines.append(f"      estimate for new data {m['estimate']:.4f} ({m.get('metric')}: the score above less "
+                         f"{m['selection_bias']:.4f}, what winning among {m['candidates']} candidates on the same folds adds)")
     if out:
         folder = doc.get("prompt", {}).get("path")
         lines.append(f"wrote {out}" + (f" and the prompt folder {Path(out).parent / folder}" if folder else ""))
