@@ -196,6 +196,25 @@ def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
     return argv
 
 
+def _search_command(args: argparse.Namespace, study_name: str) -> str:
+    """The command that reproduces (or resumes) this search, for the study's note: the same method,
+    task, space, model, seed and selection; the storage without its password."""
+    import shlex
+
+    from .search._storage import public_url
+
+    argv = ["autoprompt-kit", "search", args.method, "--task", _task_source(str(args.task)), "--shots", str(args.shots),
+            "--seed", str(args.seed), "--study", study_name, "--trials", str(args.trials)]
+    for flag, value in (("--space", args.space), ("--model", args.model), ("--kind", args.kind),
+                        ("--max-examples", args.max_examples), ("--selection", args.selection),
+                        ("--budget", args.budget), ("--storage", public_url(args.storage) if args.storage else None)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.selection == "cv" and args.folds != 4:
+        argv += ["--folds", str(args.folds)]
+    return shlex.join(argv)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import subprocess
     import time
@@ -250,6 +269,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         task_info=task.info(source=_task_source(args.task), shots=args.shots, seed=args.seed,
                             max_examples=args.max_examples),
         model_info=model_info, budget=budget, selection=selection, folds=args.folds,
+        command=_search_command(args, study_name),
     )
     if not args.worker:
         print(f"task     {task.summary()}")

@@ -38,7 +38,9 @@ from ...demonstrations import Demonstrations, encoder_package
 from ...errors import AutoPromptError
 from ...prompts import Template, Verbalizer
 from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register
+from ...search._storage import bookkept
 from ...search.folds import labelled_pool
+from ...search.runner import QUEUED
 from ..kpt import ExpansionSettings, RefineSettings, expand, refine, seed_valences, single_token_logprobs
 from ..kpt import support_scores_from_hidden
 from ..lmbff import label_word_search
@@ -117,7 +119,7 @@ class AutoSearcher(Searcher):
     def next_stage(self, ctx: SearchContext, study: optuna.Study, seconds_left: float | None) -> list[dict[str, Any]] | None:
         self._load(study)
         queued = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False) if t.params}
-        queued |= {t.user_attrs.get("autoprompt.queued") for t in study.get_trials(deepcopy=False)}
+        queued |= {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)}
         for stage in self.config.stages:
             if stage not in self._specs:
                 specs = self._build(stage, ctx, study, seconds_left)
