@@ -57,6 +57,19 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
     url = check_url(url or default_storage())
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return _rdb_storage(url, heartbeat, lock=True)
+
+
+def open_existing_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBStorage | None:
+    """The storage a view reads (``studies``, ``trials``): None when an SQLite file does not exist,
+    so that looking creates no file (neither the database, its folder nor its lock file)."""
+    url = check_url(url or DEFAULT_STORAGE)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().is_file():
+        return None
+    return _rdb_storage(url, heartbeat, lock=False)
+
+
+def _rdb_storage(url: str, heartbeat: int, lock: bool) -> optuna.storages.RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but stable since 2.9
@@ -67,7 +80,7 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
             else:
                 retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
             # Two processes creating a fresh storage's tables at once collide (alembic_version): one at a time.
-            with _creation_lock(url):
+            with _creation_lock(url) if lock else contextlib.nullcontext():
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
                 )
@@ -929,15 +942,43 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
     return "\n".join(lines)
 
 
-def storage_summaries(url: str) -> list[dict[str, Any]]:
-    """Every study in a storage with its trial count and best value (for ``autoprompt-kit studies``)."""
-    storage = open_storage(url)
+def storage_summaries(url: str | None) -> list[dict[str, Any]] | None:
+    """Every study in a storage (for ``autoprompt-kit studies``): method, task, model, trials by
+    state, best value and its metric name; None when there is no storage (nothing is created).
+    Trials of dead processes are failed first (:func:`recover_for_view`), as a rerun would."""
+    storage = open_existing_storage(url)
+    if storage is None:
+        return None
     out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial
-        out.append({"name": s.study_name, "method": s.user_attrs.get("method"), "trials": s.n_trials,
-                    "best": None if best is None else best.value,
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        recover_for_view(study)
+        trials = study.get_trials(deepcopy=False)
+        states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        attrs = study.user_attrs
+        try:
+            best: optuna.trial.FrozenTrial | None = best_trial(study)
+        except AutoPromptError:
+            best = None
+        task = attrs.get("task") if isinstance(attrs.get("task"), dict) else {}
+        model = attrs.get("model") if isinstance(attrs.get("model"), dict) else {}
+        out.append({"name": name, "method": attrs.get("method"), "task": task.get("name"),
+                    "model": attrs.get("Model") or model.get("name"), "trials": len(trials), "states": states,
+                    "best": None if best is None else best.value, "best_trial": None if best is None else best.number,
+                    "metric": (study.metric_names or [None])[0],
                     "template": None if best is None else best.user_attrs.get("template")})
     return out
 
 
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial (for ``autoprompt-kit trials``): number, state, value, readable parameters,
+    seconds, the prompt, and the note's reason for a failed or pruned trial."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = t.user_attrs.get("seconds")
+        if seconds is None and t.datetime_start and t.datetime_complete:
+            seconds = round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
+        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": dict(t.params),
+                     "seconds": seconds, "prompt": t.user_attrs.get("prompt"),
+                     **({"note": t.user_attrs["note"]} if t.user_attrs.get("note") else {})})
+    return rows
