@@ -146,9 +146,11 @@ def trial_note(number: int, prompt: "Prompt", result: "EvalResult", examples: "S
         weight = f" (weight {prompt.weights[i]:.3f})" if prompt.weights and len(prompt.templates) > 1 else ""
         lines.append(f"- template: `{template.display()}`{weight}")
     if example is not None:
-        rendered = prompt.templates[0].fill(example, "[mask]")
+        import textwrap
+
+        rendered = textwrap.fill(prompt.templates[0].fill(example, "[mask]")[:1500], 100)  # no sideways scrolling
         lines += ["", f"Rendered on a {'dev' if not cv else 'labelled'} example (gold: {label_names[example.label]}):",
-                  "", "```text", rendered[:1500], "```"]
+                  "", "```text", rendered, "```"]
     lines += ["", "| class | label words |", "|---|---|"]
     labels = prompt.verbalizer.labels or list(label_names)
     for label, words in zip(labels, prompt.verbalizer.label_words):

@@ -278,8 +278,10 @@ def run_search(job: SearchJob, ctx: SearchContext,
             "seed": job.seed, "selection": selection, "heartbeat": job.heartbeat,
             "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection),
                             **model_fingerprint(job.model_info.get("name"), ctx.harness)}}
-    study = open_study(job.study_name, storage, job.seed, meta)
-    overview = describe_study(study, job, ctx, meta["fingerprint"])
+    # The readable attributes go first: the dashboard lists a study's attributes in the order they were set.
+    overview = study_overview(job, ctx, meta["fingerprint"])
+    study = open_study(job.study_name, storage, job.seed, {**overview, **meta})
+    describe_study(study, job, ctx, overview)
     store = reporting.artifact_store(job.storage_url or DEFAULT_STORAGE)
     started = time.perf_counter()
     take_trials_atomically(study)  # no queued trial run twice; a taken trial has its owner at once
@@ -492,25 +494,27 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
     return TrialOutcome(outcome.candidate, pooled, outcome.artifacts)
 
 
-def describe_study(study: optuna.Study, job: SearchJob, ctx: SearchContext,
-                   fingerprint: dict[str, str]) -> dict[str, str]:
-    """Name the study's value (``study.set_metric_names``) and set the readable study attributes
-    (method, task, model, space, metric); returns the latter."""
-    name = reporting.metric_name(ctx.task.metric, job.selection_info())
+def study_overview(job: SearchJob, ctx: SearchContext, fingerprint: dict[str, str]) -> dict[str, str]:
+    """The readable study attributes: method, task, model (name and weights' hash), space, metric."""
+    searcher = job.searcher
+    stages = list(getattr(searcher.config, "stages", []) or []) if searcher.staged else []
+    grid = None if searcher.staged else searcher.grid()
+    space = reporting.space_label({} if searcher.staged else searcher.config.axes(), None if grid is None else len(grid),
+                                  stages)
+    return reporting.study_overview(searcher.name, ctx.task.summary(), fingerprint, space,
+                                    reporting.metric_name(ctx.task.metric, job.selection_info()))
+
+
+def describe_study(study: optuna.Study, job: SearchJob, ctx: SearchContext, overview: dict[str, str]) -> None:
+    """Name the study's value (``study.set_metric_names``) and keep the readable attributes current."""
+    name = overview["Metric"]
     if study.metric_names != [name]:
         with warnings.catch_warnings():  # "experimental" in Optuna, stable since 3.2
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([name])
-    searcher = job.searcher
-    axes = searcher.config.axes()
-    stages = list(getattr(searcher.config, "stages", []) or []) if searcher.staged else []
-    grid = None if searcher.staged else searcher.grid()
-    overview = reporting.study_overview(searcher.name, ctx.task.summary(), fingerprint,
-                                        reporting.space_label(axes, None if grid is None else len(grid), stages), name)
     for key, value in overview.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)
-    return overview
 
 
 def _report_trial(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, ctx: SearchContext, cv: bool,
