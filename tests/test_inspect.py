@@ -203,3 +203,18 @@ def test_confusion_png_and_predictions_csv(tmp_path):
     rows = [{"index": 0, "text": "a, b", "gold": "neg", "predicted": "pos", "probability": 0.5, "correct": False}]
     assert report.predictions_csv(rows).splitlines()[1] == '0,"a, b",neg,pos,0.5000,False'
     assert Path(report.artifact_dir("sqlite:////x/y/s.db")) == Path("/x/y/artifacts")
+
+
+def test_a_select_study_with_index_parameters_is_refused(tiny_model_dir, tmp_path, capsys):
+    """A study an older version filled with index parameters ("0", "ensemble-uniform") cannot be
+    resumed: its candidates would run again under their readable names."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["search", "select", "--model", tiny_model_dir, "--storage", url, "--study", "old", "--trials", "1",
+                 "--test-split", "", "--out", "", *ARGS]) == 0
+    study = optuna.load_study(study_name="old", storage=url)
+    study.enqueue_trial({"template": "0", "label_words": "0", "calibration": "none"})
+    capsys.readouterr()
+    assert main(["search", "select", "--model", tiny_model_dir, "--storage", url, "--study", "old", "--trials", "2",
+                 "--test-split", "", "--out", "", *ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stored templates and label words by index" in err[0]

@@ -73,6 +73,20 @@ class TemplateSelection(Searcher):
     config_class = SelectConfig
     config: SelectConfig
 
+    def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
+        """Refuse a study made before parameters were stored readably (templates and label-word
+        sets by index): its candidates would be queued again under their new names."""
+        import re
+
+        legacy = re.compile(r"\d+|ensemble-(uniform|dev)")
+        # A queued trial has no params yet: its candidate is in the fixed parameters Optuna keeps for it.
+        values = [(t.params or t.system_attrs.get("fixed_params") or {}).get("template", "")
+                  for t in study.get_trials(deepcopy=False)]
+        if any(legacy.fullmatch(str(v)) for v in values):
+            raise AutoPromptError(f"study {study.study_name!r} was made by an older autoprompt-kit that stored templates "
+                                  "and label words by index; resuming it would run its candidates again: give a new "
+                                  "--study name")
+
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg = self.config
         point = cfg.sample(trial)
