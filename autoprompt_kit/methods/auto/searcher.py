@@ -37,7 +37,7 @@ from ...data import Split
 from ...demonstrations import Demonstrations, encoder_package
 from ...errors import AutoPromptError
 from ...prompts import Template, Verbalizer
-from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register
+from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register, suggest
 from ...search._storage import bookkept
 from ...search.folds import labelled_pool
 from ...search.runner import QUEUED
@@ -256,10 +256,10 @@ class AutoSearcher(Searcher):
             raise AutoPromptError(f"auto: no candidate {name!r} in stage {stage!r} of this study") from None
 
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
-        stage = trial.suggest_categorical("stage", list(STAGES))
+        stage = suggest(trial, "stage", list(STAGES))
         if stage not in self._specs and hasattr(trial, "study"):
             self._load(trial.study)
-        spec = self._spec(stage, trial.suggest_categorical(stage, list(self._specs.get(stage, {}))))
+        spec = self._spec(stage, suggest(trial, stage, list(self._specs.get(stage, {}))))
         pool, train, held = self._view(ctx)
         train_split, held_split = pool[train], pool[held]
         h, names = ctx.harness, ctx.task.label_names
