@@ -195,6 +195,8 @@ def study_note(study_name: str, overview: dict[str, str], best: optuna.trial.Fro
     lines += [f"- **{key.lower()}**: {_md(value, 300)}" for key, value in overview.items()]
     if best is not None:
         lines += ["", f"## Best so far: trial {best.number}, {overview.get('Metric', 'value')} {best.value:.4f}", "",
+                  "Of tied trials the simpler prompt wins, then the more confident one (optuna-dashboard's "
+                  "\"Best Trial\" badge marks the first of them).", "",
                   f"- prompt: `{best.user_attrs.get('prompt', '')}`",
                   f"- template: `{best.user_attrs.get('template', '')}`",
                   f"- label words: `{best.user_attrs.get('label_words', '')}`"]

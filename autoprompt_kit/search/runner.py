@@ -341,7 +341,10 @@ def run_search(job: SearchJob, ctx: SearchContext,
             trial.set_user_attr(name, value)
         trial.set_user_attr(ARTIFACT_KEYS, sorted(outcome.artifacts))
         value = outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
-        _report_trial(study, trial, outcome, ctx, folds is not None, metric, value, store)
+        try:
+            _report_trial(study, trial, outcome, ctx, folds is not None, metric, value, store)
+        except Exception as exc:  # noqa: BLE001 — a report must never fail the trial it describes
+            logger.warning("trial %d: no note (%s: %s)", trial.number, type(exc).__name__, exc)
         return value
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
