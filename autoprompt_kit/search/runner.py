@@ -598,10 +598,12 @@ def recover_for_view(study: optuna.Study) -> list[int]:
     """What a read-only view (``studies``, ``trials``, ``dashboard``) does first: fail the trials of
     dead processes, as a rerun of the search would, so they show as failed and not "Running" forever.
     Uses the heartbeat the study was run with (a shorter one would fail live trials)."""
-    heartbeat = int(study.user_attrs.get("heartbeat", 30))
+    recorded = study.user_attrs.get("heartbeat")
+    heartbeat = int(recorded) if isinstance(recorded, int) else 30
     storage = getattr(study._storage, "_backend", study._storage)
-    revived = fail_dead_trials(study)
-    if getattr(storage, "heartbeat_interval", None) is not None:
+    revived = fail_dead_trials(study)  # exact: the owner's pid on this host is gone
+    # By heartbeat only where the study says which interval its processes beat at (a guess could fail live trials).
+    if isinstance(recorded, int) and getattr(storage, "heartbeat_interval", None) is not None:
         storage.heartbeat_interval, storage.grace_period = heartbeat, 2 * heartbeat
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         with warnings.catch_warnings():
