@@ -218,3 +218,27 @@ def test_a_select_study_with_index_parameters_is_refused(tiny_model_dir, tmp_pat
                  "--test-split", "", "--out", "", *ARGS]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stored templates and label words by index" in err[0]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_on_another_host_without_heartbeat_shows_failed(tmp_path, capsys):
+    """Elsewhere (its pid unknowable from here) a trial is failed once its heartbeat is older than
+    twice the interval the study recorded — by ``trials`` as by a rerun of the search."""
+    import time
+
+    from autoprompt_kit.search.runner import open_storage
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url, heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="hb", direction="maximize")
+    study.set_user_attr("heartbeat", 1)
+    trial = study.ask()
+    trial.set_user_attr(OWNER, {"host": "another-host", "pid": 1, "start": "0", "trial": trial.number})
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    capsys.readouterr()
+    assert main(["trials", "hb", "--storage", url, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["state"] == "fail"
+    _, notes = _notes(optuna.load_study(study_name="hb", storage=url))
+    assert "process 1 on another-host stopped while running it" in notes[0]
