@@ -96,6 +96,7 @@ def test_autoprompt_dashboard_shows_the_study_as_a_report(tiny_model_dir, tmp_pa
         dom = chromium_dump_dom(study_page, expect=["dev accuracy", "select-mr-demo"])
         assert "dev accuracy" in dom  # the objective's name, not "Objective 0"
         assert "Objective 0" not in dom
+        assert "template ×5 · label_words ×1 · calibration ×2" in dom and "sha256:" in dom  # readable study attributes
 
         trial_page = f"{study_page}/trials?numbers={best}"
         note = f"Trial {best}: "
