@@ -242,3 +242,19 @@ def test_a_trial_on_another_host_without_heartbeat_shows_failed(tmp_path, capsys
     assert rows[0]["state"] == "fail"
     _, notes = _notes(optuna.load_study(study_name="hb", storage=url))
     assert "process 1 on another-host stopped while running it" in notes[0]
+
+
+def test_find_prompt_notes_the_call_that_resumes_it(tiny_models, tmp_path):
+    from autoprompt_kit import Harness, find_prompt, load_task
+
+    task = load_task("mr", shots=2, seed=13, max_examples=40)
+    space = {"templates": ["{text_a} It was {mask}."], "label_words": [{"negative": ["bad"], "positive": ["good"]}],
+             "calibration": ["none"]}
+    model, tok, kind = tiny_models["gpt2"]
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    found = find_prompt("select", task, space, harness=Harness(model, tok, kind=kind, progress=False), trials=1,
+                        storage=url, study="api", test_split=None)
+    study_note, notes = _notes(found.study)
+    assert f"autoprompt_kit.find_prompt('select', task, trials=1, study='api', seed=13, storage='{url}'" in study_note
+    assert "```python" in study_note and "bad/good" in found.study.trials[0].params["label_words"]
+    assert "| negative | bad |" in notes[0]

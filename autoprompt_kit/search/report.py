@@ -201,7 +201,8 @@ def study_note(study_name: str, overview: dict[str, str], best: optuna.trial.Fro
                   f"- template: `{best.user_attrs.get('template', '')}`",
                   f"- label words: `{best.user_attrs.get('label_words', '')}`"]
     if search_command:
-        lines += ["", "## Reproduce", "", "```bash", search_command, "```"]
+        language = "bash" if search_command.startswith("autoprompt-kit") else "python"
+        lines += ["", "## Reproduce", "", f"```{language}", search_command, "```"]
     lines += ["", "## Use", "", "```bash", f"autoprompt-kit predict --prompt {out or 'best.json'} --input texts.txt",
               "```"]
     return "\n".join(lines) + "\n"
