@@ -281,6 +281,25 @@ def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
     return argv
 
 
+def _search_command(args: argparse.Namespace, study_name: str) -> str:
+    """The command that reproduces (or resumes) this search, for the study's note: the same method,
+    task, space, model, seed and selection; the storage without its password."""
+    import shlex
+
+    from .search._storage import public_url
+
+    argv = ["autoprompt-kit", "search", args.method, "--task", _task_source(str(args.task)), "--shots", str(args.shots),
+            "--seed", str(args.seed), "--study", study_name, "--trials", str(args.trials)]
+    for flag, value in (("--space", args.space), ("--model", args.model), ("--kind", args.kind),
+                        ("--max-examples", args.max_examples), ("--selection", args.selection),
+                        ("--budget", args.budget), ("--storage", public_url(args.storage) if args.storage else None)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.selection == "cv" and args.folds != 4:
+        argv += ["--folds", str(args.folds)]
+    return shlex.join(argv)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import subprocess
     import time
@@ -344,6 +363,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         task_info=task.info(source=_task_source(args.task), shots=args.shots, seed=args.seed,
                             max_examples=args.max_examples),
         model_info=model_info, budget=budget, selection=selection, folds=args.folds,
+        command=_search_command(args, study_name),
     )
     _check_trial_root(job.trial_root(), given=bool(args.trial_dir))
     open_storage(args.storage, args.heartbeat)
@@ -565,18 +585,70 @@ def cmd_delta(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Rows as aligned columns under named headers (``right``: columns aligned right)."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
+def _storage_shown(url: str | None) -> str:
+    from .search._storage import public_url
+    from .search.runner import DEFAULT_STORAGE
+
+    return public_url(url or DEFAULT_STORAGE)
+
+
 def cmd_studies(args: argparse.Namespace) -> int:
     from .search import storage_summaries
-    from .search.runner import default_storage
 
-    rows = storage_summaries(args.storage or default_storage())
+    rows = storage_summaries(args.storage)
     if not rows:
-        print("no studies")
+        print("no studies" + (f" (no storage at {_storage_shown(args.storage)})" if rows is None else ""))
         return 0
-    print(f"{'study':40s} {'method':10s} {'trials':>6s} {'best':>7s}  best template")
+    table = []
     for r in rows:
-        best = "-" if r["best"] is None else f"{r['best']:.4f}"
-        print(f"{r['name']:40s} {str(r['method']):10s} {r['trials']:6d} {best:>7s}  {r['template'] or ''}")
+        states = r["states"]
+        count = f"{states.get('complete', 0)}" + "".join(
+            f" +{states[s]} {s}" for s in ("running", "waiting", "pruned", "fail") if states.get(s))
+        best = "-" if r["best"] is None else f"{r['best']:.4f} {r['metric'] or ''} (#{r['best_trial']})".rstrip()
+        table.append([r["name"], str(r["method"] or "-"), str(r["task"] or "-"), str(r["model"] or "-"), count, best])
+    print(_table(["study", "method", "task", "model", "trials", "best"], table))
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    import optuna
+
+    from .search.runner import open_existing_storage, recover_for_view, trial_rows
+
+    if args.top is not None and args.top < 1:
+        raise AutoPromptError(f"--top must be at least 1, got {args.top}")
+    storage = open_existing_storage(args.storage)
+    if storage is None:
+        raise AutoPromptError(f"no storage at {_storage_shown(args.storage)}: run a search first, or give --storage")
+    names = optuna.get_all_study_names(storage)
+    if args.study not in names:
+        raise AutoPromptError(f"no study named {args.study!r} in {_storage_shown(args.storage)}"
+                              f" (studies: {', '.join(names) or 'none'})")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=args.study, storage=storage)
+    recover_for_view(study)
+    rows = trial_rows(study)
+    if args.sort == "value":  # best first; unfinished trials (no value) last, by number
+        rows.sort(key=lambda r: (r["value"] is None, -(r["value"] or 0.0), r["number"]))
+    if args.top is not None:
+        rows = rows[: args.top]
+    if args.json:
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+        return 0
+    metric = (study.metric_names or ["value"])[0]
+    table = [[str(r["number"]), r["state"], "-" if r["value"] is None else f"{r['value']:.4f}",
+              "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
+              " · ".join(f"{k}={v}" for k, v in r["params"].items()) or r.get("note", "")] for r in rows]
+    print(_table(["#", "state", metric, "seconds", "parameters"], table, right=(0, 2, 3)))
     return 0
 
 
@@ -589,7 +661,9 @@ _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 #: The dashboard's server, run in a child that reads the storage URL from the environment.
 _DASHBOARD_CODE = ("import os, sys; from optuna_dashboard import run_server; "
-                   "run_server(os.environ.pop(%r), host=sys.argv[1], port=int(sys.argv[2]))" % STORAGE_ENV)
+                   "from optuna.artifacts import FileSystemArtifactStore; "
+                   "run_server(os.environ.pop(%r), host=sys.argv[1], port=int(sys.argv[2]), "
+                   "artifact_store=FileSystemArtifactStore(sys.argv[3]))" % STORAGE_ENV)
 
 
 def _child_env(url: str | None) -> dict[str, str]:
@@ -606,8 +680,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import importlib.util
     import subprocess
 
+    import optuna
+
     from .search._storage import public_url
-    from .search.runner import default_storage, open_storage
+    from .search.report import artifact_dir
+    from .search.runner import DEFAULT_STORAGE, default_storage, open_storage, recover_for_view
 
     if not 0 < args.port < 65536:
         raise AutoPromptError(f"--port must be between 1 and 65535, got {args.port}")
@@ -615,16 +692,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise AutoPromptError(f"--host {args.host} would serve every study in the storage to the network, "
                               "without a password; add --public if that is what you want")
     url = args.storage or default_storage()
-    open_storage(url)  # fails early and clearly on a bad URL
+    storage = open_storage(url)  # fails early and clearly on a bad URL
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise AutoPromptError("optuna-dashboard is not installed: pip install optuna-dashboard")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in optuna.get_all_study_names(storage):  # trials of dead processes show as failed, not running
+        recover_for_view(optuna.load_study(study_name=name, storage=storage))
+    artifacts = artifact_dir(args.storage or DEFAULT_STORAGE)
+    artifacts.mkdir(parents=True, exist_ok=True)
     if args.host not in _LOCAL_HOSTS:
         print(f"warning: serving {public_url(url)} to the network on {args.host}:{args.port} (--public), "
               "with no password", file=sys.stderr)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard  (Ctrl-C to stop)")
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard  (Ctrl-C to stop; artifacts from {artifacts})")
     import time
 
-    proc = subprocess.Popen([sys.executable, "-c", _DASHBOARD_CODE, args.host, str(args.port)],
+    # The storage URL (perhaps with a password) goes through the environment, not the command line.
+    proc = subprocess.Popen([sys.executable, "-c", _DASHBOARD_CODE, args.host, str(args.port), str(artifacts)],
                             env=_child_env(url), preexec_fn=_die_with_parent)
     _forward_signals([proc])
     while proc.poll() is None:  # not proc.wait(): the signal handler must be able to reap the child itself
@@ -778,6 +861,15 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List the studies in a storage with their best values.")
     st.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
     st.set_defaults(func=cmd_studies)
+
+    tr = sub.add_parser("trials", help="list a study's trials: state, score, readable parameters, seconds",
+                        description="One row per trial of a study: number, state, score, parameters, seconds.")
+    tr.add_argument("study", help="study name (see `autoprompt-kit studies`)")
+    tr.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
+    tr.add_argument("--sort", choices=["value", "number"], default="number", help="best first, or in trial order (default)")
+    tr.add_argument("--top", type=int, default=None, help="only the first N rows (after sorting)")
+    tr.add_argument("--json", action="store_true", help="the rows as JSON")
+    tr.set_defaults(func=cmd_trials)
 
     da = sub.add_parser("dashboard", help="start optuna-dashboard on a storage (localhost)",
                         description="Start optuna-dashboard on a storage, listening on localhost.")

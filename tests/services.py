@@ -33,7 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 START_TIMEOUT = 30.0  # seconds for a server to start answering
@@ -320,7 +320,8 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def dashboard_server(storage_url: str, timeout: float = START_TIMEOUT) -> Iterator[str]:
+def dashboard_server(storage_url: str, timeout: float = START_TIMEOUT,
+                     command: Callable[[int], list[str]] | None = None) -> Iterator[str]:
     """Run ``optuna-dashboard STORAGE --host 127.0.0.1 --port <free>``; yield its base URL ``http://127.0.0.1:<port>``.
 
     Waits until ``GET /`` answers (it redirects to ``/dashboard``), at most ``timeout`` seconds; the
@@ -328,10 +329,14 @@ def dashboard_server(storage_url: str, timeout: float = START_TIMEOUT) -> Iterat
 
     Routes of the single-page app (optuna-dashboard 0.21, React Router): ``/dashboard`` (study list),
     ``/dashboard/studies/<study_id>`` (overview), ``.../trials`` (trial list, with the selected trial's
-    params and user attributes), ``.../trialTable``, ``.../analytics``, ``.../note``. JSON API:
-    ``/api/studies``, ``/api/studies/<study_id>``.
+    params and user attributes; ``?numbers=<n>`` selects trial n), ``.../trialTable`` (renders blank
+    in headless Chromium 156 with 0.21, even for a plain Optuna study), ``.../analytics``, ``.../note``.
+    JSON API: ``/api/studies``, ``/api/studies/<study_id>``.
+
+    ``command(port)`` gives another command line that serves the storage on that port (e.g.
+    ``autoprompt-kit dashboard``); by default optuna-dashboard itself.
     """
-    cmd = _dashboard_cmd()
+    cmd = _dashboard_cmd() if command is None else []
     with tempfile.TemporaryDirectory(prefix="autoprompt-dashboard-") as tmp:
         log_path = os.path.join(tmp, "dashboard.log")
         last_msg = ""
@@ -339,7 +344,8 @@ def dashboard_server(storage_url: str, timeout: float = START_TIMEOUT) -> Iterat
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
             with open(log_path, "w") as log:
-                proc = subprocess.Popen([*cmd, storage_url, "--host", "127.0.0.1", "--port", str(port)],
+                argv = command(port) if command else [*cmd, storage_url, "--host", "127.0.0.1", "--port", str(port)]
+                proc = subprocess.Popen(argv,
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
             try:

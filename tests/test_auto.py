@@ -197,6 +197,16 @@ def test_auto_runs_every_stage_and_reports_a_cross_validated_estimate(task, gpt2
     assert doc["metrics"]["test"]["n"] == len(task.test)
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert t.user_attrs.get("note")  # every dropped candidate says why
+    # The dashboard's view: the CV estimate named, each stage's trials noted, a trained head sized.
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    assert study.metric_names == [f"CV {'macro-F1' if task.metric == 'macro_f1' else 'accuracy'} (4 folds)"]
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        note = get_note_from_system_attrs(attrs, t._trial_id)["body"]
+        assert "4-fold cross-validation over train + dev" in note and "Out-of-fold predictions" in note
+        if t.params["stage"] == "trained":
+            assert "- trained state: protoverb head (" in note, note
     # The refit prompt reloads and predicts.
     loaded = Prompt.load(tmp_path / "all.prompt")
     assert len(loaded.predict(["a new text about food and cooking"], gpt2)) == 1

@@ -105,7 +105,7 @@ def test_autoprompt_study_searches_label_tokens_for_five_classes(tiny_models, tm
                     progress=False, task_info={"name": "five"}, model_info={"name": "tiny", "kind": "mlm"})
     study = run_search(job, SearchContext(task, h, 13))
     trial = study.get_trials(states=(TrialState.COMPLETE,))[0]
-    verb = Verbalizer.from_dict(trial.user_attrs["candidate"]["verbalizer"])
+    verb = Verbalizer.from_dict(trial.user_attrs["~candidate"]["verbalizer"])
     assert verb.labels == tuple(FIVE) and verb.aggregation == "sum" and len(set(verb.flat_words)) == 10
     assert not set(trial.user_attrs["trigger_ids"]) & {i for w in verb.flat_words for i in h.encoder.word_ids(w, True)}
 
@@ -140,5 +140,5 @@ def test_autoprompt_study_reports_each_iteration(tiny_models, tmp_path):
     for t in done:
         assert sorted(t.intermediate_values) == [0, 1, 2]
         assert len(t.user_attrs["trigger_ids"]) == 2 and len(t.user_attrs["history"]) == 3
-        saved = Template.from_dict(t.user_attrs["candidate"]["templates"][0])
+        saved = Template.from_dict(t.user_attrs["~candidate"]["templates"][0])
         assert saved.trigger_ids == t.user_attrs["trigger_ids"]

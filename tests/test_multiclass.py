@@ -40,7 +40,7 @@ def test_select_with_five_classes_ensembles_and_calibration(tiny_models, tmp_pat
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 6                                   # 3 template choices × 2 calibrations
     for trial in done:
-        preds = np.array(trial.user_attrs["dev_predictions"])
+        preds = np.array(trial.user_attrs["~dev_predictions"])
         assert preds.min() >= 0 and preds.max() < 5
         acc, f1 = classification_metrics(task.dev.labels, preds, 5)
         assert trial.user_attrs["dev_accuracy"] == pytest.approx(acc)

@@ -120,7 +120,7 @@ def test_reloaded_prompt_reproduces_the_best_trial_in_a_fresh_process(method, re
     doc = json.loads(out.read_text())
     jsonschema.validate(doc, SCHEMA)
     best = result.study.best_trial
-    reported = best.user_attrs["dev_predictions"]
+    reported = best.user_attrs["~dev_predictions"]
     assert len(reported) == len(task.dev)
     folder = out.parent / doc["prompt"]["path"]
     assert (folder / "prompt.json").is_file()

@@ -141,7 +141,7 @@ def test_protoverb_study_best_json_reloads_the_head(tiny_models, tmp_path):
     best, cand = best_candidate(study)
     again = cand.evaluate(task.dev, h)
     assert again.accuracy == pytest.approx(doc["metrics"]["dev"]["accuracy"])
-    assert again.predictions.tolist() == best.user_attrs["dev_predictions"]
+    assert again.predictions.tolist() == best.user_attrs["~dev_predictions"]
 
 
 def test_ten_classes_prototypes_and_combined_inference():

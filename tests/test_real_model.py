@@ -137,7 +137,7 @@ def test_search_then_predict_on_the_real_model(method, tmp_path):
                            str(texts), "--out", str(pred), "--quiet"], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     labels = [json.loads(line)["label"] for line in pred.read_text().splitlines()]
-    assert [dev.label_names.index(x) for x in labels] == best.user_attrs["dev_predictions"]
+    assert [dev.label_names.index(x) for x in labels] == best.user_attrs["~dev_predictions"]
     again = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "evaluate", "--prompt", str(out), "--split",
                             "dev", "--quiet"], capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0 and f"{len(dev)}/{len(dev)} dev predictions identical" in again.stdout, again.stdout

@@ -66,3 +66,47 @@ def test_dashboard_renders_study_in_headless_chromium(tmp_path):
         data = png.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert os.path.getsize(png) > 10_000  # a rendered page, not a blank one (~60 KB seen)
+
+
+@pytest.mark.services
+def test_autoprompt_dashboard_shows_the_study_as_a_report(tiny_model_dir, tmp_path):
+    """``autoprompt-kit dashboard`` on a tiny search, seen in headless Chromium: the metric's name on
+    the study page; on the best trial's page its note (the rendered prompt) and its artifacts. The
+    two screenshots are the README's (docs/dashboard-study.png, docs/dashboard-trial.png)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from autoprompt_kit.cli import main
+
+    url = f"sqlite:///{tmp_path / 'runs' / 'autoprompt.db'}"
+    out = tmp_path / "best.json"
+    assert main(["search", "select", "--model", tiny_model_dir, "--storage", url, "--study", "select-mr-demo",
+                 "--trials", "6", "--max-examples", "160", "--shots", "8", "--quiet", "--task", "mr",
+                 "--out", str(out)]) == 0
+    best = json.loads(out.read_text())["study"]["best_trial"]
+    study = optuna.load_study(study_name="select-mr-demo", storage=url)
+    docs = Path(__file__).resolve().parents[1] / "docs"
+
+    def command(port: int) -> list[str]:
+        return [sys.executable, "-m", "autoprompt_kit.cli", "dashboard", "--storage", url, "--port", str(port)]
+
+    with dashboard_server(url, command=command) as base:
+        study_page = f"{base}/dashboard/studies/{study._study_id}"
+        dom = chromium_dump_dom(study_page, expect=["dev accuracy", "select-mr-demo"])
+        assert "dev accuracy" in dom  # the objective's name, not "Objective 0"
+        assert "Objective 0" not in dom
+        assert "template ×5 · label_words ×1 · calibration ×2" in dom and "sha256:" in dom  # readable study attributes
+
+        trial_page = f"{study_page}/trials?numbers={best}"
+        note = f"Trial {best}: "
+        dom = chromium_dump_dom(trial_page, expect=[note, "Rendered on a dev example", "confusion-matrix.png"])
+        assert note in dom and "Rendered on a dev example" in dom and "[mask]" in dom  # the trial's note
+        assert "label_words" in dom and "negative/positive" in dom  # readable parameters
+        assert f"trial-{best}-confusion-matrix.png" in dom and f"trial-{best}-prompt.zip" in dom  # artifacts listed
+
+        for page, name, height in ((study_page, "dashboard-study.png", 1900), (trial_page, "dashboard-trial.png", 1500)):
+            png = chromium_screenshot(page, tmp_path / name, width=1400, height=height)
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000
+            if os.access(docs, os.W_OK):  # the README's screenshots come from this run
+                (docs / name).write_bytes(png.read_bytes())

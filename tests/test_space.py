@@ -27,7 +27,7 @@ WORDS = {"negative": ["bad"], "positive": ["good"]}
 @dataclass
 class _Toy(SearchConfig):
     size: list[int] = choice([1, 2, 3], help="sizes")
-    words: list[dict] = choice([{"a": "x"}, {"a": "y"}], help="mappings go by index")
+    words: list[dict] = choice([{"a": "x"}, {"a": "y"}], help="mappings go by their readable form")
     mode: list[str] = choice(["plain", "odd"], help="modes")
 
     def valid_point(self, point):
@@ -43,7 +43,7 @@ def test_the_base_class_enumerates_encodes_and_samples_the_declared_choices():
     grid = toy.grid()
     assert len(grid) == 3 * 2 * 2 - 2  # (odd, 2) excluded for both word sets
     assert len({json.dumps(p, sort_keys=True) for p in grid}) == len(grid)
-    assert {p["words"] for p in grid} == {"0", "1"}  # Optuna stores plain values; mappings by their index
+    assert {p["words"] for p in grid} == {"x", "y"}  # Optuna stores plain values; mappings by their readable form
     study = optuna.create_study()
     fill_queue(study, grid, len(grid), seed=0)
     seen = []

@@ -55,9 +55,14 @@ class SelectConfig(SearchConfig):
         self.check_points()
 
     def axes(self) -> dict[str, list[Any]]:
-        """A template by its index, or an ensemble of all of them; a label-word set by its index."""
-        return {"template": [str(i) for i in range(len(self.templates))] + [f"ensemble-{e}" for e in self.ensembles],
-                "label_words": [str(i) for i in range(len(self.label_words))], "calibration": list(self.calibration)}
+        """A template (its text), or an ensemble of all of them; a label-word set (stored in the
+        study as its words, e.g. ``terrible/great``)."""
+        return {"template": list(self.templates) + [self.ensemble_label(e) for e in self.ensembles],
+                "label_words": list(self.label_words), "calibration": list(self.calibration)}
+
+    def ensemble_label(self, weighting: str) -> str:
+        """The template parameter of an ensemble trial: ``ensemble of 4 (uniform)``."""
+        return f"ensemble of {len(self.templates)} ({weighting})"
 
 
 @register
@@ -68,22 +73,37 @@ class TemplateSelection(Searcher):
     config_class = SelectConfig
     config: SelectConfig
 
+    def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
+        """Refuse a study made before parameters were stored readably (templates and label-word
+        sets by index): its candidates would be queued again under their new names."""
+        import re
+
+        legacy = re.compile(r"\d+|ensemble-(uniform|dev)")
+        # A queued trial has no params yet: its candidate is in the fixed parameters Optuna keeps for it.
+        values = [(t.params or t.system_attrs.get("fixed_params") or {}).get("template", "")
+                  for t in study.get_trials(deepcopy=False)]
+        if any(legacy.fullmatch(str(v)) for v in values):
+            raise AutoPromptError(f"study {study.study_name!r} was made by an older autoprompt-kit that stored templates "
+                                  "and label words by index; resuming it would run its candidates again: give a new "
+                                  "--study name")
+
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg = self.config
         point = cfg.sample(trial)
-        template, words, calibration = point["template"], cfg.label_words[int(point["label_words"])], point["calibration"]
+        template, words, calibration = point["template"], point["label_words"], point["calibration"]
         verbalizer = Verbalizer.from_words(words, calibration=calibration, aggregation=cfg.aggregation)
         names = ctx.task.label_names
         if not verbalizer.labels:
             verbalizer = Verbalizer.from_words(dict(zip(names, verbalizer.label_words)), calibration=calibration,
                                                aggregation=cfg.aggregation)
-        if template.startswith("ensemble-"):
-            weighting = template.split("-", 1)[1]
+        ensembles = {cfg.ensemble_label(e): e for e in cfg.ensembles}
+        if template in ensembles:
+            weighting = ensembles[template]
             templates = [Template(t) for t in cfg.templates]
             singles = ctx.harness.evaluate_many(ctx.task.dev, templates, verbalizer, label_names=names)
             weights = [1.0] * len(templates) if weighting == "uniform" else [r.accuracy for r in singles]
             candidate = Candidate(templates, verbalizer, ensemble=weighting, weights=weights)
             dev = combine_results(singles, weights)
             return TrialOutcome(candidate, dev, {"member_dev_accuracy": [r.accuracy for r in singles]})
-        candidate = Candidate([Template(cfg.templates[int(template)])], verbalizer)
+        candidate = Candidate([Template(template)], verbalizer)
         return TrialOutcome(candidate, candidate.evaluate(ctx.task.dev, ctx.harness))

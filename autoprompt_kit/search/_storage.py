@@ -36,7 +36,16 @@ from optuna.trial import TrialState
 
 from ..errors import AutoPromptError
 
-OWNER = "autoprompt.owner"  # {host, pid, start, trial} of the process running a trial
+#: Bookkeeping attributes start with "~": the dashboard lists attributes by name, so they sort after
+#: what a reader looks for (template, label words, scores). Studies made before keep the bare names.
+BOOKKEEPING = "~"
+OWNER = "~autoprompt.owner"  # {host, pid, start, trial} of the process running a trial
+
+
+def bookkept(t: Any, key: str) -> Any:
+    """A bookkeeping attribute of a trial, also under the name an older version gave it (no ``~``)."""
+    attrs = t.user_attrs
+    return attrs[key] if key in attrs else attrs.get(key.removeprefix(BOOKKEEPING))
 LOCK_TIMEOUT = 600.0
 
 _DRIVERS = {  # dialect+driver → importable module that provides it
@@ -191,7 +200,7 @@ def claim(trial: optuna.Trial) -> None:
 def _owner(t: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
     # A tag without a number was written when the trial was created (its number was not known yet);
     # a trial only becomes running through :func:`take_trial`, which overwrites an inherited tag.
-    tag = t.user_attrs.get(OWNER)
+    tag = bookkept(t, OWNER)
     return tag if isinstance(tag, dict) and tag.get("trial", t.number) == t.number else None
 
 

@@ -63,10 +63,23 @@ def find_prompt(method: str, task: "Task", space: SearchConfig | dict[str, Any] 
                     task_info=task.info(seed=seed),
                     model_info={"name": harness.model_name, "kind": harness.kind},
                     budget=seconds, selection=selection or searcher_cls.default_selection, folds=folds,
-                    trial_dir=None if trial_dir is None else str(trial_dir))
+                    trial_dir=None if trial_dir is None else str(trial_dir),
+                    command=_api_command(method, name, storage, trials, seed, budget, selection, folds))
     start = time.perf_counter()
     found = run_search(job, ctx)
     return finish_search(found, job, ctx, test_split=test_split, out=out, seconds=time.perf_counter() - start)
+
+
+def _api_command(method: str, study: str, storage: str | None, trials: int, seed: int, budget: Any,
+                 selection: str | None, folds: int) -> str:
+    """The call that resumes this search, for the study's note (``task`` is the caller's own)."""
+    from ._storage import public_url
+
+    args = [repr(method), "task", f"trials={trials}", f"study={study!r}", f"seed={seed}"]
+    args += [f"storage={public_url(storage)!r}"] if storage else []
+    args += [f"budget={budget!r}"] if budget is not None else []
+    args += [f"selection={selection!r}", *([f"folds={folds}"] if folds != 4 else [])] if selection else []
+    return f"autoprompt_kit.find_prompt({', '.join(args)})"
 
 
 def load_best(study: str, storage: str | None = None) -> "Prompt":

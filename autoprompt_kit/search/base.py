@@ -50,19 +50,43 @@ def _plain(options: Sequence[Any]) -> bool:
     return all(isinstance(v, _PLAIN) for v in options)
 
 
+def readable(value: Any) -> str:
+    """The short form a user would write of a value: label words ``{"neg": ["bad"], "pos": ["good",
+    "fine"]}`` → ``bad/good,fine``, a list → ``a,b``, anything else its text."""
+    if isinstance(value, dict):
+        return "/".join(readable(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return ",".join(readable(v) for v in value)
+    return str(value)
+
+
 def _encode(options: Sequence[Any]) -> list[Any]:
-    return list(options) if _plain(options) else [str(i) for i in range(len(options))]
+    """Optuna's categorical choices of an axis: the values themselves, or their :func:`readable`
+    forms (so the dashboard shows the words, not a number); the index only when two values read alike."""
+    if _plain(options):
+        return list(options)
+    labels = [readable(v) for v in options]
+    if len(set(labels)) == len(labels) and all(labels):
+        return labels
+    return [str(i) for i in range(len(options))]
 
 
 def suggest(trial: "optuna.Trial", name: str, options: Sequence[Any]) -> Any:
-    """The trial's value of one axis; values Optuna cannot store (mappings, lists) go by their index.
+    """The trial's value of one axis; values Optuna cannot store (mappings, lists) go by their
+    readable form, or by their index (then the value is recorded beside it as ``<name>_value``).
 
     For axes a method derives at run time (a model's module groups, generated templates); declared
     settings go through :meth:`SearchConfig.sample`.
     """
     options = list(options)
-    value = trial.suggest_categorical(name, _encode(options))
-    return value if _plain(options) else options[int(value)]
+    encoded = _encode(options)
+    value = trial.suggest_categorical(name, encoded)
+    if _plain(options):
+        return value
+    chosen = options[encoded.index(value)]
+    if encoded[0] == "0":  # stored by index: say what the index means
+        trial.set_user_attr(f"{name}_value", readable(chosen))
+    return chosen
 
 
 @dataclass

@@ -28,17 +28,20 @@ from ..artifact import BEST_SCHEMA_VERSION, Prompt, model_reference
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
 from ..prompts import Template
-from ._storage import (check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock,
+from ._storage import (OWNER, bookkept, check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock,
                        take_trials_atomically)
+from . import report as reporting
 from .base import SearchContext, Searcher, TrialOutcome
-from .folds import (SELECTIONS, Fold, fold_task, gold_logprob, make_folds, pooled_result, refit_task, selection_bias,
-                    standard_error)
+from .folds import (SELECTIONS, Fold, fold_task, gold_logprob, labelled_pool, make_folds, pooled_result, refit_task,
+                    selection_bias, standard_error)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
-QUEUED = "autoprompt.queued"
-ARTIFACT_KEYS = "autoprompt.artifacts"  # names of the user attributes a trial's method produced
+QUEUED = "~autoprompt.queued"           # a queued trial's candidate key (bookkeeping: sorts last, see _storage)
+ARTIFACT_KEYS = "~autoprompt.artifacts"  # names of the user attributes a trial's method produced
+CANDIDATE = "~candidate"                 # the trial's whole prompt as JSON (what best.json and refit read)
+PREDICTIONS = "~dev_predictions"         # class index per dev (or out-of-fold) example
 PROMPT_DIR = "prompt_dir"               # a trained trial's prompt folder
 REFIT = "refit:"                        # study attribute prefix: a cross-validated winner refit on all data
 SCHEMA_VERSION = BEST_SCHEMA_VERSION
@@ -54,6 +57,19 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
     url = check_url(url or default_storage())
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return _rdb_storage(url, heartbeat, lock=True)
+
+
+def open_existing_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBStorage | None:
+    """The storage a view reads (``studies``, ``trials``): None when an SQLite file does not exist,
+    so that looking creates no file (neither the database, its folder nor its lock file)."""
+    url = check_url(url or DEFAULT_STORAGE)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().is_file():
+        return None
+    return _rdb_storage(url, heartbeat, lock=False)
+
+
+def _rdb_storage(url: str, heartbeat: int, lock: bool) -> optuna.storages.RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but stable since 2.9
@@ -64,7 +80,7 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
             else:
                 retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
             # Two processes creating a fresh storage's tables at once collide (alembic_version): one at a time.
-            with _creation_lock(url):
+            with _creation_lock(url) if lock else contextlib.nullcontext():
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat, **retry
                 )
@@ -184,8 +200,8 @@ def _fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: i
     # A queued trial carries its candidate's key as a user attribute: WAITING trials have no
     # params yet, and the heartbeat's retry copies keep user attributes.
     key = lambda params: json.dumps(params, sort_keys=True)  # noqa: E731
-    present = {t.user_attrs[QUEUED] for t in study.get_trials(deepcopy=False)
-               if QUEUED in t.user_attrs and t.state != TrialState.FAIL}
+    present = {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)
+               if bookkept(t, QUEUED) and t.state != TrialState.FAIL}
     if n_trials > len(grid):
         logger.warning("the space has %d candidates; running %d trials, not %d", len(grid), len(grid), n_trials)
         n_trials = len(grid)
@@ -223,6 +239,7 @@ class SearchJob:
     budget: float | None = None                # seconds: no trial starts after it is spent (None: no limit)
     selection: str = "dev"                     # "dev": score on the dev split; "cv": k-fold over train + dev
     folds: int = 4                             # folds of cross-validated selection
+    command: str | None = None                 # the command line that reproduces the search (the study's note shows it)
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -258,10 +275,14 @@ def run_search(job: SearchJob, ctx: SearchContext,
     config = job.searcher.config.to_dict()
     selection = job.selection_info()
     meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
-            "seed": job.seed, "selection": selection,
+            "seed": job.seed, "selection": selection, "heartbeat": job.heartbeat,
             "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection),
                             **model_fingerprint(job.model_info.get("name"), ctx.harness)}}
-    study = open_study(job.study_name, storage, job.seed, meta)
+    # The readable attributes go first: the dashboard lists a study's attributes in the order they were set.
+    overview = study_overview(job, ctx, meta["fingerprint"])
+    study = open_study(job.study_name, storage, job.seed, {**overview, **meta})
+    describe_study(study, job, ctx, overview)
+    store = reporting.artifact_store(job.storage_url or DEFAULT_STORAGE)
     started = time.perf_counter()
     take_trials_atomically(study)  # no queued trial run twice; a taken trial has its owner at once
     _recover(study, job)
@@ -287,36 +308,53 @@ def run_search(job: SearchJob, ctx: SearchContext,
 
     def objective(trial: optuna.Trial) -> float:
         claim(trial)
-        if queued and not trial.user_attrs.get(QUEUED):
+        if queued and not bookkept(trial, QUEUED):
             # Another worker took the last queued candidate between our check and our ask.
             trial.set_user_attr("note", "no queued candidate left")
             raise optuna.TrialPruned()
         start = time.perf_counter()
-        outcome = _run_trial(trial, job, ctx, folds, metric, job.budget, started)
+        try:
+            outcome = _run_trial(trial, job, ctx, folds, metric, job.budget, started)
+        except optuna.TrialPruned:
+            reporting.save_note(study, f"## Trial {trial.number}: pruned\n\n{trial.user_attrs.get('note', '')}\n",
+                                trial._trial_id)
+            raise
+        except Exception as exc:  # the dashboard shows the trial failed: its note says why
+            reporting.save_note(study, reporting.failed_note(trial.number, f"`{type(exc).__name__}: {exc}`"),
+                                trial._trial_id)
+            raise
         cand = outcome.candidate
         trial.set_user_attr("template", cand.template.display() if len(cand.templates) == 1
                             else " | ".join(t.display() for t in cand.templates))
         trial.set_user_attr("label_words", json.dumps(cand.verbalizer.to_dict()["label_words"]))
         trial.set_user_attr("prompt", cand.describe())
-        trial.set_user_attr("candidate", cand.to_dict())
+        trial.set_user_attr(CANDIDATE, cand.to_dict())
         trial.set_user_attr("complexity", complexity(cand))
         if cand.trained:  # tensors do not belong in the storage: the trial's prompt folder holds them
             trial.set_user_attr(PROMPT_DIR, str(cand.save(job.trial_root() / f"trial-{trial.number}")))
         trial.set_user_attr("dev_accuracy", outcome.dev.accuracy)
         trial.set_user_attr("dev_macro_f1", outcome.dev.macro_f1)
         trial.set_user_attr("dev_gold_logprob", gold_logprob(outcome.dev))
-        trial.set_user_attr("dev_predictions", np.asarray(outcome.dev.predictions).tolist())
+        trial.set_user_attr(PREDICTIONS, np.asarray(outcome.dev.predictions).tolist())
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
         for name, value in outcome.artifacts.items():
             trial.set_user_attr(name, value)
         trial.set_user_attr(ARTIFACT_KEYS, sorted(outcome.artifacts))
-        return outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
+        value = outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1
+        try:
+            _report_trial(study, trial, outcome, ctx, folds is not None, metric, value, store)
+        except Exception as exc:  # noqa: BLE001 — a report must never fail the trial it describes
+            logger.warning("trial %d: no note (%s: %s)", trial.number, type(exc).__name__, exc)
+        return value
 
     finished_here: list[int] = []
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if (queued and waiting(study) == 0) or spent():
             study.stop()
+        if trial.state == TrialState.COMPLETE and not job.worker:  # the study's note follows the best so far
+            reporting.save_note(study, reporting.study_note(study.study_name, overview, best_trial(study), job.command,
+                                                            None))
         if not job.progress or trial.state != TrialState.COMPLETE:
             return
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -424,8 +462,8 @@ def extend_queue(study: optuna.Study, grid: Sequence[dict[str, Any]]) -> int:
     url, engine = getattr(storage, "url", None), getattr(storage, "engine", None)
     lock = storage_lock(url, f"queue:{study.study_name}", engine) if url is not None else contextlib.nullcontext()
     with lock:
-        present = {t.user_attrs[QUEUED] for t in study.get_trials(deepcopy=False)
-                   if QUEUED in t.user_attrs and t.state != TrialState.FAIL}
+        present = {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)
+                   if bookkept(t, QUEUED) and t.state != TrialState.FAIL}
         added = 0
         for params in grid:
             key = json.dumps(params, sort_keys=True)
@@ -470,6 +508,46 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
     return TrialOutcome(outcome.candidate, pooled, outcome.artifacts)
 
 
+def study_overview(job: SearchJob, ctx: SearchContext, fingerprint: dict[str, str]) -> dict[str, str]:
+    """The readable study attributes: method, task, model (name and weights' hash), space, metric."""
+    searcher = job.searcher
+    stages = list(getattr(searcher.config, "stages", []) or []) if searcher.staged else []
+    grid = None if searcher.staged else searcher.grid()
+    space = reporting.space_label({} if searcher.staged else searcher.config.axes(), None if grid is None else len(grid),
+                                  stages)
+    return reporting.study_overview(searcher.name, ctx.task.summary(), fingerprint, space,
+                                    reporting.metric_name(ctx.task.metric, job.selection_info()))
+
+
+def describe_study(study: optuna.Study, job: SearchJob, ctx: SearchContext, overview: dict[str, str]) -> None:
+    """Name the study's value (``study.set_metric_names``) and keep the readable attributes current."""
+    name = overview["Metric"]
+    if study.metric_names != [name]:
+        with warnings.catch_warnings():  # "experimental" in Optuna, stable since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([name])
+    for key, value in overview.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def _report_trial(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, ctx: SearchContext, cv: bool,
+                  metric: str, value: float, store: Any) -> None:
+    """The trial's note (Markdown) and its dev (or out-of-fold) predictions as a CSV artifact."""
+    examples = labelled_pool(ctx.task) if cv else ctx.task.dev
+    names = list(ctx.task.label_names)
+    seconds = time.perf_counter()
+    note = reporting.trial_note(trial.number, outcome.candidate, outcome.dev, examples, names, metric, value,
+                                trial.user_attrs.get("cv"), float(trial.user_attrs.get("seconds", 0.0)))
+    reporting.save_note(study, note, trial._trial_id)
+    with reporting.scratch() as tmp:
+        path = Path(tmp) / f"trial-{trial.number}-{'oof' if cv else 'dev'}-predictions.csv"
+        path.write_text(reporting.predictions_csv(reporting.prediction_rows(outcome.dev, examples, names)),
+                        encoding="utf-8")
+        reporting.upload(store, study, trial._trial_id, path, mimetype="text/csv")
+    logger.debug("trial %d report in %.2f s", trial.number, time.perf_counter() - seconds)
+
+
 def complexity(prompt: Prompt) -> int:
     """How many parts a prompt has (templates, extra words, calibration, demonstrations, trained
     state): the tie-breaker that prefers the simpler of two equally good prompts."""
@@ -504,9 +582,46 @@ def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
                 if t.number not in stale_before]
     for number in revived:  # its retry gets a new number (and folder): what the dead one saved is garbage
         _drop_trial_folder(job.trial_root(), number)
+    note_revived(study, revived, job.heartbeat)
     if revived and job.progress and not job.worker:
         print(f"trial(s) {', '.join(map(str, sorted(revived)))} of a process that is gone: failed and queued again",
               flush=True)
+    return revived
+
+
+def note_revived(study: optuna.Study, numbers: Sequence[int], heartbeat: int) -> None:
+    """Say in each failed trial's note why it failed: its process is gone, or sent no heartbeat."""
+    if not numbers:
+        return
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in numbers:
+        t = by_number.get(number)
+        if t is None:
+            continue
+        owner = bookkept(t, OWNER) or {}
+        who = f"process {owner.get('pid')} on {owner.get('host')}" if owner.get("pid") else "its process"
+        reason = (f"{who} stopped while running it (killed, or its machine went down): no heartbeat for "
+                  f"{2 * heartbeat} s, or the process is gone. The trial was failed and its candidate queued again.")
+        reporting.save_note(study, reporting.failed_note(number, reason), t._trial_id)
+
+
+def recover_for_view(study: optuna.Study) -> list[int]:
+    """What a read-only view (``studies``, ``trials``, ``dashboard``) does first: fail the trials of
+    dead processes, as a rerun of the search would, so they show as failed and not "Running" forever.
+    Uses the heartbeat the study was run with (a shorter one would fail live trials)."""
+    recorded = study.user_attrs.get("heartbeat")
+    heartbeat = int(recorded) if isinstance(recorded, int) else 30
+    storage = getattr(study._storage, "_backend", study._storage)
+    revived = fail_dead_trials(study)  # exact: the owner's pid on this host is gone
+    # By heartbeat only where the study says which interval its processes beat at (a guess could fail live trials).
+    if isinstance(recorded, int) and getattr(storage, "heartbeat_interval", None) is not None:
+        storage.heartbeat_interval, storage.grace_period = heartbeat, 2 * heartbeat
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        revived += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
+    note_revived(study, revived, heartbeat)
     return revived
 
 
@@ -595,7 +710,7 @@ def best_candidate(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, Promp
 
 def trial_prompt(trial: optuna.trial.FrozenTrial) -> Prompt:
     """A finished trial's prompt: from its folder when it trained something, else from its attributes."""
-    return _prompt_from(trial.user_attrs.get(PROMPT_DIR), trial.user_attrs["candidate"], trial.number)
+    return _prompt_from(trial.user_attrs.get(PROMPT_DIR), bookkept(trial, CANDIDATE), trial.number)
 
 
 def _prompt_from(folder: str | None, candidate: dict[str, Any] | None, number: int) -> Prompt:
@@ -651,7 +766,7 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
                              **({"se": t.user_attrs["cv"]["se"]} if t.user_attrs.get("cv") else {})}
     if stages:
         doc["stages"] = stages
-    keys = best.user_attrs.get(ARTIFACT_KEYS) or []
+    keys = bookkept(best, ARTIFACT_KEYS) or []
     if keys:
         doc["trial_artifacts"] = {k: best.user_attrs[k] for k in keys if k in best.user_attrs}
     if study.user_attrs.get("artifacts"):
@@ -701,7 +816,7 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     }
     if "dev" in prompt.provenance["metrics"]:
         prompt.provenance["metrics"]["dev"].update(fingerprint=task.dev.fingerprint,
-                                                   predictions=best.user_attrs.get("dev_predictions"))
+                                                   predictions=bookkept(best, PREDICTIONS))
     test = None
     if test_split:
         if test_split not in task.splits:
@@ -721,8 +836,46 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
         prompt.save(folder)
         doc["prompt"] = {"path": folder.name, **prompt.to_dict()}
         write_best_json(out, doc)
+    if not job.worker:
+        report_best(study, job, ctx, best, prompt, out)
     _drop_stale_trial_state(study, best.number, job.trial_root())
     return SearchResult(prompt, doc, study, test)
+
+
+def report_best(study: optuna.Study, job: SearchJob, ctx: SearchContext, best: optuna.trial.FrozenTrial,
+                prompt: Prompt, out: str | Path | None) -> None:
+    """The best trial's artifacts (confusion matrix PNG, the prompt folder as a zip) and the study's
+    final note. A file already stored for this trial (a rerun) is not stored twice."""
+    store = reporting.artifact_store(job.storage_url or DEFAULT_STORAGE)
+    cv = job.selection == "cv"
+    examples = labelled_pool(ctx.task) if cv else ctx.task.dev
+    predictions = bookkept(best, PREDICTIONS)
+    metric = reporting.metric_name(ctx.task.metric, job.selection_info())
+    try:
+        from optuna.artifacts import get_all_artifact_meta
+
+        stored = {m.filename for m in get_all_artifact_meta(best, storage=study._storage)}
+    except Exception:  # noqa: BLE001 — an older Optuna: store again rather than not at all
+        stored = set()
+    extra = ""
+    with reporting.scratch() as tmp:
+        png = Path(tmp) / f"trial-{best.number}-confusion-matrix.png"
+        if png.name not in stored and predictions is not None and len(predictions) == len(examples):
+            title = f"{study.study_name}\ntrial {best.number}: {metric} {best.value:.4f} (n={len(examples)})"
+            if reporting.confusion_png(examples.labels, predictions, ctx.task.label_names, title, png):
+                reporting.upload(store, study, best._trial_id, png, mimetype="image/png")
+            else:
+                extra = "\n(no confusion-matrix image: matplotlib is not installed — `pip install matplotlib`)\n"
+        archive = Path(tmp) / f"trial-{best.number}-prompt.zip"
+        if archive.name not in stored:
+            folder = prompt_folder(out) if out else Path(tmp) / "prompt"
+            if not folder.is_dir():
+                prompt.save(folder)
+            reporting.upload(store, study, best._trial_id, reporting.zip_folder(folder, archive),
+                             mimetype="application/zip")
+    overview = {k: study.user_attrs[k] for k in reporting.READABLE if k in study.user_attrs}
+    reporting.save_note(study, reporting.study_note(study.study_name, overview, best, job.command,
+                                                    str(out) if out else None) + extra)
 
 
 def _selection_metrics(best: optuna.trial.FrozenTrial, dev_n: int | None,
@@ -757,7 +910,7 @@ def refit(study: optuna.Study, job: SearchJob, ctx: SearchContext, progress: boo
     if key in study.user_attrs:
         return
     if not job.searcher.refit_needed(best.params):
-        study.set_user_attr(key, {"candidate": best.user_attrs["candidate"], PROMPT_DIR: best.user_attrs.get(PROMPT_DIR)})
+        study.set_user_attr(key, {"candidate": bookkept(best, CANDIDATE), PROMPT_DIR: best.user_attrs.get(PROMPT_DIR)})
         return
     if progress:
         print(f"refitting trial {best.number} on all {len(ctx.task.train) + len(ctx.task.dev)} labelled examples…",
@@ -825,15 +978,43 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
     return "\n".join(lines)
 
 
-def storage_summaries(url: str) -> list[dict[str, Any]]:
-    """Every study in a storage with its trial count and best value (for ``autoprompt-kit studies``)."""
-    storage = open_storage(url)
+def storage_summaries(url: str | None) -> list[dict[str, Any]] | None:
+    """Every study in a storage (for ``autoprompt-kit studies``): method, task, model, trials by
+    state, best value and its metric name; None when there is no storage (nothing is created).
+    Trials of dead processes are failed first (:func:`recover_for_view`), as a rerun would."""
+    storage = open_existing_storage(url)
+    if storage is None:
+        return None
     out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial
-        out.append({"name": s.study_name, "method": s.user_attrs.get("method"), "trials": s.n_trials,
-                    "best": None if best is None else best.value,
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        recover_for_view(study)
+        trials = study.get_trials(deepcopy=False)
+        states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        attrs = study.user_attrs
+        try:
+            best: optuna.trial.FrozenTrial | None = best_trial(study)
+        except AutoPromptError:
+            best = None
+        task = attrs.get("task") if isinstance(attrs.get("task"), dict) else {}
+        model = attrs.get("model") if isinstance(attrs.get("model"), dict) else {}
+        out.append({"name": name, "method": attrs.get("method"), "task": task.get("name"),
+                    "model": attrs.get("Model") or model.get("name"), "trials": len(trials), "states": states,
+                    "best": None if best is None else best.value, "best_trial": None if best is None else best.number,
+                    "metric": (study.metric_names or [None])[0],
                     "template": None if best is None else best.user_attrs.get("template")})
     return out
 
 
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial (for ``autoprompt-kit trials``): number, state, value, readable parameters,
+    seconds, the prompt, and the note's reason for a failed or pruned trial."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = t.user_attrs.get("seconds")
+        if seconds is None and t.datetime_start and t.datetime_complete:
+            seconds = round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
+        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": dict(t.params),
+                     "seconds": seconds, "prompt": t.user_attrs.get("prompt"),
+                     **({"note": t.user_attrs["note"]} if t.user_attrs.get("note") else {})})
+    return rows

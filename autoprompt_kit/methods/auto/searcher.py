@@ -37,8 +37,10 @@ from ...data import Split
 from ...demonstrations import Demonstrations, encoder_package
 from ...errors import AutoPromptError
 from ...prompts import Template, Verbalizer
-from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register
+from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register, suggest
+from ...search._storage import bookkept
 from ...search.folds import labelled_pool
+from ...search.runner import QUEUED
 from ..kpt import ExpansionSettings, RefineSettings, expand, refine, seed_valences, single_token_logprobs
 from ..kpt import support_scores_from_hidden
 from ..lmbff import label_word_search
@@ -117,7 +119,7 @@ class AutoSearcher(Searcher):
     def next_stage(self, ctx: SearchContext, study: optuna.Study, seconds_left: float | None) -> list[dict[str, Any]] | None:
         self._load(study)
         queued = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False) if t.params}
-        queued |= {t.user_attrs.get("autoprompt.queued") for t in study.get_trials(deepcopy=False)}
+        queued |= {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)}
         for stage in self.config.stages:
             if stage not in self._specs:
                 specs = self._build(stage, ctx, study, seconds_left)
@@ -254,10 +256,10 @@ class AutoSearcher(Searcher):
             raise AutoPromptError(f"auto: no candidate {name!r} in stage {stage!r} of this study") from None
 
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
-        stage = trial.suggest_categorical("stage", list(STAGES))
+        stage = suggest(trial, "stage", list(STAGES))
         if stage not in self._specs and hasattr(trial, "study"):
             self._load(trial.study)
-        spec = self._spec(stage, trial.suggest_categorical(stage, list(self._specs.get(stage, {}))))
+        spec = self._spec(stage, suggest(trial, stage, list(self._specs.get(stage, {}))))
         pool, train, held = self._view(ctx)
         train_split, held_split = pool[train], pool[held]
         h, names = ctx.harness, ctx.task.label_names
