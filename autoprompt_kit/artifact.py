@@ -197,7 +197,10 @@ class Prompt:
             from .harness import Harness
 
             name, kind = self.model.get("name"), self.model.get("kind")
-            self._harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+            # The precision it was found in, unless asked otherwise (dev reproduces exactly).
+            saved = {"precision": self.model["precision"]} if self.model.get("precision") else {}
+            self._harness = Harness(name, kind=kind, **{"progress": False, **saved,
+                                                        **{k: v for k, v in kwargs.items() if v is not None}})
         return self._harness
 
     @contextlib.contextmanager
@@ -467,14 +470,15 @@ def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
 
 
 def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
-    """``name``, ``kind`` and what pins the weights: the hub revision, the file hash of a local
+    """``name``, ``kind``, ``precision`` and what pins the weights: the hub revision, the file hash of a local
     folder or GGUF file, or the registry package of the embedded default."""
     from importlib import metadata
 
     from .models.loading import DEFAULT_ALIASES, DEFAULT_MODEL, _file_sha256
 
     name = name or DEFAULT_MODEL
-    ref: dict[str, Any] = {"name": name, "kind": harness.kind}
+    # The precision scores were computed in: reloading in it reproduces dev exactly.
+    ref: dict[str, Any] = {"name": name, "kind": harness.kind, "precision": harness.precision}
     local = Path(name)
     if name.lower() in DEFAULT_ALIASES:
         try:

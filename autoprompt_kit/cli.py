@@ -62,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     template.check_fields(split.fields())
     print(f"task     {task.summary()}")
     print(f"model    {args.model or 'gemma-3-270m (embedded default)'}")
-    harness = _harness(args, progress=not args.quiet)
+    harness = _harness(args, progress=not args.quiet, auto_int8=True)
     print(f"device   {harness.device} ({harness.precision})  kind {harness.kind}")
     print(f"template {template.display()}")
     print(f"words    {verbalizer.to_dict()['label_words']}")
@@ -96,17 +96,29 @@ def _add_harness_args(parser: argparse.ArgumentParser) -> None:
     """The options that shape the harness (batch, device, precision), shared by evaluate and search."""
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
-                        help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                        help="auto (default: bf16 on CUDA; on a CPU the fastest of fp32 / bf16 / int8 whose "
+                             "predictions agree with fp32's on a short probe, printed at start-up), fp32, bf16 "
+                             "(autocast) or int8 (dynamic quantisation of the linear layers; CPU, scoring only); "
+                             "a saved prompt is re-scored in the precision it was found in")
     parser.add_argument("--truncation", choices=["tail", "head"], default="tail",
                         help="which end of an over-long text is cut to fit the model (default tail)")
 
 
-def _harness(args: argparse.Namespace, progress: bool) -> Any:
-    """The harness that ``--model/--kind`` and :func:`_add_harness_args`'s options ask for."""
+def _harness(args: argparse.Namespace, progress: bool, auto_int8: bool = False) -> Any:
+    """The harness that ``--model/--kind`` and :func:`_add_harness_args`'s options ask for.
+    ``auto_int8``: ``--precision auto`` may pick int8 (scoring only: nothing trains or takes gradients)."""
     from .harness import Harness
 
-    return Harness(args.model, kind=args.kind, progress=progress, **_harness_options(args))
+    return Harness(args.model, kind=args.kind, progress=progress, auto_int8=auto_int8, **_harness_options(args))
+
+
+def _saved_precision(args: argparse.Namespace, prompt: Any) -> str | None:
+    """``--precision auto`` re-scores a saved prompt in the precision it was found in (dev reproduces
+    exactly); an explicit ``--precision`` wins."""
+    if args.precision in (None, "auto") and prompt.model.get("precision"):
+        return str(prompt.model["precision"])
+    return args.precision
 
 
 def _load_prompt(path: str) -> Any:
@@ -136,7 +148,8 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     print(f"task     {task.summary()}")
     print(f"prompt   {prompt.describe()}")
     harness = _harness(argparse.Namespace(**{**vars(args), "model": prompt.model.get("name"),
-                                             "kind": prompt.model.get("kind")}), progress=not args.quiet)
+                                             "kind": prompt.model.get("kind"),
+                                             "precision": _saved_precision(args, prompt)}), progress=not args.quiet)
     result = prompt.evaluate(split, harness)
     cal = prompt.verbalizer.calibration
     print(f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
@@ -238,7 +251,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.runner import default_study_name, model_fingerprint, open_storage
 
     storage = open_storage(args.storage, args.heartbeat)
-    harness = _harness(args, progress=False)
+    harness = _harness(args, progress=False, auto_int8=searcher_cls.scores_only)
+    if harness.precision_probe is not None and not args.worker and not args.quiet:
+        print(harness.precision_probe.line())
+    # Helper processes run in the precision this one resolved (one study, one fingerprint).
+    args.precision = harness.precision
     model_info = {"name": args.model or "gemma-3-270m", "kind": harness.kind}
     # Without --study the name carries a tag of the model: another model starts its own study.
     study_name = args.study or default_study_name(
@@ -361,7 +378,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         tmp, sink = None, sys.stdout
     try:
-        harness = prompt.harness(**_harness_options(args)) if first else None
+        harness = prompt.harness(**{**_harness_options(args), "precision": _saved_precision(args, prompt)}) \
+            if first else None
         writer = None
         if args.format == "csv":
             writer = csv.writer(sink)

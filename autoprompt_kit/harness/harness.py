@@ -35,7 +35,7 @@ from ..errors import AutoPromptError
 from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
 from ..prompts.template import DEMO_FIELD, Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
-from . import decoding, gradients, training
+from . import decoding, gradients, precision as precisions, training
 from .encoding import EncodedPrompt, PromptEncoder, Row
 from .prefix import PrefixGroup, group_by_prefix, suffix_cache
 
@@ -206,9 +206,13 @@ class Harness:
         tokenizer: the tokenizer, when ``model`` is a model object.
         kind: ``mlm``, ``seq2seq`` or ``causal``; detected when omitted.
         device: ``"cuda"``/``"cpu"``/…; CUDA when available, else CPU.
-        precision: ``"bf16"`` (autocast; the default on CUDA) or ``"fp32"`` (the default on CPU,
-            where bf16 matrix products are slower; on CUDA it gives fp32 scores to compare
-            against, at a few times the cost).
+        precision: ``"fp32"`` (the default on CPU), ``"bf16"`` (autocast; the default on CUDA),
+            ``"int8"`` (dynamic int8 linear layers; CPU, scoring only) or ``"auto"`` (the fastest of
+            them that keeps fp32's predictions on a short probe, see :mod:`.precision`; what it picked
+            is :attr:`precision`, why is :attr:`precision_probe`). On CUDA ``fp32`` gives fp32 scores
+            to compare against, at a few times the cost.
+        auto_int8: let ``auto`` consider int8 (only for scoring: searches that train or take
+            gradients leave it off).
         batch_size: rows per forward pass.
         max_length: longest row in tokens (fields are truncated to fit).
         truncation: ``tail`` (cut the end of the longest field, default) or ``head`` (its start);
@@ -229,6 +233,7 @@ class Harness:
         max_length: int = 512,
         truncation: str = "tail",
         progress: bool = True,
+        auto_int8: bool = False,
     ) -> None:
         try:
             self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -237,8 +242,10 @@ class Harness:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise AutoPromptError(f"device {device!r} asked for, but CUDA is not available here (torch "
                                   f"{torch.__version__}); use 'cpu'")
-        if precision not in (None, "bf16", "fp32"):
-            raise AutoPromptError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+        if precision not in (None, *precisions.CHOICES):
+            raise AutoPromptError(f"precision must be 'bf16' or 'fp32' (or 'int8', 'auto'), got {precision!r}")
+        if precision == "int8" and self.device.type != "cpu":
+            raise AutoPromptError("precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on CUDA")
         if model is None or isinstance(model, str):
             loaded = load_model(model, kind)
         elif isinstance(model, LoadedModel):
@@ -255,9 +262,25 @@ class Harness:
         self.tokenizer = loaded.tokenizer
         self.kind = loaded.kind
         self.model_name = loaded.name
-        self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
         self.model.to(self.device)
         self.model.eval()
+        #: What ``precision="auto"`` measured and why it picked :attr:`precision` (None otherwise).
+        self.precision_probe: precisions.ProbeResult | None = None
+        if precision == "auto":
+            self.precision_probe = precisions.resolve_auto(self.model, self.tokenizer, self.kind, self.device,
+                                                           allow_int8=auto_int8)
+            precision = self.precision_probe.choice
+            if progress:
+                print(self.precision_probe.line(), flush=True)
+        #: The precision scores are computed in: ``fp32``, ``bf16`` or ``int8`` (never ``auto``).
+        self.precision: str = precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        if self.precision == "int8":
+            if not isinstance(model, (str, type(None))):
+                # A model object the caller holds is not changed under them: a copy is quantised.
+                import copy
+
+                self.model = copy.deepcopy(self.model)
+            precisions.quantize_int8(self.model, keep=self.model.get_output_embeddings())
         self.batch_size = batch_size
         self.progress = progress
         limits = [max_length, getattr(self.model.config, "max_position_embeddings", None),
@@ -957,6 +980,8 @@ class Harness:
         cached prefixes.
         """
         dev = self.device
+        if self.precision == "int8" and torch.is_grad_enabled():
+            raise AutoPromptError("an int8 harness scores only: training and gradients need --precision fp32 or bf16")
         batch = plan.rows
         ids, mask = plan.ids, plan.mask
         kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
@@ -1047,7 +1072,5 @@ class Harness:
                 del head.forward
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The harness's precision as a context: bf16 autocast, or nothing for fp32."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The harness's precision as a context: bf16 autocast, or nothing for fp32 and int8."""
+        return precisions.autocast(self.precision, self.device)

@@ -65,6 +65,7 @@ class TemplateSelection(Searcher):
     """Pick the best (template, label words, calibration) on dev."""
 
     name = "select"
+    scores_only = True
     config_class = SelectConfig
     config: SelectConfig
 
