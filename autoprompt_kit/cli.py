@@ -113,6 +113,17 @@ def _harness(args: argparse.Namespace, progress: bool, auto_int8: bool = False) 
     return Harness(args.model, kind=args.kind, progress=progress, auto_int8=auto_int8, **_harness_options(args))
 
 
+def _study_precision(storage: Any, name: str) -> str | None:
+    """The precision an existing study recorded in its fingerprint (None: no such study, or none recorded)."""
+    import optuna
+
+    if name not in set(optuna.get_all_study_names(storage)):
+        return None
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    value = (attrs.get("fingerprint") or {}).get("precision")
+    return str(value) if value else None
+
+
 def _saved_precision(args: argparse.Namespace, prompt: Any) -> str | None:
     """``--precision auto`` re-scores a saved prompt in the precision it was found in (dev reproduces
     exactly); an explicit ``--precision`` wins."""
@@ -251,6 +262,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.runner import default_study_name, model_fingerprint, open_storage
 
     storage = open_storage(args.storage, args.heartbeat)
+    if args.precision in (None, "auto") and args.study:
+        # Resuming a named study: auto takes the precision its trials were scored in (one study, one precision).
+        args.precision = _study_precision(storage, args.study) or args.precision
     harness = _harness(args, progress=False, auto_int8=searcher_cls.scores_only)
     if harness.precision_probe is not None and not args.worker and not args.quiet:
         print(harness.precision_probe.line())

@@ -119,3 +119,15 @@ def test_prompt_found_in_bf16_reloads_in_bf16_with_the_same_dev(tiny_model_dir, 
     prompt = Prompt.load(out)
     assert prompt.harness().precision == "bf16"
     assert prompt.harness(precision="fp32").precision == "fp32"  # asked otherwise: as asked
+
+
+def test_auto_resumes_a_named_study_in_its_precision(tiny_model_dir, tmp_path, capsys):
+    """A study scored in bf16, resumed with the default --precision auto: it keeps bf16 (auto would
+    resolve the tiny model to fp32, and the study would refuse another precision)."""
+    args = ["search", "select", "--task", "mr", "--model", tiny_model_dir, "--shots", "4", "--max-examples", "40",
+            "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "named", "--out", "", "--quiet",
+            "--test-split", ""]
+    assert main(args + ["--trials", "1", "--precision", "bf16"]) == 0
+    assert main(args + ["--trials", "2"]) == 0, capsys.readouterr().err
+    assert main(args + ["--trials", "3", "--precision", "fp32"]) == 2  # asked for another: refused, as before
+    assert "another precision" in capsys.readouterr().err
