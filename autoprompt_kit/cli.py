@@ -126,9 +126,12 @@ def _study_precision(storage: Any, name: str) -> str | None:
 
 def _saved_precision(args: argparse.Namespace, prompt: Any) -> str | None:
     """``--precision auto`` re-scores a saved prompt in the precision it was found in (dev reproduces
-    exactly); an explicit ``--precision`` wins."""
-    if args.precision in (None, "auto") and prompt.model.get("precision"):
-        return str(prompt.model["precision"])
+    exactly; an older prompt that records none, in the default of its time); an explicit
+    ``--precision`` wins."""
+    if args.precision in (None, "auto"):
+        # A prompt saved before precisions were recorded was scored in the default of its time
+        # (fp32 on a CPU, bf16 on CUDA): None asks for that default again.
+        return str(prompt.model["precision"]) if prompt.model.get("precision") else None
     return args.precision
 
 
