@@ -115,3 +115,39 @@ def test_select_trials_reuse_states_with_the_same_values(tiny_models, tmp_path):
         if on:
             assert h.score_cache_stats["hits"] > h.score_cache_stats["misses"] > 0
     assert values[True] == values[False]
+
+
+def test_lmbff_trials_reuse_the_rankings_scores(tiny_models):
+    """Zero-shot LM-BFF: the dev ranking of the generated templates keeps their scores, the trials
+    (which re-score the top templates) run no model pass, and every outcome equals a fresh pass's."""
+    from autoprompt_kit.data import Task
+    from autoprompt_kit.methods.lmbff import LMBFFConfig
+    from autoprompt_kit.search import SearchContext, get_searcher
+
+    labels = ["negative", "positive"]
+    task = Task("toy", labels, {"train": SPLIT[:6], "dev": SPLIT, "test": SPLIT})
+    config = LMBFFConfig(label_words={"negative": ["bad"], "positive": ["great"]}, beam=4, max_span_tokens=2,
+                         keep_generated=6, top_n=2, ascii_only=False, calibration=["content_free", "none"])
+    outcomes = {}
+    for on in (False, True):
+        h = _harness(tiny_models, "gpt2")
+        searcher = get_searcher("lmbff")(config)
+        searcher.score_cache = on
+        ctx = SearchContext(task, h, 13)
+        art = searcher.run_generation(ctx)
+        ranked_misses = h.score_cache_stats["misses"]
+        searcher.templates, searcher.words = art["trial_templates"], art["trial_words"]
+        import optuna
+
+        study = optuna.create_study(direction="maximize")
+        rows = []
+        for point in searcher.grid():
+            study.enqueue_trial(point)
+            trial = study.ask()
+            out = searcher.run_trial(trial, ctx)
+            rows.append((out.dev.accuracy, out.dev.predictions.tolist()))
+        outcomes[on] = (art["generated_templates"], rows)
+        if on:
+            # Every trial's template was ranked on dev already: no trial ran a model pass.
+            assert h.score_cache_stats["misses"] == ranked_misses > 0 and h.score_cache_stats["hits"] > 0
+    assert outcomes[True] == outcomes[False]
