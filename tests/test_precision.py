@@ -131,3 +131,10 @@ def test_auto_resumes_a_named_study_in_its_precision(tiny_model_dir, tmp_path, c
     assert main(args + ["--trials", "2"]) == 0, capsys.readouterr().err
     assert main(args + ["--trials", "3", "--precision", "fp32"]) == 2  # asked for another: refused, as before
     assert "another precision" in capsys.readouterr().err
+
+
+def test_a_cpu_without_bf16_stays_in_fp32_and_says_so(tiny_models, fake_clock, monkeypatch):
+    monkeypatch.setattr(precisions, "bf16_supported", lambda device: False)
+    model, tok, kind = tiny_models["gemma3"]
+    result = precisions.probe(model, tok, kind, torch.device("cpu"), allow_int8=False)
+    assert result.choice == "fp32" and "no native bf16" in result.line() and not fake_clock  # nothing timed

@@ -156,8 +156,8 @@ def _timed(run: Callable[[], torch.Tensor], repeats: int = 2) -> tuple[float, to
     return best, out
 
 
-def probe(model: nn.Module, tokenizer: Any, kind: str, device: torch.device, *, allow_int8: bool = True,
-          say: Callable[[str], None] | None = None) -> ProbeResult:
+def probe(model: nn.Module, tokenizer: Any, kind: str, device: torch.device, *,
+          allow_int8: bool = True) -> ProbeResult:
     """Time fp32, bf16 and int8 on :data:`PROBE_TEXTS` and pick (see the module docstring)."""
     head = model.get_output_embeddings()
     n_params = sum(p.numel() for p in model.parameters())
