@@ -59,9 +59,22 @@ def main() -> None:
     off, a = study(harness, task, config, points, cache=False)
     on, b = study(harness, task, config, points, cache=True)
     same = a == b
+    differ = sum(x != y for (_, _, pa), (_, _, pb) in zip(a, b) for x, y in zip(pa, pb))
+    total = sum(len(p) for _, _, p in a)
+    # The same dev predictions scored again with another batch size: how much a fresh pass moves by
+    # itself in this precision (bf16 rounding depends on the batch shapes the kernels see).
+    harness.clear_cache()
+    first = harness.evaluate(task.dev, config.templates[0], config.label_words[0])
+    harness.batch_size, size = 7, harness.batch_size
+    harness.clear_cache()
+    other = harness.evaluate(task.dev, config.templates[0], config.label_words[0])
+    harness.batch_size = size
+    self_differ = int((first.predictions != other.predictions).sum())
     text = (f"select study, {len(points)} trials, MR dev n={len(task.dev)}, precision {harness.precision}: "
             f"cache off {off:.1f}s, on {on:.1f}s -> **{off / on:.2f}x**; every trial's dev accuracy and "
-            f"predictions the same: {'yes' if same else 'NO'} (cache: {harness.score_cache_stats})")
+            f"predictions the same: {'yes' if same else 'NO'} ({differ} of {total} trial predictions differ; "
+            f"a fresh pass at batch 7 instead of {size}: {self_differ} of {len(first.predictions)} differ) "
+            f"(cache: {harness.score_cache_stats})")
     print(text)
     if args.out:
         with open(args.out, "a") as f:
