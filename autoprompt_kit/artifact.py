@@ -213,7 +213,10 @@ class Prompt:
 
             name, kind = self.model.get("name"), self.model.get("kind")
             check_model(self.model, name, model_identity(name), self.allow_model_mismatch)
-            harness = Harness(name, kind=kind, **{"progress": False, **kwargs})
+            # The precision it was found in, unless asked otherwise (dev reproduces exactly).
+            saved = {"precision": self.model["precision"]} if self.model.get("precision") else {}
+            harness = Harness(name, kind=kind, **{"progress": False, **saved,
+                                                  **{k: v for k, v in kwargs.items() if v is not None}})
             revision = getattr(harness.model.config, "_commit_hash", None)
             check_model(self.model, name, {"revision": revision} if revision else {}, self.allow_model_mismatch)
             self._harness = harness
@@ -591,12 +594,13 @@ def model_identity(name: str | None) -> dict[str, Any]:
 
 
 def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
-    """``name``, ``kind`` and what pins the weights (:data:`PIN_KEYS`): the hub revision, the sha256
-    of a local folder's weights or of a GGUF file, or the registry package of the embedded default."""
+    """``name``, ``kind``, ``precision`` and what pins the weights (:data:`PIN_KEYS`): the hub revision,
+    the sha256 of a local folder's weights or of a GGUF file, or the registry package of the embedded default."""
     from .models.loading import DEFAULT_MODEL
 
     name = name or DEFAULT_MODEL
-    ref: dict[str, Any] = {"name": name, "kind": harness.kind}
+    # The precision scores were computed in: reloading in it reproduces dev exactly.
+    ref: dict[str, Any] = {"name": name, "kind": harness.kind, "precision": harness.precision}
     local = Path(name).expanduser()
     if local.exists():
         ref["name"] = str(local.resolve())  # loads again from any working folder

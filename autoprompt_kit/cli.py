@@ -83,7 +83,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     template.check_fields(split.fields())
     print(f"task     {task.summary()}")
     print(f"model    {args.model or 'gemma-3-270m (embedded default)'}")
-    harness = _harness(args, progress=not args.quiet)
+    harness = _harness(args, progress=not args.quiet, auto_int8=True)
     print(f"device   {harness.device} ({harness.precision})  kind {harness.kind}")
     print(f"template {template.display()}")
     print(f"words    {verbalizer.to_dict()['label_words']}")
@@ -117,17 +117,43 @@ def _add_harness_args(parser: argparse.ArgumentParser) -> None:
     """The options that shape the harness (batch, device, precision), shared by evaluate and search."""
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
-                        help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                        help="auto (default: bf16 on CUDA; on a CPU the fastest of fp32 / bf16 / int8 whose "
+                             "predictions agree with fp32's on a short probe, printed at start-up), fp32, bf16 "
+                             "(autocast) or int8 (dynamic quantisation of the linear layers; CPU, scoring only); "
+                             "a saved prompt is re-scored in the precision it was found in")
     parser.add_argument("--truncation", choices=["tail", "head"], default="tail",
                         help="which end of an over-long text is cut to fit the model (default tail)")
 
 
-def _harness(args: argparse.Namespace, progress: bool) -> Any:
-    """The harness that ``--model/--kind`` and :func:`_add_harness_args`'s options ask for."""
+def _harness(args: argparse.Namespace, progress: bool, auto_int8: bool = False) -> Any:
+    """The harness that ``--model/--kind`` and :func:`_add_harness_args`'s options ask for.
+    ``auto_int8``: ``--precision auto`` may pick int8 (scoring only: nothing trains or takes gradients)."""
     from .harness import Harness
 
-    return Harness(args.model, kind=args.kind, progress=progress, **_harness_options(args))
+    return Harness(args.model, kind=args.kind, progress=progress, auto_int8=auto_int8, **_harness_options(args))
+
+
+def _study_precision(storage: Any, name: str) -> str | None:
+    """The precision an existing study recorded in its fingerprint (None: no such study, or none recorded)."""
+    import optuna
+
+    if name not in set(optuna.get_all_study_names(storage)):
+        return None
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    value = (attrs.get("fingerprint") or {}).get("precision")
+    return str(value) if value else None
+
+
+def _saved_precision(args: argparse.Namespace, prompt: Any) -> str | None:
+    """``--precision auto`` re-scores a saved prompt in the precision it was found in (dev reproduces
+    exactly; an older prompt that records none, in the default of its time); an explicit
+    ``--precision`` wins."""
+    if args.precision in (None, "auto"):
+        # A prompt saved before precisions were recorded was scored in the default of its time
+        # (fp32 on a CPU, bf16 on CUDA): None asks for that default again.
+        return str(prompt.model["precision"]) if prompt.model.get("precision") else None
+    return args.precision
 
 
 def _load_prompt(path: str, allow_model_mismatch: bool = False) -> Any:
@@ -158,8 +184,10 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     split = task[args.split]
     print(f"task     {task.summary()}")
     print(f"prompt   {prompt.describe()}")
-    # The prompt loads its model itself, so the saved pin is checked (--model included).
-    harness = prompt.harness(progress=not args.quiet, **_harness_options(args))
+    # The prompt loads its model itself, so the saved pin is checked (--model included), in the
+    # precision it was found in unless --precision says otherwise.
+    harness = prompt.harness(progress=not args.quiet,
+                             **{**_harness_options(args), "precision": _saved_precision(args, prompt)})
     result = prompt.evaluate(split, harness)
     cal = prompt.verbalizer.calibration
     print(f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
@@ -346,7 +374,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search.runner import default_storage, default_study_name, model_fingerprint, open_storage
 
     check_url(args.storage or default_storage())  # a bad URL is said before the model loads
-    harness = _harness(args, progress=False)
+    if args.precision in (None, "auto") and args.study:
+        # Resuming a named study: auto takes the precision its trials were scored in (one study, one precision).
+        args.precision = _study_precision(open_storage(args.storage, args.heartbeat), args.study) or args.precision
+    harness = _harness(args, progress=False, auto_int8=searcher_cls.scores_only)
+    if harness.precision_probe is not None and not args.worker and not args.quiet:
+        print(harness.precision_probe.line())
+    # Helper processes run in the precision this one resolved (one study, one fingerprint).
+    args.precision = harness.precision
     ctx = SearchContext(task=task, harness=harness, seed=args.seed)
     # What the space can check against the model is checked before the study (or its file) exists:
     # a trial that fails on it would leave FAIL/WAITING trials and Optuna's traceback behind.
@@ -487,7 +522,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tmp, sink = None, sys.stdout
     start, done, bar = time.perf_counter(), 0, None
     try:
-        harness = prompt.harness(**_harness_options(args)) if first else None
+        harness = prompt.harness(**{**_harness_options(args), "precision": _saved_precision(args, prompt)}) \
+            if first else None
         # After the model loads (a model that fails is one error line, no bar); on stderr, so it
         # shows when the rows go to stdout too.
         bar = tqdm(desc="predict", unit=" texts", total=_count_inputs(args.input, fmt), disable=args.quiet,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import dataclasses
 import inspect
 import logging
 import time
@@ -35,7 +36,7 @@ from ..errors import AutoPromptError
 from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
 from ..prompts.template import DEMO_FIELD, Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
-from . import decoding, gradients, training
+from . import decoding, gradients, precision as precisions, training
 from .encoding import EncodedPrompt, PromptEncoder, Row
 from .prefix import PrefixGroup, group_by_prefix, suffix_cache
 
@@ -201,9 +202,13 @@ class Harness:
         tokenizer: the tokenizer, when ``model`` is a model object.
         kind: ``mlm``, ``seq2seq`` or ``causal``; detected when omitted.
         device: ``"cuda"``/``"cpu"``/…; CUDA when available, else CPU.
-        precision: ``"bf16"`` (autocast; the default on CUDA) or ``"fp32"`` (the default on CPU,
-            where bf16 matrix products are slower; on CUDA it gives fp32 scores to compare
-            against, at a few times the cost).
+        precision: ``"fp32"`` (the default on CPU), ``"bf16"`` (autocast; the default on CUDA),
+            ``"int8"`` (dynamic int8 linear layers; CPU, scoring only) or ``"auto"`` (the fastest of
+            them that keeps fp32's predictions on a short probe, see :mod:`.precision`; what it picked
+            is :attr:`precision`, why is :attr:`precision_probe`). On CUDA ``fp32`` gives fp32 scores
+            to compare against, at a few times the cost.
+        auto_int8: let ``auto`` consider int8 (only for scoring: searches that train or take
+            gradients leave it off).
         batch_size: rows per forward pass.
         max_length: longest row in tokens (fields are truncated to fit).
         truncation: ``tail`` (cut the end of the longest field, default) or ``head`` (its start);
@@ -224,6 +229,7 @@ class Harness:
         max_length: int = 512,
         truncation: str = "tail",
         progress: bool = True,
+        auto_int8: bool = False,
     ) -> None:
         try:
             self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -232,8 +238,10 @@ class Harness:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise AutoPromptError(f"device {device!r} asked for, but CUDA is not available here (torch "
                                   f"{torch.__version__}); use 'cpu'")
-        if precision not in (None, "bf16", "fp32"):
-            raise AutoPromptError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
+        if precision not in (None, *precisions.CHOICES):
+            raise AutoPromptError(f"precision must be 'bf16' or 'fp32' (or 'int8', 'auto'), got {precision!r}")
+        if precision == "int8" and self.device.type != "cpu":
+            raise AutoPromptError("precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on CUDA")
         if model is None or isinstance(model, str):
             loaded = load_model(model, kind)
         elif isinstance(model, LoadedModel):
@@ -250,9 +258,25 @@ class Harness:
         self.tokenizer = loaded.tokenizer
         self.kind = loaded.kind
         self.model_name = loaded.name
-        self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
         self.model.to(self.device)
         self.model.eval()
+        #: What ``precision="auto"`` measured and why it picked :attr:`precision` (None otherwise).
+        self.precision_probe: precisions.ProbeResult | None = None
+        if precision == "auto":
+            self.precision_probe = precisions.resolve_auto(self.model, self.tokenizer, self.kind, self.device,
+                                                           allow_int8=auto_int8)
+            precision = self.precision_probe.choice
+            if progress:
+                print(self.precision_probe.line(), flush=True)
+        #: The precision scores are computed in: ``fp32``, ``bf16`` or ``int8`` (never ``auto``).
+        self.precision: str = precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        if self.precision == "int8":
+            if not isinstance(model, (str, type(None))):
+                # A model object the caller holds is not changed under them: a copy is quantised.
+                import copy
+
+                self.model = copy.deepcopy(self.model)
+            precisions.quantize_int8(self.model, keep=self.model.get_output_embeddings())
         self.batch_size = batch_size
         self.progress = progress
         limits = [max_length, getattr(self.model.config, "max_position_embeddings", None),
@@ -278,6 +302,13 @@ class Harness:
         #: Mask log-probability rows kept inside :meth:`reused_scores` (None outside it).
         self._logprob_rows: OrderedDict[tuple[Any, ...], torch.Tensor] | None = None
         self._logprob_limit = 0
+        #: Mask hidden states kept inside :meth:`score_cache` per (model, precision, template, room
+        #: for the label word, example): trials that change only words, calibration or ensemble
+        #: weights apply the output layer's label rows to them instead of running the model.
+        self._hidden_store: OrderedDict[tuple[Any, ...], torch.Tensor] | None = None
+        self._hidden_limit = 0
+        #: Items served from / computed into the score cache (benchmarks and tests read them).
+        self.score_cache_stats = {"hits": 0, "misses": 0}
         #: Callables ``hook(kwargs, batch)`` that may edit the model's keyword arguments before every
         #: forward pass (input-side deltas: prefix key/values, soft-prompt embeddings).
         self.input_hooks: list[Callable[[dict[str, Any], list[Row]], None]] = []
@@ -431,9 +462,33 @@ class Harness:
         return self._score_chunk(templates, blocks, verbalizer, exact=exact, hidden=hidden, grad=grad,
                                  soft_embeddings=soft_embeddings)
 
+    @contextlib.contextmanager
+    def score_cache(self, store: "OrderedDict[Any, torch.Tensor] | None" = None,
+                    max_items: int = 100_000) -> Iterator["Harness"]:
+        """Within the block, scoring without gradients keeps each (template, example)'s mask hidden
+        state and reuses it: a later call with other label words, calibration or ensemble weights
+        applies the output layer's label rows to the kept states instead of running the model (the
+        same log-probabilities: the model's own head and logit soft-cap, in this precision). Used
+        when every word is one token read at the mask (else the call runs as usual). Pass ``store``
+        (an empty ``OrderedDict`` the caller keeps, e.g. across a study's trials) to carry the states
+        over to later blocks. Only for a frozen model: nothing may change its weights meanwhile. At
+        most ``max_items`` states are kept (``d`` floats each: 2.5 KB on Gemma 3 270M)."""
+        outer, limit = self._hidden_store, self._hidden_limit
+        self._hidden_store = store if store is not None else (outer if outer is not None else OrderedDict())
+        self._hidden_limit = max_items
+        try:
+            yield self
+        finally:
+            self._hidden_store, self._hidden_limit = outer, limit
+
     def _score_chunk(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
                      verbalizer: Verbalizer | None, *, exact: bool, hidden: bool, grad: bool = False,
                      soft_embeddings: torch.Tensor | None = None) -> list[ScoreOutput]:
+        if (self._hidden_store is not None and not grad and not exact and verbalizer is not None
+                and soft_embeddings is None and not self.input_hooks):
+            cached = self._score_from_states(templates, blocks, verbalizer, hidden)
+            if cached is not None:
+                return cached
         rows, sizes = self._build_rows(templates, blocks, verbalizer)
         n_items = sum(sizes)
         n_words = len(verbalizer.flat_words) if verbalizer is not None else 0
@@ -467,6 +522,110 @@ class Harness:
             outs.append(ScoreOutput(torch.cat([p.word_logprobs for p in block_parts]),
                                     None if any(h is None for h in hid) else torch.cat(hid)))  # type: ignore[arg-type]
         return outs
+
+    def _score_from_states(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
+                           verbalizer: Verbalizer, hidden: bool) -> list[ScoreOutput] | None:
+        """:meth:`_score_chunk` through the kept scores (see :meth:`score_cache`).
+
+        When every item is one row read at its mask, the mask states are kept and the label rows of
+        the output layer applied to them (scores normalised over the call's label tokens, as a pass
+        does). Otherwise (a multi-token word, text after a causal LM's mask) each word's score is a
+        full-vocabulary log-probability that depends on that word alone: those are kept per word.
+        """
+        store = self._hidden_store
+        assert store is not None
+        rows, sizes = self._build_rows(templates, blocks, verbalizer)
+        n_items, n_words = sum(sizes), len(verbalizer.flat_words)
+        reserve = self.encoder.reserve(verbalizer.flat_words)
+        # The model object and precision in the key: a store handed to another harness never mixes.
+        keys: list[tuple[Any, ...]] = []
+        for template, block in zip(templates, blocks):
+            keys += [(id(self.model), self.precision, template, reserve, e) for e in block]
+        subset = self._label_subset(rows)
+        if subset is None:
+            if hidden:
+                return None
+            return [ScoreOutput(w) for w in self._word_scores(rows, keys, sizes, n_words).split(sizes)]
+        by_item = sorted(rows, key=lambda r: r.item)
+        missing = [i for i, k in enumerate(keys) if k not in store]
+        self.score_cache_stats["hits"] += n_items - len(missing)
+        self.score_cache_stats["misses"] += len(missing)
+        with torch.inference_mode():
+            if missing:
+                todo = [dataclasses.replace(by_item[i], item=j) for j, i in enumerate(missing)]
+                _, states = self._run(todo, len(todo), n_words, self._label_subset(todo), hidden=True, sort=True)
+                assert states is not None
+                for i, state in zip(missing, states):
+                    store[keys[i]] = state
+            states = torch.stack([store[k] for k in keys])
+            self._trim(keys)
+            # The label rows of the output layer on the kept states, normalised over the same label
+            # subset as a forward pass would be (so the scores equal a pass's).
+            logp = self._subset_logprobs(states, subset)
+            col = {tok: i for i, tok in enumerate(subset)}
+            flat = [(r.item, w, col[tok]) for r in by_item for _, tok, w in r.targets]
+            index = torch.tensor(flat, device=self.device, dtype=torch.long).view(-1, 3).T
+            word_lp = torch.zeros(n_items, n_words, device=self.device)
+            word_lp = word_lp.index_put((index[0], index[1]), logp[index[0], index[2]].float(), accumulate=True)
+        outs, start = [], 0
+        for size in sizes:
+            outs.append(ScoreOutput(word_lp[start:start + size], states[start:start + size] if hidden else None))
+            start += size
+        return outs
+
+    def _word_scores(self, rows: list[Row], keys: list[tuple[Any, ...]], sizes: list[int],
+                     n_words: int) -> torch.Tensor:
+        """``(n_items, n_words)`` full-vocabulary word scores, each kept per (item, word tokens read)."""
+        store = self._hidden_store
+        assert store is not None
+        read: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for r in rows:
+            for pos, tok, w in r.targets:
+                read.setdefault((r.item, w), []).append((pos, tok))
+        word_key = {iw: (*keys[iw[0]], "word", tuple(sorted(t))) for iw, t in read.items()}
+        missing = {iw for iw, k in word_key.items() if k not in store}
+        self.score_cache_stats["hits"] += len(word_key) - len(missing)
+        self.score_cache_stats["misses"] += len(missing)
+        with torch.inference_mode():
+            if missing:
+                # Only the rows that read a missing word run, renumbered (their other words are kept too).
+                todo_items = sorted({r.item for r in rows if any((r.item, w) in missing for _, _, w in r.targets)})
+                number = {item: j for j, item in enumerate(todo_items)}
+                todo = [dataclasses.replace(r, item=number[r.item]) for r in rows if r.item in number]
+                fresh, _ = self._run(todo, len(todo_items), n_words, None, hidden=False, sort=True)
+                fresh = fresh.cpu()
+                for (item, w), k in word_key.items():
+                    if item in number and k not in store:
+                        store[k] = fresh[number[item], w].clone()
+            word_lp = torch.zeros(len(keys), n_words)
+            for (item, w), k in word_key.items():
+                word_lp[item, w] = store[k]
+            self._trim(list(word_key.values()))
+        return word_lp.to(self.device)
+
+    def _trim(self, used: list[tuple[Any, ...]]) -> None:
+        """Mark ``used`` keys as recent and drop the oldest beyond the limit."""
+        store = self._hidden_store
+        assert store is not None
+        for k in used:
+            store.move_to_end(k)
+        while len(store) > self._hidden_limit:
+            store.popitem(last=False)
+
+    def _subset_logprobs(self, states: torch.Tensor, subset: list[int]) -> torch.Tensor:
+        """Log-softmax over ``subset`` of the output layer on mask states ``(n, d)``, computed as the
+        model's forward computes its logits (the linear layer and its soft-cap under the harness's
+        autocast, then float32)."""
+        ids = torch.tensor(subset, device=self.device)
+        bias = self.head.bias[ids] if getattr(self.head, "bias", None) is not None else None
+        with self.autocast():
+            logits = nn.functional.linear(states, self.head.weight[ids], bias)
+            cap = getattr(self.model.config, "final_logit_softcapping", None)
+            if cap:
+                logits = logits / cap
+                logits = torch.tanh(logits)
+                logits = logits * cap
+        return torch.log_softmax(logits.float(), dim=-1)
 
     def mask_hidden(self, split: Split | Sequence[Example], template: Template | str) -> torch.Tensor:
         """``(N, d)`` hidden state at the mask (the output layer's input), e.g. for ProtoVerb."""
@@ -957,6 +1116,8 @@ class Harness:
         cached prefixes.
         """
         dev = self.device
+        if self.precision == "int8" and torch.is_grad_enabled():
+            raise AutoPromptError("an int8 harness scores only: training and gradients need --precision fp32 or bf16")
         batch = plan.rows
         ids, mask = plan.ids, plan.mask
         kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
@@ -1047,7 +1208,5 @@ class Harness:
                 del head.forward
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The harness's precision as a context: bf16 autocast, or nothing for fp32."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The harness's precision as a context: bf16 autocast, or nothing for fp32 and int8."""
+        return precisions.autocast(self.precision, self.device)

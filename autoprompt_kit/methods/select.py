@@ -7,8 +7,11 @@ one calibration mode.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..errors import AutoPromptError
 from ..prompts import CALIBRATIONS, Template, Verbalizer
@@ -70,8 +73,13 @@ class TemplateSelection(Searcher):
     """Pick the best (template, label words, calibration) on dev."""
 
     name = "select"
+    scores_only = True
     config_class = SelectConfig
     config: SelectConfig
+    #: Keep each (template, dev example)'s mask state across this process's trials
+    #: (:meth:`Harness.score_cache`): a trial that changes only words or calibration runs no model
+    #: pass. The scores equal a fresh pass's; False recomputes every trial (what benchmarks compare).
+    score_cache = True
 
     def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
         """Refuse a study made before parameters were stored readably (templates and label-word
@@ -88,6 +96,13 @@ class TemplateSelection(Searcher):
                                   "--study name")
 
     def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+        if not self.score_cache:
+            return self._run_trial(trial, ctx)
+        store: OrderedDict[Any, torch.Tensor] = self.__dict__.setdefault("_states", OrderedDict())
+        with ctx.harness.score_cache(store):
+            return self._run_trial(trial, ctx)
+
+    def _run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
         cfg = self.config
         point = cfg.sample(trial)
         template, words, calibration = point["template"], point["label_words"], point["calibration"]

@@ -368,6 +368,8 @@ class Searcher(ABC):
 
     #: Run the grid's candidates in the order :meth:`grid` gives (e.g. best-first), not shuffled.
     ordered_grid: ClassVar[bool] = False
+    #: Trials only score (no training, no gradients): ``--precision auto`` may pick int8.
+    scores_only: ClassVar[bool] = False
 
     def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
         """Work shared by every trial, done once before :meth:`grid` (e.g. generating candidates).

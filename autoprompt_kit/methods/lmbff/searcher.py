@@ -7,7 +7,9 @@ prompt-based fine-tuning.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -121,10 +123,22 @@ class LMBFFSearcher(Searcher):
     config: LMBFFConfig
     ordered_grid = True
 
+    #: Zero-shot studies keep each (template, dev example)'s score from the generated templates' dev
+    #: ranking for the trials (:meth:`Harness.score_cache`): a trial re-scores a template the ranking
+    #: already ran, so it runs no model pass. Off when trials fine-tune (the weights change).
+    score_cache = True
+
     def __init__(self, config: SearchConfig) -> None:
         super().__init__(config)
         self.templates: list[str] = []
         self.words: list[dict[str, list[str]]] = []
+        self._states: OrderedDict[Any, torch.Tensor] = OrderedDict()
+
+    def _kept_scores(self, harness: Any) -> contextlib.AbstractContextManager[Any]:
+        """The score cache for a frozen model (zero-shot trials), else nothing."""
+        if self.score_cache and self.config.finetune_epochs == 0:
+            return harness.score_cache(self._states)
+        return contextlib.nullcontext()
 
     def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
         saved = study.user_attrs.get("artifacts")
@@ -163,8 +177,10 @@ class LMBFFSearcher(Searcher):
             generated = self.generate(ctx, verbalizer)
             seconds = time.perf_counter() - start
             start = time.perf_counter()
-            results = h.evaluate_many(task.dev, [g.template for g in generated],
-                                      verbalizer.replace(calibration=cfg.calibration[0]), label_names=task.label_names)
+            with self._kept_scores(h):
+                results = h.evaluate_many(task.dev, [g.template for g in generated],
+                                          verbalizer.replace(calibration=cfg.calibration[0]),
+                                          label_names=task.label_names)
             ranked = sorted(zip(generated, results), key=lambda gr: (-gr[1].accuracy, -gr[0].score))
             artifacts["generated_templates"] = [
                 {**asdict(g), "dev_accuracy": r.accuracy, "dev_macro_f1": r.macro_f1} for g, r in ranked]
@@ -211,7 +227,8 @@ class LMBFFSearcher(Searcher):
         verbalizer.check_labels(task.label_names)
         candidate = Candidate([Template(text)], verbalizer)
         if cfg.finetune_epochs == 0:
-            return TrialOutcome(candidate, candidate.evaluate(task.dev, h))
+            with self._kept_scores(h):
+                return TrialOutcome(candidate, candidate.evaluate(task.dev, h))
         zero_shot = candidate.evaluate(task.dev, h)
         seed = ctx.seed + trial.number
         fit = dict(epochs=cfg.finetune_epochs, lr=cfg.learning_rate, batch_size=cfg.finetune_batch_size, seed=seed)
