@@ -253,21 +253,10 @@ def _check_seed(seed: int | None, flag: str = "--seed") -> None:
 def _check_writable(flag: str, out: str, example: str = "best.json") -> Path:
     """A file ``flag`` names must be one we can create: not a folder, its nearest existing ancestor a
     writable folder (missing folders are created at the end); checked before any work is done."""
-    import os
+    from .io import writable_target
 
     path = Path(out)
-    try:
-        if path.is_dir():
-            raise AutoPromptError(f"{flag} {out!r} is a folder; give a file name such as {str(path / example)!r}")
-        parent = path.resolve().parent
-        while not parent.exists():
-            parent = parent.parent
-    except OSError as exc:  # a name too long, a loop of links
-        raise AutoPromptError(f"{flag} {out[:200]!r}: {exc.strerror or exc}") from None
-    if not parent.is_dir():
-        raise AutoPromptError(f"{flag} {out!r}: cannot write under {str(parent)!r}, which is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise AutoPromptError(f"{flag} {out!r}: cannot write into {str(parent)!r}")
+    writable_target(path, f"{flag} {out!r}", f"give a file name such as {str(path / example)!r}")
     return path
 
 

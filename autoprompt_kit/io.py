@@ -291,3 +291,25 @@ def load_yaml(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> Any
     """A YAML file, bounded in size, nesting and alias expansion; every failure is one line."""
     text = read_text(path, what, limit)
     return loads_yaml(text, f"{what} {str(path)!r}")
+
+
+def writable_target(path: Path, label: str, folder_hint: str) -> Path:
+    """The nearest existing folder a new file at ``path`` would be written under, checked: ``path``
+    is not a folder (``folder_hint`` says what to give instead), that ancestor is a folder, not a
+    file, and this process may write into it. ``label`` names the input in the one-line errors."""
+    from .errors import AutoPromptError
+
+    try:
+        if path.is_dir():
+            raise AutoPromptError(f"{label} is a folder; {folder_hint}")
+        parent = path.resolve().parent
+        while not parent.exists():
+            parent = parent.parent
+    except OSError as exc:  # a name too long, a loop of links
+        raise AutoPromptError(f"{label[:220]}: {exc.strerror or exc}") from None
+    if not parent.is_dir():
+        raise AutoPromptError(f"{label}: cannot write under {str(parent)!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AutoPromptError(f"{label}: cannot write into {str(parent)!r}")
+    return parent
+

@@ -73,6 +73,7 @@ def auto_cells(storages: list[str]) -> dict[str, list[tuple[int, float, float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--auto", nargs="+", required=True, help="storages of the results-table auto cells")
+    parser.add_argument("--cells", action="store_true", help="also one row per cell")
     args = parser.parse_args()
     rows, cells = committed_rows(), auto_cells(args.auto)
     best = {t: max(((r, v[t]) for r, v in rows.items() if t in v and not r.startswith("auto")), key=lambda x: x[1]) for t in TASKS}
@@ -96,6 +97,19 @@ def main() -> None:
     if gaps:
         print(f"\nauto's cross-validated accuracy minus its test accuracy: mean {statistics.mean(gaps):+.3f}, "
               f"mean absolute {statistics.mean(abs(g) for g in gaps):.3f} over {len(gaps)} cells")
+    if args.cells:
+        print("\n| task | seed | test accuracy | CV accuracy ± se | estimate for new data | search | chosen prompt |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+        for url in args.auto:
+            import optuna
+
+            study = optuna.load_study(study_name="results-table-quick", storage=url)
+            for t in sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
+                            key=lambda t: (TASKS.index(t.params["task"]), t.params["seed"])):
+                a = t.user_attrs
+                est = corrected_estimate(url, t.params["task"], t.params["seed"])
+                print(f"| {t.params['task']} | {t.params['seed']} | {t.value:.3f} | {a['cv_accuracy']:.3f} ± {a['cv_se']:.3f} "
+                      f"| {'–' if est is None else f'{est:.3f}'} | {a['search_seconds'] / 60:.1f} min | {a['prompt'][:70]} |")
     if fixed:
         print(f"the selection-corrected estimate minus test accuracy: mean {statistics.mean(fixed):+.3f}, "
               f"mean absolute {statistics.mean(abs(g) for g in fixed):.3f} over {len(fixed)} cells")

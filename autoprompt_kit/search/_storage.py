@@ -77,20 +77,11 @@ def _check_sqlite_folder(url: str, path: Path) -> None:
     beside the file): one line now, not an OSError from deep inside SQLAlchemy."""
     import os
 
-    try:
-        if path.is_dir():
-            raise AutoPromptError(f"--storage {url!r} names a folder, not a database file")
-        parent = path.resolve().parent
-        while not parent.exists():
-            parent = parent.parent
-    except OSError as exc:  # a name too long, a loop of links
-        raise AutoPromptError(f"--storage {url[:80]!r}…: {exc.strerror or exc}") from None
-    if not parent.is_dir():
-        raise AutoPromptError(f"--storage {url!r}: cannot create the database under {str(parent)!r}, which is a file")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+    from ..io import writable_target
+
+    writable_target(path, f"--storage {url!r}", "give a database file, e.g. sqlite:///runs/autoprompt.db")
+    if os.path.isfile(path) and not os.access(path, os.R_OK | os.W_OK):
         raise AutoPromptError(f"--storage {url!r}: the database file is not readable and writable")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise AutoPromptError(f"--storage {url!r}: cannot write into {str(parent)!r}")
 
 
 def check_url(url: str) -> str:
