@@ -294,3 +294,15 @@ def test_best_json_reports_the_corrected_estimate(task, gpt2, tmp_path):
     value = cv["accuracy"] if cv["metric"] == "accuracy" else cv["macro_f1"]
     assert cv["candidates"] >= 1 and cv["selection_bias"] >= 0
     assert cv["estimate"] == pytest.approx(value - cv["selection_bias"])
+
+
+def test_a_trial_that_would_overrun_the_budget_is_stopped_between_folds(task, gpt2, tmp_path):
+    config = SleepConfig(seconds=0.4)
+    spy = Sleeper(config)
+    start = time.perf_counter()
+    # Each fold sleeps 0.4 s (1.6 s a trial): with a 2.5 s budget the second trial cannot finish in time.
+    study = run_search(_job(spy, tmp_path, "overrun", n_trials=50, budget=2.5, selection="cv", folds=4),
+                       SearchContext(task, gpt2, 13))
+    assert time.perf_counter() - start < 1.1 * 2.5 + 0.4 + 2.5  # the set-up, plus at most one fold over
+    notes = [t.user_attrs.get("note", "") for t in study.get_trials(states=(TrialState.PRUNED,))]
+    assert any(n.startswith("budget spent after") for n in notes)

@@ -420,6 +420,12 @@ class Searcher(ABC):
         refit on every labelled example); False when every fold gives the same candidate."""
         return True
 
+    def refit(self, trial: "optuna.trial.FixedTrial", ctx: SearchContext) -> Candidate:
+        """The candidate of ``trial``'s parameters learnt from ``ctx.task.train`` (every labelled
+        example, in a refit). By default the trial is run again and its dev score dropped; a method
+        that can build without scoring overrides this."""
+        return self.run_trial(trial, ctx).candidate  # type: ignore[arg-type]
+
     def costly(self, params: dict[str, Any]) -> bool:
         """Whether each fold of this candidate costs real work; only then may the pruner stop it
         after a fold (a fold scored from cached states saves nothing and only adds noise)."""

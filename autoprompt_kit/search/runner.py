@@ -483,8 +483,16 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
     results, scores, outcome = [], [], None
     prunable = True
     for fold in folds:
+        # A fold that would end past the budget (+10 %), judging by the folds so far, is not started.
+        if budget is not None and fold.number > 0:
+            per_fold = (time.perf_counter() - trial_start) / fold.number
+            if time.perf_counter() - started + per_fold > 1.1 * budget:
+                trial.set_user_attr("note", f"budget spent after {fold.number} of {len(folds)} folds")
+                raise optuna.TrialPruned()
         fctx = SearchContext(fold_task(ctx.task, fold), ctx.harness, ctx.seed, fold=fold)
         fctx.seed_everything(trial.number)
+        if fold.number == 0:
+            trial_start = time.perf_counter()
         outcome = job.searcher.run_trial(trial, fctx)
         results.append(outcome.dev)
         scores.append(outcome.dev.accuracy if metric == "accuracy" else outcome.dev.macro_f1)
@@ -495,9 +503,6 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
             trial.report(so_far.accuracy if metric == "accuracy" else so_far.macro_f1, fold.number)
             if prunable and trial.should_prune():
                 trial.set_user_attr("note", f"pruned after {fold.number + 1} of {len(folds)} folds")
-                raise optuna.TrialPruned()
-            if budget is not None and time.perf_counter() - started > 1.1 * budget:
-                trial.set_user_attr("note", "budget spent")
                 raise optuna.TrialPruned()
     assert outcome is not None
     pooled = pooled_result(results, folds, len(ctx.task.label_names))
@@ -917,8 +922,7 @@ def refit(study: optuna.Study, job: SearchJob, ctx: SearchContext, progress: boo
               flush=True)
     full = SearchContext(refit_task(ctx.task), ctx.harness, ctx.seed)
     full.seed_everything(best.number)
-    outcome = job.searcher.run_trial(FixedTrial(best.params, number=best.number), full)
-    cand = outcome.candidate
+    cand = job.searcher.refit(FixedTrial(best.params, number=best.number), full)
     record: dict[str, Any] = {"candidate": cand.to_dict(), PROMPT_DIR: None}
     if cand.trained:
         record[PROMPT_DIR] = str(cand.save(job.trial_root() / f"refit-{best.number}"))

@@ -97,6 +97,7 @@ class AutoSearcher(Searcher):
         self._priors: dict[tuple[str, str], torch.Tensor] = {}
         self._searched: dict[tuple[str, str, str], Verbalizer] = {}
         self._kpt: dict[str, Any] = {}
+        self._scoring = True  # False while a refit builds the winner
         self._rows: OrderedDict[Any, torch.Tensor] = OrderedDict()  # mask log-probabilities, kept across folds
 
     # -- the stages ------------------------------------------------------------------------------
@@ -107,6 +108,15 @@ class AutoSearcher(Searcher):
         for key, value in study.user_attrs.items():
             if key.startswith(STAGE_ATTR):
                 self._specs[key[len(STAGE_ATTR):]] = value
+
+    def refit(self, trial: Any, ctx: SearchContext) -> Prompt:
+        """The winner built from every labelled example, without the (costly, meaningless) pass that
+        would score demonstrations on the examples they were drawn from."""
+        self._scoring = False
+        try:
+            return self.run_trial(trial, ctx).candidate
+        finally:
+            self._scoring = True
 
     def costly(self, params: dict[str, Any]) -> bool:
         """Only demonstrations cost a pass per fold; every other recipe reads cached states."""
@@ -280,6 +290,8 @@ class AutoSearcher(Searcher):
             demos = Demonstrations(train_split, names, int(d["per_class"]), d["selection"], "balanced",
                                    self.config.separator, ctx.seed, encoder=self.config.encoder)
             prompt = prompt.with_demonstrations(demos)
+            if not self._scoring:  # a refit only builds the prompt: scoring it on its own pool says nothing
+                return TrialOutcome(prompt, _unscored(pool.labels[held], len(names)))
             return TrialOutcome(prompt, prompt.evaluate(held_split, h))
         if spec["words"] == NAMES and self.config.drop_unread_words:
             dead = self._dead_words(h, pool, train, templates[0], verbalizer, names)
@@ -426,6 +438,14 @@ class AutoSearcher(Searcher):
                                              num_classes=verbalizer.num_classes, template=template.display())
         prompt = Prompt([template], verbalizer, head=head, label_names=list(ctx.task.label_names))
         return TrialOutcome(prompt, dev)
+
+
+def _unscored(labels: np.ndarray, num_classes: int) -> "EvalResult":
+    """A placeholder result (uniform scores) for a prompt built but not scored."""
+    from ...harness import EvalResult
+
+    return EvalResult.from_class_logprobs(np.zeros((len(labels), num_classes)), labels,
+                                          word_logprobs=np.zeros((len(labels), 0)), num_classes=num_classes)
 
 
 __all__ = ["AutoSearcher", "label"]
