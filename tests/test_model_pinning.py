@@ -81,7 +81,8 @@ def test_a_prompt_on_a_changed_gguf_file_fails_before_converting_it(tmp_path, mo
     gguf.write_bytes(b"GGUF" + bytes(range(256)) * 64)
     fake = SimpleNamespace(kind="causal", precision="fp32", model=SimpleNamespace(config=SimpleNamespace()))
     ref = model_reference(str(gguf), fake)
-    assert ref == {"name": str(gguf.resolve()), "kind": "causal", "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest()}
+    assert ref == {"name": str(gguf.resolve()), "kind": "causal", "precision": "fp32",
+                   "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest()}
     prompt = Prompt([Template("{text_a} It was {mask}.")], Verbalizer.from_words(WORDS),
                     label_names=["negative", "positive"], model=ref)
     folder = prompt.save_pretrained(tmp_path / "p")
