@@ -949,7 +949,7 @@ def test_secrets_go_to_children_through_the_environment_not_argv(monkeypatch):
     url = "postgresql+psycopg2://u:secretpw@127.0.0.1:5432/db"
     args = argparse.Namespace(method="select", task="mr", shots=4, seed=13, trials=2, heartbeat=30, batch_size=8,
                               space=None, model=None, kind=None, max_examples=None, storage=url, device=None,
-                              precision=None, trial_dir=None, truncation="tail")
+                              precision=None, trial_dir=None, truncation="tail", budget=None, selection=None, folds=4)
     argv = cli._worker_argv(args, "study")
     env = cli._child_env(url)
     assert "secretpw" not in " ".join(argv) and url not in argv
