@@ -15,6 +15,7 @@ from autoprompt_kit.data import Task
 from autoprompt_kit.demonstrations import DEMO_FIELD, Demonstrations, demonstration_template, sentence_encoder
 from autoprompt_kit.methods.demos import DemosConfig, select_fixed_demonstrations
 from autoprompt_kit.search import SearchContext, SearchJob, combine_results, finish_search, get_searcher, run_search
+from autoprompt_kit.search import best_trial
 
 LABELS = ["negative", "positive"]
 TRAIN = Split([Example(t, y) for t, y in [
@@ -248,7 +249,7 @@ def test_search_space_grid_and_a_search_from_a_saved_prompt(tiny_models, tmp_pat
     doc = json.loads((tmp_path / "best.json").read_text())
     assert doc["prompt"]["demonstrations"]["pool"][0]["text_a"] == TRAIN[0].text_a
     again = Prompt.load(tmp_path / "best.json").evaluate(DEV, h)
-    assert again.predictions.tolist() == result.study.best_trial.user_attrs["~dev_predictions"]
+    assert again.predictions.tolist() == best_trial(result.study).user_attrs["~dev_predictions"]
     trials = {t.params["selection"]: t for t in result.study.trials}
     assert len(trials["dev_selected"].user_attrs["fixed_set_candidates"]) == 2
     from autoprompt_kit.search.runner import summary
