@@ -21,6 +21,8 @@ from autoprompt_kit import Harness, load_task
 from autoprompt_kit.harness import precision as precisions
 from autoprompt_kit.models.loading import LoadedModel, load_model
 
+from _report import emit  # noqa: E402  (benchmarks/, on the path when a script runs)
+
 
 def cpu_name() -> str:
     """The CPU's model name and flags that matter here (AMX, AVX-512 BF16 / VNNI)."""
@@ -94,10 +96,7 @@ def main() -> None:
         probe = precisions.probe(model.model, model.tokenizer, model.kind, device, allow_int8=True)
         lines += ["", f"`--precision auto` probe: picks **{probe.choice}** — {probe.reason}"]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from autoprompt_kit import Harness, load_task
 from autoprompt_kit.methods.select import SelectConfig, TemplateSelection
 from autoprompt_kit.search import SearchContext
 
+from _report import emit  # noqa: E402  (benchmarks/, on the path when a script runs)
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -75,10 +77,7 @@ def main() -> None:
             f"predictions the same: {'yes' if same else 'NO'} ({differ} of {total} trial predictions differ; "
             f"a fresh pass at batch 7 instead of {size}: {self_differ} of {len(first.predictions)} differ) "
             f"(cache: {harness.score_cache_stats})")
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from autoprompt_kit.cli import _task_space
 from autoprompt_kit.data import load_task
 from autoprompt_kit.search import SearchContext, get_searcher
 
+from _report import emit  # noqa: E402  (benchmarks/, on the path when a script runs)
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -101,10 +103,7 @@ def main() -> None:
         lines.append(f"\nbefore: fp32, no score cache; after: `auto` -> {table[(args.methods[0], 'after')]['precision']}"
                      ", score cache on")
         text = "\n".join(lines)
-        print(text)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(text + "\n\n")
+        emit(text, args.out)
 
 
 if __name__ == "__main__":
