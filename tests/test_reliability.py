@@ -273,7 +273,7 @@ def test_processes_failing_the_same_stale_trials_at_once_requeue_each_once(tmp_p
         study = open_study("stale", open_storage(url, heartbeat=1), 13, {"method": "select"})
         for _ in range(20):
             study._storage.record_heartbeat(study.ask()._trial_id)
-        time.sleep(2.5)  # past the grace period (2 x 1 s)
+        time.sleep(3.5)  # past the grace period (2 x 1 s), with room for the clock's whole seconds
         barrier, out = ctx.Barrier(4), ctx.Queue()
         procs = [ctx.Process(target=_fail_stale, args=(url, barrier, out)) for _ in range(4)]
         for proc in procs:
