@@ -706,12 +706,11 @@ class Harness:
         keys = [(template, self.precision, e) for e in examples]
         missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in cache))
         if missing:
-            fresh = self._logprob_rows, None
             self._logprob_rows = None  # compute the missing rows the ordinary way
             try:
                 rows = self.mask_logprobs([examples[i] for i in missing], template, reduce=None)
             finally:
-                self._logprob_rows = fresh[0]
+                self._logprob_rows = cache
             for i, row in zip(missing, rows):
                 cache[keys[i]] = row
         out = torch.stack([cache[k] for k in keys]) if keys else torch.empty(0, self.head.weight.shape[0])
