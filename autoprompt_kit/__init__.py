@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .artifact import Predictions, Prompt
-from .data import Example, Split, Task, few_shot, list_builtin_tasks, load_task
+from .data import Example, Split, Task, few_shot, list_builtin_tasks, load_task, task_from_examples
 from .errors import AutoPromptError
 from .harness import EvalResult, Harness, ScoreOutput
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -21,7 +20,7 @@ from .prompts import Template, Verbalizer
 __all__ = [
     "AutoPromptError", "DEFAULT_MODEL", "Predictions", "Prompt", "EvalResult", "Example", "Harness", "LoadedModel", "ScoreOutput", "Split",
     "Task", "Template", "Verbalizer", "__version__", "few_shot", "find_prompt", "list_builtin_tasks", "load_best", "load_task",
-    "load_model",
+    "load_model", "task_from_examples",
 ]
 
 # The built-in methods register themselves (the search backbone never imports them).

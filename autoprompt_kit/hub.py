@@ -12,12 +12,33 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import AutoPromptError
 
-if TYPE_CHECKING:
-    from .artifact import Prompt
+
+class CardSource(Protocol):
+    """What a model card reads of a prompt (:class:`autoprompt_kit.Prompt` has it all).
+
+    A protocol, not the class itself: the prompt module imports this one to write its card.
+    """
+
+    provenance: dict[str, Any]
+    model: dict[str, Any]
+    templates: list[Any]
+    weights: list[float] | None
+    ensemble: str | None
+    verbalizer: Any
+    demonstrations: Any
+    head: Any
+    delta_structure: Any
+    delta_tensors: Any
+    model_weights: Any
+
+    @property
+    def template(self) -> Any: ...
+
+    def class_names(self) -> list[str]: ...
 
 CARD_FILE = "README.md"
 LIBRARY_NAME = "autoprompt-kit"
@@ -44,12 +65,12 @@ def base_model(model: dict[str, Any]) -> str | None:
     return name if re.match(r"^[\w.-]+(/[\w.-]+)?$", name) else None
 
 
-def _metric_rows(prompt: "Prompt") -> list[tuple[str, dict[str, Any]]]:
+def _metric_rows(prompt: CardSource) -> list[tuple[str, dict[str, Any]]]:
     metrics = prompt.provenance.get("metrics") or {}
     return [(split, m) for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
 
 
-def _front_matter(prompt: "Prompt", task: str) -> str:
+def _front_matter(prompt: CardSource, task: str) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     method = prompt.provenance.get("method")
@@ -77,7 +98,7 @@ def _words(words: list[str]) -> str:
     return shown if len(words) <= CARD_WORDS else f"{shown}, … ({len(words)} words)"
 
 
-def _trained_state(prompt: "Prompt") -> list[str]:
+def _trained_state(prompt: CardSource) -> list[str]:
     lines = []
     if prompt.head is not None:
         lines.append(f"- a trained `{prompt.head.kind}` head on the mask hidden state (`head.safetensors`)")
@@ -91,7 +112,7 @@ def _trained_state(prompt: "Prompt") -> list[str]:
     return lines or ["- none: the prompt is text and label words only (`prompt.json`)"]
 
 
-def model_card(prompt: "Prompt", repo_id: str | None = None) -> str:
+def model_card(prompt: CardSource, repo_id: str | None = None) -> str:
     """The ``README.md`` of a saved prompt: Hub front matter plus what it is, its scores and its use.
 
     Deterministic (no clock), so the same prompt always writes the same card.
@@ -157,7 +178,7 @@ def download(repo_id: str, revision: str | None = None, *, cache_dir: str | Path
     """The local snapshot folder of a prompt repo (``huggingface_hub.snapshot_download``; cached)."""
     import huggingface_hub
 
-    from . import __version__
+    from ._version import __version__
 
     try:
         folder = huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,

@@ -8,7 +8,7 @@
     clf.fit(texts, labels).predict(["a gripping, funny film"])
     clf.prompt_.save_pretrained("my.prompt")                 # the found prompt, as after any search
 
-``fit(X, y)`` is :func:`autoprompt_kit.find_prompt` on the task ``Task.from_examples(X, y)``: the
+``fit(X, y)`` is :func:`autoprompt_kit.find_prompt` on the task ``task_from_examples(X, y)``: the
 file rules carve the dev split the search selects on (``shots=K``: K per class for train and dev;
 otherwise 90% / 10% stratified), the study lives in a temporary SQLite file, and the fitted
 estimator holds the found :class:`~autoprompt_kit.Prompt` (``prompt_``). X is a sequence of texts,
@@ -121,7 +121,7 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> "PromptClassifier":
         """Search a prompt on ``(X, y)``; returns the fitted estimator."""
         from . import find_prompt
-        from .data import Split, Task
+        from .data import Split, Task, task_from_examples
 
         # y first: its errors (one class, a continuous target) are the ones scikit-learn users know.
         y = np.asarray(y)
@@ -135,7 +135,7 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         if y.ndim != 1 or len(y) != len(texts):
             raise ValueError(f"y must be 1-D with one label per text ({len(texts)}), got shape {y.shape}")
         names = self._class_names(classes)
-        task = Task.from_examples(texts, indices, label_names=names, text_b=pairs, name="fit",
+        task = task_from_examples(texts, indices, label_names=names, text_b=pairs, name="fit",
                                   **({"shots": self.shots, "seed": self.seed} if self.shots else {}))
         if not self.shots:
             # The file rules cut a held-out test split too; a fit has no use for it, so it trains.

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprompt_kit import AutoPromptError, Task, load_task
+from autoprompt_kit import AutoPromptError, Task, load_task, task_from_examples
 
 LABELS = ["neg", "pos", "neutral"]
 
@@ -42,13 +42,13 @@ def test_from_examples_is_the_same_task_as_a_csv_file(tmp_path, options):
     texts, labels = _rows()
     # text_a: a column named "text" would also be a {text} alias field (meta), which from_examples has not
     from_file = load_task(str(_csv(tmp_path / "d.csv", {"text_a": texts, "label": labels})), **options)
-    task = Task.from_examples(texts, labels, **options)
+    task = task_from_examples(texts, labels, **options)
     _same(task, from_file)
     assert task.name == "examples" and task.label_names == ["neg", "neutral", "pos"]  # sorted, as in a file
     if "shots" in options and "max_examples" not in options:  # max_examples caps the K-shot splits too
         assert np.bincount(task.train.labels).tolist() == [options["shots"]] * 3
     # Ordered class names; int labels index them (numpy arrays, as scikit-learn users hold them).
-    ordered = Task.from_examples(np.array(texts), np.array([LABELS.index(y) for y in labels]),
+    ordered = task_from_examples(np.array(texts), np.array([LABELS.index(y) for y in labels]),
                                  label_names=LABELS, name="mine", **options)
     assert ordered.name == "mine" and ordered.label_names == LABELS
     _same(ordered, load_task(str(tmp_path / "d.csv"), label_names=LABELS, **options))
@@ -57,7 +57,7 @@ def test_from_examples_is_the_same_task_as_a_csv_file(tmp_path, options):
 def test_from_examples_with_pairs(tmp_path):
     texts, labels = _rows(40)
     second = [f"hypothesis {i}" for i in range(40)]
-    task = Task.from_examples(texts, labels, text_b=second, shots=2)
+    task = task_from_examples(texts, labels, text_b=second, shots=2)
     assert all(ex.text_b is not None for ex in task.train)
     _same(task, load_task(str(_csv(tmp_path / "p.csv", {"text_a": texts, "text_b": second, "label": labels})), shots=2))
 
@@ -73,7 +73,7 @@ def test_from_examples_with_pairs(tmp_path):
 ])
 def test_from_examples_errors_are_the_file_errors(texts, labels, kwargs, message):
     with pytest.raises(AutoPromptError, match=message):
-        Task.from_examples(texts, labels, **kwargs)
+        task_from_examples(texts, labels, **kwargs)
 
 
 def test_a_pandas_dataframe_is_read_like_its_csv(tmp_path):

@@ -113,11 +113,11 @@ def test_pins_are_compared_only_where_both_sides_know_them():
 def test_a_search_records_a_relative_model_folder_by_absolute_path_and_pin(model_dir, tmp_path, monkeypatch):
     import yaml
 
-    from autoprompt_kit import Task, find_prompt
+    from autoprompt_kit import find_prompt, task_from_examples
 
     monkeypatch.chdir(tmp_path)
     texts = [f"{w} film number {i}" for i, w in enumerate(["a good", "a bad"] * 10)]
-    task = Task.from_examples(texts, ["positive", "negative"] * 10, shots=3)
+    task = task_from_examples(texts, ["positive", "negative"] * 10, shots=3)
     space = {"templates": ["{text_a} It was {mask}."], "label_words": [WORDS]}
     found = find_prompt("select", task, space, harness=Harness("model", progress=False), trials=1,
                         storage="sqlite:///runs/s.db", test_split=None).prompt

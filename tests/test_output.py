@@ -149,10 +149,10 @@ def test_sklearn_metrics_give_the_former_numbers():
 def test_search_trial_lines_show_elapsed_and_remaining_time(tiny_model_dir, tmp_path, capsys):
     import re
 
-    from autoprompt_kit import Task, find_prompt
+    from autoprompt_kit import find_prompt, task_from_examples
 
     texts = [f"{w} film number {i}" for i, w in enumerate(["a good", "a bad"] * 10)]
-    task = Task.from_examples(texts, ["positive", "negative"] * 10, shots=3)
+    task = task_from_examples(texts, ["positive", "negative"] * 10, shots=3)
     space = {"templates": ["{text_a} It was {mask}.", "{text_a} All in all, {mask}."], "label_words": [WORDS]}
     find_prompt("select", task, space, harness=Harness(tiny_model_dir, progress=False), trials=2,
                 storage=f"sqlite:///{tmp_path / 's.db'}", test_split=None, progress=True)

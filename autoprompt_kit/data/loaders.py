@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AutoPromptError
-from .task import Example, Split, Task, _few_shot_indices
+from .task import Example, Split, Task, few_shot_indices
 from .builtin import BUILTIN_TASKS, list_builtin_tasks, load_builtin
 
 __all__ = ["load_task", "list_builtin_tasks"]
@@ -685,7 +685,7 @@ def load_task(
         shots = _fitting_shots(train, dev, carved, len(names), shots)
     if shots is not None:
         rng = np.random.default_rng(seed)
-        picked = _few_shot_indices(train.labels, shots, rng, "the train split", names, on_small_class, shots_flag)
+        picked = few_shot_indices(train.labels, shots, rng, "the train split", names, on_small_class, shots_flag)
         pool = dev
         if pool is None or carved:
             # A dev cut from the same file as train is only 10% of it: K per class is drawn from it
@@ -696,10 +696,32 @@ def load_task(
         train = Split((train[int(i)] for i in picked), name="train")
         dev_rng = np.random.default_rng(seed)
         what = "the dev split" if dev is not None and not carved else "the train examples left for dev"
-        dev_idx = _few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names, on_small_class, shots_flag)
+        dev_idx = few_shot_indices(pool.labels, dev_shots or shots, dev_rng, what, names, on_small_class, shots_flag)
         dev = Split((pool[int(i)] for i in dev_idx), name="dev")
     elif dev is None:
         train, dev = _cut(train, (1 - DEV_FRACTION, DEV_FRACTION), ("train", "dev"))
 
     splits = {"train": _cap(train, max_examples), "dev": _cap(dev, max_examples), "test": _cap(test, max_examples)}
     return Task(name=task_name, label_names=names, splits=splits, metric=metric, description=description, shots=shots)
+
+
+def task_from_examples(texts: Sequence[str], labels: Sequence[Any], *, label_names: Sequence[str] | None = None,
+                       text_b: Sequence[str] | None = None, name: str = "examples", **options: Any) -> Task:
+    """A task from texts and labels in memory, by the rules :func:`load_task` applies to a file.
+
+    The labels are class names (sorted unless ``label_names`` gives the order) or ints (class
+    indices with ``label_names``; otherwise the distinct values in order); the examples are cut
+    80/10/10 into train/dev/test, stratified, and ``shots=K`` (in ``options``, with ``seed``,
+    ``dev_shots``, ``max_examples``, ``on_small_class``) draws K per class for train and dev.
+
+    Example::
+
+        task = task_from_examples(["great fun", "a waste of time", ...], ["pos", "neg", ...], shots=8)
+    """
+    if isinstance(texts, str) or isinstance(labels, str) or isinstance(text_b, str):
+        raise AutoPromptError("task_from_examples takes sequences of texts and labels, not a single string")
+    columns: dict[str, Any] = {"text_a": texts, "label": labels}
+    if text_b is not None:
+        columns["text_b"] = text_b
+    return load_task(columns, label_names=None if label_names is None else list(label_names), task_name=name,
+                     **options)

@@ -261,30 +261,6 @@ class Task:
             splits[key] = split
         self.splits = splits
 
-    @classmethod
-    def from_examples(cls, texts: Sequence[str], labels: Sequence[Any], *, label_names: Sequence[str] | None = None,
-                      text_b: Sequence[str] | None = None, name: str = "examples", **options: Any) -> "Task":
-        """A task from texts and labels in memory, by the rules :func:`load_task` applies to a file.
-
-        The labels are class names (sorted unless ``label_names`` gives the order) or ints (class
-        indices with ``label_names``; otherwise the distinct values in order); the examples are cut
-        80/10/10 into train/dev/test, stratified, and ``shots=K`` (in ``options``, with ``seed``,
-        ``dev_shots``, ``max_examples``, ``on_small_class``) draws K per class for train and dev.
-
-        Example::
-
-            task = Task.from_examples(["great fun", "a waste of time", ...], ["pos", "neg", ...], shots=8)
-        """
-        from .loaders import load_task
-
-        if isinstance(texts, str) or isinstance(labels, str) or isinstance(text_b, str):
-            raise AutoPromptError("Task.from_examples takes sequences of texts and labels, not a single string")
-        columns: dict[str, Any] = {"text_a": texts, "label": labels}
-        if text_b is not None:
-            columns["text_b"] = text_b
-        return load_task(columns, label_names=None if label_names is None else list(label_names), task_name=name,
-                         **options)
-
     def __getitem__(self, split_name: str) -> Split:
         try:
             return self.splits[split_name]
@@ -328,7 +304,7 @@ class Task:
 SMALL_CLASS = ("error", "all")
 
 
-def _few_shot_indices(
+def few_shot_indices(
     labels: np.ndarray, k: int, rng: np.random.Generator, what: str, label_names: Sequence[str] | None,
     on_small_class: str = "error", shots_flag: str | None = None,
 ) -> np.ndarray:
@@ -395,6 +371,6 @@ def few_shot(
     """
     rng = np.random.default_rng(seed)
     names = label_names if label_names is not None else split.label_names
-    idx = _few_shot_indices(split.labels, k, rng, f"split {split.name!r}", names, on_small_class)
+    idx = few_shot_indices(split.labels, k, rng, f"split {split.name!r}", names, on_small_class)
     return Split((split[int(i)] for i in idx), name=split.name if name is None else name,
                  label_names=split.label_names)

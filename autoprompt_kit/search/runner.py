@@ -23,7 +23,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .. import __version__
+from .._version import __version__
 from ..artifact import BEST_SCHEMA_VERSION, Prompt, model_reference
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
