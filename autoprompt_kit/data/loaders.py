@@ -39,7 +39,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -143,6 +143,13 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def _known_int(value: Any) -> int:
+    """``_as_int`` of a value already seen to be an integer label."""
+    as_int = _as_int(value)
+    assert as_int is not None
+    return as_int
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -170,13 +177,11 @@ def _label_mapping(
     tables: dict[str, _Table], cols: dict[str, _Columns], label_names: list[str] | None
 ) -> tuple[list[str], Callable[[Any], int]]:
     """Decide the class names and return ``(names, to_index)`` mapping a raw label to its index."""
+    label_columns = {key: column for key in tables if (column := cols[key].label) is not None}
     class_names = next(
-        (t.class_names[cols[k].label] for k, t in tables.items() if cols[k].label in t.class_names), None
+        (t.class_names[label_columns[k]] for k, t in tables.items() if label_columns.get(k) in t.class_names), None
     )
-    values = [
-        v for key, t in tables.items() if cols[key].label is not None
-        for v in t.columns[cols[key].label] if not _is_missing(v)
-    ]
+    values = [v for key, column in label_columns.items() for v in tables[key].columns[column] if not _is_missing(v)]
     if class_names is not None:  # HF ClassLabel: values are already indices
         if label_names is not None and len(label_names) != len(class_names):
             raise AutoPromptError(
@@ -185,9 +190,10 @@ def _label_mapping(
         names = list(label_names) if label_names is not None else list(class_names)
         return names, lambda v: -1 if _is_missing(v) else int(v)
 
-    ints = [_as_int(v) for v in values]
-    if all(i is not None for i in ints):
-        labelled = sorted({i for i in ints if i != -1})  # type: ignore[misc]
+    maybe_ints = [_as_int(v) for v in values]
+    if all(i is not None for i in maybe_ints):
+        ints = [i for i in maybe_ints if i is not None]
+        labelled = sorted({i for i in ints if i != -1})
         if labelled and labelled[0] < -1:
             raise AutoPromptError(f"label {labelled[0]} is negative; labels must be >= 0 (or -1 for unlabelled)")
         if label_names is not None:
@@ -195,9 +201,9 @@ def _label_mapping(
                 raise AutoPromptError(
                     f"label {labelled[-1]} is out of range for {len(label_names)} label_names {label_names}"
                 )
-            return list(label_names), lambda v: -1 if _is_missing(v) else _as_int(v)
+            return list(label_names), lambda v: -1 if _is_missing(v) else _known_int(v)
         position = {v: i for i, v in enumerate(labelled)}
-        return [str(v) for v in labelled], lambda v: -1 if _is_missing(v) or _as_int(v) == -1 else position[_as_int(v)]
+        return [str(v) for v in labelled], lambda v: -1 if _is_missing(v) or _known_int(v) == -1 else position[_known_int(v)]
 
     strings = {str(v).strip() for v in values}
     if label_names is not None:
@@ -233,7 +239,7 @@ def _build_split(table: _Table, cols: _Columns, to_index: Callable[[Any], int], 
         if cols.text_a != "text_a":
             meta[cols.text_a] = a
         if cols.text_b and cols.text_b != "text_b":
-            meta[cols.text_b] = b  # type: ignore[assignment]
+            meta[cols.text_b] = b
         guid = f"{split}-{r}" if cols.guid is None else str(data[cols.guid][r])
         examples.append(Example(text_a=a, text_b=b, label=label, guid=guid, meta=meta))
     return Split(examples, name=split)
@@ -253,8 +259,8 @@ def _tables_to_splits(
             f"name it with label=... (recognised: {', '.join(LABEL_COLUMNS)})"
         )
     for key, t in tables.items():
-        if cols[key].label is not None:
-            _check_labels_present(t, cols[key].label)
+        if (column := cols[key].label) is not None:
+            _check_labels_present(t, column)
     names, to_index = _label_mapping(tables, cols, label_names)
     splits = {key: _build_split(t, cols[key], to_index, key, len(names)) for key, t in tables.items()}
     return names, splits
@@ -308,6 +314,7 @@ def _normalise_splits(splits: dict[str, Split]) -> tuple[Split, Split | None, Sp
         else:
             train, dev, test = _cut(train, SINGLE_FILE_FRACTIONS, ("train", "dev", "test"))
             return train, dev, test, True
+    assert test is not None  # labelled
     return train, dev, test, False
 
 
@@ -344,7 +351,7 @@ def _read_delimited(path: Path, delimiter: str) -> list[dict[str, Any]]:
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             # TSV files (GLUE style) are unquoted: a leading '"' in a text is part of the text.
-            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+            quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
             reader = csv.DictReader(fh, delimiter=delimiter, quoting=quoting)
             if not reader.fieldnames:
                 raise AutoPromptError(f"{path} is empty: expected a header row naming the columns")
@@ -705,8 +712,8 @@ def load_task(
     return Task(name=task_name, label_names=names, splits=splits, metric=metric, description=description, shots=shots)
 
 
-def task_from_examples(texts: Sequence[str], labels: Sequence[Any], *, label_names: Sequence[str] | None = None,
-                       text_b: Sequence[str] | None = None, name: str = "examples", **options: Any) -> Task:
+def task_from_examples(texts: Sequence[str] | np.ndarray, labels: Sequence[Any] | np.ndarray, *,
+                       label_names: Sequence[str] | None = None, text_b: Sequence[str] | np.ndarray | None = None, name: str = "examples", **options: Any) -> Task:
     """A task from texts and labels in memory, by the rules :func:`load_task` applies to a file.
 
     The labels are class names (sorted unless ``label_names`` gives the order) or ints (class

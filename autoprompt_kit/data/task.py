@@ -320,7 +320,7 @@ def few_shot_indices(
     # K-shot split that silently lacks it.
     classes = np.arange(len(label_names)) if label_names else present
 
-    def name(c: int) -> str:
+    def name(c: int | np.integer) -> str:
         return f"{int(c)} ({label_names[int(c)]!r})" if label_names and int(c) < len(label_names) else str(int(c))
 
     counts = {int(x): int((labels == x).sum()) for x in classes}

@@ -191,6 +191,7 @@ class LNTuning(ModuleDelta):
     """
 
     kind = "ln"
+    _norm_bias: torch.Tensor | None
 
     def __init__(self, dim: int, has_bias: bool = False) -> None:
         super().__init__()
@@ -268,7 +269,7 @@ class PrefixTuning(InputDelta):
 
     @classmethod
     def for_model(cls, model: nn.Module, num_tokens: int = 10) -> PrefixTuning:
-        cfg = model.config
+        cfg: Any = model.config
         cfg = getattr(cfg, "get_text_config", lambda: cfg)()
         if getattr(model.config, "is_encoder_decoder", False):
             raise AutoPromptError("prefix-tuning here supports causal LMs (decoder-only models)")

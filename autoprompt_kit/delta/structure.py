@@ -43,7 +43,7 @@ INPUT_KINDS = ("prefix", "soft")
 SHORT = {"lora": "L", "adapter": "A", "bitfit": "B", "ln": "N", "prefix": "P", "soft": "S"}
 
 
-def backbone_of(target: Any) -> nn.Module:
+def backbone_of(target: Any) -> Any:
     """The model of a Harness (or the model itself)."""
     model = getattr(target, "model", None)
     if isinstance(model, nn.Module) and not isinstance(target, nn.Module):
@@ -106,8 +106,10 @@ class DeltaSpec:
                 raise AutoPromptError(f"delta {name} must be at least 1, got {getattr(self, name)}")
 
     def options(self) -> dict[str, Any]:
-        return {"lora": {"r": self.r, "alpha": self.alpha}, "adapter": {"bottleneck": self.bottleneck},
-                "prefix": {"num_tokens": self.num_tokens}}.get(self.kind, {})
+        by_kind: dict[str, dict[str, Any]] = {"lora": {"r": self.r, "alpha": self.alpha},
+                                              "adapter": {"bottleneck": self.bottleneck},
+                                              "prefix": {"num_tokens": self.num_tokens}}
+        return by_kind.get(self.kind, {})
 
     def entries(self, target: Any) -> list[dict[str, Any]]:
         """The concrete entries this spec puts on a backbone; a clear error when a pattern matches nothing."""
@@ -116,7 +118,7 @@ class DeltaSpec:
         model = backbone_of(target)
         names = [n for n, _ in model.named_modules() if n]
         modules = dict(model.named_modules())
-        out = []
+        out: list[dict[str, Any]] = []
         for pattern in self.targets:
             hits = [n for n in names if name_matches(n, pattern)]
             if not hits:
@@ -205,7 +207,7 @@ class Delta(nn.Module):
         if not entries:
             raise AutoPromptError("a delta needs at least one module")
         self.entries = [dict(e) for e in entries]
-        self.deltas = nn.ModuleList(modules)
+        self.deltas: list[DeltaModule] = nn.ModuleList(modules)  # type: ignore[assignment]  # a list of them to readers
         self._frozen: list[tuple[nn.Parameter, bool]] | None = None
         self._target: Any = None
 
@@ -219,7 +221,7 @@ class Delta(nn.Module):
             if spec.kind == "soft":
                 soft_templates[len(entries)] = str(spec.template)
             entries.extend(spec.entries(target))
-        modules = []
+        modules: list[DeltaModule] = []
         for i, entry in enumerate(entries):
             if entry["kind"] == "soft":
                 soft = SoftPrompt.for_template(target, soft_templates[i])
@@ -364,7 +366,9 @@ class Delta(nn.Module):
         rank = {f"^{re.escape(n)}$": d.r for n, d in zip(names, loras) if d.r != r}
         alphas = {f"^{re.escape(n)}$": d.alpha for n, d in zip(names, loras) if d.alpha != alpha}
         kind = getattr(target, "kind", None)
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=names,
+        # PEFT annotates lora_alpha as int but scales by any number; a searched alpha may be fractional.
+        config = LoraConfig(r=r, lora_alpha=alpha,  # type: ignore[arg-type]
+                            lora_dropout=0.0, bias="none", target_modules=names,
                             rank_pattern=rank, alpha_pattern=alphas,
                             task_type={"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(kind or ""),
                             base_model_name_or_path=base_model)

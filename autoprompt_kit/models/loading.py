@@ -86,7 +86,7 @@ def convert_gguf(gguf_file: Path, target: Path, what: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tmp-", dir=target.parent) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
         # The weights are already de-quantised fp32 tensors; only the GGUF marker blocks saving.
         model.hf_quantizer = None
         model.is_quantized = False

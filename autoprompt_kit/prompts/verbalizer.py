@@ -109,7 +109,7 @@ class Verbalizer:
             bad = [k for k in labels if not isinstance(k, str)]
             if bad:
                 raise AutoPromptError(f"verbalizer: class name {bad[0]!r} is not text (quote it in YAML)")
-            values = [[v] if isinstance(v, str) else v for v in words.values()]
+            values: list[Any] = [[v] if isinstance(v, str) else v for v in words.values()]
             return cls(tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values), labels=labels,
                        **kwargs).check_distinct()
         if isinstance(words, str):
@@ -279,4 +279,4 @@ def as_verbalizer(value: "Verbalizer | Mapping[str, Any] | Sequence[Any]") -> Ve
         return value
     if isinstance(value, Mapping) and "label_words" in value:
         return Verbalizer.from_dict(value)
-    return Verbalizer.from_words(value)  # type: ignore[arg-type]
+    return Verbalizer.from_words(value)
