@@ -79,14 +79,14 @@ def apt_download(packages: Sequence[str], dest: Path, manual: str = "") -> dict[
             lists, cache = Path(tmp) / "lists", Path(tmp) / "cache"
             (lists / "partial").mkdir(parents=True)
             (cache / "archives" / "partial").mkdir(parents=True)
-            private = [apt, "-q", f"-o=Dir::State::Lists={lists}", f"-o=Dir::Cache={cache}",
-                       "-o=Debug::NoLocking=1"]
+            private = [apt, "-q", f"-o=Dir::State::Lists={lists}", f"-o=Dir::Cache={cache}", "-o=Debug::NoLocking=1"]
             update = _run([*private, "update"], dest)
             if isinstance(update, str):
                 raise fail(update)
             if update.returncode != 0:
-                raise fail(f"apt-get said {_tail(first)!r}, and refreshing the package lists failed "
-                           f"({_tail(update)!r})")
+                raise fail(
+                    f"apt-get said {_tail(first)!r}, and refreshing the package lists failed ({_tail(update)!r})"
+                )
             second = _run([*private, "download", *packages], dest)
             if isinstance(second, str):
                 raise fail(second)
@@ -142,13 +142,13 @@ def _ar_members(blob: bytes, source: Path) -> dict[str, bytes]:
         raise AutoPromptError(f"{source} is not a Debian package (no ar archive header)")
     members, pos = {}, 8
     while pos + 60 <= len(blob):
-        header = blob[pos:pos + 60]
+        header = blob[pos : pos + 60]
         name = header[:16].decode("ascii", "replace").strip().rstrip("/")
         try:
             size = int(header[48:58].decode("ascii").strip())
         except ValueError:
             raise AutoPromptError(f"{source} has a corrupt ar member header at byte {pos}") from None
-        members[name] = blob[pos + 60:pos + 60 + size]
+        members[name] = blob[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size % 2)
     return members
 

@@ -40,6 +40,7 @@ class CardSource(Protocol):
 
     def class_names(self) -> list[str]: ...
 
+
 CARD_FILE = "README.md"
 LIBRARY_NAME = "autoprompt-kit"
 #: The embedded default is a GGUF build of this Hub model (the card's ``base_model``).
@@ -79,13 +80,26 @@ def _front_matter(prompt: CardSource, task: str) -> str:
     for split, m in _metric_rows(prompt):
         for metric, key, config in (("accuracy", "accuracy", None), ("f1", "macro_f1", "macro")):
             if m.get(key) is not None:
-                results.append(EvalResult(task_type="text-classification", dataset_type=task, dataset_name=task,
-                                          dataset_split=split, metric_type=metric, metric_config=config,
-                                          metric_value=round(float(m[key]), 4)))
-    data = ModelCardData(library_name=LIBRARY_NAME, tags=tags, base_model=base_model(prompt.model),
-                         metrics=["accuracy", "f1"], pipeline_tag="text-classification",
-                         model_name=f"{task} prompt ({method or 'autoprompt-kit'})" if results else None,
-                         eval_results=results or None)
+                results.append(
+                    EvalResult(
+                        task_type="text-classification",
+                        dataset_type=task,
+                        dataset_name=task,
+                        dataset_split=split,
+                        metric_type=metric,
+                        metric_config=config,
+                        metric_value=round(float(m[key]), 4),
+                    )
+                )
+    data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        tags=tags,
+        base_model=base_model(prompt.model),
+        metrics=["accuracy", "f1"],
+        pipeline_tag="text-classification",
+        model_name=f"{task} prompt ({method or 'autoprompt-kit'})" if results else None,
+        eval_results=results or None,
+    )
     return data.to_yaml()
 
 
@@ -104,8 +118,10 @@ def _trained_state(prompt: CardSource) -> list[str]:
         lines.append(f"- a trained `{prompt.head.kind}` head on the mask hidden state (`head.safetensors`)")
     if prompt.delta_structure is not None:
         size = int(sum(v.numel() for v in (prompt.delta_tensors or {}).values()))
-        lines.append(f"- a delta of {len(prompt.delta_structure)} modules, {size:,} parameters "
-                     "(`delta.json`, `delta.safetensors`)")
+        lines.append(
+            f"- a delta of {len(prompt.delta_structure)} modules, {size:,} parameters "
+            "(`delta.json`, `delta.safetensors`)"
+        )
     if prompt.model_weights is not None:
         size = int(sum(v.numel() for v in prompt.model_weights.values()))
         lines.append(f"- fine-tuned backbone weights, {size:,} parameters (`model.safetensors`)")
@@ -123,13 +139,19 @@ def model_card(prompt: CardSource, repo_id: str | None = None) -> str:
     method = prompt.provenance.get("method") or "a manual"
     model = prompt.model
     pins = [f"{k} `{model[k]}`" for k in ("revision", "sha256", "package") if model.get(k)]
-    body = [f"# {task} prompt ({method})", "",
-            f"A prompt for the **{task}** task ({len(names)} classes: {', '.join(names)}), found by "
-            f"autoprompt-kit's `{method}` search. It is not a model: it is the text put around each input, "
-            f"the label words read at the mask and any trained state, applied to the base model "
-            f"`{model.get('name', 'gemma-3-270m')}` ({model.get('kind', 'unknown kind')}"
-            + (f"; pinned by {', '.join(pins)}" if pins else "; not pinned") + ").", "",
-            "## Prompt", ""]
+    body = [
+        f"# {task} prompt ({method})",
+        "",
+        f"A prompt for the **{task}** task ({len(names)} classes: {', '.join(names)}), found by "
+        f"autoprompt-kit's `{method}` search. It is not a model: it is the text put around each input, "
+        f"the label words read at the mask and any trained state, applied to the base model "
+        f"`{model.get('name', 'gemma-3-270m')}` ({model.get('kind', 'unknown kind')}"
+        + (f"; pinned by {', '.join(pins)}" if pins else "; not pinned")
+        + ").",
+        "",
+        "## Prompt",
+        "",
+    ]
     if len(prompt.templates) > 1:
         weights = prompt.weights or [1.0] * len(prompt.templates)
         body.append(f"An ensemble ({prompt.ensemble or 'uniform'} weights) of {len(prompt.templates)} templates:")
@@ -142,8 +164,11 @@ def model_card(prompt: CardSource, repo_id: str | None = None) -> str:
     body += ["", f"Calibration: `{prompt.verbalizer.calibration}`; aggregation: `{prompt.verbalizer.aggregation}`.", ""]
     if prompt.demonstrations is not None:
         d = prompt.demonstrations
-        how = (f"a fixed set of {len(d.fixed)}" if d.fixed is not None else f"{d.per_class} per class, chosen by "
-               f"`{d.selection}`")
+        how = (
+            f"a fixed set of {len(d.fixed)}"
+            if d.fixed is not None
+            else f"{d.per_class} per class, chosen by `{d.selection}`"
+        )
         body += [f"Demonstrations: {how}, order `{d.order}`, from a pool of {len(d.pool)} training examples.", ""]
     else:
         body += ["Demonstrations: none.", ""]
@@ -158,13 +183,23 @@ def model_card(prompt: CardSource, repo_id: str | None = None) -> str:
     else:
         body.append("Not scored.")
     where = repo_id or "path/to/this/folder"
-    body += ["", "## Usage", "", "```python", "from autoprompt_kit import Prompt", "",
-             f'prompt = Prompt.from_pretrained("{where}")',
-             'out = prompt.predict(["a gripping, funny film"])',
-             "out.labels, out.probabilities", "```", "",
-             f"or `autoprompt-kit predict --prompt {where} --input texts.txt`. Loading checks the base model "
-             "against the pin above (a different file is an error; `allow_model_mismatch=True` / "
-             "`--allow-model-mismatch` turns it into a warning).", ""]
+    body += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from autoprompt_kit import Prompt",
+        "",
+        f'prompt = Prompt.from_pretrained("{where}")',
+        'out = prompt.predict(["a gripping, funny film"])',
+        "out.labels, out.probabilities",
+        "```",
+        "",
+        f"or `autoprompt-kit predict --prompt {where} --input texts.txt`. Loading checks the base model "
+        "against the pin above (a different file is an error; `allow_model_mismatch=True` / "
+        "`--allow-model-mismatch` turns it into a warning).",
+        "",
+    ]
     return f"---\n{_front_matter(prompt, task).rstrip()}\n---\n\n" + "\n".join(body)
 
 
@@ -173,32 +208,57 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
-def download(repo_id: str, revision: str | None = None, *, cache_dir: str | Path | None = None,
-             token: str | bool | None = None, local_files_only: bool = False) -> Path:
+def download(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
     """The local snapshot folder of a prompt repo (``huggingface_hub.snapshot_download``; cached)."""
     import huggingface_hub
 
     from ._version import __version__
 
     try:
-        folder = huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token,
-                                                   local_files_only=local_files_only, library_name=LIBRARY_NAME,
-                                                   library_version=__version__)
+        folder = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            library_name=LIBRARY_NAME,
+            library_version=__version__,
+        )
     except Exception as exc:  # noqa: BLE001 — offline, unknown repo, bad revision, auth: one line each
         at = f"@{revision}" if revision else ""
         raise AutoPromptError(f"cannot download the prompt {repo_id}{at} from the Hub ({_reason(exc)})") from None
     return Path(folder)
 
 
-def upload(folder: Path, repo_id: str, *, commit_message: str, private: bool | None = None,
-           token: str | bool | None = None, revision: str | None = None, create_pr: bool = False) -> Any:
+def upload(
+    folder: Path,
+    repo_id: str,
+    *,
+    commit_message: str,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> Any:
     """Create the repo if needed and upload ``folder`` as one commit; returns huggingface_hub's CommitInfo."""
     import huggingface_hub
 
     api = huggingface_hub.HfApi(token=token, library_name=LIBRARY_NAME)
     try:
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(repo_id=getattr(repo, "repo_id", repo_id), folder_path=str(folder),
-                                 commit_message=commit_message, revision=revision, create_pr=create_pr)
+        return api.upload_folder(
+            repo_id=getattr(repo, "repo_id", repo_id),
+            folder_path=str(folder),
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+        )
     except Exception as exc:  # noqa: BLE001 — network, auth and permission errors: one line
         raise AutoPromptError(f"cannot push the prompt to {repo_id} ({_reason(exc)})") from None

@@ -201,8 +201,9 @@ def load_json(path: str | Path, what: str, limit: int = MAX_CONFIG_BYTES) -> Any
     try:
         return loads_json(text, f"{what} {str(path)!r}")
     except json.JSONDecodeError as exc:
-        raise AutoPromptError(f"{what} {str(path)!r} is not JSON: {exc.msg} (line {exc.lineno}, "
-                              f"column {exc.colno})") from None
+        raise AutoPromptError(
+            f"{what} {str(path)!r} is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
 
 
 def loads_yaml(text: str, what: str) -> Any:
@@ -262,11 +263,11 @@ def _check_yaml_size(root: Any, what: str) -> None:
             depths[key] = 1 + max((depths[id(c)] for c in children), default=0)
             open_nodes.discard(key)
             if depths[key] > MAX_DEPTH:
-                raise AutoPromptError(f"{what} nests lists/mappings more than {MAX_DEPTH} levels deep "
-                                      "(YAML aliases included)")
+                raise AutoPromptError(
+                    f"{what} nests lists/mappings more than {MAX_DEPTH} levels deep (YAML aliases included)"
+                )
             if sizes[key] > MAX_YAML_VALUES:
-                raise AutoPromptError(f"{what} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases); "
-                                      "refused")
+                raise AutoPromptError(f"{what} expands to more than {MAX_YAML_VALUES:,} values (YAML aliases); refused")
             continue
         if key in sizes:
             continue
@@ -312,4 +313,3 @@ def writable_target(path: Path, label: str, folder_hint: str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise AutoPromptError(f"{label}: cannot write into {str(parent)!r}")
     return parent
-

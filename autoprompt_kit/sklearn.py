@@ -58,7 +58,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-
 if TYPE_CHECKING:
     from .artifact import Prompt
     from .harness import Harness
@@ -91,10 +90,22 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         search_: the search's record (the best.json document).
     """
 
-    def __init__(self, method: str = "auto", *, budget: str | float | None = None, model: Any = None,
-                 shots: int | None = None, space: Any = None, trials: int = 20, selection: str | None = None,
-                 folds: int = 4, seed: int = 13, label_names: Sequence[str] | Mapping[Any, str] | None = None,
-                 batch_size: int = 16, progress: bool = False) -> None:
+    def __init__(
+        self,
+        method: str = "auto",
+        *,
+        budget: str | float | None = None,
+        model: Any = None,
+        shots: int | None = None,
+        space: Any = None,
+        trials: int = 20,
+        selection: str | None = None,
+        folds: int = 4,
+        seed: int = 13,
+        label_names: Sequence[str] | Mapping[Any, str] | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> None:
         self.method = method
         self.budget = budget
         self.model = model
@@ -118,7 +129,7 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         tags.non_deterministic = False
         return tags
 
-    def fit(self, X: Any, y: Any) -> "PromptClassifier":
+    def fit(self, X: Any, y: Any) -> PromptClassifier:
         """Search a prompt on ``(X, y)``; returns the fitted estimator."""
         from . import find_prompt
         from .data import Split, Task, task_from_examples
@@ -135,19 +146,41 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         if y.ndim != 1 or len(y) != len(texts):
             raise ValueError(f"y must be 1-D with one label per text ({len(texts)}), got shape {y.shape}")
         names = self._class_names(classes)
-        task = task_from_examples(texts, indices, label_names=names, text_b=pairs, name="fit",
-                                  **({"shots": self.shots, "seed": self.seed} if self.shots else {}))
+        task = task_from_examples(
+            texts,
+            indices,
+            label_names=names,
+            text_b=pairs,
+            name="fit",
+            **({"shots": self.shots, "seed": self.seed} if self.shots else {}),
+        )
         if not self.shots:
             # The file rules cut a held-out test split too; a fit has no use for it, so it trains.
-            task = Task(task.name, task.label_names, {"train": Split([*task.train, *task.test], name="train"),
-                                                      "dev": task.dev}, description=task.description)
+            task = Task(
+                task.name,
+                task.label_names,
+                {"train": Split([*task.train, *task.test], name="train"), "dev": task.dev},
+                description=task.description,
+            )
         harness = self._harness()
         with tempfile.TemporaryDirectory(prefix="autoprompt-fit-") as tmp:
             # A private study per fit: cross-validation folds and refits never resume each other.
-            result = find_prompt(self.method, task, self.space, harness=harness, trials=self.trials,
-                                 storage=f"sqlite:///{tmp}/study.db", study="fit", seed=self.seed, test_split=None,
-                                 budget=self.budget, selection=self.selection, folds=self.folds,
-                                 progress=self.progress, trial_dir=tmp)
+            result = find_prompt(
+                self.method,
+                task,
+                self.space,
+                harness=harness,
+                trials=self.trials,
+                storage=f"sqlite:///{tmp}/study.db",
+                study="fit",
+                seed=self.seed,
+                test_split=None,
+                budget=self.budget,
+                selection=self.selection,
+                folds=self.folds,
+                progress=self.progress,
+                trial_dir=tmp,
+            )
         self.prompt_: Prompt = result.prompt
         self.prompt_._harness = harness
         self.classes_ = classes
@@ -177,10 +210,14 @@ class PromptClassifier(ClassifierMixin, BaseEstimator):
         inputs = texts if pairs is None else list(zip(texts, pairs))
         if not inputs:
             raise ValueError("X has no texts to predict")
-        return self.prompt_.predict(inputs, self.prompt_.harness(batch_size=self.batch_size)
-                                    if self.prompt_._harness is None else self.prompt_._harness)
+        return self.prompt_.predict(
+            inputs,
+            self.prompt_.harness(batch_size=self.batch_size)
+            if self.prompt_._harness is None
+            else self.prompt_._harness,
+        )
 
-    def _harness(self) -> "Harness":
+    def _harness(self) -> Harness:
         from .harness import Harness
 
         if _is_harness(self.model):

@@ -12,5 +12,13 @@ from .loaders import load_task, task_from_examples
 from .task import Example, Split, Task, few_shot
 from .vader import vader_lexicon_path
 
-__all__ = ["Example", "Split", "Task", "few_shot", "list_builtin_tasks", "load_task", "task_from_examples",
-           "vader_lexicon_path"]
+__all__ = [
+    "Example",
+    "Split",
+    "Task",
+    "few_shot",
+    "list_builtin_tasks",
+    "load_task",
+    "task_from_examples",
+    "vader_lexicon_path",
+]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import corpora, vader
 from ..errors import AutoPromptError
+from . import corpora, vader
 from .task import Task
 
 BUILTIN_TASKS: tuple[str, ...] = (*vader.CORPUS_FILES, *corpora.CORPORA)

@@ -54,7 +54,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,7 @@ FORTUNES_PACKAGE = "fortunes"
 FORTUNES_MEASURED_VERSION = "1:1.99.1-7.3"
 FORTUNES_ENV = "AUTOPROMPT_KIT_FORTUNES_DEB"
 FORTUNES_DIR = "usr/share/games/fortunes/"
-FORTUNE_CLASSES = ("art", "computers", "drugs", "education", "food", "law", "men-women", "politics", "science",
-                   "work")
+FORTUNE_CLASSES = ("art", "computers", "drugs", "education", "food", "law", "men-women", "politics", "science", "work")
 MAX_FORTUNE_CHARS = 500
 """Fortunes longer than this (after whitespace normalisation) are dropped: the task is short texts."""
 
@@ -139,8 +138,9 @@ def _given_file(env: str, what: str) -> Path | None:
 def _fortunes_records(tmp: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
     deb = _given_file(FORTUNES_ENV, "the fortunes .deb")
     if deb is None:
-        deb = apt_download([FORTUNES_PACKAGE], tmp,
-                           manual=f", then set ${FORTUNES_ENV}=<path of the .deb>")[FORTUNES_PACKAGE]
+        deb = apt_download([FORTUNES_PACKAGE], tmp, manual=f", then set ${FORTUNES_ENV}=<path of the .deb>")[
+            FORTUNES_PACKAGE
+        ]
     wanted = {FORTUNES_DIR + name for name in FORTUNE_CLASSES}
     contents = read_deb(deb, lambda path: path in wanted)
     if contents.package != FORTUNES_PACKAGE:
@@ -149,8 +149,11 @@ def _fortunes_records(tmp: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
     if missing:
         raise AutoPromptError(f"{deb} (fortunes {contents.version}) lacks the fortune files {missing}")
     if contents.version != FORTUNES_MEASURED_VERSION:
-        logger.warning("fortunes %s differs from the measured %s: class counts may differ from the README",
-                       contents.version, FORTUNES_MEASURED_VERSION)
+        logger.warning(
+            "fortunes %s differs from the measured %s: class counts may differ from the README",
+            contents.version,
+            FORTUNES_MEASURED_VERSION,
+        )
     per_class = {}
     for name in FORTUNE_CLASSES:
         # Debian's files are UTF-8 (the .u8 links point at them); a stray Latin-1 byte is replaced.
@@ -178,13 +181,19 @@ def _spam_records(tmp: Path) -> tuple[list[dict[str, str]], dict[str, Any]]:
         with tarfile.open(tgz, "r:gz") as tar:
             for member in tar.getmembers():
                 parts = member.name.split("/")
-                if not (member.isfile() and len(parts) == 4 and parts[:2] == ["package", "data"]
-                        and parts[3].endswith(".json")):
+                if not (
+                    member.isfile()
+                    and len(parts) == 4
+                    and parts[:2] == ["package", "data"]
+                    and parts[3].endswith(".json")
+                ):
                     continue
                 item = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
                 group = item.get("group")
                 if group not in SPAM_GROUPS or not isinstance(item.get("text"), str):
-                    raise AutoPromptError(f"{tgz}: {member.name} has group {group!r}, expected one of {list(SPAM_GROUPS)}")
+                    raise AutoPromptError(
+                        f"{tgz}: {member.name} has group {group!r}, expected one of {list(SPAM_GROUPS)}"
+                    )
                 records.append({"guid": f"{group}/{parts[3][:-5]}", "label": SPAM_GROUPS[group], "text": item["text"]})
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as exc:
         raise AutoPromptError(f"could not read {tgz}: {exc}") from None
@@ -259,13 +268,13 @@ def stratified_splits(examples: list[Example], num_labels: int, seed: int = SPLI
         idx = rng.permutation(np.flatnonzero(labels == label))
         n_test, n_dev = int(len(idx) * TEST_FRACTION), int(len(idx) * DEV_FRACTION)
         parts["test"] += idx[:n_test].tolist()
-        parts["dev"] += idx[n_test:n_test + n_dev].tolist()
-        parts["train"] += idx[n_test + n_dev:].tolist()
+        parts["dev"] += idx[n_test : n_test + n_dev].tolist()
+        parts["train"] += idx[n_test + n_dev :].tolist()
     splits = {name: Split((examples[i] for i in rng.permutation(idx)), name=name) for name, idx in parts.items()}
     return splits["train"], splits["dev"], splits["test"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _splits(name: str) -> tuple[Split, Split, Split]:
     label_names = CORPORA[name].label_names
     index = {label: i for i, label in enumerate(label_names)}
@@ -277,8 +286,9 @@ def _splits(name: str) -> tuple[Split, Split, Split]:
                 rec = json.loads(line)
                 examples.append(Example(text_a=rec["text"], label=index[rec["label"]], guid=rec["guid"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise AutoPromptError(f"{path} line {lineno} is not a corpus record; delete {path.parent} to "
-                                      "fetch it again") from None
+                raise AutoPromptError(
+                    f"{path} line {lineno} is not a corpus record; delete {path.parent} to fetch it again"
+                ) from None
     return stratified_splits(examples, len(label_names))
 
 
@@ -286,5 +296,10 @@ def load_corpus(name: str) -> Task:
     """Load built-in task ``fortunes`` or ``spam`` with its fixed splits (fetched on first use)."""
     corpus = CORPORA[name]
     train, dev, test = _splits(name)
-    return Task(name=name, label_names=list(corpus.label_names), splits={"train": train, "dev": dev, "test": test},
-                metric="macro_f1", description=corpus.description)
+    return Task(
+        name=name,
+        label_names=list(corpus.label_names),
+        splits={"train": train, "dev": dev, "test": test},
+        metric="macro_f1",
+        description=corpus.description,
+    )

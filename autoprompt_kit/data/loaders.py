@@ -44,22 +44,34 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import AutoPromptError
-from .task import Example, Split, Task, few_shot_indices
 from .builtin import BUILTIN_TASKS, list_builtin_tasks, load_builtin
+from .task import Example, Split, Task, few_shot_indices
 
 __all__ = ["load_task", "list_builtin_tasks"]
 
 FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl")
 TEXT_A_COLUMNS = (
-    "text_a", "text", "sentence", "sentence1", "premise", "question1", "question", "content",
-    "review", "tweet", "document",
+    "text_a",
+    "text",
+    "sentence",
+    "sentence1",
+    "premise",
+    "question1",
+    "question",
+    "content",
+    "review",
+    "tweet",
+    "document",
 )
 TEXT_B_COLUMNS = ("text_b", "sentence2", "hypothesis", "question2")
 LABEL_COLUMNS = ("label", "labels", "gold_label", "class", "target")
 GUID_COLUMNS = ("guid", "idx", "id")
 SPLIT_ALIASES = {
     "train": "train",
-    "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev",
+    "dev": "dev",
+    "validation": "dev",
+    "valid": "dev",
+    "val": "dev",
     "test": "test",
 }
 FIXED_SEED = 0
@@ -168,9 +180,11 @@ def _check_labels_present(table: _Table, column: str) -> None:
     bad = [r for r, v in enumerate(values) if _is_missing(v) or _is_nan(v)]
     if bad and len(bad) < len(values):
         what = "NaN" if _is_nan(values[bad[0]]) else "empty"
-        raise AutoPromptError(f"{table.source} row {bad[0] + 1}: the label (column {column!r}) is {what}"
-                              + (f" ({len(bad)} rows like it)" if len(bad) > 1 else "")
-                              + "; fill it in or remove the row")
+        raise AutoPromptError(
+            f"{table.source} row {bad[0] + 1}: the label (column {column!r}) is {what}"
+            + (f" ({len(bad)} rows like it)" if len(bad) > 1 else "")
+            + "; fill it in or remove the row"
+        )
 
 
 def _label_mapping(
@@ -203,7 +217,9 @@ def _label_mapping(
                 )
             return list(label_names), lambda v: -1 if _is_missing(v) else _known_int(v)
         position = {v: i for i, v in enumerate(labelled)}
-        return [str(v) for v in labelled], lambda v: -1 if _is_missing(v) or _known_int(v) == -1 else position[_known_int(v)]
+        return [
+            str(v) for v in labelled
+        ], lambda v: -1 if _is_missing(v) or _known_int(v) == -1 else position[_known_int(v)]
 
     strings = {str(v).strip() for v in values}
     if label_names is not None:
@@ -246,7 +262,10 @@ def _build_split(table: _Table, cols: _Columns, to_index: Callable[[Any], int], 
 
 
 def _tables_to_splits(
-    tables: dict[str, _Table], text_a: str | None, text_b: str | None, label: str | None,
+    tables: dict[str, _Table],
+    text_a: str | None,
+    text_b: str | None,
+    label: str | None,
     label_names: list[str] | None,
 ) -> tuple[list[str], dict[str, Split]]:
     for key, t in tables.items():
@@ -379,7 +398,7 @@ def _read_json(path: Path) -> list[Any] | dict[str, list[Any]]:
             if data and all(isinstance(v, list) for v in data.values()):
                 return data  # {"train": [...], "test": [...]}
             raise AutoPromptError(
-                f"{path}: expected a list of records, {{\"data\": [...]}} or {{split: [records]}}; got an object "
+                f'{path}: expected a list of records, {{"data": [...]}} or {{split: [records]}}; got an object '
                 f"with keys {list(data)[:8]}"
             )
     records = []
@@ -477,18 +496,17 @@ def _dataset_tables(loaded: Any, label: str) -> dict[str, _Table]:
     for key, (split_name, ds) in chosen.items():
         features = ds.features
         strings = {
-            c for c, f in features.items()
-            if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")
+            c for c, f in features.items() if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")
         }
         class_names = {c: list(f.names) for c, f in features.items() if isinstance(f, datasets.ClassLabel)}
         # Only scalar columns are materialised: images, token lists etc. are never needed.
-        columns = {
-            c: list(ds[c]) for c, f in features.items()
-            if isinstance(f, (datasets.Value, datasets.ClassLabel))
-        }
+        columns = {c: list(ds[c]) for c, f in features.items() if isinstance(f, (datasets.Value, datasets.ClassLabel))}
         tables[key] = _Table(
-            source=f"{label} {split_name}", columns=columns, string_columns=strings,
-            class_names=class_names, rows=len(ds),
+            source=f"{label} {split_name}",
+            columns=columns,
+            string_columns=strings,
+            class_names=class_names,
+            rows=len(ds),
         )
     return tables
 
@@ -545,8 +563,10 @@ def _in_memory_tables(data: Any, task_name: str | None) -> tuple[dict[str, _Tabl
         name = task_name or "examples"
         table = _columns_table(data, name)
         return {"train": table}, name, f"in-memory data ({table.rows} examples)"
-    raise AutoPromptError(f"load_task takes a task name or path, a pandas DataFrame, a datasets.Dataset/DatasetDict "
-                          f"or a dict of columns; got {type(data).__name__}")
+    raise AutoPromptError(
+        f"load_task takes a task name or path, a pandas DataFrame, a datasets.Dataset/DatasetDict "
+        f"or a dict of columns; got {type(data).__name__}"
+    )
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -555,8 +575,9 @@ def _task_path(name: str) -> Path:
     try:
         path = Path(name).expanduser()
     except RuntimeError:  # "~nouser/…": no such user
-        raise AutoPromptError(f"task path {name[:200]!r}: {name.split('/')[0][:60]!r} is not a known user's "
-                              "home folder") from None
+        raise AutoPromptError(
+            f"task path {name[:200]!r}: {name.split('/')[0][:60]!r} is not a known user's home folder"
+        ) from None
     try:
         path.is_dir()
         path.exists()
@@ -645,8 +666,10 @@ def load_task(
             raise AutoPromptError(f"label_names must be non-empty and unique, got {label_names}")
 
     if isinstance(name, str) and not name.strip():
-        raise AutoPromptError(f"the task name is empty; give a built-in task ({', '.join(BUILTIN_TASKS)}), "
-                              "a local file or folder, or a HF dataset name")
+        raise AutoPromptError(
+            f"the task name is empty; give a built-in task ({', '.join(BUILTIN_TASKS)}), "
+            "a local file or folder, or a HF dataset name"
+        )
     key = name.strip().lower() if isinstance(name, str) else None
     if key is None:
         if hf_config:
@@ -712,8 +735,15 @@ def load_task(
     return Task(name=task_name, label_names=names, splits=splits, metric=metric, description=description, shots=shots)
 
 
-def task_from_examples(texts: Sequence[str] | np.ndarray, labels: Sequence[Any] | np.ndarray, *,
-                       label_names: Sequence[str] | None = None, text_b: Sequence[str] | np.ndarray | None = None, name: str = "examples", **options: Any) -> Task:
+def task_from_examples(
+    texts: Sequence[str] | np.ndarray,
+    labels: Sequence[Any] | np.ndarray,
+    *,
+    label_names: Sequence[str] | None = None,
+    text_b: Sequence[str] | np.ndarray | None = None,
+    name: str = "examples",
+    **options: Any,
+) -> Task:
     """A task from texts and labels in memory, by the rules :func:`load_task` applies to a file.
 
     The labels are class names (sorted unless ``label_names`` gives the order) or ints (class
@@ -730,5 +760,4 @@ def task_from_examples(texts: Sequence[str] | np.ndarray, labels: Sequence[Any] 
     columns: dict[str, Any] = {"text_a": texts, "label": labels}
     if text_b is not None:
         columns["text_b"] = text_b
-    return load_task(columns, label_names=None if label_names is None else list(label_names), task_name=name,
-                     **options)
+    return load_task(columns, label_names=None if label_names is None else list(label_names), task_name=name, **options)

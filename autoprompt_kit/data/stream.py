@@ -66,13 +66,17 @@ class _Columns:
         self.text_b = _find(names, None, TEXT_B_COLUMNS, "text_b", source)
         label = _find(names, None, LABEL_COLUMNS, "label", source)
         used = {self.text_a, self.text_b, label} - {None}
-        self.id = next((lower for c in GUID_COLUMNS for lower in names if lower.lower() == c and lower not in used), None)
+        self.id = next(
+            (lower for c in GUID_COLUMNS for lower in names if lower.lower() == c and lower not in used), None
+        )
         self.meta = [c for c in names if c not in used and c != self.id]
 
 
 def _record_row(record: Any, cols: _Columns, line: int, source: str) -> InputRow:
     if not isinstance(record, dict):
-        raise AutoPromptError(f"{source} line {line}: expected an object with named fields, got {type(record).__name__}")
+        raise AutoPromptError(
+            f"{source} line {line}: expected an object with named fields, got {type(record).__name__}"
+        )
     text = record.get(cols.text_a)
     if not isinstance(text, str) or not text.strip():
         what = "missing" if text is None else "empty" if isinstance(text, str) else f"not a string ({text!r:.40})"
@@ -81,8 +85,9 @@ def _record_row(record: Any, cols: _Columns, line: int, source: str) -> InputRow
     if cols.text_b and not isinstance(text_b, str):
         raise AutoPromptError(f"{source} line {line}: the second text (column {cols.text_b!r}) is missing")
     meta = {c: record[c] for c in cols.meta if isinstance(record.get(c), str)}
-    return InputRow(Example(text, -1, text_b, guid=f"line {line}", meta=meta), line,
-                    record.get(cols.id) if cols.id else None)
+    return InputRow(
+        Example(text, -1, text_b, guid=f"line {line}", meta=meta), line, record.get(cols.id) if cols.id else None
+    )
 
 
 def iter_inputs(stream: IO[str], fmt: str, source: str) -> Iterator[InputRow]:
@@ -95,8 +100,11 @@ def iter_inputs(stream: IO[str], fmt: str, source: str) -> Iterator[InputRow]:
         return
     if fmt in ("csv", "tsv"):
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents exceed the 128 KiB default
-        reader = csv.DictReader(stream, delimiter="," if fmt == "csv" else "\t",
-                                quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE)
+        reader = csv.DictReader(
+            stream,
+            delimiter="," if fmt == "csv" else "\t",
+            quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+        )
         try:
             if not reader.fieldnames:
                 raise AutoPromptError(f"{source} is empty: expected a header row naming the columns")
@@ -122,8 +130,9 @@ def iter_inputs(stream: IO[str], fmt: str, source: str) -> Iterator[InputRow]:
             raise AutoPromptError(f"{source} line {line} is not valid JSON: {exc.msg}") from None
         if cols_json is None:
             if not isinstance(record, dict):
-                raise AutoPromptError(f"{source} line {line}: expected an object with named fields, "
-                                      f"got {type(record).__name__}")
+                raise AutoPromptError(
+                    f"{source} line {line}: expected an object with named fields, got {type(record).__name__}"
+                )
             cols_json = _Columns(list(record), source)
         yield _record_row(record, cols_json, line, source)
 

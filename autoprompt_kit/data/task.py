@@ -32,9 +32,7 @@ class FrozenMeta(Mapping[str, str]):
         pairs = dict(items.items() if isinstance(items, Mapping) else items)
         for key, value in pairs.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise AutoPromptError(
-                    f"example meta fields must map strings to strings; got {key!r}: {value!r}"
-                )
+                raise AutoPromptError(f"example meta fields must map strings to strings; got {key!r}: {value!r}")
         # Sorted pairs give a hash and fingerprint that do not depend on column order.
         self._items: tuple[tuple[str, str], ...] = tuple(sorted(pairs.items()))
         self._dict = dict(self._items)
@@ -140,8 +138,9 @@ class Split(Sequence[Example]):
     a boolean mask it gives a new :class:`Split` with the same name.
     """
 
-    def __init__(self, examples: Iterable[Example], name: str = "split",
-                 label_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, examples: Iterable[Example], name: str = "split", label_names: Sequence[str] | None = None
+    ) -> None:
         items = tuple(examples)
         for i, ex in enumerate(items):
             if not isinstance(ex, Example):
@@ -292,8 +291,13 @@ class Task:
     def info(self, **extra: Any) -> dict[str, Any]:
         """What a study records about the task (``best.json``'s ``task``): name, label names, metric,
         split sizes, plus ``extra`` (e.g. ``shots``, ``seed``, ``source``)."""
-        return {"name": self.name, "label_names": list(self.label_names), "metric": self.metric,
-                "splits": {k: len(v) for k, v in self.splits.items()}, **extra}
+        return {
+            "name": self.name,
+            "label_names": list(self.label_names),
+            "metric": self.metric,
+            "splits": {k: len(v) for k, v in self.splits.items()},
+            **extra,
+        }
 
     def summary(self) -> str:
         """One line: name, labels and split sizes."""
@@ -305,8 +309,13 @@ SMALL_CLASS = ("error", "all")
 
 
 def few_shot_indices(
-    labels: np.ndarray, k: int, rng: np.random.Generator, what: str, label_names: Sequence[str] | None,
-    on_small_class: str = "error", shots_flag: str | None = None,
+    labels: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    what: str,
+    label_names: Sequence[str] | None,
+    on_small_class: str = "error",
+    shots_flag: str | None = None,
 ) -> np.ndarray:
     """``k`` indices per class; ``shots_flag`` (e.g. ``--shots``) is what an error tells the user to lower."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -340,13 +349,22 @@ def few_shot_indices(
             short.append(f"{name(c)}: {idx.size}")
         chosen.append(rng.choice(idx, size=min(k, idx.size), replace=False))
     if short:
-        logger.warning("few-shot sampling from %s: %d per class asked, but %s — all of those taken (on_small_class='all')",
-                       what, k, ", ".join(short))
+        logger.warning(
+            "few-shot sampling from %s: %d per class asked, but %s — all of those taken (on_small_class='all')",
+            what,
+            k,
+            ", ".join(short),
+        )
     return rng.permutation(np.concatenate(chosen))
 
 
 def few_shot(
-    split: Split, k: int, seed: int, name: str | None = None, *, label_names: Sequence[str] | None = None,
+    split: Split,
+    k: int,
+    seed: int,
+    name: str | None = None,
+    *,
+    label_names: Sequence[str] | None = None,
     on_small_class: str = "error",
 ) -> Split:
     """Sample ``k`` examples per class (the LM-BFF protocol), deterministically.
@@ -372,5 +390,4 @@ def few_shot(
     rng = np.random.default_rng(seed)
     names = label_names if label_names is not None else split.label_names
     idx = few_shot_indices(split.labels, k, rng, f"split {split.name!r}", names, on_small_class)
-    return Split((split[int(i)] for i in idx), name=split.name if name is None else name,
-                 label_names=split.label_names)
+    return Split((split[int(i)] for i in idx), name=split.name if name is None else name, label_names=split.label_names)

@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +91,16 @@ DESCRIPTIONS = {
 
 def _download_command(dest: str) -> list[str]:
     return [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        f"vaderSentiment=={VADER_VERSION}", "-d", dest,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"vaderSentiment=={VADER_VERSION}",
+        "-d",
+        dest,
     ]
 
 
@@ -222,7 +230,7 @@ def _parse_rows(path: Path, expected: int) -> list[tuple[str, float, str]]:
     return rows
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin_splits(name: str) -> tuple[Split, Split, Split]:
     path = corpus_dir() / CORPUS_FILES[name]
     examples = []

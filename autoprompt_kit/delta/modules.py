@@ -351,7 +351,9 @@ class SoftPrompt(InputDelta):
             return
         if "inputs_embeds" not in kwargs:
             kwargs["inputs_embeds"] = self._harness.model.get_input_embeddings()(kwargs.pop("input_ids"))
-        kwargs["inputs_embeds"] = self._harness.put_soft_embeddings(kwargs["inputs_embeds"], batch, self._scale(self.embeddings))
+        kwargs["inputs_embeds"] = self._harness.put_soft_embeddings(
+            kwargs["inputs_embeds"], batch, self._scale(self.embeddings)
+        )
 
     def _attach(self, target: Any) -> Any:
         self._harness = target

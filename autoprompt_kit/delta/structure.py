@@ -82,9 +82,13 @@ class DeltaSpec:
     """One kind of delta on every module whose name matches ``targets``."""
 
     kind: str = field(default="lora", metadata={"help": "lora, adapter, bitfit, ln, prefix or soft"})
-    targets: list[str] = field(default_factory=list, metadata={
-        "help": "module-name patterns: a name, a suffix (q_proj, self_attn.o_proj) or a full regex; "
-                "not used by prefix and soft"})
+    targets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "module-name patterns: a name, a suffix (q_proj, self_attn.o_proj) or a full regex; "
+            "not used by prefix and soft"
+        },
+    )
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (scaling alpha/r); default r"})
     bottleneck: int = field(default=16, metadata={"help": "adapter bottleneck size"})
@@ -106,9 +110,11 @@ class DeltaSpec:
                 raise AutoPromptError(f"delta {name} must be at least 1, got {getattr(self, name)}")
 
     def options(self) -> dict[str, Any]:
-        by_kind: dict[str, dict[str, Any]] = {"lora": {"r": self.r, "alpha": self.alpha},
-                                              "adapter": {"bottleneck": self.bottleneck},
-                                              "prefix": {"num_tokens": self.num_tokens}}
+        by_kind: dict[str, dict[str, Any]] = {
+            "lora": {"r": self.r, "alpha": self.alpha},
+            "adapter": {"bottleneck": self.bottleneck},
+            "prefix": {"num_tokens": self.num_tokens},
+        }
         return by_kind.get(self.kind, {})
 
     def entries(self, target: Any) -> list[dict[str, Any]]:
@@ -122,12 +128,16 @@ class DeltaSpec:
         for pattern in self.targets:
             hits = [n for n in names if name_matches(n, pattern)]
             if not hits:
-                raise AutoPromptError(f"{self.kind} pattern {pattern!r} matches no module of {type(model).__name__} "
-                                      f"(module names look like {names[min(len(names) - 1, 5)]!r})")
+                raise AutoPromptError(
+                    f"{self.kind} pattern {pattern!r} matches no module of {type(model).__name__} "
+                    f"(module names look like {names[min(len(names) - 1, 5)]!r})"
+                )
             fitting = [n for n in hits if _fits(self.kind, modules[n])]
             if not fitting:
-                raise AutoPromptError(f"{self.kind} pattern {pattern!r} matches only modules that cannot take it "
-                                      f"(e.g. {hits[0]!r}: {type(modules[hits[0]]).__name__})")
+                raise AutoPromptError(
+                    f"{self.kind} pattern {pattern!r} matches only modules that cannot take it "
+                    f"(e.g. {hits[0]!r}: {type(modules[hits[0]]).__name__})"
+                )
             out.extend({"kind": self.kind, "target": n, **self.options()} for n in fitting)
         seen, unique = set(), []
         for e in out:
@@ -150,8 +160,10 @@ def default_lora_targets(target: Any) -> list[str]:
         if all(x in linear_leaves for x in names):
             return list(names)
     example = sorted(linear_leaves)[:4] or ["(none)"]
-    raise AutoPromptError(f"{type(model).__name__} has no q_proj/v_proj-style attention Linear layers for LoRA; "
-                          f"name the targets (its Linear layers end in {', '.join(example)})")
+    raise AutoPromptError(
+        f"{type(model).__name__} has no q_proj/v_proj-style attention Linear layers for LoRA; "
+        f"name the targets (its Linear layers end in {', '.join(example)})"
+    )
 
 
 def _fits(kind: str, module: nn.Module) -> bool:
@@ -320,8 +332,13 @@ class Delta(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(path / WEIGHTS_FILE))
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "parameters": self.num_parameters(),
-               "modules": self.structure(), **(extra or {})}
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "parameters": self.num_parameters(),
+            "modules": self.structure(),
+            **(extra or {}),
+        }
         if self._target is not None:
             doc["backbone_parameters"] = count_parameters(backbone_of(self._target))
         write_json_atomic(path / STRUCTURE_FILE, doc)
@@ -357,8 +374,10 @@ class Delta(nn.Module):
 
         kinds = sorted({e["kind"] for e in self.entries})
         if kinds != ["lora"]:
-            raise AutoPromptError(f"only LoRA-only structures export to PEFT; this one has {', '.join(kinds)} "
-                                  "(save it with Delta.save instead)")
+            raise AutoPromptError(
+                f"only LoRA-only structures export to PEFT; this one has {', '.join(kinds)} "
+                "(save it with Delta.save instead)"
+            )
         loras = [d for d in self.deltas if isinstance(d, LoRA)]
         r, alpha = loras[0].r, loras[0].alpha
         names = [e["target"] for e in self.entries]
@@ -367,11 +386,17 @@ class Delta(nn.Module):
         alphas = {f"^{re.escape(n)}$": d.alpha for n, d in zip(names, loras) if d.alpha != alpha}
         kind = getattr(target, "kind", None)
         # PEFT annotates lora_alpha as int but scales by any number; a searched alpha may be fractional.
-        config = LoraConfig(r=r, lora_alpha=alpha,  # type: ignore[arg-type]
-                            lora_dropout=0.0, bias="none", target_modules=names,
-                            rank_pattern=rank, alpha_pattern=alphas,
-                            task_type={"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(kind or ""),
-                            base_model_name_or_path=base_model)
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,  # type: ignore[arg-type]
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=names,
+            rank_pattern=rank,
+            alpha_pattern=alphas,
+            task_type={"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}.get(kind or ""),
+            base_model_name_or_path=base_model,
+        )
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config.save_pretrained(str(path))
@@ -385,8 +410,11 @@ class Delta(nn.Module):
     # -- views ------------------------------------------------------------------------------
     def table(self, target: Any | None = None) -> str:
         """Text table of which layers and positions are switched on (L LoRA, A adapter, B BitFit, N LN)."""
-        return structure_table(self.entries, self.module_parameters(),
-                               count_parameters(backbone_of(target)) if target is not None else None)
+        return structure_table(
+            self.entries,
+            self.module_parameters(),
+            count_parameters(backbone_of(target)) if target is not None else None,
+        )
 
 
 def read_structure(path: str | Path) -> dict[str, Any]:
@@ -397,8 +425,12 @@ def read_structure(path: str | Path) -> dict[str, Any]:
     if not file.exists():
         raise AutoPromptError(f"no delta structure at {str(file)!r}")
     doc = load_json(file, "delta structure")
-    if (not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("modules"), list)
-            or not all(isinstance(m, dict) and isinstance(m.get("kind"), str) for m in doc["modules"])):
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != FORMAT
+        or not isinstance(doc.get("modules"), list)
+        or not all(isinstance(m, dict) and isinstance(m.get("kind"), str) for m in doc["modules"])
+    ):
         raise AutoPromptError(f"{str(file)!r} is not an autoprompt-kit delta structure")
     return doc
 
@@ -406,11 +438,12 @@ def read_structure(path: str | Path) -> dict[str, Any]:
 _LAYER = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
 
 
-def structure_table(entries: Sequence[dict[str, Any]], sizes: Sequence[int] | None = None,
-                    backbone_params: int | None = None) -> str:
+def structure_table(
+    entries: Sequence[dict[str, Any]], sizes: Sequence[int] | None = None, backbone_params: int | None = None
+) -> str:
     """Positions (``self_attn.q_proj``…) as rows, layers as columns, the kinds switched on in each cell."""
     cells: dict[tuple[int, str], str] = {}
-    positions: list[str] = []   # in the order the structure lists them (the model's order)
+    positions: list[str] = []  # in the order the structure lists them (the model's order)
     other: list[str] = []
     for e in entries:
         m = _LAYER.match(e.get("target", ""))
@@ -438,8 +471,11 @@ def structure_table(entries: Sequence[dict[str, Any]], sizes: Sequence[int] | No
         counts: dict[str, int] = {}
         for e, s in zip(entries, sizes):
             counts[e["kind"]] = counts.get(e["kind"], 0) + int(s)
-        lines.append(f"{len(entries)} modules, {total:,} trainable parameters{frac} ("
-                     + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) + ")")
+        lines.append(
+            f"{len(entries)} modules, {total:,} trainable parameters{frac} ("
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+            + ")"
+        )
     return "\n".join(lines)
 
 
@@ -465,8 +501,12 @@ def structure_view(target: Any, delta: Delta | None = None, max_depth: int = 6) 
             body = _node(child, full, depth)
             j = i + 1
             # Merge a run of siblings whose subtrees render the same (numbered layers).
-            while (j < len(children) and name.isdigit() and children[j][0].isdigit()
-                   and _node(children[j][1], f"{prefix}.{children[j][0]}" if prefix else children[j][0], depth) == body):
+            while (
+                j < len(children)
+                and name.isdigit()
+                and children[j][0].isdigit()
+                and _node(children[j][1], f"{prefix}.{children[j][0]}" if prefix else children[j][0], depth) == body
+            ):
                 j += 1
             label = name if j == i + 1 else f"{name}-{children[j - 1][0]}"
             n = count_parameters(child)
@@ -486,8 +526,10 @@ def structure_view(target: Any, delta: Delta | None = None, max_depth: int = 6) 
         top += "  " + " ".join(marks[""])
     lines = [top, *render(model, "", 1)]
     if delta is not None:
-        lines.append(f"delta: {delta.num_parameters():,} trainable parameters "
-                     f"({100 * delta.num_parameters() / count_parameters(model):.4f}% of the backbone)")
+        lines.append(
+            f"delta: {delta.num_parameters():,} trainable parameters "
+            f"({100 * delta.num_parameters() / count_parameters(model):.4f}% of the backbone)"
+        )
     return "\n".join(lines)
 
 
@@ -523,5 +565,18 @@ class DeltaLibrary:
         return delta
 
 
-__all__ = ["Adapter", "BitFit", "Delta", "DeltaLibrary", "DeltaSpec", "LNTuning", "LoRA", "PrefixTuning",
-           "SoftPrompt", "count_parameters", "read_structure", "structure_table", "structure_view"]
+__all__ = [
+    "Adapter",
+    "BitFit",
+    "Delta",
+    "DeltaLibrary",
+    "DeltaSpec",
+    "LNTuning",
+    "LoRA",
+    "PrefixTuning",
+    "SoftPrompt",
+    "count_parameters",
+    "read_structure",
+    "structure_table",
+    "structure_view",
+]
