@@ -112,7 +112,7 @@ def test_tokenisation_cache_is_bounded_by_examples(tiny_models):
     for t in ["{text_a} It was {mask}.", "{text_a} Overall {mask}", "Review: {text_a} Verdict: {mask}."]:
         h.evaluate(EXAMPLES, t, VERB)
     # 5 examples per entry: only the newest entry fits in 6.
-    assert sum(map(len, h._encoded.values())) <= 6 and len(h._encoded) == 1
+    assert sum(map(len, h.prompt_cache.entries.values())) <= 6 and len(h.prompt_cache.entries) == 1
 
 
 def test_evaluate_many_equals_separate_evaluations(tiny_models):

@@ -14,15 +14,17 @@ How a label word is read depends on the model kind:
 
 Text is tokenised piece by piece (fields and literal text separately, cached) so fields can be
 truncated to fit the model and identical texts are tokenised once.
+Whole prompts of a split are kept by :class:`PromptCache` (searches score the same split often).
 """
 
 from __future__ import annotations
 
 import string
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..data import Example
+from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..prompts.template import Field, Mask, Soft, Template, Text, Trigger
 
@@ -298,3 +300,32 @@ class PromptEncoder:
                 groups[key] = row
             row.targets.extend((1 + j, tok, w) for j, tok in enumerate(ids))
         return sorted(groups.values(), key=lambda r: r.length)
+
+
+class PromptCache:
+    """Tokenised prompts kept per (template, examples, room for the label word), least recently
+    used dropped first — searches score the same split often."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple[Template, str, int], list[EncodedPrompt]] = OrderedDict()
+
+    def encode(self, encoder: PromptEncoder, template: Template, examples: Sequence[Example], reserve: int,
+               max_items: int) -> list[EncodedPrompt]:
+        """The prompts of ``examples``, tokenised once; at most ``max_items`` examples stay kept
+        (summed over entries, the newest entry always)."""
+        key = (template, Split(examples).fingerprint if not isinstance(examples, Split) else examples.fingerprint,
+               reserve)
+        entries = self.entries
+        hit = entries.get(key)
+        if hit is not None:
+            entries.move_to_end(key)
+            return hit
+        encoded = [encoder.encode(template, e, reserve) for e in examples]
+        entries[key] = encoded
+        while len(entries) > 1 and (len(entries) > 256 or sum(map(len, entries.values())) > max_items):
+            entries.popitem(last=False)
+        return encoded
+
+    def clear(self) -> None:
+        """Forget every kept prompt."""
+        self.entries.clear()

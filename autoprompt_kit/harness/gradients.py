@@ -1,6 +1,6 @@
 """AutoPrompt's trigger gradients: the gold-label loss back-propagated to the input embeddings.
 
-A pass of its own over the harness's primitives (rows, batches, plans, forwards): every row runs
+A pass of its own over the engine's primitives (rows, batches, plans, forwards: :mod:`._engine`): every row runs
 whole with its input embeddings as leaves (no shared-prefix cache: the gradient must reach each
 row's own trigger embeddings), each batch's loss is back-propagated at once, and the gradient at
 the trigger slots is summed (so one batch's graph is freed before the next).
@@ -8,7 +8,7 @@ the trigger slots is summed (so one batch's graph is freed before the next).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -16,14 +16,13 @@ from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
+from . import _engine as engine, _validation
+from ._engine import Scorer
 from .encoding import Row
-
-if TYPE_CHECKING:
-    from .harness import Harness
 
 
 def embedding_gradient(
-    harness: Harness,
+    harness: Scorer,
     split: Split | Sequence[Example],
     template: Template | str,
     verbalizer: Verbalizer | dict[str, Any],
@@ -36,9 +35,9 @@ def embedding_gradient(
     verbalizer = as_verbalizer(verbalizer)
     if template.num_triggers == 0:
         raise AutoPromptError(f"template {template.text!r} has no {{trigger}} slot to take gradients at")
-    split = harness._as_split(split)
+    split = _validation.as_split(split)
     labels = torch.tensor([e.label for e in split], device=harness.device)
-    rows, sizes = harness._build_rows([template], [list(split)], verbalizer)
+    rows, sizes = engine.build_rows(harness, [template], [list(split)], verbalizer)
     grads = torch.zeros(template.num_triggers, harness.model.get_input_embeddings().weight.shape[1],
                         device=harness.device)
     with torch.enable_grad():
@@ -46,19 +45,19 @@ def embedding_gradient(
     return grads, float(-verbalizer.gold_logprob(word_lp.detach(), labels, loss).mean())
 
 
-def trigger_gradient_pass(harness: Harness, rows: list[Row], n_items: int, verbalizer: Verbalizer,
+def trigger_gradient_pass(harness: Scorer, rows: list[Row], n_items: int, verbalizer: Verbalizer,
                           gold: torch.Tensor, loss_kind: str, grads: torch.Tensor) -> torch.Tensor:
     """Forward ``rows`` batch by batch (item order, full vocabulary), add each batch's trigger-slot
     gradient into ``grads`` and return the (detached) word log-probs ``(n_items, W)``."""
     n_words = len(verbalizer.flat_words)
     word_lp = torch.zeros(n_items, n_words, device=harness.device)
     # Unsorted batches never split an item's rows, so each batch's class scores are whole.
-    for batch in harness._batches(rows, sort=False):
-        plan = harness._plan(batch, None)
-        logp, _, embeds = harness._forward(plan, None, embeds_grad=True)
+    for batch in engine.batches(rows, harness.batch_size, sort=False):
+        plan = engine.plan(harness, batch, None)
+        logp, _, embeds = engine.forward(harness, plan, None, embeds_grad=True)
         if not plan.target_batch.numel():
             continue
-        values, index = harness._target_values(plan, logp)
+        values, index = engine.target_values(plan, logp)
         assert embeds is not None
         accumulate_trigger_grad(harness, plan.rows, values, index, embeds, grads, gold, verbalizer, loss_kind,
                                 n_words)
@@ -66,7 +65,7 @@ def trigger_gradient_pass(harness: Harness, rows: list[Row], n_items: int, verba
     return word_lp
 
 
-def accumulate_trigger_grad(harness: Harness, batch: list[Row], values: torch.Tensor,
+def accumulate_trigger_grad(harness: Scorer, batch: list[Row], values: torch.Tensor,
                             index: tuple[torch.Tensor, torch.Tensor], embeds: torch.Tensor, grads: torch.Tensor,
                             gold: torch.Tensor, verbalizer: Verbalizer, loss_kind: str, n_words: int) -> None:
     """Back-propagate one batch's gold-label loss to ``embeds`` and add the trigger slots' gradient

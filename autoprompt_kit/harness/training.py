@@ -1,12 +1,12 @@
 """Prompt-based fine-tuning through the scoring path (:meth:`Harness.train`).
 
-Each step scores a minibatch with :meth:`Harness.score` (gradients on), so training sees exactly
-the prompts, truncation and label-word scores that evaluation does.
+Each step scores a minibatch through the engine as :meth:`Harness.score` does (gradients on), so
+training sees exactly the prompts, truncation and label-word scores that evaluation does.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -15,13 +15,13 @@ from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
-
-if TYPE_CHECKING:
-    from .harness import Harness, ScoreOutput
+from . import _scoring, _validation
+from ._engine import Scorer
+from .results import ScoreOutput
 
 
 def train(
-    harness: Harness,
+    harness: Scorer,
     split: Split | Sequence[Example],
     template: Template | str,
     verbalizer: Verbalizer | dict[str, Any],
@@ -50,8 +50,8 @@ def train(
     """
     template = as_template(template)
     verbalizer = as_verbalizer(verbalizer)
-    split = harness._as_split(split)
-    harness._check(split, [template], verbalizer, None)
+    split = _validation.as_split(split)
+    _validation.check(split, [template], verbalizer, None, harness.model.get_input_embeddings().weight.shape[0])
     params = [p for p in parameters if p.requires_grad]
     if not params:
         raise AutoPromptError("train() got no trainable parameters")
@@ -71,8 +71,9 @@ def train(
                 # Without a custom head the loss reads class scores normalised over classes, which a
                 # per-example shift of the word scores leaves unchanged: the label-word rows of the
                 # output layer suffice (same loss and gradients; Gemma's 262k-row matrix is skipped).
-                out = harness.score(batch, template, verbalizer, exact=head is not None, hidden=head is not None,
-                                    grad=True, soft_embeddings=soft_embeddings)
+                # As ``harness.score(..., grad=True)``: with gradients no kept scores are read.
+                out = _scoring.score_blocks(harness, [template], [batch], verbalizer, exact=head is not None,
+                                            hidden=head is not None, grad=True, soft_embeddings=soft_embeddings)[0]
                 logits = head(out) if head is not None else verbalizer.class_logprobs(out.word_logprobs.float())
                 loss = loss_fn(logits, labels) if loss_fn else nn.functional.cross_entropy(logits, labels)
                 optimizer.zero_grad()

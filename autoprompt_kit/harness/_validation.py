@@ -1,0 +1,46 @@
+"""Checks a scoring call makes before it runs: examples to score, templates that fit the split and
+the model, a verbalizer that fits the labels."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..data import Example, Split
+from ..errors import AutoPromptError
+from ..prompts.template import Template
+from ..prompts.verbalizer import Verbalizer
+
+
+def as_split(split: Split | Sequence[Example]) -> Split:
+    """``split`` as a non-empty :class:`Split` (a list of examples is wrapped as ``"examples"``)."""
+    if isinstance(split, Split):
+        if len(split) == 0:
+            raise AutoPromptError(f"split {split.name!r} is empty")
+        return split
+    examples = list(split)
+    if not examples:
+        raise AutoPromptError("no examples to score (empty split)")
+    return Split(examples, name="examples")
+
+
+def check(split: Split, templates: Sequence[Template], verbalizer: Verbalizer, label_names: Sequence[str] | None,
+          vocab_size: int) -> None:
+    """Raise :class:`AutoPromptError` unless every template reads fields the split has and trigger
+    ids below ``vocab_size``, and the verbalizer covers the labels (``label_names``, else the
+    split's own)."""
+    fields = split.fields()
+    for template in templates:
+        template.check_fields(fields)
+    for template in templates:
+        bad = [i for i in template.trigger_ids if i is not None and not 0 <= i < vocab_size]
+        if bad:
+            raise AutoPromptError(f"template {template.display()[:80]!r}: trigger token id {bad[0]} is outside this "
+                                  f"model's vocabulary (0..{vocab_size - 1}); was the prompt found with another model?")
+    names = label_names if label_names is not None else getattr(split, "label_names", None)
+    if names:
+        verbalizer.check_labels(names)
+    top = int(split.labels.max()) if len(split) else -1
+    if top >= verbalizer.num_classes:
+        raise AutoPromptError(
+            f"the examples have label {top} but the verbalizer has only {verbalizer.num_classes} classes"
+        )
