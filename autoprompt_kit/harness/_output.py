@@ -43,12 +43,12 @@ def gathering_head(head: Any, pos: torch.Tensor, subset: torch.Tensor | None,
         bias = head.bias[subset] if getattr(head, "bias", None) is not None else None
         return nn.functional.linear(gathered, head.weight[subset], bias)
 
-    head.forward = forward  # type: ignore[method-assign]
+    head.forward = forward
     try:
         yield
     finally:
         if patched_before:
-            head.forward = original  # type: ignore[method-assign]
+            head.forward = original
         else:
             del head.forward
 

@@ -264,10 +264,12 @@ class PromptEncoder:
 
     def _mlm_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:
         shift = len(self.special_prefix)
+        mask = self.mask_id
+        assert mask is not None  # a masked LM's encoder always has one
         lengths = sorted({len(ids) for ids in words}) if words is not None else [1]
         rows = []
         for length in lengths:
-            ids = self.special_prefix + list(enc.prefix) + [self.mask_id] * length + list(enc.suffix) + self.special_suffix
+            ids = self.special_prefix + list(enc.prefix) + [mask] * length + list(enc.suffix) + self.special_suffix
             start = shift + len(enc.prefix)
 
             def moved(p: int) -> int:  # positions after the mask move by the extra masks
@@ -284,11 +286,12 @@ class PromptEncoder:
 
     def _seq2seq_rows(self, item: int, enc: EncodedPrompt, words: Sequence[tuple[int, ...]] | None) -> list[Row]:
         shift = len(self.special_prefix)
-        encoder_ids = self.special_prefix + list(enc.prefix) + [self.mask_id] + list(enc.suffix) + self.special_suffix
+        mask = self.mask_id
+        assert mask is not None and self.decoder_start_id is not None  # a seq2seq encoder always has both
+        encoder_ids = self.special_prefix + list(enc.prefix) + [mask] + list(enc.suffix) + self.special_suffix
         trig = [p + shift for p in enc.trigger_positions]
         soft = [p + shift for p in enc.soft_positions]
-        assert self.decoder_start_id is not None
-        head = [self.decoder_start_id, self.mask_id]
+        head = [self.decoder_start_id, mask]
         if words is None:
             return [Row(item, encoder_ids, head, [], 1, trig, soft)]
         groups: dict[tuple[int, ...], Row] = {}

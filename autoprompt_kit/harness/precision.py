@@ -156,7 +156,7 @@ def _timed(run: Callable[[], torch.Tensor], repeats: int = 2) -> tuple[float, to
     return best, out
 
 
-def probe(model: nn.Module, tokenizer: Any, kind: str, device: torch.device, *,
+def probe(model: Any, tokenizer: Any, kind: str, device: torch.device, *,
           allow_int8: bool = True) -> ProbeResult:
     """Time fp32, bf16 and int8 on :data:`PROBE_TEXTS` and pick (see the module docstring)."""
     head = model.get_output_embeddings()
@@ -184,7 +184,7 @@ def probe(model: nn.Module, tokenizer: Any, kind: str, device: torch.device, *,
             del twin
         else:
             seconds[precision], hidden[precision] = _timed(
-                lambda p=precision: _hidden(model, head, kwargs, p, device))
+                lambda p=precision: _hidden(model, head, kwargs, p, device))  # type: ignore[misc]
     # Predictions: the argmax over the whole vocabulary at every real position, each precision's
     # hidden states through the output layer as that precision's scoring applies it.
     with torch.inference_mode():
@@ -221,7 +221,7 @@ def _machine() -> str:
     return platform.processor() or platform.machine()
 
 
-def probe_key(model: nn.Module, kind: str, allow_int8: bool) -> str:
+def probe_key(model: Any, kind: str, allow_int8: bool) -> str:
     """What a probe's outcome depends on: the model (class, config and a sample of its weights), the
     CPU, torch and the thread count."""
     first = next(iter(model.parameters()))

@@ -170,7 +170,8 @@ def suffix_cache(states: Sequence[tuple[Any, Any]], which: Any | None, rows: int
 
     layer_class = _suffix_layer_class()
     if layer_class is None:  # transformers 4.x: a cache of per-layer lists, filled by concatenation
-        return DynamicCache.from_legacy_cache(tuple((rows_of(k), rows_of(v)) for k, v in states))
+        return DynamicCache.from_legacy_cache(  # type: ignore[attr-defined]  # 4.x only; 5 removed it
+            tuple((rows_of(k), rows_of(v)) for k, v in states))
     layers = []
     for k, v in states:
         buffers = []
