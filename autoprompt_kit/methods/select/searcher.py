@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import AutoPromptError
-from ..prompts import CALIBRATIONS, Template, Verbalizer
-from ..search.base import (ENSEMBLE_WEIGHTINGS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome,
+from ...errors import AutoPromptError
+from ...prompts import CALIBRATIONS, Template, Verbalizer
+from ...search.base import (ENSEMBLE_WEIGHTINGS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome,
                            choice, combine_results, register)
 
 if TYPE_CHECKING:

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..artifact import Prompt
-from ..data import Split
-from ..demonstrations import DEMO_FIELD, ORDERS, Demonstrations, arrange
-from ..errors import AutoPromptError
-from ..prompts import Template, Verbalizer
-from ..search.base import SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
+from ...artifact import Prompt
+from ...data import Split
+from ...demonstrations import DEMO_FIELD, ORDERS, Demonstrations, arrange
+from ...errors import AutoPromptError
+from ...prompts import Template, Verbalizer
+from ...search.base import SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
 
 if TYPE_CHECKING:
     import optuna
 
-    from ..data import Task
-    from ..harness import Harness
+    from ...data import Task
+    from ...harness import Harness
 
 SELECTIONS = ("random", "similar", "dev_selected")
 CALIBRATIONS = ("none", "content_free")
@@ -217,7 +217,7 @@ class DemosSearcher(Searcher):
         super().check(ctx)
         self.config.base_prompt()
         if "similar" in self.config.selection and any(int(k) > 0 for k in self.config.per_class):
-            from ..demonstrations import sentence_encoder
+            from ...demonstrations import sentence_encoder
 
             sentence_encoder(self.config.encoder)
 

@@ -52,16 +52,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import AutoPromptError
-from ..prompts import Template, Verbalizer, as_template
-from ..search.base import HEADS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
-from .kpt.knowledge import vocabulary_words
+from ...errors import AutoPromptError
+from ...prompts import Template, Verbalizer, as_template
+from ...search.base import HEADS, Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
+from ..kpt.knowledge import vocabulary_words
 
 if TYPE_CHECKING:
     import optuna
 
-    from ..data import Split
-    from ..harness import EvalResult, Harness
+    from ...data import Split
+    from ...harness import EvalResult, Harness
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class PrototypeHead(nn.Module):
     def evaluate(self, harness: "Harness", split: "Split", template: Template | str, verbalizer: Verbalizer,
                  label_names: Sequence[str] | None = None) -> "EvalResult":
         """Accuracy / macro-F1 on a split: one harness pass (word scores + mask hidden states)."""
-        from ..harness import EvalResult
+        from ...harness import EvalResult
 
         start = time.perf_counter()
         template = as_template(template)
@@ -251,7 +251,7 @@ class PrototypeHead(nn.Module):
         folder = Path(folder)
         if not (folder / "protoverb.json").is_file() or not (folder / "protoverb.safetensors").is_file():
             raise AutoPromptError(f"{folder} has no protoverb.json + protoverb.safetensors")
-        from ..io import load_json
+        from ...io import load_json
 
         return cls._build(load_json(folder / "protoverb.json", "prototype head"),
                           load_file(str(folder / "protoverb.safetensors")))
@@ -367,7 +367,7 @@ def _word_index(harness: "Harness", projection: nn.Linear | None) -> tuple[Any, 
 
 
 def _words(harness: "Harness", index: Any, ids: list[int], queries: np.ndarray, k: int) -> list[list[str]]:
-    from ..models.vocab import token_strings, word_of
+    from ...models.vocab import token_strings, word_of
 
     strings = token_strings(harness.tokenizer)
     _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
@@ -532,7 +532,7 @@ class ProtoVerbSearcher(Searcher):
 def _result(head: PrototypeHead, hidden: torch.Tensor, manual: torch.Tensor, labels: np.ndarray,
             template: Template) -> "EvalResult":
     """An EvalResult from cached states (same numbers as :meth:`PrototypeHead.evaluate`)."""
-    from ..harness import EvalResult
+    from ...harness import EvalResult
 
     with torch.no_grad():
         class_lp = head.class_logprobs(hidden, manual)

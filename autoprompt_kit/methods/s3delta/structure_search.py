@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..delta import Delta, DeltaSpec, count_parameters
-from ..delta.structure import check_patterns, structure_table
-from ..errors import AutoPromptError
-from ..prompts import Template, Verbalizer, as_template, as_verbalizer
-from ..search.base import (
+from ...delta import Delta, DeltaSpec, count_parameters
+from ...delta.structure import check_patterns, structure_table
+from ...errors import AutoPromptError
+from ...prompts import Template, Verbalizer, as_template, as_verbalizer
+from ...search.base import (
     Candidate,
     SearchConfig,
     SearchContext,
@@ -61,8 +61,8 @@ from ..search.base import (
 if TYPE_CHECKING:
     import optuna
 
-    from ..data import Split
-    from ..harness import Harness
+    from ...data import Split
+    from ...harness import Harness
 
 logger = logging.getLogger(__name__)
 

@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import AutoPromptError
-from ..models.vocab import token_strings, word_of, word_token_mask
-from ..prompts import Template, Verbalizer
-from ..prompts.verbalizer import LOSSES
-from ..prompts.template import Trigger
-from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
+from ...errors import AutoPromptError
+from ...models.vocab import token_strings, word_of, word_token_mask
+from ...prompts import Template, Verbalizer
+from ...prompts.verbalizer import LOSSES
+from ...prompts.template import Trigger
+from ...search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
 
 if TYPE_CHECKING:
     import optuna
 
-    from ..data import Split
-    from ..harness import Harness
+    from ...data import Split
+    from ...harness import Harness
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class AutoPromptConfig(SearchConfig):
 
     @classmethod
     def task_defaults(cls, task: Any) -> dict[str, Any]:
-        from ..prompts.defaults import is_pair_task
+        from ...prompts.defaults import is_pair_task
 
         # Triggers between the input and the mask, as the paper's templates put them.
         return {"template": "{text_a} {text_b} {trigger*3} {mask}." if is_pair_task(task) else "{text_a} {trigger*3} {mask}."}

@@ -1,0 +1,1 @@
+from .head import (INFERENCE, SMALL_CLASS, ProtoSettings, PrototypeHead, _kmeans, _contrastive_losses, _label_tensor, train_prototypes, _word_index, _words, prototype_words, Clustering, cluster_mask_embeddings, ProtoVerbConfig, ProtoVerbSearcher, _result)  # noqa: F401

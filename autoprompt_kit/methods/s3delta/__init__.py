@@ -1,0 +1,1 @@
+from .structure_search import (STRATEGIES, GATE_OPTIMIZERS, GATE_COSTS, KIND_TARGETS, LINEAR, S3DeltaConfig, search_space, budget_params, check_budget, solve_shift, select_within_budget, GateController, S3DeltaResult, s3delta_search, _LAYER, group_of, blackbox_structure, train_structure, S3DeltaSearcher, describe_budget)  # noqa: F401

@@ -1,0 +1,1 @@
+from .searcher import (SelectConfig, TemplateSelection)  # noqa: F401
