@@ -34,8 +34,8 @@ class _Toy(SearchConfig):
         return not (point["mode"] == "odd" and point["size"] == 2)
 
     def check_point(self, point):
-        if point["size"] == 3 and point["words"] == {"a": "y"} and point["mode"] == "odd":
-            raise AutoPromptError("size 3 with y cannot be odd")
+        if point["size"] == 3 and point["words"] == {"a": "z"} and point["mode"] == "odd":
+            raise AutoPromptError("size 3 with z cannot be odd")
 
 
 def test_the_base_class_enumerates_encodes_and_samples_the_declared_choices():
@@ -52,8 +52,49 @@ def test_the_base_class_enumerates_encodes_and_samples_the_declared_choices():
         seen.append(json.dumps(toy.sample(trial), sort_keys=True))
         study.tell(trial, 0.0)
     assert len(set(seen)) == len(grid) and {"a": "y"} in [json.loads(s)["words"] for s in seen]
-    with pytest.raises(AutoPromptError, match="size 3 with y cannot be odd"):
-        toy.check_points()
+    # The toy never calls check_points(): the base class validates every point when it is built.
+    with pytest.raises(AutoPromptError, match="size 3 with z cannot be odd"):
+        _Toy(words=[{"a": "x"}, {"a": "z"}])
+
+
+@dataclass
+class _Forgetful(_Toy):
+    """A subclass whose own ``__post_init__`` neither validates nor calls its parent's."""
+
+    def __post_init__(self):
+        self.post_init_ran = True
+
+
+@dataclass
+class _Chained(_Forgetful):
+    """Validation runs once, after the outermost ``__post_init__`` (not half-way, in the parent's)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.words = [{"a": "x"}]  # changed after the parent's __post_init__: the valid value is what gets checked
+
+
+def test_a_config_that_forgets_to_validate_is_validated_after_its_post_init():
+    assert _Forgetful().post_init_ran
+    with pytest.raises(AutoPromptError, match="size 3 with z cannot be odd"):
+        _Forgetful(words=[{"a": "z"}])
+    with pytest.raises(AutoPromptError, match="no valid combination"):
+        _Forgetful(size=[])
+    assert _Chained(words=[{"a": "z"}]).words == [{"a": "x"}]
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_registered_config_is_validated_when_built(path, monkeypatch):
+    method = yaml.safe_load(path.read_text(encoding="utf-8"))["method"]
+    cls = get_searcher(method).config_class
+    cls.from_yaml(path)
+    monkeypatch.setattr(cls, "valid_point", lambda self, point: False)
+    with pytest.raises(AutoPromptError, match="no valid combination"):
+        cls.from_yaml(path)
+
+
+def test_every_registered_method_has_a_shipped_space():
+    assert set(REGISTRY) <= {yaml.safe_load(p.read_text(encoding="utf-8"))["method"] for p in SPACES}
 
 
 @pytest.mark.parametrize("config", [
