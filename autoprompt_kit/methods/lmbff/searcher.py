@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...delta import Delta, DeltaSpec, default_lora_targets
+from ...delta import Delta, DeltaSpec, DeltaState, default_lora_targets
 from ...errors import AutoPromptError
 from ...prompts import Template, Verbalizer
 from ...artifact import Prompt
 from ...search.base import SearchConfig, SearchContext, Searcher, TrialOutcome, register, suggest
 from .config import LMBFFConfig
-from .finetune import prompt_finetune, restored_weights
+from .finetune import FineTunedWeights, prompt_finetune, restored_weights
 from .generation import CausalTemplateGenerator, GeneratedTemplate, Seq2SeqTemplateGenerator
 from .label_words import label_word_search
 
@@ -151,7 +151,7 @@ class LMBFFSearcher(Searcher):
             with restored_weights(h.model):  # trials share one model: the trained copy leaves with the prompt
                 losses = prompt_finetune(h, task.train, candidate.template, verbalizer, **fit)
                 dev = candidate.evaluate(task.dev, h)
-                candidate = candidate.with_model_weights(h.model)
+                candidate = candidate.with_state(FineTunedWeights.of(h.model))
         else:
             torch.manual_seed(seed)
             targets = cfg.finetune_lora_targets or default_lora_targets(h)
@@ -163,6 +163,6 @@ class LMBFFSearcher(Searcher):
                 dev = candidate.evaluate(task.dev, h)
             finally:
                 delta.detach()
-            candidate = candidate.with_delta(delta)
+            candidate = candidate.with_state(DeltaState.of(delta))
         return TrialOutcome(candidate, dev, {"zero_shot_dev_accuracy": zero_shot.accuracy,
                                              "finetune_losses": [round(x, 4) for x in losses]})

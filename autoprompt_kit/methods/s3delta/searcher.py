@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ...delta import Delta, count_parameters
+from ...delta import Delta, DeltaState, count_parameters
 from ...errors import AutoPromptError
 from ...prompts import as_template
 from ...artifact import Prompt
@@ -81,4 +81,4 @@ class S3DeltaSearcher(Searcher):
         finally:
             delta.detach()
         # The trained delta travels with the prompt: the backbone saves it with the trial.
-        return TrialOutcome(Prompt([template], verbalizer).with_delta(delta), dev, {"delta": info})
+        return TrialOutcome(Prompt([template], verbalizer).with_state(DeltaState.of(delta)), dev, {"delta": info})
