@@ -11,7 +11,7 @@ Every method's result is a :class:`Prompt`: template(s) and ensemble weights, th
 (calibration, word priors and weights, trigger ids live in the template), in-context
 demonstrations (their pool and selection rule, :mod:`autoprompt_kit.demonstrations`), and
 whatever a trial trained — a :class:`Head` on the mask hidden state, or :class:`TrainedState` on the
-backbone (a delta: LoRA, S3Delta structure, soft prompt, prefix; fine-tuned backbone weights). Both
+backbone (a delta: LoRA, a searched structure, soft prompt, prefix; fine-tuned backbone weights). Both
 are registries (:data:`HEADS`, :data:`STATES`) that the code owning a kind fills: this module
 names none of them. The folder layout follows PEFT / transformers ``save_pretrained``: a JSON
 manifest plus safetensors files, nothing pickled::
@@ -81,7 +81,7 @@ class Head(Protocol):
                  label_names: Sequence[str] | None = None) -> "EvalResult": ...
 
 
-#: Head kind → class with ``from_saved(config, tensors)``. Methods register theirs (ProtoVerb).
+#: Head kind → class with ``from_saved(config, tensors)``. The method that trains a kind registers it.
 HEADS: dict[str, Any] = {}
 
 
@@ -125,8 +125,8 @@ class TrainedState(Protocol):
         ...
 
 
-#: Manifest key → :class:`TrainedState` class. The code that owns a kind registers it (the delta
-#: package, LM-BFF's fine-tuning); the package ``__init__`` imports that code, so saved prompts load.
+#: Manifest key → :class:`TrainedState` class. The code that owns a kind registers it (a method, or
+#: :mod:`autoprompt_kit.delta`); the package ``__init__`` imports that code, so saved prompts load.
 STATES: dict[str, Any] = {}
 
 
