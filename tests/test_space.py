@@ -151,6 +151,24 @@ def test_search_never_imports_methods():
     assert not hits, hits
 
 
+def test_nothing_outside_methods_imports_a_method():
+    """Shared code lives outside ``methods/`` (vocabulary, demonstrations, deltas, trained-state kinds);
+    only the package ``__init__`` imports ``methods`` itself, to register the built-ins."""
+    pattern = re.compile(r"(import|from)\s+\S*methods\.\w+|from \.+methods import")
+    hits = [f"{p}:{n}" for p, text in _sources(PACKAGE).items() if p.relative_to(PACKAGE).parts[0] != "methods"
+            for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_no_method_imports_another_methods_modules():
+    """A method may call another's public functions through its package (``auto`` composes them),
+    never reach into its modules: helpers two methods need are shared outside ``methods/``."""
+    methods = PACKAGE / "methods"
+    hits = [f"{p}:{n}" for p, text in _sources(methods).items()
+            for n, line in enumerate(text.splitlines(), 1) if re.search(r"from \.\.\w+\.\w+ import", line)]
+    assert not hits, hits
+
+
 def test_methods_declare_choices_instead_of_calling_optuna():
     hits = [f"{p}:{n}" for p, text in _sources(PACKAGE / "methods").items()
             for n, line in enumerate(text.splitlines(), 1) if "suggest_categorical" in line]
