@@ -10,9 +10,11 @@
 Every method's result is a :class:`Prompt`: template(s) and ensemble weights, the verbalizer
 (calibration, word priors and weights, trigger ids live in the template), in-context
 demonstrations (their pool and selection rule, :mod:`autoprompt_kit.demonstrations`), and
-whatever a trial trained — a head on the mask hidden state, a delta (LoRA, S3Delta structure,
-soft prompt, prefix), or fine-tuned backbone weights. The folder layout follows PEFT / transformers
-``save_pretrained``: a JSON manifest plus safetensors files, nothing pickled::
+whatever a trial trained — a :class:`Head` on the mask hidden state, or :class:`TrainedState` on the
+backbone (a delta: LoRA, a searched structure, soft prompt, prefix; fine-tuned backbone weights). Both
+are registries (:data:`HEADS`, :data:`STATES`) that the code owning a kind fills: this module
+names none of them. The folder layout follows PEFT / transformers ``save_pretrained``: a JSON
+manifest plus safetensors files, nothing pickled::
 
     best.prompt/
         prompt.json          the manifest (FORMAT, FORMAT_VERSION)
@@ -29,7 +31,6 @@ holds the same folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,6 @@ from .prompts import Template, Verbalizer, as_template, as_verbalizer
 
 if TYPE_CHECKING:
     from .data import Example, Split
-    from .delta import Delta
     from .harness import EvalResult, Harness
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ FORMAT_VERSION = 2
 DEMONSTRATIONS_VERSION = 2
 MANIFEST = "prompt.json"
 HEAD_FILE = "head.safetensors"
-MODEL_FILE = "model.safetensors"
 ENSEMBLE_WEIGHTINGS = ("uniform", "dev")
 BEST_SCHEMA_VERSION = 1  # the best.json a search writes (schemas/best.schema.json)
 #: Decimal places of the probabilities ``autoprompt-kit predict`` writes, in JSONL and CSV alike
@@ -82,8 +81,59 @@ class Head(Protocol):
                  label_names: Sequence[str] | None = None) -> "EvalResult": ...
 
 
-#: Head kind → class with ``from_saved(config, tensors)``. Methods register theirs (ProtoVerb).
+#: Head kind → class with ``from_saved(config, tensors)``. The method that trains a kind registers it.
 HEADS: dict[str, Any] = {}
+
+
+class TrainedState(Protocol):
+    """State a trial trained on the backbone (a delta, fine-tuned weights): the prompt carries it,
+    saves it into its folder and puts it on a harness while the prompt is applied.
+
+    The code that owns a kind registers its class with :func:`register_state`; ``key`` names the
+    manifest entry that describes it (its files sit beside the manifest).
+    """
+
+    key: ClassVar[str]
+
+    @classmethod
+    def read(cls, entry: Any, folder: Path | None) -> "TrainedState":
+        """From its manifest entry, its tensors read from ``folder`` (:func:`read_tensors`)."""
+        ...
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest entry: settings, and the files that hold the tensors."""
+        ...
+
+    def save(self, folder: Path, prompt: "Prompt") -> None:
+        """Write its files into ``folder`` (the prompt folder being written)."""
+        ...
+
+    def applied(self, harness: "Harness") -> contextlib.AbstractContextManager[Any]:
+        """Put the state on ``harness`` for the block, and take it off after."""
+        ...
+
+    def describe(self) -> str:
+        """A few words for :meth:`Prompt.describe` (empty: nothing worth saying)."""
+        ...
+
+    def summary(self) -> str:
+        """Its kind and size, for a search report (``delta of 3 modules (1,024 parameters)``)."""
+        ...
+
+    def card_line(self) -> str:
+        """Its line in the model card, with the files it saved."""
+        ...
+
+
+#: Manifest key → :class:`TrainedState` class. The code that owns a kind registers it (a method, or
+#: :mod:`autoprompt_kit.delta`); the package ``__init__`` imports that code, so saved prompts load.
+STATES: dict[str, Any] = {}
+
+
+def register_state(cls: type) -> type:
+    """Class decorator: make a kind of :class:`TrainedState` known under its ``key``."""
+    STATES[cls.key] = cls  # type: ignore[attr-defined]
+    return cls
 
 
 def _load_head(kind: Any, config: Any, tensors: dict[str, torch.Tensor]) -> Head:
@@ -123,14 +173,13 @@ class Prompt:
         verbalizer: label words with aggregation, calibration, word weights and priors.
         ensemble: ``None``, ``"uniform"`` or ``"dev"``; ``weights`` are the member weights used.
         head: a trained scorer (see :class:`Head`), applied instead of the verbalizer scores.
-        delta_structure / delta_tensors: a delta's structure entries and weights (attached when
-            the prompt is applied; see :mod:`autoprompt_kit.delta`).
-        model_weights: fine-tuned backbone parameters by name (copied in when applied).
         label_names: the task's class names, in order.
         model: ``name``, ``kind`` and, where known, ``revision`` / ``sha256`` / ``package``.
         provenance: method, study, trial, parameters, dev/test metrics and dev predictions.
         demonstrations: in-context demonstrations every input gets (``None``: none); the
             templates stay the plain ones, the demonstration field is added when applied.
+        states: trained backbone state by kind (:class:`TrainedState`, e.g. ``"delta"``), put on
+            the harness while the prompt is applied.
     """
 
     templates: list[Template]
@@ -138,13 +187,11 @@ class Prompt:
     ensemble: str | None = None
     weights: list[float] | None = None
     head: Head | None = None
-    delta_structure: list[dict[str, Any]] | None = None
-    delta_tensors: dict[str, torch.Tensor] | None = None
-    model_weights: dict[str, torch.Tensor] | None = None
     label_names: list[str] | None = None
     model: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    demonstrations: Demonstrations | None = None  # last: positional arguments keep their meaning
+    demonstrations: Demonstrations | None = None
+    states: dict[str, TrainedState] = field(default_factory=dict)
     _harness: Any = field(default=None, repr=False, compare=False)
     #: Load the prompt's own model even when its pin differs (a warning instead of an error).
     allow_model_mismatch: bool = field(default=False, repr=False, compare=False)
@@ -161,8 +208,10 @@ class Prompt:
                     or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.weights)):
                 raise AutoPromptError(f"ensemble weights must be {len(self.templates)} numbers, got {self.weights!r}")
             self.weights = [float(w) for w in self.weights]
-        if (self.delta_structure is None) != (self.delta_tensors is None):
-            raise AutoPromptError("a delta needs both its structure and its weights")
+        self.states = dict(self.states)
+        for key, state in self.states.items():
+            if getattr(state, "key", None) != key:
+                raise AutoPromptError(f"trained state {key!r} is a {type(state).__name__} of kind {getattr(state, 'key', None)!r}")
         if self.demonstrations is not None and not isinstance(self.demonstrations, Demonstrations):
             self.demonstrations = Demonstrations.from_dict(self.demonstrations)
 
@@ -173,22 +222,17 @@ class Prompt:
 
     @property
     def trained(self) -> bool:
-        """True when the prompt carries tensors (a head, a delta or fine-tuned weights)."""
-        return self.head is not None or self.delta_structure is not None or self.model_weights is not None
+        """True when the prompt carries tensors (a head, or trained backbone state)."""
+        return self.head is not None or bool(self.states)
 
     def with_demonstrations(self, demonstrations: Demonstrations | None) -> "Prompt":
         """This prompt (any template, verbalizer or trained state) with in-context demonstrations,
         or without any (``None``)."""
         return replace(self, demonstrations=demonstrations)
 
-    def with_delta(self, delta: "Delta") -> "Prompt":
-        """This prompt plus a (trained) delta's structure and weights, copied to the CPU."""
-        tensors = {k: v.detach().float().cpu().clone() for k, v in delta.state_dict().items()}
-        return replace(self, delta_structure=delta.structure(), delta_tensors=tensors)
-
-    def with_model_weights(self, model: torch.nn.Module) -> "Prompt":
-        """This prompt plus a copy of every backbone parameter (after full fine-tuning)."""
-        return replace(self, model_weights={n: p.detach().cpu().clone() for n, p in model.named_parameters()})
+    def with_state(self, state: TrainedState) -> "Prompt":
+        """This prompt plus trained backbone state (replacing any of the same kind)."""
+        return replace(self, states={**self.states, state.key: state})
 
     def describe(self) -> str:
         words = " / ".join(",".join(ws) for ws in self.verbalizer.label_words)
@@ -196,8 +240,7 @@ class Prompt:
         cal = "" if self.verbalizer.calibration == "none" else f" [{self.verbalizer.calibration}]"
         extra = "".join([f" + {self.demonstrations.describe()}" if self.demonstrations is not None else "",
                          f" + {self.head.kind} head" if self.head is not None else "",
-                         f" + delta ({len(self.delta_structure)} modules)" if self.delta_structure else "",
-                         " + fine-tuned weights" if self.model_weights is not None else ""])
+                         *(f" + {text}" for text in (self.states[k].describe() for k in sorted(self.states)) if text)])
         return f"{body} -> {words}{cal}{extra}"
 
     # -- applying it ---------------------------------------------------------------------------
@@ -225,39 +268,10 @@ class Prompt:
     @contextlib.contextmanager
     def applied(self, harness: "Harness") -> Iterator["Harness"]:
         """Put the prompt's trained backbone state on ``harness`` for the block; restore it after."""
-        from .delta import Delta
-
-        saved: dict[str, torch.Tensor] = {}
-        delta = None
-        try:
-            if self.model_weights is not None:
-                params = dict(harness.model.named_parameters())
-                unknown = sorted(set(self.model_weights) - set(params))
-                if unknown:
-                    raise AutoPromptError(f"the fine-tuned weights do not fit this model (no parameter {unknown[0]!r})")
-                with torch.no_grad():
-                    for name, value in self.model_weights.items():
-                        if tuple(value.shape) != tuple(params[name].shape):
-                            raise AutoPromptError(f"fine-tuned weight {name!r} has shape {tuple(value.shape)}, "
-                                                  f"the model's is {tuple(params[name].shape)}")
-                        saved[name] = params[name].detach().clone()
-                        params[name].copy_(value.to(params[name].device, params[name].dtype))
-            if self.delta_structure is not None:
-                delta = Delta.from_structure(harness, self.delta_structure)
-                missing, unexpected = delta.load_state_dict(self.delta_tensors or {}, strict=False)
-                if missing or unexpected:
-                    raise AutoPromptError(f"the delta's weights do not match its structure "
-                                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-                delta.attach(harness)
+        with contextlib.ExitStack() as stack:
+            for key in sorted(self.states):
+                stack.enter_context(self.states[key].applied(harness))
             yield harness
-        finally:
-            if delta is not None:
-                delta.detach()
-            if saved:
-                params = dict(harness.model.named_parameters())
-                with torch.no_grad():
-                    for name, value in saved.items():
-                        params[name].copy_(value)
 
     def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None, *,
                  progress: bool | None = None) -> "EvalResult":
@@ -339,14 +353,8 @@ class Prompt:
             out["demonstrations"] = self.demonstrations.to_dict()
         if self.head is not None:
             out["head"] = {"kind": self.head.kind, "config": self.head.head_config(), "file": HEAD_FILE}
-        if self.delta_structure is not None:
-            from .delta.structure import STRUCTURE_FILE, WEIGHTS_FILE
-
-            out["delta"] = {"structure": self.delta_structure, "file": WEIGHTS_FILE, "structure_file": STRUCTURE_FILE,
-                            "parameters": int(sum(v.numel() for v in (self.delta_tensors or {}).values()))}
-        if self.model_weights is not None:
-            out["model_weights"] = {"file": MODEL_FILE, "tensors": len(self.model_weights),
-                                    "parameters": int(sum(v.numel() for v in self.model_weights.values()))}
+        for key in sorted(self.states):
+            out[key] = self.states[key].manifest()
         out["label_names"] = self.label_names
         out["model"] = self.model
         out["provenance"] = self.provenance
@@ -361,8 +369,6 @@ class Prompt:
 
     def save(self, path: str | Path, *, repo_id: str | None = None, model_card: bool = True) -> Path:
         """The folder :meth:`save_pretrained` writes (kept under its older name)."""
-        from safetensors.torch import save_file
-
         from .hub import CARD_FILE
         from .hub import model_card as card
         from .io import atomic_dir, write_json_atomic, write_text_atomic
@@ -372,19 +378,9 @@ class Prompt:
             raise AutoPromptError(f"cannot save a prompt to {str(path)!r}: it exists and is not a folder")
         with atomic_dir(path) as tmp:
             if self.head is not None:
-                save_file(_contiguous(self.head.head_tensors()), str(tmp / HEAD_FILE))
-            if self.delta_structure is not None:
-                from .delta.structure import FORMAT as DELTA_FORMAT
-                from .delta.structure import FORMAT_VERSION as DELTA_VERSION
-                from .delta.structure import STRUCTURE_FILE, WEIGHTS_FILE
-
-                save_file(_contiguous(self.delta_tensors or {}), str(tmp / WEIGHTS_FILE))
-                write_json_atomic(tmp / STRUCTURE_FILE, {
-                    "format": DELTA_FORMAT, "format_version": DELTA_VERSION, "modules": self.delta_structure,
-                    "parameters": int(sum(v.numel() for v in (self.delta_tensors or {}).values())),
-                    "model": self.model.get("name")})
-            if self.model_weights is not None:
-                save_file(_contiguous(self.model_weights), str(tmp / MODEL_FILE))
+                save_tensors(self.head.head_tensors(), tmp / HEAD_FILE)
+            for key in sorted(self.states):
+                self.states[key].save(tmp, self)
             write_json_atomic(tmp / MANIFEST, self.to_dict())
             if model_card:
                 write_text_atomic(tmp / CARD_FILE, card(self, repo_id))
@@ -455,14 +451,11 @@ class Prompt:
         head = data.get("head")
         if head is not None:
             kwargs["head"] = _read_head(head, folder)
-        delta = data.get("delta")
-        if delta is not None:
-            kwargs["delta_structure"], kwargs["delta_tensors"] = _read_delta(delta, folder)
+        states = {key: kind.read(data[key], folder) for key, kind in STATES.items() if data.get(key) is not None}
+        if states:
+            kwargs["states"] = states
         if data.get("demonstrations") is not None:
             kwargs["demonstrations"] = Demonstrations.from_dict(data["demonstrations"])
-        weights = data.get("model_weights")
-        if weights is not None:
-            kwargs["model_weights"] = _read_tensors(folder, (weights or {}).get("file", MODEL_FILE), "fine-tuned weights")
         if data.get("task") is not None and not isinstance(data["task"], Mapping):
             raise AutoPromptError(f"'task' must be an object with the task's name and labels, got {data['task']!r:.40}")
         label_names = data.get("label_names")
@@ -510,9 +503,11 @@ class Prompt:
             if data.get("path"):
                 folder = confined(manifest.parent, data["path"], "folder (best.json 'path')")
             data.setdefault("provenance", {}).setdefault("metrics", record.get("metrics"))
-        elif isinstance(data, dict) and "delta" in data and isinstance(data["delta"], dict) and data["delta"].get("path"):
-            # an older best.json: its delta folder, beside it
-            folder = confined(manifest.parent, data["delta"]["path"], "delta folder (best.json 'delta.path')")
+        elif isinstance(data, dict):
+            # an older best.json: its trained state's folder, beside it
+            key = next((k for k in STATES if isinstance(data.get(k), dict) and data[k].get("path")), None)
+            if key is not None:
+                folder = confined(manifest.parent, data[key]["path"], f"{key} folder (best.json '{key}.path')")
         prompt = cls.from_dict(data, folder)
         prompt._harness = harness
         prompt.allow_model_mismatch = allow_model_mismatch
@@ -648,8 +643,11 @@ def _record_provenance(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: data[k] for k in ("method", "task", "metrics", "seed") if k in data}
 
 
-def _contiguous(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write tensors as safetensors (moved to the CPU, made contiguous)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
 def _read_json(path: Path) -> Any:
@@ -677,7 +675,9 @@ def confined(folder: Path, name: Any, what: str) -> Path:
     return path
 
 
-def _read_tensors(folder: Path | None, name: Any, what: str) -> dict[str, torch.Tensor]:
+def read_tensors(folder: Path | None, name: Any, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``name`` inside the prompt folder (:func:`confined`);
+    ``what`` names them in errors (``"delta weights"``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -707,18 +707,5 @@ def _read_head(data: Any, folder: Path | None) -> Head:
         except (binascii.Error, SafetensorError, TypeError, ValueError) as exc:
             raise AutoPromptError(f"the saved head's safetensors_b64 is not valid: {exc}") from None
     else:
-        tensors = _read_tensors(folder, data.get("file", HEAD_FILE), "head weights")
+        tensors = read_tensors(folder, data.get("file", HEAD_FILE), "head weights")
     return _load_head(data["kind"], data.get("config"), tensors)
-
-
-def _read_delta(data: Any, folder: Path | None) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    from .delta.structure import WEIGHTS_FILE, read_structure
-
-    if not isinstance(data, Mapping):
-        raise AutoPromptError(f"'delta' must be an object, got {data!r:.80}")
-    structure = data.get("structure")
-    if structure is None and folder is not None:
-        structure = read_structure(folder)["modules"]
-    if not isinstance(structure, list) or not all(isinstance(e, dict) for e in structure):
-        raise AutoPromptError("the saved delta's 'structure' must be a list of module entries")
-    return structure, _read_tensors(folder, data.get("file", WEIGHTS_FILE), "delta weights")

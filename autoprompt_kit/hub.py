@@ -31,9 +31,7 @@ class CardSource(Protocol):
     verbalizer: Any
     demonstrations: Any
     head: Any
-    delta_structure: Any
-    delta_tensors: Any
-    model_weights: Any
+    states: dict[str, Any]
 
     @property
     def template(self) -> Any: ...
@@ -116,15 +114,7 @@ def _trained_state(prompt: CardSource) -> list[str]:
     lines = []
     if prompt.head is not None:
         lines.append(f"- a trained `{prompt.head.kind}` head on the mask hidden state (`head.safetensors`)")
-    if prompt.delta_structure is not None:
-        size = int(sum(v.numel() for v in (prompt.delta_tensors or {}).values()))
-        lines.append(
-            f"- a delta of {len(prompt.delta_structure)} modules, {size:,} parameters "
-            "(`delta.json`, `delta.safetensors`)"
-        )
-    if prompt.model_weights is not None:
-        size = int(sum(v.numel() for v in prompt.model_weights.values()))
-        lines.append(f"- fine-tuned backbone weights, {size:,} parameters (`model.safetensors`)")
+    lines.extend(prompt.states[key].card_line() for key in sorted(prompt.states))
     return lines or ["- none: the prompt is text and label words only (`prompt.json`)"]
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from autoprompt_kit import AutoPromptError, Harness, Prompt, Template, Verbalizer
 from autoprompt_kit.artifact import model_reference
+from autoprompt_kit.methods.lmbff import FineTunedWeights
 from autoprompt_kit.cli import main
 
 WORDS = {"negative": ["bad", "awful"], "positive": ["good"]}
@@ -38,7 +39,7 @@ def prompt(harness, tiny_model_dir):
                    provenance={"method": "select", "task": {"name": "mr", "label_names": ["negative", "positive"]},
                                "metrics": {"dev": {"accuracy": 0.75, "macro_f1": 0.7333, "n": 32},
                                            "test": {"accuracy": 0.7119, "macro_f1": 0.6991, "n": 2121}}})
-    return found.with_model_weights(harness.model)
+    return found.with_state(FineTunedWeights.of(harness.model))
 
 
 def _files(folder: Path) -> dict[str, bytes]:

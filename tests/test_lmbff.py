@@ -10,8 +10,8 @@ import torch
 
 from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer
 from autoprompt_kit.data import Task
+from autoprompt_kit.demonstrations import SentenceEncoder, add_demonstrations, demonstration_template
 from autoprompt_kit.methods.lmbff import (CausalTemplateGenerator, LMBFFConfig, Seq2SeqTemplateGenerator,
-                                          SentenceEncoder, add_demonstrations, demonstration_template,
                                           label_word_search, prompt_finetune, restored_weights, search_assignments)
 from autoprompt_kit.search import SearchContext, SearchJob, build_best_json, get_searcher, run_search
 

@@ -7,18 +7,22 @@ trial reported, example by example; ``autoprompt-kit predict`` on the dev texts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import jsonschema
 import numpy as np
 import pytest
 import torch
 
-from autoprompt_kit import AutoPromptError, Harness, Prompt, Template, Verbalizer, load_task
+from autoprompt_kit import AutoPromptError, Example, Harness, Prompt, Split, Template, Verbalizer, load_task
+from autoprompt_kit.artifact import STATES, read_tensors, save_tensors
 from autoprompt_kit.search import SearchContext, SearchJob, best_trial, finish_search, get_searcher, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +222,61 @@ def test_save_is_atomic_and_load_reports_bad_folders(tmp_path, tiny_models):
     (folder / "prompt.json").write_text(json.dumps(head))
     with pytest.raises(AutoPromptError, match="head weights file .* is missing"):
         Prompt.load(folder)
+
+
+@dataclass
+class _Offset:
+    """A kind of trained state registered from outside artifact.py, as a new method would."""
+
+    key: ClassVar[str] = "test_offset"
+    offset: torch.Tensor
+    entered: ClassVar[list[str]] = []
+
+    def manifest(self) -> dict:
+        return {"file": "offset.safetensors"}
+
+    def save(self, folder: Path, prompt: Prompt) -> None:
+        save_tensors({"offset": self.offset}, folder / "offset.safetensors")
+
+    @classmethod
+    def read(cls, entry, folder):
+        return cls(read_tensors(folder, entry["file"], "offset")["offset"])
+
+    @contextlib.contextmanager
+    def applied(self, harness):
+        _Offset.entered.append("on")
+        yield
+        _Offset.entered.append("off")
+
+    def describe(self) -> str:
+        return "an offset"
+
+    def summary(self) -> str:
+        return "offset"
+
+    def card_line(self) -> str:
+        return "- an offset (`offset.safetensors`)"
+
+
+def test_a_kind_of_trained_state_registers_without_editing_the_artifact(tmp_path, tiny_models, monkeypatch):
+    monkeypatch.setitem(STATES, _Offset.key, _Offset)  # what @register_state does, undone after the test
+    model, tok, kind = tiny_models["gpt2"]
+    h = Harness(model, tok, kind=kind, progress=False)
+    plain = Prompt([Template(TEMPLATE)], Verbalizer.from_words(WORDS), label_names=["negative", "positive"],
+                   model={"name": "tiny", "kind": "causal"})
+    prompt = plain.with_state(_Offset(torch.tensor([1.5, -2.0])))
+    assert prompt.trained and not plain.trained and prompt.describe().endswith(" + an offset")
+    folder = prompt.save(tmp_path / "p")
+    assert sorted(x.name for x in folder.iterdir()) == ["README.md", "offset.safetensors", "prompt.json"]
+    assert "an offset" in (folder / "README.md").read_text()
+    again = Prompt.load(folder)
+    assert isinstance(again.states["test_offset"], _Offset)
+    assert torch.equal(again.states["test_offset"].offset, torch.tensor([1.5, -2.0]))
+    _Offset.entered.clear()
+    again.evaluate(Split([Example("a good film", 1), Example("a bad film", 0)]), h)
+    assert _Offset.entered == ["on", "off"]
+    with pytest.raises(AutoPromptError, match="kind"):
+        Prompt([Template(TEMPLATE)], Verbalizer.from_words(WORDS), states={"delta": _Offset(torch.zeros(1))})
 
 
 def test_predict_cli_formats_and_bad_input(gemma_dir, tmp_path):

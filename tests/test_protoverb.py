@@ -15,7 +15,7 @@ from autoprompt_kit.data import Task
 from autoprompt_kit.methods.protoverb import (PrototypeHead, ProtoSettings, ProtoVerbConfig, cluster_mask_embeddings,
                                               prototype_words, train_prototypes)
 from autoprompt_kit import Prompt
-from autoprompt_kit.search import Candidate, SearchContext, SearchJob, get_searcher, run_search
+from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
 from autoprompt_kit.search.runner import best_candidate, build_best_json
 
 TEMPLATE = "{text_a} It was {mask}."
@@ -231,7 +231,7 @@ def test_cli_evaluate_applies_the_saved_head(tiny_model_dir, tmp_path, capsys):
     verb = Verbalizer.from_words(WORDS)
     out = h.score(split, TEMPLATE, verb, hidden=True)
     head, _ = train_prototypes(out.hidden, split.labels, 2, ProtoSettings(proj_dim=4, steps=5, inference="proto"))
-    cand = Candidate([Template(TEMPLATE)], verb, head=head)
+    cand = Prompt([Template(TEMPLATE)], verb, head=head)
     prompt = tmp_path / "best.json"  # a best.json from before the prompt folder: the head inline, base64
     prompt.write_text(json.dumps({"template": {"text": TEMPLATE}, "verbalizer": verb.to_dict(), "head": head.to_dict(),
                                   "model": {"name": tiny_model_dir, "kind": "causal"}, "task": {"name": "mr"}}))

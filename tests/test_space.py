@@ -34,8 +34,8 @@ class _Toy(SearchConfig):
         return not (point["mode"] == "odd" and point["size"] == 2)
 
     def check_point(self, point):
-        if point["size"] == 3 and point["words"] == {"a": "y"} and point["mode"] == "odd":
-            raise AutoPromptError("size 3 with y cannot be odd")
+        if point["size"] == 3 and point["words"] == {"a": "z"} and point["mode"] == "odd":
+            raise AutoPromptError("size 3 with z cannot be odd")
 
 
 def test_the_base_class_enumerates_encodes_and_samples_the_declared_choices():
@@ -52,8 +52,49 @@ def test_the_base_class_enumerates_encodes_and_samples_the_declared_choices():
         seen.append(json.dumps(toy.sample(trial), sort_keys=True))
         study.tell(trial, 0.0)
     assert len(set(seen)) == len(grid) and {"a": "y"} in [json.loads(s)["words"] for s in seen]
-    with pytest.raises(AutoPromptError, match="size 3 with y cannot be odd"):
-        toy.check_points()
+    # The toy never calls check_points(): the base class validates every point when it is built.
+    with pytest.raises(AutoPromptError, match="size 3 with z cannot be odd"):
+        _Toy(words=[{"a": "x"}, {"a": "z"}])
+
+
+@dataclass
+class _Forgetful(_Toy):
+    """A subclass whose own ``__post_init__`` neither validates nor calls its parent's."""
+
+    def __post_init__(self):
+        self.post_init_ran = True
+
+
+@dataclass
+class _Chained(_Forgetful):
+    """Validation runs once, after the outermost ``__post_init__`` (not half-way, in the parent's)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.words = [{"a": "x"}]  # changed after the parent's __post_init__: the valid value is what gets checked
+
+
+def test_a_config_that_forgets_to_validate_is_validated_after_its_post_init():
+    assert _Forgetful().post_init_ran
+    with pytest.raises(AutoPromptError, match="size 3 with z cannot be odd"):
+        _Forgetful(words=[{"a": "z"}])
+    with pytest.raises(AutoPromptError, match="no valid combination"):
+        _Forgetful(size=[])
+    assert _Chained(words=[{"a": "z"}]).words == [{"a": "x"}]
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_registered_config_is_validated_when_built(path, monkeypatch):
+    method = yaml.safe_load(path.read_text(encoding="utf-8"))["method"]
+    cls = get_searcher(method).config_class
+    cls.from_yaml(path)
+    monkeypatch.setattr(cls, "valid_point", lambda self, point: False)
+    with pytest.raises(AutoPromptError, match="no valid combination"):
+        cls.from_yaml(path)
+
+
+def test_every_registered_method_has_a_shipped_space():
+    assert set(REGISTRY) <= {yaml.safe_load(p.read_text(encoding="utf-8"))["method"] for p in SPACES}
 
 
 @pytest.mark.parametrize("config", [
@@ -107,6 +148,24 @@ def test_search_never_imports_methods():
     pattern = re.compile(r"import.*methods|from \.\.methods|from \.\. import methods")
     hits = [f"{p}:{n}" for p, text in _sources(PACKAGE / "search").items()
             for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_nothing_outside_methods_imports_a_method():
+    """Shared code lives outside ``methods/`` (vocabulary, demonstrations, deltas, trained-state kinds);
+    only the package ``__init__`` imports ``methods`` itself, to register the built-ins."""
+    pattern = re.compile(r"(import|from)\s+\S*methods\.\w+|from \.+methods import")
+    hits = [f"{p}:{n}" for p, text in _sources(PACKAGE).items() if p.relative_to(PACKAGE).parts[0] != "methods"
+            for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_no_method_imports_another_methods_modules():
+    """A method may call another's public functions through its package (``auto`` composes them),
+    never reach into its modules: helpers two methods need are shared outside ``methods/``."""
+    methods = PACKAGE / "methods"
+    hits = [f"{p}:{n}" for p, text in _sources(methods).items()
+            for n, line in enumerate(text.splitlines(), 1) if re.search(r"from \.\.\w+\.\w+ import", line)]
     assert not hits, hits
 
 

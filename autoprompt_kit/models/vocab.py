@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
+
+if TYPE_CHECKING:
+    from ..harness import Harness
 
 _WORD = re.compile(r"^[A-Za-z]+$")
 _PREFIXES = ("▁", "Ġ")  # SentencePiece and byte-level BPE mark a word start with these
@@ -72,3 +75,11 @@ def word_token_mask(
         if 0 <= i < vocab_size:
             mask[i] = False
     return mask
+
+
+def vocabulary_words(harness: "Harness") -> torch.Tensor:
+    """Boolean mask of the vocabulary's word tokens (lower-case, alphabetic, word-initial, 3+ letters):
+    the words a verbalizer may be expanded with or a prototype described by."""
+    # A 262k-token scan: once per harness.
+    return harness.memo("vocabulary_words", lambda: word_token_mask(
+        harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3))

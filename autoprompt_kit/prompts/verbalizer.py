@@ -21,6 +21,8 @@ from ..errors import AutoPromptError
 
 AGGREGATIONS = ("mean", "max", "sum", "weighted")
 CALIBRATIONS = ("none", "content_free", "contextual")
+#: The calibrations a verbalizer of plain label words takes (``contextual`` needs word priors).
+PLAIN_CALIBRATIONS = tuple(c for c in CALIBRATIONS if c != "contextual")
 LOSSES = ("likelihood", "cross_entropy")
 DEFAULT_CONTENT_FREE = ("N/A", "", "[MASK]")
 

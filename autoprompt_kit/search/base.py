@@ -8,6 +8,7 @@ the backbone (:mod:`.runner`) owns those. Configs are dataclasses loadable from 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -16,7 +17,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -89,12 +90,45 @@ def suggest(trial: "optuna.Trial", name: str, options: Sequence[Any]) -> Any:
     return chosen
 
 
+def _validating(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``post_init`` followed by :meth:`SearchConfig.validate` — once, after the outermost one: a
+    subclass's ``__post_init__`` that calls its parent's does not validate a half-checked config."""
+
+    @functools.wraps(post_init)
+    def __post_init__(self: "SearchConfig") -> None:
+        post_init(self)
+        if type(self).__post_init__ is __post_init__:
+            self.validate()
+
+    __post_init__._validates = True  # type: ignore[attr-defined]
+    return __post_init__
+
+
 @dataclass
 class SearchConfig:
     """Base of every method's config. Subclasses add fields with defaults and ``help`` metadata;
-    a setting each trial picks one value of is declared with :func:`choice`."""
+    a setting each trial picks one value of is declared with :func:`choice`.
+
+    Every config validates itself: after the most derived ``__post_init__`` returns,
+    :meth:`validate` runs (by default :meth:`check_points`, which checks every combination of
+    axis values). A subclass checks its own fields in ``__post_init__`` and need not call it.
+    """
 
     method: str = field(default="", metadata={"help": "the method this space is for (checked when loading)"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_validates", False):
+            cls.__post_init__ = _validating(own)  # type: ignore[method-assign]
+
+    @_validating
+    def __post_init__(self) -> None:
+        """Nothing of its own: a subclass's fields are checked in its ``__post_init__``."""
+
+    def validate(self) -> None:
+        """Checks that need the whole config, run after every ``__post_init__`` (extend with ``super().validate()``)."""
+        self.check_points()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], strict: bool = True) -> "SearchConfig":
@@ -159,7 +193,7 @@ class SearchConfig:
         return [p for p in combos if self.valid_point(p)]
 
     def check_points(self) -> None:
-        """Validate every combination (call at the end of ``__post_init__``)."""
+        """Validate every combination (run by :meth:`validate` once the config is built)."""
         points = self.points()
         if not points:
             raise AutoPromptError(f"the space has no valid combination of {', '.join(self.axes())}")
@@ -314,15 +348,12 @@ def check_type(name: str, value: Any, hint: Any) -> None:
         raise AutoPromptError(f"setting {name!r} must be {_type_name(hint)}, got {type(value).__name__} {shown}{tip}")
 
 
-#: What a trial proposes is the same object a search returns and a user loads: a found prompt.
-Candidate = Prompt
-
-
 @dataclass
 class TrialOutcome:
-    """What :meth:`Searcher.run_trial` returns: the candidate, its dev result, extra artifacts."""
+    """What :meth:`Searcher.run_trial` returns: the candidate (a :class:`~autoprompt_kit.Prompt`, the
+    same object a search returns and a user loads), its dev result, extra artifacts."""
 
-    candidate: Candidate
+    candidate: Prompt
     dev: "EvalResult"
     artifacts: dict[str, Any] = field(default_factory=dict)
 
@@ -420,7 +451,7 @@ class Searcher(ABC):
         refit on every labelled example); False when every fold gives the same candidate."""
         return True
 
-    def refit(self, trial: "optuna.trial.FixedTrial", ctx: SearchContext) -> Candidate:
+    def refit(self, trial: "optuna.trial.FixedTrial", ctx: SearchContext) -> Prompt:
         """The candidate of ``trial``'s parameters learnt from ``ctx.task.train`` (every labelled
         example, in a refit). By default the trial is run again and its dev score dropped; a method
         that can build without scoring overrides this."""

@@ -175,12 +175,7 @@ def trained_state(prompt: "Prompt") -> str:
     if prompt.head is not None:
         size = sum(int(t.numel()) for t in prompt.head.head_tensors().values())
         parts.append(f"{prompt.head.kind} head ({size:,} values)")
-    if prompt.delta_structure is not None:
-        size = sum(int(v.numel()) for v in (prompt.delta_tensors or {}).values())
-        parts.append(f"delta of {len(prompt.delta_structure)} modules ({size:,} parameters)")
-    if prompt.model_weights is not None:
-        size = sum(int(v.numel()) for v in prompt.model_weights.values())
-        parts.append(f"fine-tuned model weights ({size:,} parameters)")
+    parts.extend(prompt.states[key].summary() for key in sorted(prompt.states))
     return ", ".join(parts) or "none"
 
 

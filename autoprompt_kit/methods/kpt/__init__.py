@@ -14,7 +14,8 @@ from .knowledge import (WORDNET_INSTALL, embedding_neighbours, install_wordnet_f
                         vader_class_words, vader_words, wordnet, wordnet_related)
 from .refine import (Expansion, ExpansionSettings, KPTResult, RefineSettings, SupportScores, expand, learn_weights,
                      refine, single_token_logprobs, support_scores, support_scores_from_hidden, vocabulary_statistics)
-from .searcher import KPTConfig, KPTSearcher, support_split
+from .config import KPTConfig
+from .searcher import KPTSearcher, support_split
 
 __all__ = ["WORDNET_INSTALL", "Expansion", "ExpansionSettings", "KPTConfig", "KPTResult", "KPTSearcher",
            "RefineSettings", "SupportScores", "embedding_neighbours", "expand", "install_wordnet_from",

@@ -45,6 +45,7 @@ import torch
 from ...cache import cache_dir
 from ...errors import AutoPromptError
 from ...fetch import apt_download, read_deb
+from ...models.vocab import vocabulary_words
 
 if TYPE_CHECKING:
     from ...harness import Harness
@@ -402,12 +403,3 @@ def embedding_neighbours(harness: "Harness", seeds: Sequence[str], k: int,
             if word not in out:
                 out[word] = f"neighbour:{seed}"
     return out
-
-
-def vocabulary_words(harness: "Harness") -> torch.Tensor:
-    """Boolean mask of the vocabulary's word tokens (lower-case, alphabetic, word-initial, 3+ letters)."""
-    from ...models.vocab import word_token_mask
-
-    # A 262k-token scan: once per harness.
-    return harness.memo("kpt_vocabulary_words", lambda: word_token_mask(
-        harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3))

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 
 from ...errors import AutoPromptError
+from ...models.vocab import vocabulary_words
 from ...prompts import Template, Verbalizer, as_template
 from . import knowledge
 
@@ -198,7 +199,7 @@ def vocabulary_statistics(harness: "Harness", hidden: torch.Tensor, top: int) ->
     """From mask hidden states ``(N, d)``: the mean-probability prior of every vocabulary token
     ``(V,)`` (log) and, per example, the ``top`` largest log-probabilities among the vocabulary's
     word tokens ``(N, top)`` — one streamed pass through the output layer."""
-    mask = knowledge.vocabulary_words(harness)
+    mask = vocabulary_words(harness)
     total, tops = None, []
     with torch.no_grad():
         for _, logp in harness.output_logprobs(hidden.to(harness.device)):
@@ -239,7 +240,7 @@ def support_scores(harness: "Harness", support: "Split", template: Template | st
         raise AutoPromptError(f"no candidate word has at most {max_tokens} tokens")
     if previous is None:
         vocab, top = vocabulary_statistics(harness, harness.mask_hidden(support, template), presence_rank)
-        vocab_prior = vocab[knowledge.vocabulary_words(harness)[: vocab.shape[0]]]
+        vocab_prior = vocab[vocabulary_words(harness)[: vocab.shape[0]]]
     else:
         vocab_prior, top = previous.vocab_prior, previous.top_logprobs
     # A one-word "class" per word: the verbalizer only carries the words to score (it needs two
@@ -266,7 +267,7 @@ def support_scores_from_hidden(harness: "Harness", hidden: torch.Tensor, words: 
     vocab, top = vocabulary_statistics(harness, hidden, presence_rank)
     ids = single_token_ids(harness, words, space_before)
     lp = single_token_logprobs(harness, hidden, words, space_before, normalise=False)
-    mask = knowledge.vocabulary_words(harness)[: vocab.shape[0]]
+    mask = vocabulary_words(harness)[: vocab.shape[0]]
     return SupportScores(words, lp, vocab[torch.tensor(ids)], vocab[mask], [1] * len(words), top_logprobs=top)
 
 

@@ -5,21 +5,22 @@
     found = label_word_search(harness, task.train, task.dev, "{text_a} It was {mask}.", task.label_names)
 
 See :mod:`.generation` (seq2seq and causal template generation), :mod:`.label_words` (candidate
-words, assignment search), :mod:`.demonstrations` (``add_demonstrations``), :mod:`.finetune`
-(prompt-based fine-tuning) and :mod:`.searcher` (the study: ranking, trials).
+words, assignment search), :mod:`.finetune` (prompt-based fine-tuning), :mod:`.config` (the space)
+and :mod:`.searcher` (the study: ranking, trials). Demonstrations are
+:mod:`autoprompt_kit.demonstrations`' (``add_demonstrations``, :class:`~autoprompt_kit.demonstrations.Demonstrations`).
 """
 
 from ...demonstrations import DEMO_FIELD, SentenceEncoder, demonstration_template
-from .demonstrations import add_demonstrations
-from .finetune import prompt_finetune, restored_weights
+from .finetune import FineTunedWeights, prompt_finetune, restored_weights
 from .generation import (SEQ2SEQ_FORMATS, CausalTemplateGenerator, GeneratedTemplate, Seq2SeqTemplateGenerator,
                          span_token_mask)
 from .label_words import (EXHAUSTIVE_LIMIT, LABEL_SEARCH_STRATEGIES, AssignmentSearch, LabelWordSearchResult,
                           label_word_search, search_assignments)
-from .searcher import FINETUNE_PARAMETERS, LMBFFConfig, LMBFFSearcher
+from .config import FINETUNE_PARAMETERS, LMBFFConfig
+from .searcher import LMBFFSearcher
 
-__all__ = ["DEMO_FIELD", "EXHAUSTIVE_LIMIT", "FINETUNE_PARAMETERS", "LABEL_SEARCH_STRATEGIES", "SEQ2SEQ_FORMATS",
+__all__ = ["DEMO_FIELD", "EXHAUSTIVE_LIMIT", "FINETUNE_PARAMETERS", "FineTunedWeights", "LABEL_SEARCH_STRATEGIES", "SEQ2SEQ_FORMATS",
            "AssignmentSearch", "CausalTemplateGenerator", "GeneratedTemplate", "LMBFFConfig", "LMBFFSearcher",
-           "LabelWordSearchResult", "SentenceEncoder", "Seq2SeqTemplateGenerator", "add_demonstrations",
+           "LabelWordSearchResult", "SentenceEncoder", "Seq2SeqTemplateGenerator",
            "demonstration_template", "label_word_search", "prompt_finetune", "restored_weights",
            "search_assignments", "span_token_mask"]

@@ -1,21 +1,4 @@
-"""AutoPrompt (Shin et al., EMNLP 2020): gradient-guided trigger-token search + label-token search.
-
-Trigger search, per iteration (defaults from the paper's reference code where CPU allows):
-
-1. gradient of the gold label log-likelihood (log Σ_{w ∈ gold class} p(w), exact probabilities)
-   w.r.t. the trigger-slot input embeddings, over ``batch_size × accumulation_steps`` train
-   examples (``Harness.embedding_gradient``);
-2. one trigger position at random; candidate tokens = top ``num_candidates`` of ``-e_w · ∇``
-   over the filtered vocabulary (HotFlip's first-order estimate);
-3. the current trigger and every candidate are scored on a fresh train batch — **all candidates in
-   one batched pass** (``Harness.score_blocks``; the reference runs one forward per candidate);
-4. the best candidate replaces the current token if its loss is lower; the template is then
-   scored on dev and the best-on-dev trigger is kept.
-
-Label-token search (§2.2): logistic regression (scikit-learn) on the mask hidden states of the
-train examples; every vocabulary token is scored by its output embedding against the class
-weights; the top ``k`` per class become the verbalizer.
-"""
+"""Trigger-token search (HotFlip candidates, batched re-scoring) and label-token search."""
 
 from __future__ import annotations
 
@@ -27,18 +10,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import AutoPromptError
-from ..models.vocab import token_strings, word_of, word_token_mask
-from ..prompts import Template, Verbalizer
-from ..prompts.verbalizer import LOSSES
-from ..prompts.template import Trigger
-from ..search.base import Candidate, SearchConfig, SearchContext, Searcher, TrialOutcome, choice, register
+from ...errors import AutoPromptError
+from ...models.vocab import token_strings, word_of, word_token_mask
+from ...prompts import Template, Verbalizer
+from ...prompts.template import Trigger
 
 if TYPE_CHECKING:
-    import optuna
-
-    from ..data import Split
-    from ..harness import Harness
+    from ...data import Split
+    from ...harness import Harness
 
 logger = logging.getLogger(__name__)
 
@@ -237,91 +216,3 @@ def label_token_search(harness: "Harness", train: "Split", template: Template, l
         free[top] = False
         words.append([word_of(strings[i])[0] for i in top])
     return Verbalizer.from_words(dict(zip(labels, words)), aggregation="sum")
-
-
-@dataclass
-class AutoPromptConfig(SearchConfig):
-    template: str = field(default="{text_a} {trigger*3} {mask}.", metadata={"role": "template", "help": "template with trigger slots"})
-    label_words: dict[str, Any] | None = field(default=None, metadata={"role": "label_words", "help": "fixed label words (label → words)"})
-    label_search: bool = field(default=False, metadata={"help": "find label tokens instead (AutoPrompt §2.2)"})
-    label_tokens_per_class: int = field(default=3, metadata={"help": "label tokens per class when searching"})
-    num_triggers: list[int] = choice([3], help="choices for the trigger count")
-    num_candidates: list[int] = choice([10], help="choices for k")
-    init_token: list[str] = choice(["mask"], help="choices: mask or a word")
-    loss: list[str] = choice(["likelihood"], help="choices: likelihood (AutoPrompt) and/or cross_entropy")
-    iterations: int = field(default=20, metadata={"help": "trigger-search iterations (reference: 100-180)"})
-    batch_size: int = field(default=16, metadata={"help": "examples per batch (reference: 24-32)"})
-    accumulation_steps: int = field(default=1, metadata={"help": "batches per estimate (reference: 10-30)"})
-    word_initial_only: bool = field(default=True, metadata={"help": "triggers must be whole-word tokens"})
-    lowercase_only: bool = field(default=False, metadata={"help": "drop capitalised trigger tokens"})
-    exclude_words: list[str] = field(default_factory=list, metadata={"help": "never use these as triggers"})
-
-    @classmethod
-    def task_defaults(cls, task: Any) -> dict[str, Any]:
-        from ..prompts.defaults import is_pair_task
-
-        # Triggers between the input and the mask, as the paper's templates put them.
-        return {"template": "{text_a} {text_b} {trigger*3} {mask}." if is_pair_task(task) else "{text_a} {trigger*3} {mask}."}
-
-    def __post_init__(self) -> None:
-        resize_triggers(Template(self.template), 1)  # validates the template and its trigger slots
-        if not self.label_words and not self.label_search:
-            raise AutoPromptError("give label_words, or set label_search: true")
-        if any(k < 1 for k in self.num_candidates) or not self.num_candidates:
-            raise AutoPromptError(f"num_candidates (k) must be a list of integers >= 1, got {self.num_candidates}")
-        if any(n < 1 for n in self.num_triggers) or not self.num_triggers:
-            raise AutoPromptError(f"num_triggers must be a list of integers >= 1, got {self.num_triggers}")
-        if self.iterations < 1:
-            raise AutoPromptError("iterations must be at least 1")
-        if not self.loss or any(x not in LOSSES for x in self.loss):
-            raise AutoPromptError(f"loss must be a list of {LOSSES}, got {self.loss}")
-        self.check_points()
-
-
-@register
-class AutoPromptSearcher(Searcher):
-    """One trial = one trigger search under sampled settings; dev accuracy reported per iteration."""
-
-    name = "autoprompt"
-    config_class = AutoPromptConfig
-    config: AutoPromptConfig
-
-    def check(self, ctx: SearchContext) -> None:
-        """Every initial trigger token is one token of this model (before the study opens)."""
-        super().check(ctx)
-        for init in self.config.init_token:
-            init_triggers(ctx.harness, resize_triggers(Template(self.config.template), 1), init)
-
-    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
-        cfg, h, task = self.config, ctx.harness, ctx.task
-        point = cfg.sample(trial)
-        n, k, init, loss = point["num_triggers"], point["num_candidates"], point["init_token"], point["loss"]
-        seed = ctx.seed + trial.number
-        template = resize_triggers(Template(cfg.template), n)
-        template = init_triggers(h, template, init)
-        if cfg.label_search:
-            verbalizer = label_token_search(h, task.train, template, task.label_names, cfg.label_tokens_per_class,
-                                            seed=seed)
-        else:
-            verbalizer = Verbalizer.from_words(cfg.label_words, aggregation="sum")  # type: ignore[arg-type]
-        verbalizer.check_labels(task.label_names)
-        mask = trigger_token_mask(h, verbalizer, word_initial=cfg.word_initial_only,
-                                  lowercase_only=cfg.lowercase_only, exclude_words=cfg.exclude_words)
-        search = TriggerSearch(h, verbalizer, num_candidates=k, batch_size=cfg.batch_size,
-                               accumulation_steps=cfg.accumulation_steps, token_mask=mask, seed=seed, loss=loss)
-
-        def report(it: int, dev_acc: float, current: Template) -> None:
-            trial.report(dev_acc, it)
-            if trial.should_prune():
-                import optuna
-
-                raise optuna.TrialPruned()
-
-        result = search.run(template, task.train, task.dev, cfg.iterations, on_iteration=report)
-        best = result.template
-        dev = h.evaluate(task.dev, best, verbalizer, label_names=task.label_names)
-        artifacts = {"trigger_ids": list(best.trigger_ids),
-                     "trigger_tokens": h.tokenizer.convert_ids_to_tokens(list(best.trigger_ids)),
-                     "trigger_text": h.tokenizer.decode(list(best.trigger_ids)),
-                     "history": [{k: v for k, v in e.items() if k != "triggers"} for e in result.history]}
-        return TrialOutcome(Candidate([best], verbalizer), dev, artifacts)
