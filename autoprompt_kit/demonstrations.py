@@ -236,15 +236,16 @@ class Demonstrations:
         """
         if self.fixed is not None:
             return [list(self.fixed) for _ in inputs]
-        by_class = [np.flatnonzero(self.pool.labels == c) for c in range(len(self.label_names))]
+        labels = np.array([e.label for e in self.pool])
+        by_class = [np.flatnonzero(labels == c) for c in range(len(self.label_names))]
         keys = [(e.text_a, e.text_b) for e in self.pool]
         sims = self._similarities(inputs) if self.selection == "similar" else None
         out = []
         for i, ex in enumerate(inputs):
             rng = np.random.default_rng([self.seed, _input_seed(ex)])
             per_class = []
-            for idx in by_class:
-                idx = [int(j) for j in idx if keys[j] != (ex.text_a, ex.text_b)]
+            for members in by_class:
+                idx = [int(j) for j in members if keys[j] != (ex.text_a, ex.text_b)]
                 if sims is None:
                     chosen = [idx[int(k)] for k in rng.permutation(len(idx))[: self.per_class]]
                 else:  # the nearest ones, least similar first so later rounds are the closer ones
@@ -378,7 +379,7 @@ def add_demonstrations(split: Split, pool: Split, template: Template | str, verb
     pool_keys = [(e.text_a, e.text_b) for e in pool]
     out = []
     for i, ex in enumerate(split):
-        demos = []
+        demos: list[str] = []
         for c, idx in enumerate(by_class):
             idx = np.array([j for j in idx if pool_keys[j] != (ex.text_a, ex.text_b)]) if len(idx) > 1 else idx
             if sims is not None:

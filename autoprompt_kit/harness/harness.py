@@ -414,7 +414,7 @@ class Harness:
         split: Split | Sequence[Example],
         template: Template | str,
         verbalizer: Verbalizer | dict[str, Any],
-        parameters: Iterable[nn.Parameter],
+        parameters: Iterable[torch.Tensor],
         *,
         epochs: int = 10,
         lr: float = 1e-5,

@@ -25,7 +25,7 @@ def train(
     split: Split | Sequence[Example],
     template: Template | str,
     verbalizer: Verbalizer | dict[str, Any],
-    parameters: Iterable[nn.Parameter],
+    parameters: Iterable[torch.Tensor],
     *,
     epochs: int = 10,
     lr: float = 1e-5,

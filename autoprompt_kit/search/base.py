@@ -200,7 +200,7 @@ class SearchConfig:
         for point in points:
             self.check_point(point)
 
-    def grid(self) -> list[dict[str, Any]]:
+    def grid(self) -> list[dict[str, Any]] | None:
         """Every valid combination as trial parameters (what the backbone enqueues, once each)."""
         encoded = {name: dict(zip(map(_key, values), _encode(values))) for name, values in self.axes().items()}
         return [{name: encoded[name][_key(v)] for name, v in point.items()} for point in self.points()]
@@ -285,8 +285,8 @@ def _key(value: Any) -> str:
 def _type_name(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (list, tuple):
-        inner = {int: "integers", float: "numbers", str: "texts", bool: "true/false values"}.get(
-            args[0] if args else None, "values")
+        names: dict[Any, str] = {int: "integers", float: "numbers", str: "texts", bool: "true/false values"}
+        inner = names.get(args[0] if args else None, "values")
         return f"a list of {inner}"
     if origin is dict:
         return "a mapping"

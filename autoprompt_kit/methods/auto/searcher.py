@@ -166,7 +166,8 @@ class AutoSearcher(Searcher):
         words = [NAMES] + ([SEARCH] if cfg.label_search else [])
         if stage == "words":
             self._print_plan(ctx, per_pass, seconds_left)
-            specs = [{"templates": [cfg.templates[0]], "words": w, "calibration": c} for w in words for c in cal]
+            specs: list[dict[str, Any]] = [
+                {"templates": [cfg.templates[0]], "words": w, "calibration": c} for w in words for c in cal]
             if cfg.kpt:  # KPT carries its own (contextual) calibration
                 specs.append({"templates": [cfg.templates[0]], "words": KPT, "calibration": "contextual"})
             return specs
@@ -202,7 +203,8 @@ class AutoSearcher(Searcher):
             per_fold = min(int((pool.labels == c).sum()) for c in range(task.num_labels)) * 3 // 4
             selections = [s for s in cfg.demo_selection
                           if s != "similar" or cfg.encoder or encoder_package("sentence-transformers/all-MiniLM-L6-v2")]
-            specs, budget_used = [], 0.0
+            specs = []
+            budget_used = 0.0
             for k in sorted(cfg.per_class):
                 for sel in selections:
                     if k > max(per_fold, smallest, 0) or k < 1:
@@ -248,11 +250,11 @@ class AutoSearcher(Searcher):
         say(f"plan     one pass over the {n} labelled examples (train + dev) takes {per_pass:.1f} s here; "
               f"each candidate is scored by cross-validation")
         total = 0.0
-        for name, count, passes in rows:
+        for name, count, n_passes in rows:
             if name not in cfg.stages:
                 continue
-            total += passes * per_pass
-            say(f"         {name:15s} up to {count:2d} candidates  ~{passes:5.1f} passes  ~{passes * per_pass / 60:5.1f} min")
+            total += n_passes * per_pass
+            say(f"         {name:15s} up to {count:2d} candidates  ~{n_passes:5.1f} passes  ~{n_passes * per_pass / 60:5.1f} min")
         fits = "all stages at full size" if seconds_left is None or total <= seconds_left else \
             "later stages are cut to what is left of the budget"
         budget = "no budget" if seconds_left is None else f"budget {seconds_left / 60:.1f} min"

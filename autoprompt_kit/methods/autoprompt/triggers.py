@@ -28,7 +28,8 @@ def resize_triggers(template: Template, n: int) -> Template:
         raise AutoPromptError(f"template {template.text!r} has no {{trigger}} slot for AutoPrompt to fill")
     if n < 1:
         raise AutoPromptError("num_triggers must be at least 1")
-    parts, placed = [], False
+    parts: list[Any] = []
+    placed = False
     for part in template.parts:
         if isinstance(part, Trigger):
             if not placed:
@@ -106,7 +107,7 @@ class TriggerSearch:
     def step(self, template: Template, train: "Split") -> tuple[Template, dict[str, Any]]:
         """One iteration: propose candidates for one slot, keep the best if it lowers the loss."""
         position = int(self.rng.integers(template.num_triggers))
-        ids = list(template.trigger_ids)
+        ids = [int(i) for i in template.trigger_ids]  # type: ignore[arg-type]  # filled before the search steps
         cands = self.candidates(template, self._sample(train), position)
         trials = [template] + [template.with_triggers(ids[:position] + [c] + ids[position + 1:]) for c in cands]
         losses = self.losses(trials, self._sample(train))
@@ -136,8 +137,8 @@ class TriggerSearch:
 
 def named_triggers(harness: "Harness", template: Template) -> Template:
     """Attach each filled trigger's token text (for readable output)."""
-    ids = template.trigger_ids
-    if any(i is None for i in ids):
+    ids = [i for i in template.trigger_ids if i is not None]
+    if len(ids) < template.num_triggers:  # an empty slot: nothing to name yet
         return template
     return template.with_triggers(ids, harness.tokenizer.convert_ids_to_tokens(ids))
 

@@ -87,7 +87,7 @@ class DemosConfig(SearchConfig):
         """Numbers of demonstrations the task's train split can give: at most its smallest class's
         count, and below it for dev_selected (scored on the train examples outside each set) —
         scored on dev instead only where the train split is too small for that."""
-        default = cls.__dataclass_fields__["per_class"].default_factory()  # type: ignore[misc]
+        default = cls.__dataclass_fields__["per_class"].default_factory()  # type: ignore[operator]
         counts = _train_class_counts(task)
         smallest = int(counts.min())
         below = [k for k in default if k < smallest]

@@ -98,7 +98,7 @@ class KPTConfig(SearchConfig):
         """Also refuse the VADER source before the study opens when the task's classes are not
         sentiment polarities (its lexicon would add sentiment words to topic classes)."""
         super().check_task(task)
-        if any("kb" in _sources(c) for c in self.sources):
+        if any("kb" in _sources(c) for c in self.sources) and self.kb_file:
             knowledge.read_kb(self.kb_file)  # missing, binary or not TSV: said now, not in the first trial
         if any("vader" in _sources(c) for c in self.sources):
             knowledge.seed_valences({lab: self.seed_words.get(lab, []) for lab in task.label_names})

@@ -107,7 +107,9 @@ def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
     seed_lists = [[w.strip() for w in seeds[label]] for label in labels]
     if any(not ws for ws in seed_lists):
         raise AutoPromptError("every class needs at least one seed word")
-    kb = knowledge.read_kb(settings.kb_file) if "kb" in settings.sources else {}
+    if "kb" in settings.sources and not settings.kb_file:
+        raise AutoPromptError("the 'kb' source needs kb_file (a knowledge-base file)")
+    kb = knowledge.read_kb(settings.kb_file) if "kb" in settings.sources and settings.kb_file else {}
     vader = (knowledge.vader_class_words(dict(zip(labels, seed_lists)), threshold=settings.vader_threshold,
                                          max_words=settings.vader_max_words)
              if "vader" in settings.sources else {})
@@ -238,6 +240,7 @@ def support_scores(harness: "Harness", support: "Split", template: Template | st
         return previous
     if not new:
         raise AutoPromptError(f"no candidate word has at most {max_tokens} tokens")
+    top: torch.Tensor | None
     if previous is None:
         vocab, top = vocabulary_statistics(harness, harness.mask_hidden(support, template), presence_rank)
         vocab_prior = vocab[vocabulary_words(harness)[: vocab.shape[0]]]

@@ -16,7 +16,7 @@ after the mask cannot change a causal LM's scores, so only a fixed ``suffix`` fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -237,7 +237,8 @@ class Seq2SeqTemplateGenerator:
                     scores[b] = scores[b].masked_fill(~row_mask, float("-inf"))
                 flat = scores.flatten()
                 top = flat.topk(min(2 * self.beam, int(torch.isfinite(flat).sum())))
-                new_hyps, new_lm = [], []
+                new_hyps: list[Any] = []
+                new_lm: list[Any] = []
                 for value, index in zip(top.values.tolist(), top.indices.tolist()):
                     parent, token = divmod(index, base.shape[0])
                     hyp = hyps[parent] + (token,)

@@ -231,7 +231,7 @@ def label_word_search(harness: "Harness", train: Split, dev: Split, template: Te
                 num, found.scored, seconds)
     dev_lp = harness.mask_logprobs(dev, template, reduce=None)[:, cand.flatten()]
     dev_acc, _ = _AssignmentScorer(dev_lp, dev.labels, num, cand.shape[1])(found.combos)
-    ranked = []
+    ranked: list[dict[str, Any]] = []
     for j in range(len(found.combos)):
         words = [word_of(strings[int(cand[c, int(found.combos[j, c])])])[0] for c in range(num)]
         ranked.append({"words": dict(zip(label_names, words)), "train_accuracy": float(found.accuracy[j]),

@@ -146,7 +146,7 @@ class LMBFFSearcher(Searcher):
                 return TrialOutcome(candidate, candidate.evaluate(task.dev, h))
         zero_shot = candidate.evaluate(task.dev, h)
         seed = ctx.seed + trial.number
-        fit = dict(epochs=cfg.finetune_epochs, lr=cfg.learning_rate, batch_size=cfg.finetune_batch_size, seed=seed)
+        fit: dict[str, Any] = dict(epochs=cfg.finetune_epochs, lr=cfg.learning_rate, batch_size=cfg.finetune_batch_size, seed=seed)
         if cfg.finetune_parameters == "full":
             with restored_weights(h.model):  # trials share one model: the trained copy leaves with the prompt
                 losses = prompt_finetune(h, task.train, candidate.template, verbalizer, **fit)

@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,15 @@ class ProtoSettings:
 class PrototypeHead(nn.Module):
     """Projection + prototypes; scores mask hidden states (optionally with a manual verbalizer)."""
 
-    kind = "protoverb"
+    kind: ClassVar[str] = "protoverb"
+    # Buffers (register_buffer), declared for readers and type checkers.
+    prototype_labels: torch.Tensor
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+    proto_mean: torch.Tensor
+    proto_std: torch.Tensor
+    manual_mean: torch.Tensor
+    manual_std: torch.Tensor
 
     def __init__(self, hidden_size: int, proj_dim: int, prototype_labels: Sequence[int], num_classes: int, *,
                  temperature: float = 0.1, inference: str = "combined", manual_weight: float = 1.0) -> None:

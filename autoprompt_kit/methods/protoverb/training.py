@@ -28,7 +28,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int, spherical: bool = True) -> tuple[n
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, spherical=spherical, verbose=False,
+    km: Any = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, spherical=spherical, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=100000)
     km.train(x)
     _, assign = km.index.search(x, 1)
@@ -53,14 +53,14 @@ def _contrastive_losses(head: PrototypeHead, hidden: torch.Tensor, labels: torch
     return proto_loss, -pos_mean[has_pos].mean()
 
 
-def _label_tensor(labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
+def _label_tensor(labels: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
     # Not np.array(tensor): torch's __array__ lacks numpy 2's copy keyword (a DeprecationWarning).
     if isinstance(labels, torch.Tensor):
         return labels.detach().long().cpu()
     return torch.as_tensor(list(labels), dtype=torch.long)
 
 
-def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | torch.Tensor, num_classes: int,
+def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int,
                      settings: ProtoSettings, *, manual: torch.Tensor | None = None,
                      seed: int = 0) -> tuple[PrototypeHead, list[dict[str, float]]]:
     """Train a :class:`PrototypeHead` on mask hidden states ``(N, d)`` of labelled examples.
@@ -137,7 +137,7 @@ def _words(harness: "Harness", index: Any, ids: list[int], queries: np.ndarray, 
     return [[word_of(strings[ids[j]])[0] for j in row if j >= 0] for row in found]
 
 
-def prototype_words(harness: "Harness", head: PrototypeHead, hidden: torch.Tensor, labels: Sequence[int] | torch.Tensor,
+def prototype_words(harness: "Harness", head: PrototypeHead, hidden: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
                     k: int = 10) -> list[dict[str, Any]]:
     """Interpret each prototype: its nearest words in the projected space, and the distinctive words
     of the training instances nearest to it (see the module docstring). One dict per prototype."""

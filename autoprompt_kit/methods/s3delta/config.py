@@ -113,4 +113,5 @@ class S3DeltaConfig(SearchConfig):
     def restricted(self, space: str) -> S3DeltaConfig:
         """This config with only the module kinds of ``space`` (e.g. ``"lora+ln"``) in the search space."""
         kinds = set(space.split("+"))
-        return replace(self, spaces=None, **{f: [] for k, f in KIND_TARGETS.items() if k not in kinds})
+        cleared: dict[str, Any] = {f: [] for k, f in KIND_TARGETS.items() if k not in kinds}
+        return replace(self, spaces=None, **cleared)

@@ -38,7 +38,8 @@ class S3DeltaSearcher(Searcher):
         super().check(ctx)
         cfg: S3DeltaConfig = self.config  # type: ignore[assignment]
         budget = budget_params(ctx.harness, cfg.budget_percent)
-        for space in cfg.spaces or [None]:
+        spaces: list[str | None] = [*cfg.spaces] if cfg.spaces else [None]
+        for space in spaces:
             restricted = cfg.restricted(space) if space else cfg
             entries = search_space(ctx.harness, restricted)
             try:

@@ -89,6 +89,7 @@ def select_within_budget(probs: Sequence[float], sizes: Sequence[int], budget: i
 
 
 class GateController(nn.Module):
+    sizes: torch.Tensor  # a buffer: parameters per gated module
     """Gate logits α of every candidate and the shifted global sigmoid that keeps them at the budget."""
 
     def __init__(self, sizes: Sequence[int], budget: int, beta: float = 1.0, temperature: float = 0.5) -> None:
