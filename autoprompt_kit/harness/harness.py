@@ -340,6 +340,7 @@ class Harness:
         *,
         label_names: Sequence[str] | None = None,
         exact: bool = False,
+        checked: bool = False,
     ) -> EvalResult:
         """Score one prompt on a split: accuracy, macro-F1 and per-example class scores.
 
@@ -349,8 +350,11 @@ class Harness:
             verbalizer: a :class:`Verbalizer` or its JSON / ``{label: words}`` dict.
             label_names: the task's labels, checked against the verbalizer's.
             exact: always compute full-vocabulary log-probabilities (slower; same decisions).
+            checked: the caller has checked the template's fields against the split and the
+                verbalizer's labels against ``label_names`` (before loading the model): not again.
         """
-        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact)[0]
+        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact,
+                                  checked=checked)[0]
 
     def evaluate_many(
         self,
@@ -360,13 +364,15 @@ class Harness:
         *,
         label_names: Sequence[str] | None = None,
         exact: bool = False,
+        checked: bool = False,
     ) -> list[EvalResult]:
-        """Score several templates with one verbalizer, batched together (one pass over the data)."""
+        """Score several templates with one verbalizer, batched together (one pass over the data);
+        ``checked`` as in :meth:`evaluate`."""
         start = time.perf_counter()
         split = self._as_split(split)
         templates = [as_template(t) for t in templates]
         verbalizer = as_verbalizer(verbalizer)
-        self._check(split, templates, verbalizer, label_names)
+        self._check(split, templates, verbalizer, label_names, checked)
         calibrate = verbalizer.calibration == "content_free"
         # Content-free inputs carry each example's demonstrations: one prior per distinct demonstration text.
         contexts = [calibration_contexts(t, split) if calibrate else ([], None) for t in templates]
@@ -795,10 +801,11 @@ class Harness:
         return Split(examples, name="examples")
 
     def _check(self, split: Split, templates: Sequence[Template], verbalizer: Verbalizer,
-               label_names: Sequence[str] | None) -> None:
-        fields = split.fields()
-        for template in templates:
-            template.check_fields(fields)
+               label_names: Sequence[str] | None, checked: bool = False) -> None:
+        if not checked:  # else the caller checked fields and labels before the model loaded
+            fields = split.fields()
+            for template in templates:
+                template.check_fields(fields)
         vocab = self.model.get_input_embeddings().weight.shape[0]
         for template in templates:
             bad = [i for i in template.trigger_ids if i is not None and not 0 <= i < vocab]
@@ -806,7 +813,7 @@ class Harness:
                 raise AutoPromptError(f"template {template.display()[:80]!r}: trigger token id {bad[0]} is outside this "
                                       f"model's vocabulary (0..{vocab - 1}); was the prompt found with another model?")
         names = label_names if label_names is not None else getattr(split, "label_names", None)
-        if names:
+        if names and not checked:
             verbalizer.check_labels(names)
         top = int(split.labels.max()) if len(split) else -1
         if top >= verbalizer.num_classes:
