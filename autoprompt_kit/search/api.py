@@ -144,12 +144,12 @@ def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str,
     space_tag = (Path(space).stem if isinstance(space, (str, Path)) else "task") if by_name else "api"
     name = study or default_study_name(open_storage(storage, heartbeat), f"{method}-{task.name}-{space_tag}-s{seed}",
                                        model_fingerprint(model_info["name"], harness))
+    note = (command(name, task_info) if command
+            else _api_command(method, name, storage, trials, seed, budget, chosen, folds))
     job = SearchJob(searcher, name, storage, n_trials=trials, seed=seed, heartbeat=heartbeat, progress=progress,
                     task_info=task_info, model_info=model_info, budget=seconds, selection=selection, folds=folds,
-                    trial_dir=None if trial_dir is None else str(trial_dir),
-                    command=command(name, task_info) if command else _api_command(method, name, storage, trials, seed, budget,
-                                                                       chosen, folds))
-    _check_trial_root(job.trial_root(), given=trial_dir is not None)
+                    trial_dir=str(trial_dir) if trial_dir else None, command=note)
+    _check_trial_root(job.trial_root(), given=bool(trial_dir))
     open_storage(storage, heartbeat)
     if verbose:
         print(f"task     {task.summary()}")
@@ -168,7 +168,7 @@ def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str,
             harness={**(harness_options or {}), "precision": harness.precision}, trials=trials, seed=seed,
             heartbeat=heartbeat, trial_dir=job.trial_dir, budget=seconds, selection=selection, folds=folds,
             task_info=task_info, model_info=model_info)
-        start_workers = _worker_starter(worker_job, workers - 1, storage)
+        start_workers = _WorkerStarter(worker_job, workers - 1, storage)
     try:
         found = run_study(job, ctx, start_workers)
     finally:
@@ -178,7 +178,7 @@ def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str,
                          seconds=time.perf_counter() - start, progress=progress and verbose)
 
 
-class _worker_starter:
+class _WorkerStarter:
     """Starts ``count`` worker processes of a job (once the leader has filled the study's queue);
     ``cleanup`` deletes the job file after the search."""
 

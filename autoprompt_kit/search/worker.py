@@ -94,7 +94,7 @@ def run_worker(job: WorkerJob, storage: str | None) -> None:
     task = load_task(job.task["source"], shots=job.task.get("shots") or None, seed=job.task.get("seed", job.seed),
                      max_examples=job.task.get("max_examples"), shots_flag="--shots")
     searcher = searcher_cls(searcher_cls.config_class.from_dict(job.space))
-    harness = Harness(job.model, kind=job.kind, progress=False, **job.harness)
+    harness = Harness(job.model, kind=job.kind, **{**job.harness, "progress": False})
     ctx = SearchContext(task=task, harness=harness, seed=job.seed)
     run_study(SearchJob(searcher=searcher, study_name=job.study, storage_url=storage, n_trials=job.trials,
                         seed=job.seed, heartbeat=job.heartbeat, worker=True, progress=False,
