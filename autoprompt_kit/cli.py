@@ -258,11 +258,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     searcher_cls = get_searcher(args.method)
 
     def command(study_name: str, task_info: dict[str, Any]) -> str:
-        args.shots = task_info.get("shots")  # the K used: the default is lowered to fit a small file
-        return _search_command(args, study_name)
+        # With the K used: the default is lowered to fit a small file.
+        return _search_command(argparse.Namespace(**{**vars(args), "shots": task_info.get("shots")}), study_name)
 
     result = find_prompt(
-        args.method, args.task, args.space, trials=args.trials, storage=args.storage, study=args.study,
+        args.method, args.task, args.space or None, trials=args.trials, storage=args.storage, study=args.study,
         seed=args.seed, test_split=args.test_split or None, out=args.out or None, budget=args.budget,
         selection=args.selection, folds=args.folds, progress=not args.quiet, trial_dir=args.trial_dir,
         shots=args.shots, max_examples=args.max_examples, model=args.model, kind=args.kind,
