@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import AutoPromptError
+from .search._processes import STORAGE_ENV
+from .search._processes import child_env as _child_env
+from .search._processes import die_with_parent as _die_with_parent
+from .search._processes import forward_signals as _forward_signals
+from .search.api import DEFAULT_SHOTS
 
 
 def _parse_words(values: Sequence[str]) -> dict[str, list[str]]:
@@ -91,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # One pass serves both modes: the calibrated run also returns the raw word scores.
     verb = verbalizer.replace(calibration="content_free" if "content_free" in modes
                               else "contextual" if "contextual" in modes else "none")
-    result = harness.evaluate(split, template, verb, label_names=task.label_names)
+    result = harness.evaluate(split, template, verb, label_names=task.label_names, checked=True)  # checked above
     report: dict[str, Any] = {"task": task.name, "split": args.split, "n": result.n, "template": template.to_dict(),
                               "verbalizer": verbalizer.to_dict(), "model": harness.model_name, "results": {}}
     for mode in modes:
@@ -132,17 +137,6 @@ def _harness(args: argparse.Namespace, progress: bool, auto_int8: bool = False) 
     from .harness import Harness
 
     return Harness(args.model, kind=args.kind, progress=progress, auto_int8=auto_int8, **_harness_options(args))
-
-
-def _study_precision(storage: Any, name: str) -> str | None:
-    """The precision an existing study recorded in its fingerprint (None: no such study, or none recorded)."""
-    import optuna
-
-    if name not in set(optuna.get_all_study_names(storage)):
-        return None
-    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
-    value = (attrs.get("fingerprint") or {}).get("precision")
-    return str(value) if value else None
 
 
 def _saved_precision(args: argparse.Namespace, prompt: Any) -> str | None:
@@ -207,38 +201,13 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
-#: --shots when not given: K per class for train and dev, lowered to what a small file allows.
-DEFAULT_SHOTS = 16
-
-
 def _load_cli_task(args: argparse.Namespace) -> Any:
     """The task ``--task`` names with ``--shots`` (default :data:`DEFAULT_SHOTS`, lowered to fit a small
     file, and said so); ``args.shots`` is set to the K used. Errors name the CLI flags."""
-    from .data import load_task
+    from .search.api import load_search_task
 
-    if not str(args.task).strip():
-        raise AutoPromptError("--task is empty; give a built-in task (mr, tweets, amazon, nyt, fortunes, spam), "
-                              "a local file or folder, or a HF dataset name")
-    if args.shots is not None and args.shots < 0:
-        raise AutoPromptError(f"--shots must be 0 (the full splits) or a positive integer, got {args.shots}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise AutoPromptError(f"--max-examples must be a positive integer, got {args.max_examples}")
-    fit = args.shots is None
-    task = load_task(args.task, shots=DEFAULT_SHOTS if fit else (args.shots or None), seed=args.seed,
-                     max_examples=args.max_examples, fit_shots=fit, shots_flag="--shots")
-    if fit:
-        if task.shots is not None and task.shots < DEFAULT_SHOTS and not getattr(args, "worker", False):
-            print(f"shots    {task.name}'s smallest class is too small for the default {DEFAULT_SHOTS} per class: "
-                  f"using --shots {task.shots} (train and dev {task.shots} per class; set --shots to choose)",
-                  file=sys.stderr)
-        args.shots = task.shots
+    task, args.shots = load_search_task(args.task, args.shots, args.seed, args.max_examples, note=True)
     return task
-
-
-def _task_source(task: str) -> str:
-    """What loads the task again from anywhere: a local file or folder as an absolute path, else the name."""
-    path = Path(task)
-    return str(path.resolve()) if path.exists() else task
 
 
 #: Seeds go to numpy and torch, which take 32-bit unsigned values.
@@ -260,52 +229,15 @@ def _check_writable(flag: str, out: str, example: str = "best.json") -> Path:
     return path
 
 
-def _check_trial_root(root: Path, given: bool) -> None:
-    """The folder trials save trained prompts in (``--trial-dir``/<study>) must not have a file in its
-    place (every trial that trains something would fail on it); a given --trial-dir must be writable."""
-    for part in (root, *root.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise AutoPromptError(f"--trial-dir: trials would save under {str(root)!r}, but {str(part)!r} "
-                                      "is a file; remove it or give another --trial-dir")
-            break
-    if given:
-        _check_writable("--trial-dir", str(root / "trial-0"))
-
-
-def _check_out(out: str, flag: str = "--out") -> None:
-    """``--out`` must be a file we can write (checked now, not after the whole search)."""
-    from .search.runner import prompt_folder
-
-    path = _check_writable(flag, out)
-    folder = prompt_folder(path)
-    if folder.exists() and not folder.is_dir():
-        raise AutoPromptError(f"--out {out!r}: the prompt folder {str(folder)!r} would go beside it, but a file has that name")
-
-
-def _worker_argv(args: argparse.Namespace, study_name: str) -> list[str]:
-    """The command line of a helper process: the same study, task, model and harness; it writes nothing."""
-    argv = [sys.executable, "-m", "autoprompt_kit.cli", "search", args.method,
-            "--task", str(args.task), "--shots", str(args.shots), "--seed", str(args.seed), "--study", study_name,
-            "--trials", str(args.trials), "--heartbeat", str(args.heartbeat), "--batch-size", str(args.batch_size),
-            "--workers", "1", "--test-split", "", "--out", "", "--worker", "--quiet", "--folds", str(args.folds)]
-    for flag, value in (("--space", args.space), ("--budget", args.budget), ("--selection", args.selection), ("--model", args.model), ("--kind", args.kind),
-                        ("--max-examples", args.max_examples),
-                        ("--device", args.device), ("--precision", args.precision),
-                        ("--trial-dir", args.trial_dir), ("--truncation", args.truncation)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
 def _search_command(args: argparse.Namespace, study_name: str) -> str:
     """The command that reproduces (or resumes) this search, for the study's note: the same method,
     task, space, model, seed and selection; the storage without its password."""
     import shlex
 
-    from .search._storage import public_url
+    from .search import public_url
+    from .search.api import task_source
 
-    argv = ["autoprompt-kit", "search", args.method, "--task", _task_source(str(args.task)), "--shots", str(args.shots),
+    argv = ["autoprompt-kit", "search", args.method, "--task", task_source(str(args.task)), "--shots", str(args.shots),
             "--seed", str(args.seed), "--study", study_name, "--trials", str(args.trials)]
     for flag, value in (("--space", args.space), ("--model", args.model), ("--kind", args.kind),
                         ("--max-examples", args.max_examples), ("--selection", args.selection),
@@ -318,131 +250,36 @@ def _search_command(args: argparse.Namespace, study_name: str) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    import subprocess
-    import time
+    """``find_prompt`` with the command line's settings; prints what it found."""
+    from .search import get_searcher
+    from .search.api import find_prompt
 
-    from .data import load_task
-    from .search import DEFAULT_STORAGE, SearchContext, SearchJob, finish_search, get_searcher, run_search
-    from .search._storage import public_url
-    from .search.runner import parse_budget, summary
-
-    import os
-
-    if args.worker and args.storage is None:  # a helper of `--workers N`: its parent's storage
-        args.storage = os.environ.get(STORAGE_ENV)
-    searcher_cls = get_searcher(args.method)
-    config = searcher_cls.config_class.from_yaml(args.space) if args.space else None
-    if args.trials < 1:
-        raise AutoPromptError("--trials must be at least 1")
-    if args.workers < 1:
-        raise AutoPromptError("--workers must be at least 1")
     _check_seed(args.seed)
-    if args.heartbeat < 1:
-        raise AutoPromptError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
-    budget = parse_budget(args.budget if args.budget is not None else searcher_cls.default_budget)
-    selection = args.selection or searcher_cls.default_selection
-    if selection == "cv" and args.folds < 2:
-        raise AutoPromptError(f"--folds must be at least 2, got {args.folds}")
-    if args.out:
-        _check_out(args.out)
-    start = time.perf_counter()
-    # Everything that can be wrong with the input is found before the storage is touched or the model loads.
-    task = _load_cli_task(args)
-    if args.test_split and args.test_split not in task.splits:
-        raise AutoPromptError(f"--test-split {args.test_split!r} is not a split of {task.name!r} "
-                              f"(splits: {', '.join(task.splits)}; '' = none)")
-    if config is None:  # no --space: the default space, read off the task
-        config = _task_space(args.method, searcher_cls, task)
-        if not args.worker:
-            print(f"space    built from the task (write it to edit: autoprompt-kit space {args.method} --task "
-                  f"{args.task} --out space.yaml):")
-            print("\n".join(f"         {line}" for line in _shown_settings(config.to_yaml())))
-    searcher = searcher_cls(config)
-    config.check_task(task)
-    from .search._storage import check_url
-    from .search.runner import default_storage, default_study_name, model_fingerprint, open_storage
+    searcher_cls = get_searcher(args.method)
 
-    check_url(args.storage or default_storage())  # a bad URL is said before the model loads
-    if args.precision in (None, "auto") and args.study:
-        # Resuming a named study: auto takes the precision its trials were scored in (one study, one precision).
-        args.precision = _study_precision(open_storage(args.storage, args.heartbeat), args.study) or args.precision
-    harness = _harness(args, progress=False, auto_int8=searcher_cls.scores_only)
-    if harness.precision_probe is not None and not args.worker and not args.quiet:
-        print(harness.precision_probe.line())
-    # Helper processes run in the precision this one resolved (one study, one fingerprint).
-    args.precision = harness.precision
-    ctx = SearchContext(task=task, harness=harness, seed=args.seed)
-    # What the space can check against the model is checked before the study (or its file) exists:
-    # a trial that fails on it would leave FAIL/WAITING trials and Optuna's traceback behind.
-    searcher.check(ctx)
-    model_info = {"name": args.model or "gemma-3-270m", "kind": harness.kind}
-    # Without --study the name carries a tag of the model: another model starts its own study.
-    study_name = args.study or default_study_name(
-        open_storage(args.storage, args.heartbeat),
-        f"{args.method}-{task.name}-{Path(args.space).stem if args.space else 'task'}-s{args.seed}",
-        model_fingerprint(model_info["name"], harness))
-    job = SearchJob(
-        searcher=searcher, study_name=study_name, storage_url=args.storage, n_trials=args.trials, seed=args.seed,
-        heartbeat=args.heartbeat, worker=args.worker, progress=not args.quiet, trial_dir=args.trial_dir,
-        task_info=task.info(source=_task_source(args.task), shots=args.shots, seed=args.seed,
-                            max_examples=args.max_examples),
-        model_info=model_info, budget=budget, selection=selection, folds=args.folds,
-        command=_search_command(args, study_name),
-    )
-    _check_trial_root(job.trial_root(), given=bool(args.trial_dir))
-    open_storage(args.storage, args.heartbeat)
-    if not args.worker:
-        print(f"task     {task.summary()}")
-        print(f"model    {job.model_info['name']} ({harness.kind}, {harness.device})")
-        size = "stages sized to the budget" if searcher.staged else f"{args.trials} trials"
-        print(f"study    {study_name} in {public_url(job.storage_url or DEFAULT_STORAGE)}; {size}"
-              + (f", {args.workers} workers" if args.workers > 1 else "")
-              + (f", budget {args.budget or searcher_cls.default_budget}" if budget else "")
-              + (f", selection by {args.folds}-fold cross-validation over train + dev" if selection == "cv" else ""))
+    def command(study_name: str, task_info: dict[str, Any]) -> str:
+        # With the K used: the default is lowered to fit a small file.
+        return _search_command(argparse.Namespace(**{**vars(args), "shots": task_info.get("shots")}), study_name)
 
-    def start_workers() -> list[subprocess.Popen]:
-        # Extra processes join the same study (the queue is already filled, so none duplicates work);
-        # they die with this process, even when it is killed with SIGKILL.
-        # The storage URL (perhaps with a password) goes through the environment, not the command line.
-        procs = [subprocess.Popen(_worker_argv(args, study_name), env=_child_env(args.storage),
-                                  preexec_fn=_die_with_parent)
-                 for _ in range(args.workers - 1)]
-        _forward_signals(procs)
-        return procs
-
-    study = run_search(job, ctx, start_workers=start_workers if not args.worker and args.workers > 1 else None)
-    if args.worker:
-        return 0
-    result = finish_search(study, job, ctx, test_split=args.test_split or None, out=args.out or None,
-                           seconds=time.perf_counter() - start, progress=not args.quiet)
-    print(summary(study, result.document, args.out))
+    result = find_prompt(
+        args.method, args.task, args.space or None, trials=args.trials, storage=args.storage, study=args.study,
+        seed=args.seed, test_split=args.test_split or None, out=args.out or None, budget=args.budget,
+        selection=args.selection, folds=args.folds, progress=not args.quiet, trial_dir=args.trial_dir,
+        shots=args.shots, max_examples=args.max_examples, model=args.model, kind=args.kind,
+        harness_options={**_harness_options(args), "auto_int8": searcher_cls.scores_only},
+        heartbeat=args.heartbeat, workers=args.workers, verbose=True, command=command)
+    print(result.summary(args.out))
     return 0
 
 
-#: Settings the startup line shows of a space built from the task (the rest are defaults).
-_SHOWN_SETTINGS = ("template", "templates", "label_words", "seed_words", "calibration", "sources")
-
-
-def _shown_settings(yaml_text: str) -> list[str]:
-    """The lines of the shown settings, nested blocks (a mapping of label words) included."""
-    shown, keep = [], False
-    for line in yaml_text.splitlines():
-        if line and not line[0].isspace():
-            keep = line.split(":")[0] in _SHOWN_SETTINGS and not line.startswith("#")
-        if keep:
-            shown.append(line)
-    return shown
-
-
 def _task_space(method: str, searcher_cls: Any, task: Any) -> Any:
-    config = searcher_cls.config_class.for_task(task)
-    config.method = method
-    return config
+    from .search.api import default_space
+
+    return default_space(method, task)
 
 
 def cmd_space(args: argparse.Namespace) -> int:
     """Write the default search space of a method for a task, as YAML to edit and pass to --space."""
-    from .data import load_task
     from .search import get_searcher
 
     searcher_cls = get_searcher(args.method)
@@ -620,8 +457,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 
 def _storage_shown(url: str | None) -> str:
-    from .search._storage import public_url
-    from .search.runner import DEFAULT_STORAGE
+    from .search import DEFAULT_STORAGE, public_url
 
     return public_url(url or DEFAULT_STORAGE)
 
@@ -647,7 +483,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     import optuna
 
-    from .search.runner import open_existing_storage, recover_for_view, trial_rows
+    from .search import open_existing_storage, recover_for_view, trial_rows
 
     if args.top is not None and args.top < 1:
         raise AutoPromptError(f"--top must be at least 1, got {args.top}")
@@ -677,10 +513,6 @@ def cmd_trials(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The environment variable through which a child process gets the storage URL: a password in a
-#: command line is visible to every user of the machine (``ps``), the environment is not.
-STORAGE_ENV = "AUTOPROMPT_KIT_STORAGE"
-
 #: Hosts that serve only this machine; any other --host serves every study to the network.
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -691,25 +523,14 @@ _DASHBOARD_CODE = ("import os, sys; from optuna_dashboard import run_server; "
                    "artifact_store=FileSystemArtifactStore(sys.argv[3]))" % STORAGE_ENV)
 
 
-def _child_env(url: str | None) -> dict[str, str]:
-    """This process's environment plus the storage URL for a child (see :data:`STORAGE_ENV`)."""
-    import os
-
-    env = dict(os.environ)
-    if url:
-        env[STORAGE_ENV] = url
-    return env
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import importlib.util
     import subprocess
 
     import optuna
 
-    from .search._storage import public_url
+    from .search import DEFAULT_STORAGE, default_storage, open_storage, public_url, recover_for_view
     from .search.report import artifact_dir
-    from .search.runner import DEFAULT_STORAGE, default_storage, open_storage, recover_for_view
 
     if not 0 < args.port < 65536:
         raise AutoPromptError(f"--port must be between 1 and 65535, got {args.port}")
@@ -738,40 +559,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     while proc.poll() is None:  # not proc.wait(): the signal handler must be able to reap the child itself
         time.sleep(0.2)
     return proc.returncode
-
-
-def _die_with_parent() -> None:
-    """In a child process: get SIGTERM when the parent dies (Linux), so no child outlives a killed parent."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _forward_signals(procs: list[Any]) -> None:
-    """On SIGTERM/SIGINT/SIGHUP: pass the signal on to the children, wait for them, then exit."""
-    import signal
-
-    import time
-
-    def handler(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-        deadline = time.monotonic() + 30
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for p in procs:
-            if p.poll() is None:  # a child that ignores the signal is killed
-                p.kill()
-                p.wait()
-        raise SystemExit(128 + signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -839,7 +626,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where trials keep what they trained (default: trials/ beside an SQLite storage, else runs/trials)")
     _add_harness_args(se)
     se.add_argument("--quiet", action="store_true")
-    se.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     se.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("space", help="write a method's default search space for a task (YAML to edit)",

@@ -252,7 +252,7 @@ def test_search_space_grid_and_a_search_from_a_saved_prompt(tiny_models, tmp_pat
     assert again.predictions.tolist() == best_trial(result.study).user_attrs["~dev_predictions"]
     trials = {t.params["selection"]: t for t in result.study.trials}
     assert len(trials["dev_selected"].user_attrs["fixed_set_candidates"]) == 2
-    from autoprompt_kit.search.runner import summary
+    from autoprompt_kit.search._runner import summary
 
     printed = summary(result.study, result.document, str(tmp_path / "best.json"))
     assert "demonstrations: " in printed and "separator '\\n' (from 8 train examples)" in printed

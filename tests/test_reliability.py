@@ -23,7 +23,7 @@ from autoprompt_kit import AutoPromptError, Harness, Template, Verbalizer, load_
 from autoprompt_kit.data import Example, Split
 from autoprompt_kit.io import STALE_SECONDS, write_json_atomic
 from autoprompt_kit.search._storage import OWNER, check_url, public_url, take_trials_atomically
-from autoprompt_kit.search.runner import QUEUED, SearchJob, _recover, fill_queue, open_storage, open_study
+from autoprompt_kit.search._runner import QUEUED, SearchJob, _recover, fill_queue, open_storage, open_study
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
@@ -942,17 +942,16 @@ def test_default_shots_fit_a_small_file_and_say_what_was_chosen(tiny_model_dir, 
 def test_secrets_go_to_children_through_the_environment_not_argv(monkeypatch):
     """``--workers`` children and the dashboard get the PostgreSQL URL with its password from the
     environment: ``ps`` shows the command line of every process on the machine."""
-    import argparse
-
     from autoprompt_kit import cli
+    from autoprompt_kit.search.worker import WorkerJob, worker_command
 
     url = "postgresql+psycopg2://u:secretpw@127.0.0.1:5432/db"
-    args = argparse.Namespace(method="select", task="mr", shots=4, seed=13, trials=2, heartbeat=30, batch_size=8,
-                              space=None, model=None, kind=None, max_examples=None, storage=url, device=None,
-                              precision=None, trial_dir=None, truncation="tail", budget=None, selection=None, folds=4)
-    argv = cli._worker_argv(args, "study")
+    job = WorkerJob(method="select", space={}, study="study", task={"source": "mr", "shots": 4, "seed": 13},
+                    harness={"batch_size": 8, "precision": "fp32"}, trials=2)
+    argv = worker_command("/tmp/job.json")
     env = cli._child_env(url)
     assert "secretpw" not in " ".join(argv) and url not in argv
+    assert "secretpw" not in job.to_json()  # nor in the job file the workers read
     assert env[cli.STORAGE_ENV] == url
 
 
@@ -1024,7 +1023,8 @@ def test_worker_command_lines_never_show_the_postgresql_password(tiny_model_dir,
             return out
 
         try:
-            assert _wait_for(lambda: sum("--worker " in c for c in command_lines()) == 2, 120), "no workers started"
+            assert _wait_for(lambda: sum("autoprompt_kit.search.worker " in c for c in command_lines()) == 2, 120), \
+                "no workers started"
             lines = command_lines()
             assert not any("secretpw" in c for c in lines), lines
             assert _wait_for(lambda: optuna.load_study(study_name=optuna.get_all_study_summaries(url)[0].study_name,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from autoprompt_kit import AutoPromptError, Harness, load_task
 from autoprompt_kit.methods import SelectConfig, TemplateSelection
 from autoprompt_kit.search import SearchContext, SearchJob, get_searcher, run_search
-from autoprompt_kit.search.runner import QUEUED, fill_queue
+from autoprompt_kit.search._runner import QUEUED, fill_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
@@ -202,3 +202,63 @@ def test_dashboard_shows_a_real_search_study(tiny_model_dir, tmp_path):
         png = tmp_path / "dashboard.png"
         chromium_screenshot(url, png)
         assert png.stat().st_size > 10_000
+
+
+def test_each_check_runs_once_per_search_and_per_evaluate(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """The space is checked against the task once and against the model once per search (not again
+    by the runner); an evaluate checks its template's fields once (before the model loads)."""
+    from autoprompt_kit import cli
+    from autoprompt_kit.prompts import Template
+    from autoprompt_kit.search import SearchConfig, Searcher
+
+    calls: dict[str, int] = {}
+
+    def counted(cls, name):
+        real = getattr(cls, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(self, *args, **kwargs)
+        monkeypatch.setattr(cls, name, wrapper)
+
+    counted(SearchConfig, "check_task")
+    counted(Searcher, "check")
+    assert cli.main(search_args(tiny_model_dir, f"sqlite:///{tmp_path / 'c.db'}", "once", 2)) == 0
+    assert calls == {"check_task": 1, "check": 1}
+    calls.clear()
+    counted(Template, "check_fields")
+    assert cli.main(["evaluate", "--model", tiny_model_dir, "--max-examples", "40", "--quiet",
+                     "--words", "negative=bad", "--words", "positive=good"]) == 0
+    assert calls == {"check_fields": 1}
+
+
+def test_bad_space_fails_before_the_model_loads_and_the_study_opens(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from autoprompt_kit import cli, harness
+
+    space = tmp_path / "space.yaml"
+    space.write_text("method: select\ntemplates: ['{text_b} It was {mask}.']\n"
+                     "label_words: [{negative: bad, positive: good}]\n")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded")
+    monkeypatch.setattr(harness, "Harness", no_model)
+    db = tmp_path / "s.db"
+    assert cli.main(["search", "select", "--space", str(space), "--model", tiny_model_dir, "--storage",
+                     f"sqlite:///{db}", "--max-examples", "40", "--shots", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: setting 'templates'") and "text_b" in err[0]
+    assert not db.exists()
+
+
+def test_workers_start_from_a_job_file_not_a_command_line(tiny_model_dir, tmp_path):
+    """``--workers 2`` on SQLite: the extra process runs ``python -m autoprompt_kit.search.worker JOB``
+    and the two share the study's queue (no candidate twice)."""
+    from autoprompt_kit.search.worker import WorkerJob
+
+    job = WorkerJob(method="select", space={"templates": ["{text_a} {mask}"]}, study="s", task={"source": "mr"})
+    assert WorkerJob.from_json(job.to_json()) == job
+    storage = f"sqlite:///{tmp_path / 'w.db'}"
+    proc = cli(*search_args(tiny_model_dir, storage, "w", 6, None, "--workers", "2"))
+    assert proc.returncode == 0, proc.stderr
+    complete = complete_params(storage, "w")
+    assert len(complete) == 6 and len(set(complete)) == 6

@@ -16,7 +16,7 @@ from autoprompt_kit.errors import AutoPromptError
 from autoprompt_kit.methods import AutoPromptConfig, KPTConfig, ProtoVerbConfig
 from autoprompt_kit.search import REGISTRY, get_searcher
 from autoprompt_kit.search.base import SearchConfig, choice
-from autoprompt_kit.search.runner import fill_queue
+from autoprompt_kit.search._runner import fill_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "autoprompt_kit"

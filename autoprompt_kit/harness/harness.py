@@ -189,6 +189,7 @@ class Harness:
         *,
         label_names: Sequence[str] | None = None,
         exact: bool = False,
+        checked: bool = False,
     ) -> EvalResult:
         """Score one prompt on a split: accuracy, macro-F1 and per-example class scores.
 
@@ -198,8 +199,11 @@ class Harness:
             verbalizer: a :class:`Verbalizer` or its JSON / ``{label: words}`` dict.
             label_names: the task's labels, checked against the verbalizer's.
             exact: always compute full-vocabulary log-probabilities (slower; same decisions).
+            checked: the caller has checked the template's fields against the split and the
+                verbalizer's labels against ``label_names`` (before loading the model): not again.
         """
-        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact)[0]
+        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact,
+                                  checked=checked)[0]
 
     def evaluate_many(
         self,
@@ -209,13 +213,15 @@ class Harness:
         *,
         label_names: Sequence[str] | None = None,
         exact: bool = False,
+        checked: bool = False,
     ) -> list[EvalResult]:
-        """Score several templates with one verbalizer, batched together (one pass over the data)."""
+        """Score several templates with one verbalizer, batched together (one pass over the data);
+        ``checked`` as in :meth:`evaluate`."""
         start = time.perf_counter()
         split = _validation.as_split(split)
         parsed = [as_template(t) for t in templates]
         verbalizer = as_verbalizer(verbalizer)
-        self._check(split, parsed, verbalizer, label_names)
+        self._check(split, parsed, verbalizer, label_names, checked)
         calibrate = verbalizer.calibration == "content_free"
         # Content-free inputs carry each example's demonstrations: one prior per distinct demonstration text.
         contexts = [calibration.calibration_contexts(t, split) if calibrate else ([], None) for t in parsed]
@@ -474,6 +480,6 @@ class Harness:
         return precisions.autocast(self.precision, self.device)
 
     def _check(self, split: Split, templates: Sequence[Template], verbalizer: Verbalizer,
-               label_names: Sequence[str] | None) -> None:
+               label_names: Sequence[str] | None, checked: bool = False) -> None:
         _validation.check(split, templates, verbalizer, label_names,
-                          self.model.get_input_embeddings().weight.shape[0])
+                          self.model.get_input_embeddings().weight.shape[0], checked)

@@ -1,0 +1,52 @@
+"""Child processes of a search (its ``workers``) and of the dashboard: they get the storage URL
+through the environment, die with their parent, and get its signals."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: The environment variable through which a child process gets the storage URL: a password in a
+#: command line is visible to every user of the machine (``ps``), the environment is not.
+STORAGE_ENV = "AUTOPROMPT_KIT_STORAGE"
+
+
+def child_env(url: str | None) -> dict[str, str]:
+    """This process's environment plus the storage URL for a child (see :data:`STORAGE_ENV`)."""
+    env = dict(os.environ)
+    if url:
+        env[STORAGE_ENV] = url
+    return env
+
+
+def die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies (Linux), so no child outlives a killed parent."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def forward_signals(procs: list[Any]) -> None:
+    """On SIGTERM/SIGINT/SIGHUP: pass the signal on to the children, wait for them, then exit."""
+    import signal
+    import time
+
+    def handler(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+        deadline = time.monotonic() + 30
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for p in procs:
+            if p.poll() is None:  # a child that ignores the signal is killed
+                p.kill()
+                p.wait()
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
