@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 from .errors import AutoPromptError
 from .search._processes import STORAGE_ENV
@@ -343,7 +343,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{Path(args.out).name}.", suffix=".tmp", dir=out_dir)
-        sink = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        sink: TextIO = os.fdopen(fd, "w", encoding="utf-8", newline="")
     else:
         tmp, sink = None, sys.stdout
     start, done, bar = time.perf_counter(), 0, None
@@ -360,6 +360,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             writer.writerow((["id"] if has_id else []) + (["line"] if has_line else []) + ["text"]
                             + (["text_b"] if has_b else []) + ["label"] + [f"p_{n}" for n in names])
         for chunk in itertools.chain([first] if first else [], chunks):
+            assert harness is not None  # loaded when there was a first chunk
             preds = prompt.predict(Split([r.example for r in chunk], name="inputs"), harness)
             harness.clear_cache()
             for row, record in zip(chunk, preds.records(PROBABILITY_DECIMALS)):

@@ -76,6 +76,7 @@ def _rdb_storage(url: str, heartbeat: int, lock: bool) -> optuna.storages.RDBSto
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna but stable since 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Optuna 4.9 renamed the retry hook; older releases (>= 3.6 is supported) only have the old one.
+            retry: dict[str, Any]
             if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
                 retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
             else:
@@ -188,7 +189,7 @@ def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: in
     re-enqueues their parameters. Safe for any number of processes at once: reading the queue and
     adding to it happen under a storage-wide lock (see :func:`._storage.storage_lock`).
     """
-    storage = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache wrapper
+    storage: Any = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache wrapper
     url, engine = getattr(storage, "url", None), getattr(storage, "engine", None)
     if url is None:  # an in-memory storage: one process only
         return _fill_queue(study, grid, n_trials, seed, shuffle)
@@ -286,12 +287,13 @@ def run_study(job: SearchJob, ctx: SearchContext,
     storage = open_storage(job.storage_url, job.heartbeat)
     config = job.searcher.config.to_dict()
     selection = job.selection_info()
+    fingerprint = {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection),
+                   **model_fingerprint(job.model_info.get("name"), ctx.harness)}
     meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
             "seed": job.seed, "selection": selection, "heartbeat": job.heartbeat,
-            "fingerprint": {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection),
-                            **model_fingerprint(job.model_info.get("name"), ctx.harness)}}
+            "fingerprint": fingerprint}
     # The readable attributes go first: the dashboard lists a study's attributes in the order they were set.
-    overview = study_overview(job, ctx, meta["fingerprint"])
+    overview = study_overview(job, ctx, fingerprint)
     study = open_study(job.study_name, storage, job.seed, {**overview, **meta})
     describe_study(study, job, ctx, overview)
     store = reporting.artifact_store(job.storage_url or DEFAULT_STORAGE)
@@ -494,6 +496,7 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
         return job.searcher.run_trial(trial, ctx)
     results, scores, outcome = [], [], None
     prunable = True
+    trial_start = time.perf_counter()  # reset at fold 0, after whatever ran before the folds
     for fold in folds:
         # A fold that would end past the budget (+10 %), judging by the folds so far, is not started.
         if budget is not None and fold.number > 0:
@@ -628,7 +631,7 @@ def recover_for_view(study: optuna.Study) -> list[int]:
     Uses the heartbeat the study was run with (a shorter one would fail live trials)."""
     recorded = study.user_attrs.get("heartbeat")
     heartbeat = int(recorded) if isinstance(recorded, int) else 30
-    storage = getattr(study._storage, "_backend", study._storage)
+    storage: Any = getattr(study._storage, "_backend", study._storage)
     revived = fail_dead_trials(study)  # exact: the owner's pid on this host is gone
     # By heartbeat only where the study says which interval its processes beat at (a guess could fail live trials).
     if isinstance(recorded, int) and getattr(storage, "heartbeat_interval", None) is not None:
@@ -884,7 +887,7 @@ def report_best(study: optuna.Study, job: SearchJob, ctx: SearchContext, best: o
         png = Path(tmp) / f"trial-{best.number}-confusion-matrix.png"
         if png.name not in stored and predictions is not None and len(predictions) == len(examples):
             title = f"{study.study_name}\ntrial {best.number}: {metric} {best.value:.4f} (n={len(examples)})"
-            if reporting.confusion_png(examples.labels, predictions, ctx.task.label_names, title, png):
+            if reporting.confusion_png(examples.labels.tolist(), predictions, ctx.task.label_names, title, png):
                 reporting.upload(store, study, best._trial_id, png, mimetype="image/png")
             else:
                 extra = "\n(no confusion-matrix image: matplotlib is not installed — `pip install matplotlib`)\n"
@@ -1017,12 +1020,12 @@ def storage_summaries(url: str | None) -> list[dict[str, Any]] | None:
             best: optuna.trial.FrozenTrial | None = best_trial(study)
         except AutoPromptError:
             best = None
-        task = attrs.get("task") if isinstance(attrs.get("task"), dict) else {}
-        model = attrs.get("model") if isinstance(attrs.get("model"), dict) else {}
+        task: dict[str, Any] = attrs["task"] if isinstance(attrs.get("task"), dict) else {}
+        model: dict[str, Any] = attrs["model"] if isinstance(attrs.get("model"), dict) else {}
         out.append({"name": name, "method": attrs.get("method"), "task": task.get("name"),
                     "model": attrs.get("Model") or model.get("name"), "trials": len(trials), "states": states,
                     "best": None if best is None else best.value, "best_trial": None if best is None else best.number,
-                    "metric": (study.metric_names or [None])[0],
+                    "metric": study.metric_names[0] if study.metric_names else None,
                     "template": None if best is None else best.user_attrs.get("template")})
     return out
 

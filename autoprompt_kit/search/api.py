@@ -183,7 +183,8 @@ class _WorkerStarter:
     ``cleanup`` deletes the job file after the search."""
 
     def __init__(self, job: Any, count: int, storage: str | None) -> None:
-        self.job, self.count, self.storage, self.path = job, count, storage, None
+        self.job, self.count, self.storage = job, count, storage
+        self.path: Path | None = None
 
     def __call__(self) -> list[Any]:
         import subprocess
@@ -191,10 +192,10 @@ class _WorkerStarter:
         from ._processes import child_env, die_with_parent, forward_signals
         from .worker import worker_command
 
-        self.path = self.job.save()
+        self.path = path = self.job.save()
         # They die with this process, even when it is killed with SIGKILL; the storage URL (perhaps
         # with a password) goes through the environment, not the command line or the job file.
-        procs = [subprocess.Popen(worker_command(self.path), env=child_env(self.storage), preexec_fn=die_with_parent)
+        procs = [subprocess.Popen(worker_command(path), env=child_env(self.storage), preexec_fn=die_with_parent)
                  for _ in range(self.count)]
         forward_signals(procs)
         return procs
