@@ -1,10 +1,10 @@
 """autoprompt-kit: search for the best prompt for a pretrained language model.
 
-    from autoprompt_kit import Harness, Template, Verbalizer, load_task
+from autoprompt_kit import Harness, Template, Verbalizer, load_task
 
-    task = load_task("mr", shots=16, seed=13)
-    h = Harness()                                   # the embedded Gemma 3 270M
-    result = h.evaluate(task.test, "{text_a} It was {mask}.", {"negative": "terrible", "positive": "great"})
+task = load_task("mr", shots=16, seed=13)
+h = Harness()                                   # the embedded Gemma 3 270M
+result = h.evaluate(task.test, "{text_a} It was {mask}.", {"negative": "terrible", "positive": "great"})
 """
 
 from __future__ import annotations
@@ -18,9 +18,27 @@ from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .prompts import Template, Verbalizer
 
 __all__ = [
-    "AutoPromptError", "DEFAULT_MODEL", "Predictions", "Prompt", "EvalResult", "Example", "Harness", "LoadedModel", "ScoreOutput", "Split",
-    "Task", "Template", "Verbalizer", "__version__", "few_shot", "find_prompt", "list_builtin_tasks", "load_best", "load_task",
-    "load_model", "task_from_examples",
+    "AutoPromptError",
+    "DEFAULT_MODEL",
+    "Predictions",
+    "Prompt",
+    "EvalResult",
+    "Example",
+    "Harness",
+    "LoadedModel",
+    "ScoreOutput",
+    "Split",
+    "Task",
+    "Template",
+    "Verbalizer",
+    "__version__",
+    "few_shot",
+    "find_prompt",
+    "list_builtin_tasks",
+    "load_best",
+    "load_task",
+    "load_model",
+    "task_from_examples",
 ]
 
 # The built-in methods register themselves (the search backbone never imports them).

@@ -77,8 +77,14 @@ class Head(Protocol):
 
     def head_tensors(self) -> dict[str, torch.Tensor]: ...
 
-    def evaluate(self, harness: "Harness", split: "Split", template: Template, verbalizer: Verbalizer,
-                 label_names: Sequence[str] | None = None) -> "EvalResult": ...
+    def evaluate(
+        self,
+        harness: Harness,
+        split: Split,
+        template: Template,
+        verbalizer: Verbalizer,
+        label_names: Sequence[str] | None = None,
+    ) -> EvalResult: ...
 
 
 #: Head kind → class with ``from_saved(config, tensors)``. The method that trains a kind registers it.
@@ -96,7 +102,7 @@ class TrainedState(Protocol):
     key: ClassVar[str]
 
     @classmethod
-    def read(cls, entry: Any, folder: Path | None) -> "TrainedState":
+    def read(cls, entry: Any, folder: Path | None) -> TrainedState:
         """From its manifest entry, its tensors read from ``folder`` (:func:`read_tensors`)."""
         ...
 
@@ -104,11 +110,11 @@ class TrainedState(Protocol):
         """The manifest entry: settings, and the files that hold the tensors."""
         ...
 
-    def save(self, folder: Path, prompt: "Prompt") -> None:
+    def save(self, folder: Path, prompt: Prompt) -> None:
         """Write its files into ``folder`` (the prompt folder being written)."""
         ...
 
-    def applied(self, harness: "Harness") -> contextlib.AbstractContextManager[Any]:
+    def applied(self, harness: Harness) -> contextlib.AbstractContextManager[Any]:
         """Put the state on ``harness`` for the block, and take it off after."""
         ...
 
@@ -149,8 +155,8 @@ class Predictions:
     """What :meth:`Prompt.predict` returns: one label and one probability row per input, in order."""
 
     labels: list[str]
-    indices: np.ndarray           # (N,) class index of each label
-    probabilities: np.ndarray     # (N, C) class probabilities (rows sum to 1)
+    indices: np.ndarray  # (N,) class index of each label
+    probabilities: np.ndarray  # (N, C) class probabilities (rows sum to 1)
     label_names: list[str]
 
     def __len__(self) -> int:
@@ -160,7 +166,9 @@ class Predictions:
         """``{"label": …, "probabilities": {class: p}}`` per input; ``decimals`` rounds the
         probabilities (the CLI's JSONL and CSV both use :data:`PROBABILITY_DECIMALS`)."""
         for label, row in zip(self.labels, self.probabilities):
-            probs = {n: float(p) if decimals is None else round(float(p), decimals) for n, p in zip(self.label_names, row)}
+            probs = {
+                n: float(p) if decimals is None else round(float(p), decimals) for n, p in zip(self.label_names, row)
+            }
             yield {"label": label, "probabilities": probs}
 
 
@@ -204,14 +212,19 @@ class Prompt:
         if self.ensemble is not None and self.ensemble not in ENSEMBLE_WEIGHTINGS:
             raise AutoPromptError(f"ensemble must be one of {ENSEMBLE_WEIGHTINGS} or null, got {self.ensemble!r}")
         if self.weights is not None:
-            if (not isinstance(self.weights, (list, tuple)) or len(self.weights) != len(self.templates)
-                    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.weights)):
+            if (
+                not isinstance(self.weights, (list, tuple))
+                or len(self.weights) != len(self.templates)
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.weights)
+            ):
                 raise AutoPromptError(f"ensemble weights must be {len(self.templates)} numbers, got {self.weights!r}")
             self.weights = [float(w) for w in self.weights]
         self.states = dict(self.states)
         for key, state in self.states.items():
             if getattr(state, "key", None) != key:
-                raise AutoPromptError(f"trained state {key!r} is a {type(state).__name__} of kind {getattr(state, 'key', None)!r}")
+                raise AutoPromptError(
+                    f"trained state {key!r} is a {type(state).__name__} of kind {getattr(state, 'key', None)!r}"
+                )
         if self.demonstrations is not None and not isinstance(self.demonstrations, Demonstrations):
             self.demonstrations = Demonstrations.from_dict(self.demonstrations)
 
@@ -225,26 +238,34 @@ class Prompt:
         """True when the prompt carries tensors (a head, or trained backbone state)."""
         return self.head is not None or bool(self.states)
 
-    def with_demonstrations(self, demonstrations: Demonstrations | None) -> "Prompt":
+    def with_demonstrations(self, demonstrations: Demonstrations | None) -> Prompt:
         """This prompt (any template, verbalizer or trained state) with in-context demonstrations,
         or without any (``None``)."""
         return replace(self, demonstrations=demonstrations)
 
-    def with_state(self, state: TrainedState) -> "Prompt":
+    def with_state(self, state: TrainedState) -> Prompt:
         """This prompt plus trained backbone state (replacing any of the same kind)."""
         return replace(self, states={**self.states, state.key: state})
 
     def describe(self) -> str:
         words = " / ".join(",".join(ws) for ws in self.verbalizer.label_words)
-        body = self.template.display() if len(self.templates) == 1 else f"ensemble[{self.ensemble}] of {len(self.templates)}"
+        body = (
+            self.template.display()
+            if len(self.templates) == 1
+            else f"ensemble[{self.ensemble}] of {len(self.templates)}"
+        )
         cal = "" if self.verbalizer.calibration == "none" else f" [{self.verbalizer.calibration}]"
-        extra = "".join([f" + {self.demonstrations.describe()}" if self.demonstrations is not None else "",
-                         f" + {self.head.kind} head" if self.head is not None else "",
-                         *(f" + {text}" for text in (self.states[k].describe() for k in sorted(self.states)) if text)])
+        extra = "".join(
+            [
+                f" + {self.demonstrations.describe()}" if self.demonstrations is not None else "",
+                f" + {self.head.kind} head" if self.head is not None else "",
+                *(f" + {text}" for text in (self.states[k].describe() for k in sorted(self.states)) if text),
+            ]
+        )
         return f"{body} -> {words}{cal}{extra}"
 
     # -- applying it ---------------------------------------------------------------------------
-    def harness(self, **kwargs: Any) -> "Harness":
+    def harness(self, **kwargs: Any) -> Harness:
         """The harness for this prompt's model, loaded once (``kwargs`` go to :class:`Harness`).
 
         The model is checked against the pin the prompt saved (:data:`PIN_KEYS`): a file's sha256
@@ -258,23 +279,25 @@ class Prompt:
             check_model(self.model, name, model_identity(name), self.allow_model_mismatch)
             # The precision it was found in, unless asked otherwise (dev reproduces exactly).
             saved = {"precision": self.model["precision"]} if self.model.get("precision") else {}
-            harness = Harness(name, kind=kind, **{"progress": False, **saved,
-                                                  **{k: v for k, v in kwargs.items() if v is not None}})
+            harness = Harness(
+                name, kind=kind, **{"progress": False, **saved, **{k: v for k, v in kwargs.items() if v is not None}}
+            )
             revision = getattr(harness.model.config, "_commit_hash", None)
             check_model(self.model, name, {"revision": revision} if revision else {}, self.allow_model_mismatch)
             self._harness = harness
         return self._harness
 
     @contextlib.contextmanager
-    def applied(self, harness: "Harness") -> Iterator["Harness"]:
+    def applied(self, harness: Harness) -> Iterator[Harness]:
         """Put the prompt's trained backbone state on ``harness`` for the block; restore it after."""
         with contextlib.ExitStack() as stack:
             for key in sorted(self.states):
                 stack.enter_context(self.states[key].applied(harness))
             yield harness
 
-    def evaluate(self, split: "Split | Sequence[Example]", harness: "Harness | None" = None, *,
-                 progress: bool | None = None) -> "EvalResult":
+    def evaluate(
+        self, split: Split | Sequence[Example], harness: Harness | None = None, *, progress: bool | None = None
+    ) -> EvalResult:
         """Accuracy, macro-F1 and per-example class scores on labelled data (an ensemble averages
         its members' class probabilities; a head replaces the verbalizer's scores).
 
@@ -295,7 +318,7 @@ class Prompt:
         finally:
             harness.progress = shown
 
-    def _score(self, harness: "Harness", split: "Split") -> "EvalResult":
+    def _score(self, harness: Harness, split: Split) -> EvalResult:
         label_names = self.label_names
         if self.demonstrations is None:
             if self.head is not None:
@@ -303,8 +326,10 @@ class Prompt:
             results = harness.evaluate_many(split, self.templates, self.verbalizer, label_names=label_names)
         else:
             # Each template renders its own demonstrations, so ensemble members are scored one by one.
-            shown = [self.demonstrations.apply(split, t, self.verbalizer, harness.kind, harness.encoder)
-                     for t in self.templates]
+            shown = [
+                self.demonstrations.apply(split, t, self.verbalizer, harness.kind, harness.encoder)
+                for t in self.templates
+            ]
             if self.head is not None:
                 return self.head.evaluate(harness, shown[0][0], shown[0][1], self.verbalizer, label_names)
             results = [harness.evaluate(s, t, self.verbalizer, label_names=label_names) for s, t in shown]
@@ -312,8 +337,9 @@ class Prompt:
             return results[0]
         return combine_results(results, self.weights if self.weights is not None else [1.0] * len(results))
 
-    def predict(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None, *,
-                progress: bool | None = None) -> Predictions:
+    def predict(
+        self, inputs: Iterable[Any] | Split, harness: Harness | None = None, *, progress: bool | None = None
+    ) -> Predictions:
         """Labels and class probabilities for new inputs: texts, ``(text_a, text_b)`` pairs, dicts of
         fields, :class:`Example` objects or a :class:`Split` (labels, if any, are ignored).
         ``progress`` as in :meth:`evaluate`."""
@@ -324,8 +350,9 @@ class Prompt:
         result = self.evaluate(split, harness, progress=progress)
         return self._predictions(result.class_logprobs)
 
-    def predict_proba(self, inputs: "Iterable[Any] | Split", harness: "Harness | None" = None, *,
-                      progress: bool | None = None) -> np.ndarray:
+    def predict_proba(
+        self, inputs: Iterable[Any] | Split, harness: Harness | None = None, *, progress: bool | None = None
+    ) -> np.ndarray:
         """``(N, C)`` class probabilities, columns in :meth:`class_names` order (scikit-learn style)."""
         return self.predict(inputs, harness, progress=progress).probabilities
 
@@ -342,10 +369,12 @@ class Prompt:
     # -- JSON and files ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The manifest: everything but the tensors, which it names by file."""
-        out: dict[str, Any] = {"format": FORMAT,
-                               "format_version": DEMONSTRATIONS_VERSION if self.demonstrations is not None else 1,
-                               "templates": [t.to_dict() for t in self.templates],
-                               "verbalizer": self.verbalizer.to_dict()}
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": DEMONSTRATIONS_VERSION if self.demonstrations is not None else 1,
+            "templates": [t.to_dict() for t in self.templates],
+            "verbalizer": self.verbalizer.to_dict(),
+        }
         if self.ensemble is not None or len(self.templates) > 1:
             out["ensemble"] = self.ensemble
             out["weights"] = self.weights
@@ -360,8 +389,9 @@ class Prompt:
         out["provenance"] = self.provenance
         return out
 
-    def save_pretrained(self, save_directory: str | Path, *, repo_id: str | None = None,
-                        model_card: bool = True) -> Path:
+    def save_pretrained(
+        self, save_directory: str | Path, *, repo_id: str | None = None, model_card: bool = True
+    ) -> Path:
         """Write the prompt folder (manifest + safetensors + the model card ``README.md``) atomically:
         the old folder or the new one, never half. ``repo_id`` only names the repo in the card's
         usage snippet (:meth:`push_to_hub` passes its own)."""
@@ -386,9 +416,16 @@ class Prompt:
                 write_text_atomic(tmp / CARD_FILE, card(self, repo_id))
         return path
 
-    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload prompt with autoprompt-kit",
-                    private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
-                    create_pr: bool = False) -> Any:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload prompt with autoprompt-kit",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
         """Upload what :meth:`save_pretrained` writes to the Hub repo ``repo_id`` (created if needed),
         as one commit, through ``huggingface_hub``. Returns its ``CommitInfo`` (``.commit_url``)."""
         import tempfile
@@ -397,14 +434,28 @@ class Prompt:
 
         with tempfile.TemporaryDirectory(prefix="autoprompt-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "prompt", repo_id=repo_id)
-            return upload(folder, repo_id, commit_message=commit_message, private=private, token=token,
-                          revision=revision, create_pr=create_pr)
+            return upload(
+                folder,
+                repo_id,
+                commit_message=commit_message,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, *,
-                        harness: "Harness | None" = None, cache_dir: str | Path | None = None,
-                        token: str | bool | None = None, local_files_only: bool = False,
-                        allow_model_mismatch: bool = False) -> "Prompt":
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        revision: str | None = None,
+        *,
+        harness: Harness | None = None,
+        cache_dir: str | Path | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        allow_model_mismatch: bool = False,
+    ) -> Prompt:
         """A prompt folder (or best.json) on disk, or a Hub repo ``"user/name"`` at ``revision``
         (downloaded once into the Hub cache by ``huggingface_hub.snapshot_download``).
 
@@ -429,18 +480,21 @@ class Prompt:
         return {**self.__dict__, "_harness": None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], folder: str | Path | None = None) -> "Prompt":
+    def from_dict(cls, data: Mapping[str, Any], folder: str | Path | None = None) -> Prompt:
         """From a manifest (its tensor files read from ``folder``), a trial's candidate dict, or an
         older best.json (template/templates/verbalizer/head at the top level)."""
         if not isinstance(data, Mapping):
             raise AutoPromptError(f"a saved prompt must be a JSON object, got {type(data).__name__}")
         if "format" in data and data["format"] != FORMAT:  # another tool's file that happens to look alike
-            raise AutoPromptError(f"this is not an autoprompt-kit prompt: its format is {data['format']!r:.60}, "
-                                  f"expected {FORMAT!r}")
+            raise AutoPromptError(
+                f"this is not an autoprompt-kit prompt: its format is {data['format']!r:.60}, expected {FORMAT!r}"
+            )
         version = data.get("format_version", FORMAT_VERSION)
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise AutoPromptError(f"this prompt has format_version {version!r}; this autoprompt-kit reads up to "
-                                  f"{FORMAT_VERSION} (upgrade autoprompt-kit)")
+            raise AutoPromptError(
+                f"this prompt has format_version {version!r}; this autoprompt-kit reads up to "
+                f"{FORMAT_VERSION} (upgrade autoprompt-kit)"
+            )
         raw_templates = data.get("templates") or ([data["template"]] if "template" in data else None)
         if not raw_templates or "verbalizer" not in data:
             raise AutoPromptError("a saved prompt needs 'templates' (or 'template') and 'verbalizer'")
@@ -461,19 +515,26 @@ class Prompt:
         label_names = data.get("label_names")
         if label_names is None and isinstance(data.get("task"), Mapping):
             label_names = data["task"].get("label_names")
-        if label_names is not None and (not isinstance(label_names, list)
-                                        or not all(isinstance(n, str) for n in label_names)):
+        if label_names is not None and (
+            not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names)
+        ):
             raise AutoPromptError(f"'label_names' must be a list of strings, got {label_names!r}")
         model = data.get("model") or {}
         if not isinstance(model, Mapping):
             raise AutoPromptError(f"'model' must be an object with name and kind, got {model!r}")
-        return cls([as_template(t) for t in raw_templates], as_verbalizer(data["verbalizer"]), data.get("ensemble"),
-                   data.get("weights"), label_names=list(label_names) if label_names else None, model=dict(model),
-                   provenance=dict(data.get("provenance") or _record_provenance(data)), **kwargs)
+        return cls(
+            [as_template(t) for t in raw_templates],
+            as_verbalizer(data["verbalizer"]),
+            data.get("ensemble"),
+            data.get("weights"),
+            label_names=list(label_names) if label_names else None,
+            model=dict(model),
+            provenance=dict(data.get("provenance") or _record_provenance(data)),
+            **kwargs,
+        )
 
     @classmethod
-    def load(cls, path: str | Path, harness: "Harness | None" = None, *,
-             allow_model_mismatch: bool = False) -> "Prompt":
+    def load(cls, path: str | Path, harness: Harness | None = None, *, allow_model_mismatch: bool = False) -> Prompt:
         """A prompt folder, its ``prompt.json``, or a best.json (which names its folder or embeds it).
 
         ``harness`` (optional) is the model to apply it with; otherwise the prompt's own model is
@@ -496,8 +557,10 @@ class Prompt:
             folder, manifest = path.parent, path
         data = _read_json(manifest)
         if isinstance(data, dict) and "schema_version" in data and data["schema_version"] != BEST_SCHEMA_VERSION:
-            raise AutoPromptError(f"{str(path)!r} has schema_version {data['schema_version']!r}; this autoprompt-kit "
-                                  f"reads best.json schema_version {BEST_SCHEMA_VERSION} (upgrade autoprompt-kit)")
+            raise AutoPromptError(
+                f"{str(path)!r} has schema_version {data['schema_version']!r}; this autoprompt-kit "
+                f"reads best.json schema_version {BEST_SCHEMA_VERSION} (upgrade autoprompt-kit)"
+            )
         if isinstance(data, dict) and isinstance(data.get("prompt"), dict):  # a best.json naming its prompt folder
             record, data = data, dict(data["prompt"])
             if data.get("path"):
@@ -514,7 +577,7 @@ class Prompt:
         return prompt
 
 
-def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -> "EvalResult":
+def combine_results(results: Sequence[EvalResult], weights: Sequence[float]) -> EvalResult:
     """Weighted average of class probabilities over several templates' results."""
     from .harness import EvalResult
 
@@ -524,14 +587,17 @@ def combine_results(results: Sequence["EvalResult"], weights: Sequence[float]) -
     w = w / w.sum()
     probs = sum(wi * np.exp(r.class_logprobs) for wi, r in zip(w, results))
     class_lp = np.log(np.clip(probs, 1e-30, None))
-    return EvalResult.from_class_logprobs(class_lp, results[0].labels,
-                                          word_logprobs=np.concatenate([r.word_logprobs for r in results], axis=1),
-                                          seconds=sum(r.seconds for r in results),
-                                          template=" | ".join(r.template for r in results),
-                                          extra={"weights": w.tolist()})
+    return EvalResult.from_class_logprobs(
+        class_lp,
+        results[0].labels,
+        word_logprobs=np.concatenate([r.word_logprobs for r in results], axis=1),
+        seconds=sum(r.seconds for r in results),
+        template=" | ".join(r.template for r in results),
+        extra={"weights": w.tolist()},
+    )
 
 
-def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
+def as_unlabelled(inputs: Iterable[Any] | Split) -> Split:
     """Inputs for :meth:`Prompt.predict` as a Split (labels dropped to -1)."""
     from .data import Example, Split
 
@@ -555,8 +621,9 @@ def as_unlabelled(inputs: "Iterable[Any] | Split") -> "Split":
             meta = {k: v for k, v in fields.items() if isinstance(v, str)}
             out.append(Example(text, -1, text_b, guid=str(i), meta=meta))
         else:
-            raise AutoPromptError(f"input {i} is a {type(item).__name__}; give texts, (text_a, text_b) pairs, "
-                                  "dicts of fields or Examples")
+            raise AutoPromptError(
+                f"input {i} is a {type(item).__name__}; give texts, (text_a, text_b) pairs, dicts of fields or Examples"
+            )
     return Split(out, name="inputs")
 
 
@@ -588,7 +655,7 @@ def model_identity(name: str | None) -> dict[str, Any]:
     return {}
 
 
-def model_reference(name: str | None, harness: "Harness") -> dict[str, Any]:
+def model_reference(name: str | None, harness: Harness) -> dict[str, Any]:
     """``name``, ``kind``, ``precision`` and what pins the weights (:data:`PIN_KEYS`): the hub revision,
     the sha256 of a local folder's weights or of a GGUF file, or the registry package of the embedded default."""
     from .models.loading import DEFAULT_MODEL
@@ -610,24 +677,30 @@ def model_mismatch(saved: Mapping[str, Any], name: str | None, current: Mapping[
     """Why the model ``name`` (pins ``current``) is not the one the prompt was found with (pins in
     ``saved``), or None. Only pins both sides know are compared, so a prompt saved before pinning
     (or with an in-memory model) loads unchecked."""
+
     def short(value: Any) -> str:
         text = str(value)
         return f"{text[:12]}…" if len(text) > 16 else text
 
     for key in PIN_KEYS:
         if saved.get(key) and current.get(key) and saved[key] != current[key]:
-            return (f"model {name} has {key} {short(current[key])}, but the prompt was found with "
-                    f"{saved.get('name')} at {key} {short(saved[key])} (a changed or different model)")
+            return (
+                f"model {name} has {key} {short(current[key])}, but the prompt was found with "
+                f"{saved.get('name')} at {key} {short(saved[key])} (a changed or different model)"
+            )
     saved_pins = [k for k in PIN_KEYS if saved.get(k)]
     current_pins = [k for k in PIN_KEYS if current.get(k)]
     if saved_pins and current_pins and not set(saved_pins) & set(current_pins):
-        return (f"model {name} is pinned by {current_pins[0]} {short(current[current_pins[0]])}, but the prompt "
-                f"was found with {saved.get('name')} pinned by {saved_pins[0]} {short(saved[saved_pins[0]])}")
+        return (
+            f"model {name} is pinned by {current_pins[0]} {short(current[current_pins[0]])}, but the prompt "
+            f"was found with {saved.get('name')} pinned by {saved_pins[0]} {short(saved[saved_pins[0]])}"
+        )
     return None
 
 
-def check_model(saved: Mapping[str, Any], name: str | None, current: Mapping[str, Any],
-                allow_mismatch: bool = False) -> None:
+def check_model(
+    saved: Mapping[str, Any], name: str | None, current: Mapping[str, Any], allow_mismatch: bool = False
+) -> None:
     """Raise (or, with ``allow_mismatch``, warn) when :func:`model_mismatch` finds a difference."""
     problem = model_mismatch(saved, name, current)
     if problem is None:

@@ -9,8 +9,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from .errors import AutoPromptError
 from .search._processes import STORAGE_ENV
@@ -94,11 +95,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"words    {verbalizer.to_dict()['label_words']}")
     modes = ["none", "content_free"] if args.calibration == "both" else [args.calibration]
     # One pass serves both modes: the calibrated run also returns the raw word scores.
-    verb = verbalizer.replace(calibration="content_free" if "content_free" in modes
-                              else "contextual" if "contextual" in modes else "none")
+    verb = verbalizer.replace(
+        calibration="content_free" if "content_free" in modes else "contextual" if "contextual" in modes else "none"
+    )
     result = harness.evaluate(split, template, verb, label_names=task.label_names, checked=True)  # checked above
-    report: dict[str, Any] = {"task": task.name, "split": args.split, "n": result.n, "template": template.to_dict(),
-                              "verbalizer": verbalizer.to_dict(), "model": harness.model_name, "results": {}}
+    report: dict[str, Any] = {
+        "task": task.name,
+        "split": args.split,
+        "n": result.n,
+        "template": template.to_dict(),
+        "verbalizer": verbalizer.to_dict(),
+        "model": harness.model_name,
+        "results": {},
+    }
     for mode in modes:
         if mode == "none":
             class_lp = verbalizer.class_logprobs(torch.tensor(result.word_logprobs))
@@ -108,7 +117,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             preds, acc, f1 = result.predictions, result.accuracy, result.macro_f1
         rate = (preds[:, None] == range(verbalizer.num_classes)).mean(0)
         share = ", ".join(f"{name} {r:.0%}" for name, r in zip(task.label_names, rate))
-        print(f"{args.split:5s} calibration={mode:13s} accuracy {acc:.4f}  macro-F1 {f1:.4f}  (n={result.n}; predicted: {share})")
+        print(
+            f"{args.split:5s} calibration={mode:13s} accuracy {acc:.4f}  macro-F1 {f1:.4f}  "
+            f"(n={result.n}; predicted: {share})"
+        )
         report["results"][mode] = {"accuracy": acc, "macro_f1": f1, "predicted_share": rate.tolist()}
     print(f"time     {result.seconds:.1f}s")
     if args.out:
@@ -122,13 +134,21 @@ def _add_harness_args(parser: argparse.ArgumentParser) -> None:
     """The options that shape the harness (batch, device, precision), shared by evaluate and search."""
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: CUDA when available)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
-                        help="auto (default: bf16 on CUDA; on a CPU the fastest of fp32 / bf16 / int8 whose "
-                             "predictions agree with fp32's on a short probe, printed at start-up), fp32, bf16 "
-                             "(autocast) or int8 (dynamic quantisation of the linear layers; CPU, scoring only); "
-                             "a saved prompt is re-scored in the precision it was found in")
-    parser.add_argument("--truncation", choices=["tail", "head"], default="tail",
-                        help="which end of an over-long text is cut to fit the model (default tail)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="auto (default: bf16 on CUDA; on a CPU the fastest of fp32 / bf16 / int8 whose "
+        "predictions agree with fp32's on a short probe, printed at start-up), fp32, bf16 "
+        "(autocast) or int8 (dynamic quantisation of the linear layers; CPU, scoring only); "
+        "a saved prompt is re-scored in the precision it was found in",
+    )
+    parser.add_argument(
+        "--truncation",
+        choices=["tail", "head"],
+        default="tail",
+        help="which end of an over-long text is cut to fit the model (default tail)",
+    )
 
 
 def _harness(args: argparse.Namespace, progress: bool, auto_int8: bool = False) -> Any:
@@ -163,32 +183,45 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
 
     prompt = _load_prompt(args.prompt, args.allow_model_mismatch)
     info = prompt.provenance.get("task") or {}
-    task = load_task(args.task or info.get("source") or info.get("name") or "mr",
-                     shots=args.shots if args.shots is not None else info.get("shots") or None,
-                     seed=args.seed if args.seed is not None else info.get("seed", 13),
-                     max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"),
-                     shots_flag="--shots")
+    task = load_task(
+        args.task or info.get("source") or info.get("name") or "mr",
+        shots=args.shots if args.shots is not None else info.get("shots") or None,
+        seed=args.seed if args.seed is not None else info.get("seed", 13),
+        max_examples=args.max_examples if args.max_examples is not None else info.get("max_examples"),
+        shots_flag="--shots",
+    )
     if args.split not in task.splits:
-        raise AutoPromptError(f"--split {args.split!r} is not a split of {task.name!r} (splits: {', '.join(task.splits)})")
+        raise AutoPromptError(
+            f"--split {args.split!r} is not a split of {task.name!r} (splits: {', '.join(task.splits)})"
+        )
     if args.calibration and args.calibration != "both":
         prompt.verbalizer = prompt.verbalizer.replace(calibration=args.calibration)
     if args.model or args.kind:
-        prompt.model = {**prompt.model, **({"name": args.model} if args.model else {}),
-                        **({"kind": args.kind} if args.kind else {})}
+        prompt.model = {
+            **prompt.model,
+            **({"name": args.model} if args.model else {}),
+            **({"kind": args.kind} if args.kind else {}),
+        }
     split = task[args.split]
     print(f"task     {task.summary()}")
     print(f"prompt   {prompt.describe()}")
     # The prompt loads its model itself, so the saved pin is checked (--model included), in the
     # precision it was found in unless --precision says otherwise.
-    harness = prompt.harness(progress=not args.quiet,
-                             **{**_harness_options(args), "precision": _saved_precision(args, prompt)})
+    harness = prompt.harness(
+        progress=not args.quiet, **{**_harness_options(args), "precision": _saved_precision(args, prompt)}
+    )
     result = prompt.evaluate(split, harness)
     cal = prompt.verbalizer.calibration
-    print(f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
-          f"(n={result.n})")
+    print(
+        f"{args.split:5s} calibration={cal:13s} accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
+        f"(n={result.n})"
+    )
     before = (prompt.provenance.get("metrics") or {}).get(args.split)
     if before:
-        print(f"saved    {args.split} accuracy {before['accuracy']:.4f} (n={before.get('n')}) -> now {result.accuracy:.4f}")
+        print(
+            f"saved    {args.split} accuracy {before['accuracy']:.4f} (n={before.get('n')}) "
+            f"-> now {result.accuracy:.4f}"
+        )
         saved_preds = before.get("predictions")
         if saved_preds is not None and before.get("fingerprint") == split.fingerprint:
             same = int(sum(int(a) == int(b) for a, b in zip(saved_preds, result.predictions)))
@@ -196,8 +229,16 @@ def _evaluate_prompt(args: argparse.Namespace) -> int:
     if args.out:
         from .io import write_json_atomic
 
-        write_json_atomic(Path(args.out), {"task": task.name, "split": args.split, "n": result.n,
-                                           "prompt": prompt.describe(), "results": {cal: result.metrics()}})
+        write_json_atomic(
+            Path(args.out),
+            {
+                "task": task.name,
+                "split": args.split,
+                "n": result.n,
+                "prompt": prompt.describe(),
+                "results": {cal: result.metrics()},
+            },
+        )
     return 0
 
 
@@ -237,11 +278,30 @@ def _search_command(args: argparse.Namespace, study_name: str) -> str:
     from .search import public_url
     from .search.api import task_source
 
-    argv = ["autoprompt-kit", "search", args.method, "--task", task_source(str(args.task)), "--shots", str(args.shots),
-            "--seed", str(args.seed), "--study", study_name, "--trials", str(args.trials)]
-    for flag, value in (("--space", args.space), ("--model", args.model), ("--kind", args.kind),
-                        ("--max-examples", args.max_examples), ("--selection", args.selection),
-                        ("--budget", args.budget), ("--storage", public_url(args.storage) if args.storage else None)):
+    argv = [
+        "autoprompt-kit",
+        "search",
+        args.method,
+        "--task",
+        task_source(str(args.task)),
+        "--shots",
+        str(args.shots),
+        "--seed",
+        str(args.seed),
+        "--study",
+        study_name,
+        "--trials",
+        str(args.trials),
+    ]
+    for flag, value in (
+        ("--space", args.space),
+        ("--model", args.model),
+        ("--kind", args.kind),
+        ("--max-examples", args.max_examples),
+        ("--selection", args.selection),
+        ("--budget", args.budget),
+        ("--storage", public_url(args.storage) if args.storage else None),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     if args.selection == "cv" and args.folds != 4:
@@ -262,12 +322,30 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _search_command(argparse.Namespace(**{**vars(args), "shots": task_info.get("shots")}), study_name)
 
     result = find_prompt(
-        args.method, args.task, args.space or None, trials=args.trials, storage=args.storage, study=args.study,
-        seed=args.seed, test_split=args.test_split or None, out=args.out or None, budget=args.budget,
-        selection=args.selection, folds=args.folds, progress=not args.quiet, trial_dir=args.trial_dir,
-        shots=args.shots, max_examples=args.max_examples, model=args.model, kind=args.kind,
+        args.method,
+        args.task,
+        args.space or None,
+        trials=args.trials,
+        storage=args.storage,
+        study=args.study,
+        seed=args.seed,
+        test_split=args.test_split or None,
+        out=args.out or None,
+        budget=args.budget,
+        selection=args.selection,
+        folds=args.folds,
+        progress=not args.quiet,
+        trial_dir=args.trial_dir,
+        shots=args.shots,
+        max_examples=args.max_examples,
+        model=args.model,
+        kind=args.kind,
         harness_options={**_harness_options(args), "auto_int8": searcher_cls.scores_only},
-        heartbeat=args.heartbeat, workers=args.workers, verbose=True, command=command)
+        heartbeat=args.heartbeat,
+        workers=args.workers,
+        verbose=True,
+        command=command,
+    )
     print(result.summary(args.out))
     return 0
 
@@ -288,10 +366,12 @@ def cmd_space(args: argparse.Namespace) -> int:
         _check_writable("--out", args.out, "space.yaml")
     task = _load_cli_task(args)
     config = _task_space(args.method, searcher_cls, task)
-    text = config.to_yaml(f"{args.method} search space for task {task.name} ({len(task.label_names)} classes: "
-                          f"{', '.join(task.label_names)}), built from the task by autoprompt-kit "
-                          f"{__import__('autoprompt_kit').__version__}.\nEdit it and run: autoprompt-kit search "
-                          f"{args.method} --task {args.task} --space THIS_FILE")
+    text = config.to_yaml(
+        f"{args.method} search space for task {task.name} ({len(task.label_names)} classes: "
+        f"{', '.join(task.label_names)}), built from the task by autoprompt-kit "
+        f"{__import__('autoprompt_kit').__version__}.\nEdit it and run: autoprompt-kit search "
+        f"{args.method} --task {args.task} --space THIS_FILE"
+    )
     if args.out:
         from .io import write_text_atomic
 
@@ -333,8 +413,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if first:
         missing = sorted(needed - first[0].example.field_names())
         if missing:
-            raise AutoPromptError(f"the prompt's template reads {', '.join(missing)}, which {source} does not have "
-                                  f"(its fields: {', '.join(sorted(first[0].example.field_names()))})")
+            raise AutoPromptError(
+                f"the prompt's template reads {', '.join(missing)}, which {source} does not have "
+                f"(its fields: {', '.join(sorted(first[0].example.field_names()))})"
+            )
     names = prompt.class_names()
     has_id = bool(first) and first[0].id is not None
     has_b = bool(first) and first[0].example.text_b is not None
@@ -348,17 +430,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tmp, sink = None, sys.stdout
     start, done, bar = time.perf_counter(), 0, None
     try:
-        harness = prompt.harness(**{**_harness_options(args), "precision": _saved_precision(args, prompt)}) \
-            if first else None
+        harness = (
+            prompt.harness(**{**_harness_options(args), "precision": _saved_precision(args, prompt)}) if first else None
+        )
         # After the model loads (a model that fails is one error line, no bar); on stderr, so it
         # shows when the rows go to stdout too.
-        bar = tqdm(desc="predict", unit=" texts", total=_count_inputs(args.input, fmt), disable=args.quiet,
-                   file=sys.stderr, leave=False)
+        bar = tqdm(
+            desc="predict",
+            unit=" texts",
+            total=_count_inputs(args.input, fmt),
+            disable=args.quiet,
+            file=sys.stderr,
+            leave=False,
+        )
         writer = None
         if args.format == "csv":
             writer = csv.writer(sink)
-            writer.writerow((["id"] if has_id else []) + (["line"] if has_line else []) + ["text"]
-                            + (["text_b"] if has_b else []) + ["label"] + [f"p_{n}" for n in names])
+            writer.writerow(
+                (["id"] if has_id else [])
+                + (["line"] if has_line else [])
+                + ["text"]
+                + (["text_b"] if has_b else [])
+                + ["label"]
+                + [f"p_{n}" for n in names]
+            )
         for chunk in itertools.chain([first] if first else [], chunks):
             assert harness is not None  # loaded when there was a first chunk
             preds = prompt.predict(Split([r.example for r in chunk], name="inputs"), harness)
@@ -366,12 +461,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for row, record in zip(chunk, preds.records(PROBABILITY_DECIMALS)):
                 ex = row.example
                 if writer is not None:
-                    writer.writerow(([row.id] if has_id else []) + ([row.line] if has_line else []) + [ex.text_a]
-                                    + ([ex.text_b] if has_b else []) + [record["label"]]
-                                    + [f"{p:.{PROBABILITY_DECIMALS}f}" for p in record["probabilities"].values()])
+                    writer.writerow(
+                        ([row.id] if has_id else [])
+                        + ([row.line] if has_line else [])
+                        + [ex.text_a]
+                        + ([ex.text_b] if has_b else [])
+                        + [record["label"]]
+                        + [f"{p:.{PROBABILITY_DECIMALS}f}" for p in record["probabilities"].values()]
+                    )
                 else:
-                    obj = ({"id": row.id} if has_id else {}) | ({"line": row.line} if has_line else {}) | {
-                        "text": ex.text_a} | ({"text_b": ex.text_b} if ex.text_b is not None else {}) | record
+                    obj = (
+                        ({"id": row.id} if has_id else {})
+                        | ({"line": row.line} if has_line else {})
+                        | {"text": ex.text_a}
+                        | ({"text_b": ex.text_b} if ex.text_b is not None else {})
+                        | record
+                    )
                     sink.write(json.dumps(obj, ensure_ascii=False) + "\n")
             done += len(chunk)
             bar.update(len(chunk))
@@ -391,8 +496,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         stream.close()
     if not args.quiet:
         seconds = time.perf_counter() - start
-        print(f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> "
-              f"{args.out or 'stdout'}", file=sys.stderr)
+        print(
+            f"predicted {done} texts in {seconds:.1f}s ({done / max(seconds, 1e-9):.1f} texts/s) -> "
+            f"{args.out or 'stdout'}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -409,8 +517,12 @@ def _count_inputs(path: str, fmt: str) -> int | None:
 
 
 def _harness_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"batch_size": args.batch_size, "device": args.device, "precision": args.precision,
-            "truncation": args.truncation}
+    return {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "precision": args.precision,
+        "truncation": args.truncation,
+    }
 
 
 def cmd_delta(args: argparse.Namespace) -> int:
@@ -439,11 +551,15 @@ def cmd_delta(args: argparse.Namespace) -> int:
             for key in fh.keys():
                 parts = key.split(".")  # "deltas.<i>.<parameter>"
                 if len(parts) < 3 or parts[0] != "deltas" or not parts[1].isdigit() or int(parts[1]) >= len(sizes):
-                    raise AutoPromptError(f"{str(weights)!r} holds {key[:80]!r}, not a weight of this delta's "
-                                          f"{len(sizes)} modules (expected deltas.<i>.<parameter>)")
+                    raise AutoPromptError(
+                        f"{str(weights)!r} holds {key[:80]!r}, not a weight of this delta's "
+                        f"{len(sizes)} modules (expected deltas.<i>.<parameter>)"
+                    )
                 sizes[int(parts[1])] += math.prod(fh.get_slice(key).get_shape())
     except (SafetensorError, OSError) as exc:
-        raise AutoPromptError(f"cannot read the delta's weights {str(weights)!r}: {' '.join(str(exc).split())[:200]}") from None
+        raise AutoPromptError(
+            f"cannot read the delta's weights {str(weights)!r}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     print(structure_table(doc["modules"], sizes, doc.get("backbone_parameters")))
     return 0
 
@@ -451,9 +567,12 @@ def cmd_delta(args: argparse.Namespace) -> int:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
     """Rows as aligned columns under named headers (``right``: columns aligned right)."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
     return "\n".join([line(header), *(line(r) for r in rows)])
 
 
@@ -474,7 +593,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for r in rows:
         states = r["states"]
         count = f"{states.get('complete', 0)}" + "".join(
-            f" +{states[s]} {s}" for s in ("running", "waiting", "pruned", "fail") if states.get(s))
+            f" +{states[s]} {s}" for s in ("running", "waiting", "pruned", "fail") if states.get(s)
+        )
         best = "-" if r["best"] is None else f"{r['best']:.4f} {r['metric'] or ''} (#{r['best_trial']})".rstrip()
         table.append([r["name"], str(r["method"] or "-"), str(r["task"] or "-"), str(r["model"] or "-"), count, best])
     print(_table(["study", "method", "task", "model", "trials", "best"], table))
@@ -493,8 +613,9 @@ def cmd_trials(args: argparse.Namespace) -> int:
         raise AutoPromptError(f"no storage at {_storage_shown(args.storage)}: run a search first, or give --storage")
     names = optuna.get_all_study_names(storage)
     if args.study not in names:
-        raise AutoPromptError(f"no study named {args.study!r} in {_storage_shown(args.storage)}"
-                              f" (studies: {', '.join(names) or 'none'})")
+        raise AutoPromptError(
+            f"no study named {args.study!r} in {_storage_shown(args.storage)} (studies: {', '.join(names) or 'none'})"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=storage)
     recover_for_view(study)
@@ -507,9 +628,16 @@ def cmd_trials(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return 0
     metric = (study.metric_names or ["value"])[0]
-    table = [[str(r["number"]), r["state"], "-" if r["value"] is None else f"{r['value']:.4f}",
-              "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
-              " · ".join(f"{k}={v}" for k, v in r["params"].items()) or r.get("note", "")] for r in rows]
+    table = [
+        [
+            str(r["number"]),
+            r["state"],
+            "-" if r["value"] is None else f"{r['value']:.4f}",
+            "-" if r["seconds"] is None else f"{r['seconds']:.1f}",
+            " · ".join(f"{k}={v}" for k, v in r["params"].items()) or r.get("note", ""),
+        ]
+        for r in rows
+    ]
     print(_table(["#", "state", metric, "seconds", "parameters"], table, right=(0, 2, 3)))
     return 0
 
@@ -518,10 +646,12 @@ def cmd_trials(args: argparse.Namespace) -> int:
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 #: The dashboard's server, run in a child that reads the storage URL from the environment.
-_DASHBOARD_CODE = ("import os, sys; from optuna_dashboard import run_server; "
-                   "from optuna.artifacts import FileSystemArtifactStore; "
-                   "run_server(os.environ.pop(%r), host=sys.argv[1], port=int(sys.argv[2]), "
-                   "artifact_store=FileSystemArtifactStore(sys.argv[3]))" % STORAGE_ENV)
+_DASHBOARD_CODE = (
+    "import os, sys; from optuna_dashboard import run_server; "
+    "from optuna.artifacts import FileSystemArtifactStore; "
+    f"run_server(os.environ.pop({STORAGE_ENV!r}), host=sys.argv[1], port=int(sys.argv[2]), "
+    "artifact_store=FileSystemArtifactStore(sys.argv[3]))"
+)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -536,8 +666,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise AutoPromptError(f"--port must be between 1 and 65535, got {args.port}")
     if args.host not in _LOCAL_HOSTS and not args.public:
-        raise AutoPromptError(f"--host {args.host} would serve every study in the storage to the network, "
-                              "without a password; add --public if that is what you want")
+        raise AutoPromptError(
+            f"--host {args.host} would serve every study in the storage to the network, "
+            "without a password; add --public if that is what you want"
+        )
     url = args.storage or default_storage()
     storage = open_storage(url)  # fails early and clearly on a bad URL
     if importlib.util.find_spec("optuna_dashboard") is None:
@@ -548,14 +680,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     artifacts = artifact_dir(args.storage or DEFAULT_STORAGE)
     artifacts.mkdir(parents=True, exist_ok=True)
     if args.host not in _LOCAL_HOSTS:
-        print(f"warning: serving {public_url(url)} to the network on {args.host}:{args.port} (--public), "
-              "with no password", file=sys.stderr)
+        print(
+            f"warning: serving {public_url(url)} to the network on {args.host}:{args.port} (--public), "
+            "with no password",
+            file=sys.stderr,
+        )
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard  (Ctrl-C to stop; artifacts from {artifacts})")
     import time
 
     # The storage URL (perhaps with a password) goes through the environment, not the command line.
-    proc = subprocess.Popen([sys.executable, "-c", _DASHBOARD_CODE, args.host, str(args.port), str(artifacts)],
-                            env=_child_env(url), preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DASHBOARD_CODE, args.host, str(args.port), str(artifacts)],
+        env=_child_env(url),
+        preexec_fn=_die_with_parent,
+    )
     _forward_signals([proc])
     while proc.poll() is None:  # not proc.wait(): the signal handler must be able to reap the child itself
         time.sleep(0.2)
@@ -563,26 +701,51 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoprompt-kit", description="Search for the best prompt for a language model.")
+    parser = argparse.ArgumentParser(
+        prog="autoprompt-kit", description="Search for the best prompt for a language model."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('autoprompt_kit').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     from .search.base import method_names
 
     methods = ", ".join(method_names())  # the registry's, so a plugin's method is listed too
 
-    ev = sub.add_parser("evaluate", help="score a template + verbalizer on a task split",
-                        description="Score a template + verbalizer on a task split and print accuracy and macro-F1.")
-    ev.add_argument("--prompt", default=None, help="a best.json written by a search, a prompt folder or a Hub repo "
-                    "user/name: re-score its prompt")
-    ev.add_argument("--task", default=None, help="built-in task (mr, tweets, amazon, nyt, fortunes, spam), local file/folder or HF dataset")
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a template + verbalizer on a task split",
+        description="Score a template + verbalizer on a task split and print accuracy and macro-F1.",
+    )
+    ev.add_argument(
+        "--prompt",
+        default=None,
+        help="a best.json written by a search, a prompt folder or a Hub repo user/name: re-score its prompt",
+    )
+    ev.add_argument(
+        "--task",
+        default=None,
+        help="built-in task (mr, tweets, amazon, nyt, fortunes, spam), local file/folder or HF dataset",
+    )
     ev.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
-    ev.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None, help="model kind (detected if omitted)")
-    ev.add_argument("--template", default="{text_a} It was {mask}.", help="template text, e.g. '{text_a} It was {mask}.'")
-    ev.add_argument("--words", action="append", default=[], metavar="LABEL=W1,W2",
-                    help="label words of one class (repeat per class, in label order)")
+    ev.add_argument(
+        "--kind", choices=["mlm", "seq2seq", "causal"], default=None, help="model kind (detected if omitted)"
+    )
+    ev.add_argument(
+        "--template", default="{text_a} It was {mask}.", help="template text, e.g. '{text_a} It was {mask}.'"
+    )
+    ev.add_argument(
+        "--words",
+        action="append",
+        default=[],
+        metavar="LABEL=W1,W2",
+        help="label words of one class (repeat per class, in label order)",
+    )
     ev.add_argument("--verbalizer", default=None, help="verbalizer JSON text or file (a best.json works too)")
-    ev.add_argument("--calibration", choices=["none", "content_free", "both"], default=None,
-                    help="default: both (or the saved prompt's)")
+    ev.add_argument(
+        "--calibration",
+        choices=["none", "content_free", "both"],
+        default=None,
+        help="default: both (or the saved prompt's)",
+    )
     ev.add_argument("--split", default="test", help="split to score (train, dev, test)")
     ev.add_argument("--shots", type=int, default=None, help="K examples per class for train/dev (few-shot)")
     ev.add_argument("--seed", type=int, default=None, help="few-shot seed (default 13)")
@@ -590,106 +753,176 @@ def build_parser() -> argparse.ArgumentParser:
     _add_harness_args(ev)
     ev.add_argument("--out", default=None, help="write the metrics as JSON here")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.add_argument("--allow-model-mismatch", action="store_true",
-                    help="with --prompt: use a model whose sha256/revision differs from the saved pin (a warning)")
+    ev.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="with --prompt: use a model whose sha256/revision differs from the saved pin (a warning)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
-    se = sub.add_parser("search", help="run (or resume) a search study and write the best prompt as JSON",
-                        description="Run a search method as a resumable Optuna study; write best.json.")
+    se = sub.add_parser(
+        "search",
+        help="run (or resume) a search study and write the best prompt as JSON",
+        description="Run a search method as a resumable Optuna study; write best.json.",
+    )
     se.add_argument("method", help=f"search method: {methods}")
-    se.add_argument("--space", default=None,
-                    help="search-space YAML (see search_spaces/); default: built from the task (see `space`)")
+    se.add_argument(
+        "--space",
+        default=None,
+        help="search-space YAML (see search_spaces/); default: built from the task (see `space`)",
+    )
     se.add_argument("--task", default="mr")
     se.add_argument("--model", default=None, help="HF name or local folder (default: the embedded Gemma 3 270M)")
     se.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None)
-    se.add_argument("--shots", type=int, default=None,
-                    help=f"K per class for train and dev (default {DEFAULT_SHOTS}, lowered to fit a small file; "
-                         "0 = full splits)")
+    se.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help=f"K per class for train and dev (default {DEFAULT_SHOTS}, lowered to fit a small file; 0 = full splits)",
+    )
     se.add_argument("--seed", type=int, default=13)
     se.add_argument("--max-examples", type=int, default=None, help="cap every split, test included (seeded)")
     se.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
     se.add_argument("--study", default=None, help="study name (same name + storage = resume / join)")
     se.add_argument("--trials", type=int, default=20, help="finished trials the study should hold")
     se.add_argument("--workers", type=int, default=1, help="worker processes sharing the study (use PostgreSQL)")
-    se.add_argument("--budget", default=None,
-                    help="time for the trials, e.g. 90s, 10m, 1h (model load and the test pass excluded): no trial "
-                         "starts once it is spent (auto sizes its stages to it; default 10m for auto, none otherwise)")
-    se.add_argument("--selection", choices=["dev", "cv"], default=None,
-                    help="score candidates on the dev split, or by k-fold cross-validation over train + dev "
-                         "(default: cv for auto, dev otherwise)")
+    se.add_argument(
+        "--budget",
+        default=None,
+        help="time for the trials, e.g. 90s, 10m, 1h (model load and the test pass excluded): no trial "
+        "starts once it is spent (auto sizes its stages to it; default 10m for auto, none otherwise)",
+    )
+    se.add_argument(
+        "--selection",
+        choices=["dev", "cv"],
+        default=None,
+        help="score candidates on the dev split, or by k-fold cross-validation over train + dev "
+        "(default: cv for auto, dev otherwise)",
+    )
     se.add_argument("--folds", type=int, default=4, help="folds of --selection cv (default 4)")
-    se.add_argument("--heartbeat", type=int, default=30,
-                    help="seconds between trial heartbeats; a trial silent for 2x this is failed and retried")
+    se.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between trial heartbeats; a trial silent for 2x this is failed and retried",
+    )
     se.add_argument("--test-split", default="test", help="split scored with the best prompt at the end ('' = none)")
-    se.add_argument("--out", default="best.json",
-                    help="where to write the result (default best.json; the prompt folder best.prompt/ goes beside it)")
-    se.add_argument("--trial-dir", default=None,
-                    help="where trials keep what they trained (default: trials/ beside an SQLite storage, else runs/trials)")
+    se.add_argument(
+        "--out",
+        default="best.json",
+        help="where to write the result (default best.json; the prompt folder best.prompt/ goes beside it)",
+    )
+    se.add_argument(
+        "--trial-dir",
+        default=None,
+        help="where trials keep what they trained (default: trials/ beside an SQLite storage, else runs/trials)",
+    )
     _add_harness_args(se)
     se.add_argument("--quiet", action="store_true")
     se.set_defaults(func=cmd_search)
 
-    sp = sub.add_parser("space", help="write a method's default search space for a task (YAML to edit)",
-                        description="Build a method's search space from a task (label words from the class names, "
-                                    "templates by input shape) and write it as YAML.")
+    sp = sub.add_parser(
+        "space",
+        help="write a method's default search space for a task (YAML to edit)",
+        description="Build a method's search space from a task (label words from the class names, "
+        "templates by input shape) and write it as YAML.",
+    )
     sp.add_argument("method", help=f"search method ({methods})")
     sp.add_argument("--task", required=True, help="built-in task, local file/folder or HF dataset")
-    sp.add_argument("--shots", type=int, default=None,
-                    help=f"K per class (default {DEFAULT_SHOTS}, lowered to fit a small file; 0 = full splits)")
+    sp.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help=f"K per class (default {DEFAULT_SHOTS}, lowered to fit a small file; 0 = full splits)",
+    )
     sp.add_argument("--seed", type=int, default=13)
     sp.add_argument("--max-examples", type=int, default=None)
     sp.add_argument("--out", default=None, help="write here (default: stdout)")
     sp.set_defaults(func=cmd_space)
 
-    pr = sub.add_parser("predict", help="apply a saved prompt to new texts (JSONL or CSV out)",
-                        description="Label new texts with a saved prompt: one output row per input, in input order.")
+    pr = sub.add_parser(
+        "predict",
+        help="apply a saved prompt to new texts (JSONL or CSV out)",
+        description="Label new texts with a saved prompt: one output row per input, in input order.",
+    )
     pr.add_argument("--prompt", required=True, help="a best.json, a saved prompt folder, or a Hub repo user/name")
     pr.add_argument("--input", required=True, help="CSV, TSV, JSONL or plain text lines (- = stdin)")
-    pr.add_argument("--input-format", choices=["lines", "csv", "tsv", "jsonl"], default=None,
-                    help="default: from the file suffix (plain lines otherwise, and for stdin)")
+    pr.add_argument(
+        "--input-format",
+        choices=["lines", "csv", "tsv", "jsonl"],
+        default=None,
+        help="default: from the file suffix (plain lines otherwise, and for stdin)",
+    )
     pr.add_argument("--out", default=None, help="output file (default: stdout); written atomically")
-    pr.add_argument("--format", choices=["jsonl", "csv"], default="jsonl",
-                    help="output format (default jsonl); probabilities rounded to 6 decimals in both; plain-text "
-                         "input gets a 'line' field (its 1-based line number)")
+    pr.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        default="jsonl",
+        help="output format (default jsonl); probabilities rounded to 6 decimals in both; plain-text "
+        "input gets a 'line' field (its 1-based line number)",
+    )
     pr.add_argument("--chunk-size", type=int, default=256, help="texts scored per chunk (memory stays flat)")
-    pr.add_argument("--model", default=None,
-                    help="where the prompt's model is on this machine (a moved folder or GGUF file; its sha256 "
-                         "must match the saved pin)")
+    pr.add_argument(
+        "--model",
+        default=None,
+        help="where the prompt's model is on this machine (a moved folder or GGUF file; its sha256 "
+        "must match the saved pin)",
+    )
     _add_harness_args(pr)
     pr.add_argument("--quiet", action="store_true", help="no progress bar and no summary line (stderr)")
-    pr.add_argument("--allow-model-mismatch", action="store_true",
-                    help="use a model whose sha256/revision differs from the prompt's saved pin (a warning)")
+    pr.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="use a model whose sha256/revision differs from the prompt's saved pin (a warning)",
+    )
     pr.set_defaults(func=cmd_predict)
 
-    de = sub.add_parser("delta", help="show a saved delta's structure table, or export it to PEFT",
-                        description="Print which layers/positions a saved delta switches on; --peft exports LoRA-only deltas.")
+    de = sub.add_parser(
+        "delta",
+        help="show a saved delta's structure table, or export it to PEFT",
+        description="Print which layers/positions a saved delta switches on; --peft exports LoRA-only deltas.",
+    )
     de.add_argument("path", help="folder with delta.json + delta.safetensors")
     de.add_argument("--peft", default=None, metavar="OUT", help="write a PEFT LoRA adapter folder here")
     de.add_argument("--model", default=None, help="the backbone (for --peft; default: the embedded Gemma 3 270M)")
     de.add_argument("--kind", choices=["mlm", "seq2seq", "causal"], default=None)
     de.set_defaults(func=cmd_delta)
 
-    st = sub.add_parser("studies", help="list the studies in a storage with their best values",
-                        description="List the studies in a storage with their best values.")
+    st = sub.add_parser(
+        "studies",
+        help="list the studies in a storage with their best values",
+        description="List the studies in a storage with their best values.",
+    )
     st.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
     st.set_defaults(func=cmd_studies)
 
-    tr = sub.add_parser("trials", help="list a study's trials: state, score, readable parameters, seconds",
-                        description="One row per trial of a study: number, state, score, parameters, seconds.")
+    tr = sub.add_parser(
+        "trials",
+        help="list a study's trials: state, score, readable parameters, seconds",
+        description="One row per trial of a study: number, state, score, parameters, seconds.",
+    )
     tr.add_argument("study", help="study name (see `autoprompt-kit studies`)")
     tr.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
-    tr.add_argument("--sort", choices=["value", "number"], default="number", help="best first, or in trial order (default)")
+    tr.add_argument(
+        "--sort", choices=["value", "number"], default="number", help="best first, or in trial order (default)"
+    )
     tr.add_argument("--top", type=int, default=None, help="only the first N rows (after sorting)")
     tr.add_argument("--json", action="store_true", help="the rows as JSON")
     tr.set_defaults(func=cmd_trials)
 
-    da = sub.add_parser("dashboard", help="start optuna-dashboard on a storage (localhost)",
-                        description="Start optuna-dashboard on a storage, listening on localhost.")
+    da = sub.add_parser(
+        "dashboard",
+        help="start optuna-dashboard on a storage (localhost)",
+        description="Start optuna-dashboard on a storage, listening on localhost.",
+    )
     da.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///runs/autoprompt.db)")
     da.add_argument("--host", default="127.0.0.1")
     da.add_argument("--port", type=int, default=8080)
-    da.add_argument("--public", action="store_true",
-                    help="allow a --host other than localhost (every study is then served to the network)")
+    da.add_argument(
+        "--public",
+        action="store_true",
+        help="allow a --host other than localhost (every study is then served to the network)",
+    )
     da.set_defaults(func=cmd_dashboard)
     return parser
 

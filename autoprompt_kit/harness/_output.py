@@ -10,7 +10,8 @@ earlier passes, as the model's own forward would.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -22,14 +23,15 @@ class OutputLayer(Protocol):
     """What the output-layer helpers read off a harness (:class:`~.harness.Harness` is one)."""
 
     model: Any  # a transformers ``PreTrainedModel``
-    head: Any   # its output embedding layer (``nn.Linear``-like: ``weight``, optional ``bias``)
+    head: Any  # its output embedding layer (``nn.Linear``-like: ``weight``, optional ``bias``)
     device: torch.device
     precision: str
 
 
 @contextlib.contextmanager
-def gathering_head(head: Any, pos: torch.Tensor, subset: torch.Tensor | None,
-                   captured: dict[str, torch.Tensor]) -> Iterator[None]:
+def gathering_head(
+    head: Any, pos: torch.Tensor, subset: torch.Tensor | None, captured: dict[str, torch.Tensor]
+) -> Iterator[None]:
     """Swap ``head``'s forward for one that reads only positions ``pos`` ``(B, K)`` (and only the
     ``subset`` rows of its weight); the gathered input is left in ``captured["x"]``."""
     original = head.forward
@@ -53,8 +55,9 @@ def gathering_head(head: Any, pos: torch.Tensor, subset: torch.Tensor | None,
             del head.forward
 
 
-def output_logits(h: OutputLayer, hidden: torch.Tensor,
-                  token_ids: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+def output_logits(
+    h: OutputLayer, hidden: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None
+) -> torch.Tensor:
     """The output layer on hidden states ``(n, d)`` — weight, bias and the model's final logit
     soft-cap, as a forward pass applies them — for ``token_ids`` only (all tokens by default)."""
     hidden = hidden.to(h.device)

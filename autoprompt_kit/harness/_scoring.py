@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -34,24 +35,58 @@ class KeptStates:
     stats: dict[str, int]
 
 
-def score_blocks(h: engine.Scorer, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
-                 verbalizer: Verbalizer | None, *, exact: bool = False, hidden: bool = False, grad: bool = False,
-                 soft_embeddings: torch.Tensor | None = None, kept: KeptStates | None = None) -> list[ScoreOutput]:
+def score_blocks(
+    h: engine.Scorer,
+    templates: Sequence[Template],
+    blocks: Sequence[Sequence[Example]],
+    verbalizer: Verbalizer | None,
+    *,
+    exact: bool = False,
+    hidden: bool = False,
+    grad: bool = False,
+    soft_embeddings: torch.Tensor | None = None,
+    kept: KeptStates | None = None,
+) -> list[ScoreOutput]:
     """Score ``blocks[i]`` with ``templates[i]`` (see :meth:`Harness.score_blocks`): streamed in
     chunks of the same examples from every block past ``h.stream_items`` items without gradients,
     and served from ``kept`` scores where they apply."""
     if not grad and sum(len(b) for b in blocks) > h.stream_items:
-        return _score_streamed(h, templates, blocks, verbalizer, exact=exact, hidden=hidden,
-                               soft_embeddings=soft_embeddings, kept=kept)
-    return _score_chunk(h, templates, blocks, verbalizer, exact=exact, hidden=hidden, grad=grad,
-                        soft_embeddings=soft_embeddings, kept=kept)
+        return _score_streamed(
+            h, templates, blocks, verbalizer, exact=exact, hidden=hidden, soft_embeddings=soft_embeddings, kept=kept
+        )
+    return _score_chunk(
+        h,
+        templates,
+        blocks,
+        verbalizer,
+        exact=exact,
+        hidden=hidden,
+        grad=grad,
+        soft_embeddings=soft_embeddings,
+        kept=kept,
+    )
 
 
-def _score_chunk(h: engine.Scorer, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
-                 verbalizer: Verbalizer | None, *, exact: bool, hidden: bool, grad: bool = False,
-                 soft_embeddings: torch.Tensor | None = None, kept: KeptStates | None = None) -> list[ScoreOutput]:
-    if (kept is not None and not grad and not exact and verbalizer is not None
-            and soft_embeddings is None and not h.input_hooks):
+def _score_chunk(
+    h: engine.Scorer,
+    templates: Sequence[Template],
+    blocks: Sequence[Sequence[Example]],
+    verbalizer: Verbalizer | None,
+    *,
+    exact: bool,
+    hidden: bool,
+    grad: bool = False,
+    soft_embeddings: torch.Tensor | None = None,
+    kept: KeptStates | None = None,
+) -> list[ScoreOutput]:
+    if (
+        kept is not None
+        and not grad
+        and not exact
+        and verbalizer is not None
+        and soft_embeddings is None
+        and not h.input_hooks
+    ):
         cached = score_from_states(h, kept, templates, blocks, verbalizer, hidden)
         if cached is not None:
             return cached
@@ -61,24 +96,38 @@ def _score_chunk(h: engine.Scorer, templates: Sequence[Template], blocks: Sequen
     subset = None if exact or verbalizer is None else engine.label_subset(rows)
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     with ctx:
-        word_lp, hid = engine.run(h, rows, n_items, n_words, subset, hidden=hidden or verbalizer is None,
-                                  soft_embeddings=soft_embeddings, sort=not grad)
+        word_lp, hid = engine.run(
+            h,
+            rows,
+            n_items,
+            n_words,
+            subset,
+            hidden=hidden or verbalizer is None,
+            soft_embeddings=soft_embeddings,
+            sort=not grad,
+        )
     outs, start = [], 0
     for size in sizes:
-        outs.append(ScoreOutput(word_lp[start:start + size], None if hid is None else hid[start:start + size]))
+        outs.append(ScoreOutput(word_lp[start : start + size], None if hid is None else hid[start : start + size]))
         start += size
     return outs
 
 
-def _score_streamed(h: engine.Scorer, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
-                    verbalizer: Verbalizer | None, **kwargs: Any) -> list[ScoreOutput]:
+def _score_streamed(
+    h: engine.Scorer,
+    templates: Sequence[Template],
+    blocks: Sequence[Sequence[Example]],
+    verbalizer: Verbalizer | None,
+    **kwargs: Any,
+) -> list[ScoreOutput]:
     blocks = [b if isinstance(b, Split) else list(b) for b in blocks]
     step = max(1, h.stream_items // len(blocks))
     parts: list[list[ScoreOutput]] = [[] for _ in blocks]
     for start in range(0, max(len(b) for b in blocks), step):
         live = [j for j, b in enumerate(blocks) if start < len(b)]
-        chunk = _score_chunk(h, [templates[j] for j in live], [blocks[j][start:start + step] for j in live],
-                             verbalizer, **kwargs)
+        chunk = _score_chunk(
+            h, [templates[j] for j in live], [blocks[j][start : start + step] for j in live], verbalizer, **kwargs
+        )
         for j, out in zip(live, chunk):
             parts[j].append(out)
     outs = []
@@ -86,14 +135,23 @@ def _score_streamed(h: engine.Scorer, templates: Sequence[Template], blocks: Seq
         if not block_parts:  # an empty block next to big ones: score it alone, as an empty pass
             block_parts = _score_chunk(h, [templates[j]], [blocks[j]], verbalizer, **kwargs)
         hid = [p.hidden for p in block_parts]
-        outs.append(ScoreOutput(torch.cat([p.word_logprobs for p in block_parts]),
-                                None if any(x is None for x in hid) else torch.cat(hid)))  # type: ignore[arg-type]
+        outs.append(
+            ScoreOutput(
+                torch.cat([p.word_logprobs for p in block_parts]),
+                None if any(x is None for x in hid) else torch.cat([x for x in hid if x is not None]),
+            )
+        )
     return outs
 
 
-def score_from_states(h: engine.Scorer, kept: KeptStates, templates: Sequence[Template],
-                      blocks: Sequence[Sequence[Example]], verbalizer: Verbalizer,
-                      hidden: bool) -> list[ScoreOutput] | None:
+def score_from_states(
+    h: engine.Scorer,
+    kept: KeptStates,
+    templates: Sequence[Template],
+    blocks: Sequence[Sequence[Example]],
+    verbalizer: Verbalizer,
+    hidden: bool,
+) -> list[ScoreOutput] | None:
     """A score call through the kept scores (None: this call cannot use them).
 
     When every item is one row read at its mask, the mask states are kept and the label rows of
@@ -137,13 +195,14 @@ def score_from_states(h: engine.Scorer, kept: KeptStates, templates: Sequence[Te
         word_lp = word_lp.index_put((index[0], index[1]), logp[index[0], index[2]].float(), accumulate=True)
     outs, start = [], 0
     for size in sizes:
-        outs.append(ScoreOutput(word_lp[start:start + size], states[start:start + size] if hidden else None))
+        outs.append(ScoreOutput(word_lp[start : start + size], states[start : start + size] if hidden else None))
         start += size
     return outs
 
 
-def _word_scores(h: engine.Scorer, kept: KeptStates, rows: list[Row], keys: list[tuple[Any, ...]],
-                 n_words: int) -> torch.Tensor:
+def _word_scores(
+    h: engine.Scorer, kept: KeptStates, rows: list[Row], keys: list[tuple[Any, ...]], n_words: int
+) -> torch.Tensor:
     """``(n_items, n_words)`` full-vocabulary word scores, each kept per (item, word tokens read)."""
     store = kept.store
     read: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -181,8 +240,9 @@ def _trim(kept: KeptStates, used: list[tuple[Any, ...]]) -> None:
         store.popitem(last=False)
 
 
-def cached_logprobs(h: engine.Scorer, cache: OrderedDict[Any, torch.Tensor], max_rows: int,
-                    examples: list[Example], template: Template) -> torch.Tensor:
+def cached_logprobs(
+    h: engine.Scorer, cache: OrderedDict[Any, torch.Tensor], max_rows: int, examples: list[Example], template: Template
+) -> torch.Tensor:
     """:func:`.engine.mask_logprobs` rows ``(N, V)`` through ``cache`` (see :meth:`Harness.reused_scores`):
     missing rows are computed in one pass, and at most ``max_rows`` rows stay kept."""
     keys = [(template, h.precision, e) for e in examples]

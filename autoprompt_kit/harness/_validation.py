@@ -3,7 +3,7 @@ the model, a verbalizer that fits the labels."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..data import Example, Split
 from ..errors import AutoPromptError
@@ -23,8 +23,14 @@ def as_split(split: Split | Sequence[Example]) -> Split:
     return Split(examples, name="examples")
 
 
-def check(split: Split, templates: Sequence[Template], verbalizer: Verbalizer, label_names: Sequence[str] | None,
-          vocab_size: int, checked: bool = False) -> None:
+def check(
+    split: Split,
+    templates: Sequence[Template],
+    verbalizer: Verbalizer,
+    label_names: Sequence[str] | None,
+    vocab_size: int,
+    checked: bool = False,
+) -> None:
     """Raise :class:`AutoPromptError` unless every template reads fields the split has and trigger
     ids below ``vocab_size``, and the verbalizer covers the labels (``label_names``, else the
     split's own). ``checked``: the caller already checked fields and labels (before the model loaded)."""
@@ -35,8 +41,10 @@ def check(split: Split, templates: Sequence[Template], verbalizer: Verbalizer, l
     for template in templates:
         bad = [i for i in template.trigger_ids if i is not None and not 0 <= i < vocab_size]
         if bad:
-            raise AutoPromptError(f"template {template.display()[:80]!r}: trigger token id {bad[0]} is outside this "
-                                  f"model's vocabulary (0..{vocab_size - 1}); was the prompt found with another model?")
+            raise AutoPromptError(
+                f"template {template.display()[:80]!r}: trigger token id {bad[0]} is outside this "
+                f"model's vocabulary (0..{vocab_size - 1}); was the prompt found with another model?"
+            )
     names = label_names if label_names is not None else getattr(split, "label_names", None)
     if names and not checked:
         verbalizer.check_labels(names)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import string
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..data import Example, Split
 from ..errors import AutoPromptError
@@ -44,18 +45,18 @@ class EncodedPrompt:
     # True when only punctuation/whitespace follows the mask: a causal LM then reads the word as
     # the next token(s) and ignores the trailing punctuation.
     mask_at_end: bool
-    truncated: int = 0             # field tokens cut so the row fits the model
+    truncated: int = 0  # field tokens cut so the row fits the model
 
 
 @dataclass
 class Row:
     """One model input and the targets read from it."""
 
-    item: int                      # which (template, example) item the targets belong to
+    item: int  # which (template, example) item the targets belong to
     input_ids: list[int]
     decoder_input_ids: list[int] | None
-    targets: list[tuple[int, int, int]]   # (position, token id, word index); position in the decoder for seq2seq
-    hidden_position: int           # where the mask's hidden state is read
+    targets: list[tuple[int, int, int]]  # (position, token id, word index); position in the decoder for seq2seq
+    hidden_position: int  # where the mask's hidden state is read
     trigger_positions: list[int] = field(default_factory=list)
     soft_positions: list[int] = field(default_factory=list)
 
@@ -97,8 +98,8 @@ class PromptEncoder:
         plain = self.tokenizer("hello", add_special_tokens=False)["input_ids"]
         full = self.tokenizer("hello", add_special_tokens=True)["input_ids"]
         for start in range(len(full) - len(plain) + 1):
-            if full[start:start + len(plain)] == plain:
-                return list(full[:start]), list(full[start + len(plain):])
+            if full[start : start + len(plain)] == plain:
+                return list(full[:start]), list(full[start + len(plain) :])
         return [], []
 
     def _mask_token_id(self) -> int | None:
@@ -131,8 +132,10 @@ class PromptEncoder:
                 raise AutoPromptError(f"label word {word!r} tokenizes to nothing with this model's tokenizer")
             unk = self.tokenizer.unk_token_id
             if unk is not None and all(i == unk for i in ids):
-                raise AutoPromptError(f"label word {word!r} is unknown to this model's tokenizer (every token is "
-                                      f"{self.tokenizer.unk_token!r}); choose a word the model can read")
+                raise AutoPromptError(
+                    f"label word {word!r} is unknown to this model's tokenizer (every token is "
+                    f"{self.tokenizer.unk_token!r}); choose a word the model can read"
+                )
             self._word_cache[key] = ids
         return ids
 
@@ -198,10 +201,19 @@ class PromptEncoder:
             elif kind == "soft":
                 softs.extend(range(offset, offset + len(ids)))
             (suffix if seen_mask else prefix).extend(ids)
-        after = "".join(p.text if isinstance(p, Text) else "x" for p in
-                        template.parts[[isinstance(p, Mask) for p in template.parts].index(True) + 1:])
-        return EncodedPrompt(tuple(prefix), tuple(suffix), space_before_mask, tuple(triggers), tuple(softs),
-                             mask_at_end=set(after) <= _PUNCT_ONLY, truncated=truncated)
+        after = "".join(
+            p.text if isinstance(p, Text) else "x"
+            for p in template.parts[[isinstance(p, Mask) for p in template.parts].index(True) + 1 :]
+        )
+        return EncodedPrompt(
+            tuple(prefix),
+            tuple(suffix),
+            space_before_mask,
+            tuple(triggers),
+            tuple(softs),
+            mask_at_end=set(after) <= _PUNCT_ONLY,
+            truncated=truncated,
+        )
 
     def _truncate(self, pieces: list[tuple[str, Any]], template: Template, reserve: int) -> int:
         """Cut the longest field (at its tail or head) until the row fits with ``reserve`` tokens for
@@ -212,19 +224,22 @@ class PromptEncoder:
             text = template.text if len(template.text) <= 80 else template.text[:77] + "..."
             raise AutoPromptError(
                 f"template {text!r} ({fixed} tokens without its fields) and a label word of {reserve} tokens do not "
-                f"fit the model's maximum length ({self.max_length} tokens, {len(self.special_prefix) + len(self.special_suffix)} "
-                "special); shorten the template or the label words")
+                f"fit the model's maximum length ({self.max_length} tokens, "
+                f"{len(self.special_prefix) + len(self.special_suffix)} special); "
+                "shorten the template or the label words"
+            )
         total = sum(len(ids) for kind, ids in pieces if ids is not None)
         cut_total = 0
         while total > budget:
-            longest = max((i for i, (kind, ids) in enumerate(pieces) if kind == "field" and ids),
-                          key=lambda i: len(pieces[i][1]))
+            longest = max(
+                (i for i, (kind, ids) in enumerate(pieces) if kind == "field" and ids), key=lambda i: len(pieces[i][1])
+            )
             ids = pieces[longest][1]
             cut = min(total - budget, len(ids))
             if self.truncation == "head":
                 del ids[:cut]
             else:
-                del ids[len(ids) - cut:]
+                del ids[len(ids) - cut :]
             total -= cut
             cut_total += cut
         return cut_total
@@ -272,11 +287,18 @@ class PromptEncoder:
             ids = self.special_prefix + list(enc.prefix) + [mask] * length + list(enc.suffix) + self.special_suffix
             start = shift + len(enc.prefix)
 
-            def moved(p: int) -> int:  # positions after the mask move by the extra masks
+            def moved(p: int, length: int = length) -> int:  # positions after the mask move by the extra masks
                 return p + shift + (length - 1 if p > len(enc.prefix) else 0)
 
-            row = Row(item, ids, None, [], start, [moved(p) for p in enc.trigger_positions],
-                      [moved(p) for p in enc.soft_positions])
+            row = Row(
+                item,
+                ids,
+                None,
+                [],
+                start,
+                [moved(p) for p in enc.trigger_positions],
+                [moved(p) for p in enc.soft_positions],
+            )
             if words is not None:
                 for w, wids in enumerate(words):
                     if len(wids) == length:
@@ -312,12 +334,16 @@ class PromptCache:
     def __init__(self) -> None:
         self.entries: OrderedDict[tuple[Template, str, int], list[EncodedPrompt]] = OrderedDict()
 
-    def encode(self, encoder: PromptEncoder, template: Template, examples: Sequence[Example], reserve: int,
-               max_items: int) -> list[EncodedPrompt]:
+    def encode(
+        self, encoder: PromptEncoder, template: Template, examples: Sequence[Example], reserve: int, max_items: int
+    ) -> list[EncodedPrompt]:
         """The prompts of ``examples``, tokenised once; at most ``max_items`` examples stay kept
         (summed over entries, the newest entry always)."""
-        key = (template, Split(examples).fingerprint if not isinstance(examples, Split) else examples.fingerprint,
-               reserve)
+        key = (
+            template,
+            Split(examples).fingerprint if not isinstance(examples, Split) else examples.fingerprint,
+            reserve,
+        )
         entries = self.entries
         hit = entries.get(key)
         if hit is not None:

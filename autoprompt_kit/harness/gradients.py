@@ -8,7 +8,8 @@ the trigger slots is summed (so one batch's graph is freed before the next).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -16,7 +17,8 @@ from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
-from . import _engine as engine, _validation
+from . import _engine as engine
+from . import _validation
 from ._engine import Scorer
 from .encoding import Row
 
@@ -38,15 +40,23 @@ def embedding_gradient(
     split = _validation.as_split(split)
     labels = torch.tensor([e.label for e in split], device=harness.device)
     rows, sizes = engine.build_rows(harness, [template], [list(split)], verbalizer)
-    grads = torch.zeros(template.num_triggers, harness.model.get_input_embeddings().weight.shape[1],
-                        device=harness.device)
+    grads = torch.zeros(
+        template.num_triggers, harness.model.get_input_embeddings().weight.shape[1], device=harness.device
+    )
     with torch.enable_grad():
         word_lp = trigger_gradient_pass(harness, rows, sizes[0], verbalizer, labels, loss, grads)
     return grads, float(-verbalizer.gold_logprob(word_lp.detach(), labels, loss).mean())
 
 
-def trigger_gradient_pass(harness: Scorer, rows: list[Row], n_items: int, verbalizer: Verbalizer,
-                          gold: torch.Tensor, loss_kind: str, grads: torch.Tensor) -> torch.Tensor:
+def trigger_gradient_pass(
+    harness: Scorer,
+    rows: list[Row],
+    n_items: int,
+    verbalizer: Verbalizer,
+    gold: torch.Tensor,
+    loss_kind: str,
+    grads: torch.Tensor,
+) -> torch.Tensor:
     """Forward ``rows`` batch by batch (item order, full vocabulary), add each batch's trigger-slot
     gradient into ``grads`` and return the (detached) word log-probs ``(n_items, W)``."""
     n_words = len(verbalizer.flat_words)
@@ -59,15 +69,23 @@ def trigger_gradient_pass(harness: Scorer, rows: list[Row], n_items: int, verbal
             continue
         values, index = engine.target_values(plan, logp)
         assert embeds is not None
-        accumulate_trigger_grad(harness, plan.rows, values, index, embeds, grads, gold, verbalizer, loss_kind,
-                                n_words)
+        accumulate_trigger_grad(harness, plan.rows, values, index, embeds, grads, gold, verbalizer, loss_kind, n_words)
         word_lp = word_lp.index_put(index, values.detach(), accumulate=True)
     return word_lp
 
 
-def accumulate_trigger_grad(harness: Scorer, batch: list[Row], values: torch.Tensor,
-                            index: tuple[torch.Tensor, torch.Tensor], embeds: torch.Tensor, grads: torch.Tensor,
-                            gold: torch.Tensor, verbalizer: Verbalizer, loss_kind: str, n_words: int) -> None:
+def accumulate_trigger_grad(
+    harness: Scorer,
+    batch: list[Row],
+    values: torch.Tensor,
+    index: tuple[torch.Tensor, torch.Tensor],
+    embeds: torch.Tensor,
+    grads: torch.Tensor,
+    gold: torch.Tensor,
+    verbalizer: Verbalizer,
+    loss_kind: str,
+    n_words: int,
+) -> None:
     """Back-propagate one batch's gold-label loss to ``embeds`` and add the trigger slots' gradient
     (summed over rows) into ``grads`` ``(num_triggers, d)``."""
     device = harness.device

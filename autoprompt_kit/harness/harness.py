@@ -22,19 +22,21 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
-from . import _calibration as calibration, _engine as engine, _output, _scoring, _validation, decoding, gradients
-from . import precision as precisions, training
+from . import _calibration as calibration
+from . import _engine as engine
+from . import _output, _scoring, _validation, decoding, gradients, training
+from . import precision as precisions
 from .encoding import PromptCache, PromptEncoder, Row
 from .results import EvalResult, ScoreOutput, classification_metrics
 
@@ -80,12 +82,15 @@ class Harness:
         auto_int8: bool = False,
     ) -> None:
         try:
-            self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self.device = (
+                torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            )
         except RuntimeError:
             raise AutoPromptError(f"unknown device {device!r}; use e.g. 'cuda', 'cuda:1' or 'cpu'") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise AutoPromptError(f"device {device!r} asked for, but CUDA is not available here (torch "
-                                  f"{torch.__version__}); use 'cpu'")
+            raise AutoPromptError(
+                f"device {device!r} asked for, but CUDA is not available here (torch {torch.__version__}); use 'cpu'"
+            )
         if precision not in (None, *precisions.CHOICES):
             raise AutoPromptError(f"precision must be 'bf16' or 'fp32' (or 'int8', 'auto'), got {precision!r}")
         if precision == "int8" and self.device.type != "cpu":
@@ -111,8 +116,9 @@ class Harness:
         #: What ``precision="auto"`` measured and why it picked :attr:`precision` (None otherwise).
         self.precision_probe: precisions.ProbeResult | None = None
         if precision == "auto":
-            self.precision_probe = precisions.resolve_auto(self.model, self.tokenizer, self.kind, self.device,
-                                                           allow_int8=auto_int8)
+            self.precision_probe = precisions.resolve_auto(
+                self.model, self.tokenizer, self.kind, self.device, allow_int8=auto_int8
+            )
             precision = self.precision_probe.choice
             if progress:
                 print(self.precision_probe.line(), flush=True)
@@ -127,8 +133,11 @@ class Harness:
             precisions.quantize_int8(self.model, keep=self.model.get_output_embeddings())
         self.batch_size = batch_size
         self.progress = progress
-        limits = [max_length, getattr(self.model.config, "max_position_embeddings", None),
-                  getattr(self.tokenizer, "model_max_length", None)]
+        limits = [
+            max_length,
+            getattr(self.model.config, "max_position_embeddings", None),
+            getattr(self.tokenizer, "model_max_length", None),
+        ]
         self.max_length = int(min(x for x in limits if isinstance(x, int) and 0 < x < 10**7))
         self.encoder = PromptEncoder(self.tokenizer, self.kind, self.max_length, truncation)
         if self.kind == "seq2seq":
@@ -173,7 +182,7 @@ class Harness:
         #: each row carries is bounded apart (``batch_size * 512`` cached tokens per batch).
         self.suffix_batch_factor = 8
 
-    def __sklearn_clone__(self) -> "Harness":
+    def __sklearn_clone__(self) -> Harness:
         """``sklearn.base.clone`` of an estimator holding this harness shares it: a deep copy would
         copy the model's weights for every fold, and a search leaves the model as it found it."""
         return self
@@ -202,8 +211,9 @@ class Harness:
             checked: the caller has checked the template's fields against the split and the
                 verbalizer's labels against ``label_names`` (before loading the model): not again.
         """
-        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact,
-                                  checked=checked)[0]
+        return self.evaluate_many(split, [template], verbalizer, label_names=label_names, exact=exact, checked=checked)[
+            0
+        ]
 
     def evaluate_many(
         self,
@@ -225,8 +235,10 @@ class Harness:
         calibrate = verbalizer.calibration == "content_free"
         # Content-free inputs carry each example's demonstrations: one prior per distinct demonstration text.
         contexts = [calibration.calibration_contexts(t, split) if calibrate else ([], None) for t in parsed]
-        cf = [[e for c in ctx for e in calibration.content_free(t, verbalizer, c)]
-              for t, (ctx, _) in zip(parsed, contexts)]
+        cf = [
+            [e for c in ctx for e in calibration.content_free(t, verbalizer, c)]
+            for t, (ctx, _) in zip(parsed, contexts)
+        ]
         # The split itself when nothing is appended: its content fingerprint (the tokenisation cache's key) is cached.
         blocks = [list(split) + c if c else split for c in cf]
         out = self.score_blocks(parsed, blocks, verbalizer, exact=exact)
@@ -238,15 +250,25 @@ class Harness:
             word_lp = block_out.word_logprobs.float()
             prior = None
             if calibrate:
-                prior = calibration.prior(verbalizer, word_lp[len(split):], group)
+                prior = calibration.prior(verbalizer, word_lp[len(split) :], group)
                 word_lp = word_lp[: len(split)]
             class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
-            encoded = self.prompt_cache.encode(self.encoder, template, list(split) + cf_block, reserve,
-                                               self.cache_items)
-            cut = sum(e.truncated > 0 for e in encoded[:len(split)])
-            results.append(EvalResult.from_class_logprobs(
-                class_lp, labels, word_logprobs=word_lp, num_classes=verbalizer.num_classes, prior=prior,
-                seconds=seconds, template=template.display(), extra={"truncated": int(cut)}))
+            encoded = self.prompt_cache.encode(
+                self.encoder, template, list(split) + cf_block, reserve, self.cache_items
+            )
+            cut = sum(e.truncated > 0 for e in encoded[: len(split)])
+            results.append(
+                EvalResult.from_class_logprobs(
+                    class_lp,
+                    labels,
+                    word_logprobs=word_lp,
+                    num_classes=verbalizer.num_classes,
+                    prior=prior,
+                    seconds=seconds,
+                    template=template.display(),
+                    extra={"truncated": int(cut)},
+                )
+            )
         return results
 
     def clear_cache(self, pieces: bool = False) -> None:
@@ -256,8 +278,9 @@ class Harness:
         if pieces:
             self.encoder._piece_cache.clear()
 
-    def batches(self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]],
-                verbalizer: Verbalizer | None) -> list[list[Row]]:
+    def batches(
+        self, templates: Sequence[Template], blocks: Sequence[Sequence[Example]], verbalizer: Verbalizer | None
+    ) -> list[list[Row]]:
         """The rows of ``templates`` × ``blocks`` in the length-bucketed batches a scoring pass runs
         (whole rows: what a pass holds in Python before the model sees it)."""
         rows, _ = engine.build_rows(self, templates, blocks, verbalizer)
@@ -290,8 +313,15 @@ class Harness:
         """
         template = as_template(template)
         verbalizer = as_verbalizer(verbalizer) if verbalizer is not None else None
-        return self.score_blocks([template], [list(_validation.as_split(split))], verbalizer, exact=exact,
-                                 hidden=hidden, grad=grad, soft_embeddings=soft_embeddings)[0]
+        return self.score_blocks(
+            [template],
+            [list(_validation.as_split(split))],
+            verbalizer,
+            exact=exact,
+            hidden=hidden,
+            grad=grad,
+            soft_embeddings=soft_embeddings,
+        )[0]
 
     def score_blocks(
         self,
@@ -311,14 +341,27 @@ class Harness:
         chunk takes the same examples from every block, so rows that share a prefix across
         templates (an ensemble of templates starting with ``{text_a}``) meet in one chunk.
         """
-        kept = (None if self._hidden_store is None
-                else _scoring.KeptStates(self._hidden_store, self._hidden_limit, self.score_cache_stats))
-        return _scoring.score_blocks(self, templates, blocks, verbalizer, exact=exact, hidden=hidden, grad=grad,
-                                     soft_embeddings=soft_embeddings, kept=kept)
+        kept = (
+            None
+            if self._hidden_store is None
+            else _scoring.KeptStates(self._hidden_store, self._hidden_limit, self.score_cache_stats)
+        )
+        return _scoring.score_blocks(
+            self,
+            templates,
+            blocks,
+            verbalizer,
+            exact=exact,
+            hidden=hidden,
+            grad=grad,
+            soft_embeddings=soft_embeddings,
+            kept=kept,
+        )
 
     @contextlib.contextmanager
-    def score_cache(self, store: "OrderedDict[Any, torch.Tensor] | None" = None,
-                    max_items: int = 100_000) -> Iterator["Harness"]:
+    def score_cache(
+        self, store: OrderedDict[Any, torch.Tensor] | None = None, max_items: int = 100_000
+    ) -> Iterator[Harness]:
         """Within the block, scoring without gradients keeps each (template, example)'s mask hidden
         state and reuses it: a later call with other label words, calibration or ensemble weights
         applies the output layer's label rows to the kept states instead of running the model (the
@@ -356,8 +399,9 @@ class Harness:
         return engine.mask_logprobs(self, examples, template, reduce)
 
     @contextlib.contextmanager
-    def reused_scores(self, rows: "OrderedDict[Any, torch.Tensor] | None" = None,
-                      max_rows: int = 2048) -> Iterator["Harness"]:
+    def reused_scores(
+        self, rows: OrderedDict[Any, torch.Tensor] | None = None, max_rows: int = 2048
+    ) -> Iterator[Harness]:
         """Within the block, full-vocabulary mask log-probabilities (:meth:`mask_logprobs` with
         ``reduce=None``) are kept per (template, example) and reused: a search that scores the same
         examples again (each fold of a cross-validation, a re-ranking on the same split) runs each
@@ -440,11 +484,27 @@ class Harness:
         :meth:`evaluate` does, with gradients on, and minimises cross-entropy on the class scores
         (or ``loss_fn`` on ``head(output)``).
         """
-        return training.train(self, split, template, verbalizer, parameters, epochs=epochs, lr=lr,
-                              batch_size=batch_size, weight_decay=weight_decay, head=head, loss_fn=loss_fn,
-                              soft_embeddings=soft_embeddings, seed=seed, on_epoch=on_epoch, on_step=on_step)
+        return training.train(
+            self,
+            split,
+            template,
+            verbalizer,
+            parameters,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            head=head,
+            loss_fn=loss_fn,
+            soft_embeddings=soft_embeddings,
+            seed=seed,
+            on_epoch=on_epoch,
+            on_step=on_step,
+        )
 
-    def output_logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+    def output_logits(
+        self, hidden: torch.Tensor, token_ids: torch.Tensor | Sequence[int] | None = None
+    ) -> torch.Tensor:
         """The output layer on hidden states ``(n, d)`` — weight, bias and the model's final logit
         soft-cap, as a forward pass applies them — for ``token_ids`` only (all tokens by default)."""
         return _output.output_logits(self, hidden, token_ids)
@@ -457,8 +517,13 @@ class Harness:
         """
         return decoding.output_logprobs(self, hidden, chunk)
 
-    def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None,
-             position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+    def body(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Any]:
         """Causal-LM body with a KV cache: last hidden state at every position and the cache.
 
         For incremental decoding (LM-BFF's causal template generation); pair with
@@ -479,7 +544,14 @@ class Harness:
         """The harness's precision as a context: bf16 autocast, or nothing for fp32 and int8."""
         return precisions.autocast(self.precision, self.device)
 
-    def _check(self, split: Split, templates: Sequence[Template], verbalizer: Verbalizer,
-               label_names: Sequence[str] | None, checked: bool = False) -> None:
-        _validation.check(split, templates, verbalizer, label_names,
-                          self.model.get_input_embeddings().weight.shape[0], checked)
+    def _check(
+        self,
+        split: Split,
+        templates: Sequence[Template],
+        verbalizer: Verbalizer,
+        label_names: Sequence[str] | None,
+        checked: bool = False,
+    ) -> None:
+        _validation.check(
+            split, templates, verbalizer, label_names, self.model.get_input_embeddings().weight.shape[0], checked
+        )

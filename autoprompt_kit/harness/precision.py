@@ -22,8 +22,9 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,8 +58,8 @@ class ProbeResult:
 
     choice: str
     reason: str
-    seconds: dict[str, float] = field(default_factory=dict)      # best forward time per precision
-    agreement: dict[str, float] = field(default_factory=dict)    # share of fp32's predictions kept
+    seconds: dict[str, float] = field(default_factory=dict)  # best forward time per precision
+    agreement: dict[str, float] = field(default_factory=dict)  # share of fp32's predictions kept
     predictions: int = 0
 
     def line(self) -> str:
@@ -89,8 +90,11 @@ def quantize_int8(model: nn.Module, keep: nn.Module | None = None) -> nn.Module:
     engines = torch.backends.quantized.supported_engines
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
         torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
-    names = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-             if type(module) is nn.Linear and module is not keep}
+    names = {
+        name: per_channel_dynamic_qconfig
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and module is not keep
+    }
     with warnings_off():
         return quantize_dynamic(model, names, inplace=True)
 
@@ -121,8 +125,9 @@ def _probe_inputs(tokenizer: Any, kind: str, device: torch.device) -> dict[str, 
     return kwargs
 
 
-def _hidden(model: nn.Module, head: nn.Module, kwargs: dict[str, Any], precision: str,
-            device: torch.device) -> torch.Tensor:
+def _hidden(
+    model: nn.Module, head: nn.Module, kwargs: dict[str, Any], precision: str, device: torch.device
+) -> torch.Tensor:
     """The output layer's input at every position (the body's work, which the harness pays in full;
     the output layer itself is applied to a few rows only when scoring)."""
     captured: dict[str, torch.Tensor] = {}
@@ -156,18 +161,23 @@ def _timed(run: Callable[[], torch.Tensor], repeats: int = 2) -> tuple[float, to
     return best, out
 
 
-def probe(model: Any, tokenizer: Any, kind: str, device: torch.device, *,
-          allow_int8: bool = True) -> ProbeResult:
+def probe(model: Any, tokenizer: Any, kind: str, device: torch.device, *, allow_int8: bool = True) -> ProbeResult:
     """Time fp32, bf16 and int8 on :data:`PROBE_TEXTS` and pick (see the module docstring)."""
     head = model.get_output_embeddings()
     n_params = sum(p.numel() for p in model.parameters())
     if device.type == "cuda":
         return ProbeResult("bf16", "CUDA: bf16 autocast (tensor cores)")
     if n_params < MIN_PARAMS:
-        return ProbeResult("fp32", f"a small model ({n_params / 1e6:.1f}M parameters < {MIN_PARAMS // 10**6}M) "
-                                   "gains nothing from reduced precision")
-    candidates = ["fp32"] + (["bf16"] if bf16_supported(device) else []) + (
-        ["int8"] if allow_int8 and int8_supported(device) else [])
+        return ProbeResult(
+            "fp32",
+            f"a small model ({n_params / 1e6:.1f}M parameters < {MIN_PARAMS // 10**6}M) "
+            "gains nothing from reduced precision",
+        )
+    candidates = (
+        ["fp32"]
+        + (["bf16"] if bf16_supported(device) else [])
+        + (["int8"] if allow_int8 and int8_supported(device) else [])
+    )
     if candidates == ["fp32"]:
         return ProbeResult("fp32", "this CPU has no native bf16 (AVX-512 BF16 / AMX) and int8 is not offered")
     kwargs = _probe_inputs(tokenizer, kind, device)
@@ -180,14 +190,16 @@ def probe(model: Any, tokenizer: Any, kind: str, device: torch.device, *,
             twin = copy.deepcopy(model)
             twin_head = twin.get_output_embeddings()
             quantize_int8(twin, keep=twin_head)
-            seconds[precision], hidden[precision] = _timed(lambda: _hidden(twin, twin_head, kwargs, "fp32", device))
+            seconds[precision], hidden[precision] = _timed(
+                lambda m=twin, h=twin_head: _hidden(m, h, kwargs, "fp32", device)  # type: ignore[misc]
+            )
             del twin
         else:
-            seconds[precision], hidden[precision] = _timed(
-                lambda p=precision: _hidden(model, head, kwargs, p, device))  # type: ignore[misc]
+            seconds[precision], hidden[precision] = _timed(lambda p=precision: _hidden(model, head, kwargs, p, device))  # type: ignore[misc]
     # Predictions: the argmax over the whole vocabulary at every real position, each precision's
     # hidden states through the output layer as that precision's scoring applies it.
     with torch.inference_mode():
+
         def predictions(precision: str) -> torch.Tensor:
             x = hidden[precision][real]
             with autocast("bf16" if precision == "bf16" else "fp32", device):
@@ -197,14 +209,22 @@ def probe(model: Any, tokenizer: Any, kind: str, device: torch.device, *,
         agreement = {p: float((predictions(p) == reference).float().mean()) for p in candidates if p != "fp32"}
     agreement["fp32"] = 1.0
     gain = {p: seconds["fp32"] / seconds[p] for p in candidates}
-    rejected = {p: (f"{agreement[p]:.1%} same predictions < {AGREEMENT:.0%}" if agreement[p] < AGREEMENT
-                    else f"only {gain[p]:.2f}x faster < {MIN_GAIN}x")
-                for p in candidates if p != "fp32" and (agreement[p] < AGREEMENT or gain[p] < MIN_GAIN)}
+    rejected = {
+        p: (
+            f"{agreement[p]:.1%} same predictions < {AGREEMENT:.0%}"
+            if agreement[p] < AGREEMENT
+            else f"only {gain[p]:.2f}x faster < {MIN_GAIN}x"
+        )
+        for p in candidates
+        if p != "fp32" and (agreement[p] < AGREEMENT or gain[p] < MIN_GAIN)
+    }
     choice = min((p for p in candidates if p not in rejected), key=lambda p: seconds[p])
     timing = ", ".join(f"{p} {gain[p]:.2f}x" for p in candidates if p != "fp32")
     agrees = ", ".join(f"{p} {agreement[p]:.1%}" for p in candidates if p != "fp32")
-    why = (f"probe of {int(real.sum())} next-token predictions: speed vs fp32 {timing}; same predictions {agrees}"
-           + "".join(f"; {p} rejected ({r})" for p, r in rejected.items()))
+    why = (
+        f"probe of {int(real.sum())} next-token predictions: speed vs fp32 {timing}; same predictions {agrees}"
+        + "".join(f"; {p} rejected ({r})" for p, r in rejected.items())
+    )
     return ProbeResult(choice, why, seconds, agreement, int(real.sum()))
 
 
@@ -227,13 +247,22 @@ def probe_key(model: Any, kind: str, allow_int8: bool) -> str:
     first = next(iter(model.parameters()))
     sample = first.detach().flatten()[:4096].float().cpu().numpy().tobytes()
     config = model.config.to_json_string(use_diff=True) if hasattr(model, "config") else ""
-    parts = [type(model).__name__, config, hashlib.sha256(sample).hexdigest(), kind, str(allow_int8), _machine(),
-             torch.__version__, str(torch.get_num_threads())]
+    parts = [
+        type(model).__name__,
+        config,
+        hashlib.sha256(sample).hexdigest(),
+        kind,
+        str(allow_int8),
+        _machine(),
+        torch.__version__,
+        str(torch.get_num_threads()),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
-def resolve_auto(model: nn.Module, tokenizer: Any, kind: str, device: torch.device, *, allow_int8: bool = True,
-                 remember: bool = True) -> ProbeResult:
+def resolve_auto(
+    model: nn.Module, tokenizer: Any, kind: str, device: torch.device, *, allow_int8: bool = True, remember: bool = True
+) -> ProbeResult:
     """``auto``'s precision: remembered from an earlier probe with the same key, else probed now."""
     if device.type == "cuda" or sum(p.numel() for p in model.parameters()) < MIN_PARAMS:
         return probe(model, tokenizer, kind, device, allow_int8=allow_int8)

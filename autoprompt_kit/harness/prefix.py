@@ -18,8 +18,9 @@ grouped (the cache bookkeeping would cost more than the tokens saved).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .encoding import Row
 
@@ -80,14 +81,15 @@ def group_by_prefix(rows: Sequence[Row], min_length: int) -> tuple[list[PrefixGr
     heads: dict[tuple[int, ...], int] = {}
     for key in keys:
         heads[key] = heads.get(key, 0) + 1
-    candidates = [i for i, (row, key) in enumerate(zip(rows, keys))
-                  if heads[key] > 1 and read_limit(row) >= min_length]
+    candidates = [i for i, (row, key) in enumerate(zip(rows, keys)) if heads[key] > 1 and read_limit(row) >= min_length]
     if len(candidates) < 2:
         return [], list(rows)
     order = sorted(candidates, key=lambda i: rows[i].input_ids)
     limits = [read_limit(rows[i]) for i in order]
-    shared = [common_prefix_length(rows[order[i]].input_ids, rows[order[i + 1]].input_ids,
-                                   min(limits[i], limits[i + 1])) for i in range(len(order) - 1)]
+    shared = [
+        common_prefix_length(rows[order[i]].input_ids, rows[order[i + 1]].input_ids, min(limits[i], limits[i + 1]))
+        for i in range(len(order) - 1)
+    ]
 
     def close(length: int, children: list[_Run]) -> _Run:
         lo, hi = children[0].lo, children[-1].hi
@@ -119,12 +121,12 @@ def group_by_prefix(rows: Sequence[Row], min_length: int) -> tuple[list[PrefixGr
     for lo, hi, length in current.groups:
         members = [rows[order[i]] for i in range(lo, hi + 1)]
         groups.append(PrefixGroup(length, members))
-        grouped.update(order[lo:hi + 1])
+        grouped.update(order[lo : hi + 1])
     rest = [row for i, row in enumerate(rows) if i not in grouped]
     return groups, rest
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _suffix_layer_class() -> type | None:
     """The cache layer :func:`suffix_cache` builds (defined once; None on transformers 4.x, which has no layers)."""
     try:
@@ -146,8 +148,8 @@ def _suffix_layer_class() -> type | None:
             keys, values = self._buffers
             if end > keys.shape[-2]:  # not the one suffix pass this cache was sized for
                 return super().update(key_states, value_states, *args, **kwargs)
-            keys[:, :, self._width:end].copy_(key_states)
-            values[:, :, self._width:end].copy_(value_states)
+            keys[:, :, self._width : end].copy_(key_states)
+            values[:, :, self._width : end].copy_(value_states)
             self.keys, self.values = keys[:, :, :end], values[:, :, :end]
             return self.keys, self.values
 
@@ -171,13 +173,14 @@ def suffix_cache(states: Sequence[tuple[Any, Any]], which: Any | None, rows: int
     layer_class = _suffix_layer_class()
     if layer_class is None:  # transformers 4.x: a cache of per-layer lists, filled by concatenation
         return DynamicCache.from_legacy_cache(  # type: ignore[attr-defined]  # 4.x only; 5 removed it
-            tuple((rows_of(k), rows_of(v)) for k, v in states))
+            tuple((rows_of(k), rows_of(v)) for k, v in states)
+        )
     layers = []
     for k, v in states:
         buffers = []
         for x in (k, v):
             buffer = x.new_empty(rows, x.shape[1], x.shape[2] + suffix_width, x.shape[3])
-            buffer[:, :, :x.shape[2]].copy_(rows_of(x))
+            buffer[:, :, : x.shape[2]].copy_(rows_of(x))
             buffers.append(buffer)
         layers.append(layer_class(*buffers, k.shape[2]))
     cache = DynamicCache()

@@ -63,11 +63,21 @@ class EvalResult:
             class_logprobs = class_logprobs.cpu().numpy()
         else:
             predictions = class_logprobs.argmax(axis=1)
-        acc, f1 = classification_metrics(labels, predictions, class_logprobs.shape[1] if num_classes is None
-                                         else num_classes)
-        return cls(accuracy=acc, macro_f1=f1, predictions=predictions, labels=labels, class_logprobs=class_logprobs,
-                   word_logprobs=_numpy(word_logprobs), prior=None if prior is None else _numpy(prior),
-                   seconds=seconds, template=template, extra={} if extra is None else extra)
+        acc, f1 = classification_metrics(
+            labels, predictions, class_logprobs.shape[1] if num_classes is None else num_classes
+        )
+        return cls(
+            accuracy=acc,
+            macro_f1=f1,
+            predictions=predictions,
+            labels=labels,
+            class_logprobs=class_logprobs,
+            word_logprobs=_numpy(word_logprobs),
+            prior=None if prior is None else _numpy(prior),
+            seconds=seconds,
+            template=template,
+            extra={} if extra is None else extra,
+        )
 
     @property
     def n(self) -> int:

@@ -6,7 +6,8 @@ training sees exactly the prompts, truncation and label-word scores that evaluat
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,14 +67,22 @@ def train(
             order = torch.randperm(len(examples), generator=generator).tolist()
             total = 0.0
             for start in range(0, len(order), batch_size):
-                batch = [examples[i] for i in order[start:start + batch_size]]
+                batch = [examples[i] for i in order[start : start + batch_size]]
                 labels = torch.tensor([e.label for e in batch], device=harness.device)
                 # Without a custom head the loss reads class scores normalised over classes, which a
                 # per-example shift of the word scores leaves unchanged: the label-word rows of the
                 # output layer suffice (same loss and gradients; Gemma's 262k-row matrix is skipped).
                 # As ``harness.score(..., grad=True)``: with gradients no kept scores are read.
-                out = _scoring.score_blocks(harness, [template], [batch], verbalizer, exact=head is not None,
-                                            hidden=head is not None, grad=True, soft_embeddings=soft_embeddings)[0]
+                out = _scoring.score_blocks(
+                    harness,
+                    [template],
+                    [batch],
+                    verbalizer,
+                    exact=head is not None,
+                    hidden=head is not None,
+                    grad=True,
+                    soft_embeddings=soft_embeddings,
+                )[0]
                 logits = head(out) if head is not None else verbalizer.class_logprobs(out.word_logprobs.float())
                 loss = loss_fn(logits, labels) if loss_fn else nn.functional.cross_entropy(logits, labels)
                 optimizer.zero_grad()

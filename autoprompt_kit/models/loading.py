@@ -56,8 +56,23 @@ def detect_kind(config: Any) -> str:
         return "mlm"
     if "CausalLM" in archs or "LMHeadModel" in archs:
         return "causal"
-    mlm_types = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
-                 "camembert", "mpnet", "ernie", "modernbert", "megatron-bert", "xlm", "flaubert"}
+    mlm_types = {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "albert",
+        "electra",
+        "deberta",
+        "deberta-v2",
+        "camembert",
+        "mpnet",
+        "ernie",
+        "modernbert",
+        "megatron-bert",
+        "xlm",
+        "flaubert",
+    }
     return "mlm" if getattr(config, "model_type", "") in mlm_types else "causal"
 
 
@@ -70,8 +85,10 @@ def _require_gguf_support(what: str) -> None:
     missing = [pkg for pkg in ("gguf", "accelerate") if importlib.util.find_spec(pkg) is None]
     if missing:
         # transformers refuses GGUF files without accelerate, so both are needed.
-        raise AutoPromptError(f"{what} needs the {' and '.join(missing)} package(s): pip install "
-                              "'autoprompt-kit[default-model]' (or pip install gguf accelerate)")
+        raise AutoPromptError(
+            f"{what} needs the {' and '.join(missing)} package(s): pip install "
+            "'autoprompt-kit[default-model]' (or pip install gguf accelerate)"
+        )
 
 
 def convert_gguf(gguf_file: Path, target: Path, what: str) -> Path:
@@ -165,13 +182,16 @@ def _check_gguf_model(path: Path) -> None:
         message = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         if "is not supported" in message:
             supported = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
-            raise AutoPromptError(f"{path}: {message.rstrip('.')} by transformers {transformers.__version__} "
-                                  f"(its GGUF loader reads: {supported})") from None
+            raise AutoPromptError(
+                f"{path}: {message.rstrip('.')} by transformers {transformers.__version__} "
+                f"(its GGUF loader reads: {supported})"
+            ) from None
         raise AutoPromptError(f"{path} could not be read as a GGUF model: {message}") from None
     model_type = parsed["config"].get("model_type")
     if model_type in ("t5", "umt5"):
-        raise AutoPromptError(f"{path} holds a {model_type} (encoder-decoder) model; a GGUF file loads here only as "
-                              "a causal LM")
+        raise AutoPromptError(
+            f"{path} holds a {model_type} (encoder-decoder) model; a GGUF file loads here only as a causal LM"
+        )
 
 
 def gguf_model_dir(path: str | Path) -> Path:
@@ -207,8 +227,13 @@ def load_model(name: str | None = None, kind: str | None = None, **kwargs: Any) 
         kind: ``mlm``, ``seq2seq`` or ``causal``; detected from the config when omitted.
         **kwargs: passed to ``from_pretrained``.
     """
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM,
-                              AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
 
     name = name or DEFAULT_MODEL
     if kind is not None and kind not in KINDS:
@@ -230,8 +255,10 @@ def load_model(name: str | None = None, kind: str | None = None, **kwargs: Any) 
         ) from None
     detected = detect_kind(config)
     if kind is not None and kind != detected and getattr(config, "architectures", None):
-        raise AutoPromptError(f"model {name!r} is a {detected} model ({', '.join(config.architectures)}); "
-                              f"--kind {kind} does not match it (leave --kind out to detect it)")
+        raise AutoPromptError(
+            f"model {name!r} is a {detected} model ({', '.join(config.architectures)}); "
+            f"--kind {kind} does not match it (leave --kind out to detect it)"
+        )
     kind = kind or detected
     auto = {"mlm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
     try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -54,7 +55,9 @@ def word_token_mask(
     AutoPrompt's reference does).
     """
     strings = token_strings(tokenizer)
-    wordpiece = any(s.startswith("##") for s in strings[:5000]) and not any(s.startswith(_PREFIXES) for s in strings[:5000])
+    wordpiece = any(s.startswith("##") for s in strings[:5000]) and not any(
+        s.startswith(_PREFIXES) for s in strings[:5000]
+    )
     specials = set(getattr(tokenizer, "all_special_ids", []) or [])
     banned = {w.lower() for w in exclude_words}
     mask = torch.zeros(vocab_size, dtype=torch.bool)
@@ -77,9 +80,11 @@ def word_token_mask(
     return mask
 
 
-def vocabulary_words(harness: "Harness") -> torch.Tensor:
+def vocabulary_words(harness: Harness) -> torch.Tensor:
     """Boolean mask of the vocabulary's word tokens (lower-case, alphabetic, word-initial, 3+ letters):
     the words a verbalizer may be expanded with or a prototype described by."""
     # A 262k-token scan: once per harness.
-    return harness.memo("vocabulary_words", lambda: word_token_mask(
-        harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3))
+    return harness.memo(
+        "vocabulary_words",
+        lambda: word_token_mask(harness.tokenizer, harness.head.weight.shape[0], lowercase_only=True, min_length=3),
+    )

@@ -20,12 +20,35 @@ if TYPE_CHECKING:
 #: Abbreviations common in label sets (AG News, 20 Newsgroups, intent and NLI sets), spelled out
 #: so a language model can read them. Generic English, not any one corpus's classes.
 ABBREVIATIONS = {
-    "sci": "science", "tech": "technology", "biz": "business", "pol": "politics", "polit": "politics",
-    "med": "medicine", "comp": "computers", "rec": "recreation", "misc": "miscellaneous", "soc": "society",
-    "sys": "systems", "os": "operating system", "env": "environment", "edu": "education", "econ": "economy",
-    "ent": "entertainment", "gov": "government", "intl": "international", "neg": "negative", "pos": "positive",
-    "neu": "neutral", "info": "information", "qa": "question", "faq": "question", "msg": "message",
-    "auto": "automobile", "autos": "automobiles", "govt": "government", "int": "international",
+    "sci": "science",
+    "tech": "technology",
+    "biz": "business",
+    "pol": "politics",
+    "polit": "politics",
+    "med": "medicine",
+    "comp": "computers",
+    "rec": "recreation",
+    "misc": "miscellaneous",
+    "soc": "society",
+    "sys": "systems",
+    "os": "operating system",
+    "env": "environment",
+    "edu": "education",
+    "econ": "economy",
+    "ent": "entertainment",
+    "gov": "government",
+    "intl": "international",
+    "neg": "negative",
+    "pos": "positive",
+    "neu": "neutral",
+    "info": "information",
+    "qa": "question",
+    "faq": "question",
+    "msg": "message",
+    "auto": "automobile",
+    "autos": "automobiles",
+    "govt": "government",
+    "int": "international",
 }
 _STOP = {"and", "or", "the", "of", "a", "an", "&"}
 
@@ -53,7 +76,7 @@ def label_words(name: str) -> list[str]:
 
     Raises when the name has no letters (``0``, ``1``…): such classes need words given by hand.
     """
-    text = re.sub(r"([a-z])([A-Z])", r"\1 \2", str(name))      # camelCase
+    text = re.sub(r"([a-z])([A-Z])", r"\1 \2", str(name))  # camelCase
     parts = [p for p in re.split(r"[\s_\-/.,:;|+]+", text.strip()) if p]
     words: list[str] = []
     i = 0
@@ -67,9 +90,11 @@ def label_words(name: str) -> list[str]:
             words.append(ABBREVIATIONS.get(part, part))
         i += 1
     if not words:
-        raise AutoPromptError(f"class name {name!r} has no word a model can read; give label words in a search "
-                              "space (autoprompt-kit space METHOD --task … writes one to edit) or name the classes "
-                              "in the data")
+        raise AutoPromptError(
+            f"class name {name!r} has no word a model can read; give label words in a search "
+            "space (autoprompt-kit space METHOD --task … writes one to edit) or name the classes "
+            "in the data"
+        )
     return list(dict.fromkeys(words))
 
 
@@ -85,18 +110,20 @@ def task_label_words(label_names: Sequence[str]) -> dict[str, list[str]]:
     for name, ws in words.items():
         unique = [w for w in ws if counts[w] == 1]
         if not unique:
-            raise AutoPromptError(f"classes {[n for n in words if set(words[n]) & set(ws)]} read as the same words "
-                                  f"{ws}; give label words by hand")
+            raise AutoPromptError(
+                f"classes {[n for n in words if set(words[n]) & set(ws)]} read as the same words "
+                f"{ws}; give label words by hand"
+            )
         out[name] = unique
     return out
 
 
-def is_pair_task(task: "Task") -> bool:
+def is_pair_task(task: Task) -> bool:
     """True when every training example has a second text."""
     split = task.train if len(task.train) else task.dev
     return "text_b" in split.fields()
 
 
-def task_templates(task: "Task") -> list[str]:
+def task_templates(task: Task) -> list[str]:
     """The generic templates for this task's input shape (pairs or single texts)."""
     return list(PAIR_TEMPLATES if is_pair_task(task) else SINGLE_TEMPLATES)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, Union
+from typing import Any
 
 from ..errors import AutoPromptError
 
@@ -65,7 +66,7 @@ class Trigger:
     token: str | None = None
 
 
-Part = Union[Text, Field, Mask, Soft, Trigger]
+Part = Text | Field | Mask | Soft | Trigger
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _TRIGGER = re.compile(r"^trigger(?:\*(\d+))?$")
@@ -73,7 +74,7 @@ _TRIGGER = re.compile(r"^trigger(?:\*(\d+))?$")
 
 def short(text: str, limit: int = 80) -> str:
     """A template's text for an error message: long ones are cut (a 25 KB message helps nobody)."""
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _parse_jsonish(inner: str, source: str) -> list[Part]:
@@ -92,8 +93,10 @@ def _parse_jsonish(inner: str, source: str) -> list[Part]:
         else:
             obj = loads_json("{" + fixed + "}", f"template {short(source)!r}")
     except json.JSONDecodeError as exc:
-        raise AutoPromptError(f"template {short(source)!r}: cannot parse part {short('{' + inner + '}', 40)}: "
-                              f"{exc.msg} (OpenPrompt syntax: {{\"mask\"}}, {{\"placeholder\": \"text_a\"}})") from None
+        raise AutoPromptError(
+            f"template {short(source)!r}: cannot parse part {short('{' + inner + '}', 40)}: "
+            f'{exc.msg} (OpenPrompt syntax: {{"mask"}}, {{"placeholder": "text_a"}})'
+        ) from None
     if "placeholder" in obj:
         name = str(obj["placeholder"])
         return [Field(name)]
@@ -111,14 +114,16 @@ def _parse_jsonish(inner: str, source: str) -> list[Part]:
     if "trigger" in obj:
         count = obj["trigger"] if obj["trigger"] is not None else 1
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise AutoPromptError(f"template {short(source)!r}: {{\"trigger\": {obj['trigger']!r}}} needs a positive "
-                                  "number of trigger tokens")
+            raise AutoPromptError(
+                f'template {short(source)!r}: {{"trigger": {obj["trigger"]!r}}} needs a positive '
+                "number of trigger tokens"
+            )
         return [Trigger() for _ in range(count)]
     if "text" in obj:
         return [Text(str(obj["text"]))]
     raise AutoPromptError(
-        f"template {short(source)!r}: unknown part {short('{' + inner + '}', 40)} (expected placeholder, meta, mask, soft, "
-        "trigger or text)"
+        f"template {short(source)!r}: unknown part {short('{' + inner + '}', 40)} "
+        "(expected placeholder, meta, mask, soft, trigger or text)"
     )
 
 
@@ -129,7 +134,7 @@ def _parse_shorthand(inner: str, source: str) -> list[Part]:
     if key == "soft":
         return [Soft()]
     if key.startswith("soft:"):
-        return [Soft(key[len("soft:"):].strip())]
+        return [Soft(key[len("soft:") :].strip())]
     match = _TRIGGER.match(key)
     if match:
         count = int(match.group(1) or 1)
@@ -147,7 +152,7 @@ def parse_template(source: str) -> list[Part]:
     pos = 0
     for match in _BRACE.finditer(source):
         if match.start() > pos:
-            parts.append(Text(source[pos:match.start()]))
+            parts.append(Text(source[pos : match.start()]))
         inner = match.group(1)
         if inner.strip().startswith('"'):
             parts.extend(_parse_jsonish(inner, source))
@@ -217,7 +222,7 @@ class Template:
             )
 
     # -- construction ----------------------------------------------------------------------------
-    def with_triggers(self, token_ids: Sequence[int], tokens: Sequence[str] | None = None) -> "Template":
+    def with_triggers(self, token_ids: Sequence[int], tokens: Sequence[str] | None = None) -> Template:
         """Return a copy with the trigger slots filled, in order."""
         if len(token_ids) != self.num_triggers:
             raise AutoPromptError(
@@ -257,18 +262,22 @@ class Template:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | str) -> "Template":
+    def from_dict(cls, data: dict[str, Any] | str) -> Template:
         if isinstance(data, str):
             return cls(data)
         if not isinstance(data, dict):
-            raise AutoPromptError(f"a template must be text or {{\"text\": ...}}, got {type(data).__name__} {data!r:.40}")
+            raise AutoPromptError(f'a template must be text or {{"text": ...}}, got {type(data).__name__} {data!r:.40}')
         if "text" not in data:
             raise AutoPromptError("template JSON needs a 'text' key")
         template = cls(data["text"])
         ids = data.get("trigger_ids")
-        if ids is not None and (not isinstance(ids, list) or not all(
-                i is None or (isinstance(i, int) and not isinstance(i, bool) and i >= 0) for i in ids)):
-            raise AutoPromptError(f"template {short(template.text)!r}: trigger_ids must be a list of token ids, got {ids!r:.60}")
+        if ids is not None and (
+            not isinstance(ids, list)
+            or not all(i is None or (isinstance(i, int) and not isinstance(i, bool) and i >= 0) for i in ids)
+        ):
+            raise AutoPromptError(
+                f"template {short(template.text)!r}: trigger_ids must be a list of token ids, got {ids!r:.60}"
+            )
         if ids and all(i is not None for i in ids):
             template = template.with_triggers(ids, data.get("trigger_tokens"))
         return template
@@ -298,7 +307,7 @@ def _render_source(parts: Sequence[Part]) -> str:
     return "".join(out)
 
 
-def as_template(value: "Template | str | dict[str, Any]") -> Template:
+def as_template(value: Template | str | dict[str, Any]) -> Template:
     """Accept a Template, its text or its JSON dict."""
     if isinstance(value, Template):
         return value

@@ -12,8 +12,9 @@ mask distribution over unlabelled support examples) before aggregating.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -61,8 +62,10 @@ class Verbalizer:
                 raise AutoPromptError(f"verbalizer: class {name!r} needs a word or a list of words, got {ws!r:.60}")
             bad = [w for w in items if not isinstance(w, str)]
             if bad:
-                raise AutoPromptError(f"verbalizer: class {name!r} has a label word that is not text: {bad[0]!r} "
-                                      "(quote it in YAML, e.g. '5')")
+                raise AutoPromptError(
+                    f"verbalizer: class {name!r} has a label word that is not text: {bad[0]!r} "
+                    "(quote it in YAML, e.g. '5')"
+                )
         words = tuple(tuple(ws) if not isinstance(ws, str) else (ws,) for ws in self.label_words)
         object.__setattr__(self, "label_words", words)
         object.__setattr__(self, "labels", tuple(str(x) for x in self.labels))
@@ -104,7 +107,7 @@ class Verbalizer:
     @classmethod
     def from_words(
         cls, words: Mapping[str, Sequence[str] | str] | Sequence[Sequence[str] | str], **kwargs: Any
-    ) -> "Verbalizer":
+    ) -> Verbalizer:
         """Build from ``{"negative": ["terrible"], "positive": ["great"]}`` or ``[["terrible"], ["great"]]``."""
         if isinstance(words, Mapping):
             labels = tuple(words.keys())
@@ -112,13 +115,14 @@ class Verbalizer:
             if bad:
                 raise AutoPromptError(f"verbalizer: class name {bad[0]!r} is not text (quote it in YAML)")
             values: list[Any] = [[v] if isinstance(v, str) else v for v in words.values()]
-            return cls(tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values), labels=labels,
-                       **kwargs).check_distinct()
+            return cls(
+                tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values), labels=labels, **kwargs
+            ).check_distinct()
         if isinstance(words, str):
             raise AutoPromptError(f"label words must map each class to its words, got the text {words!r:.60}")
         return cls(tuple((w,) if isinstance(w, str) else tuple(w) for w in words), **kwargs).check_distinct()
 
-    def check_distinct(self) -> "Verbalizer":
+    def check_distinct(self) -> Verbalizer:
         """Raise when one word is given for two classes (a user's verbalizer must be unambiguous)."""
         owner: dict[str, int] = {}
         for i, ws in enumerate(self.label_words):
@@ -131,11 +135,13 @@ class Verbalizer:
                 j = owner.setdefault(w.strip(), i)
                 if j != i:
                     names = [self.labels[k] if k < len(self.labels) else str(k) for k in (j, i)]
-                    raise AutoPromptError(f"verbalizer: label word {w!r} is given for two classes, {names[0]!r} and "
-                                          f"{names[1]!r}; each word must point to one class")
+                    raise AutoPromptError(
+                        f"verbalizer: label word {w!r} is given for two classes, {names[0]!r} and "
+                        f"{names[1]!r}; each word must point to one class"
+                    )
         return self
 
-    def replace(self, **changes: Any) -> "Verbalizer":
+    def replace(self, **changes: Any) -> Verbalizer:
         data = self.to_dict()
         data.update(changes)
         return Verbalizer.from_dict(data)
@@ -176,16 +182,17 @@ class Verbalizer:
         if self.calibration == "contextual" and self.word_prior is not None:
             # KPT's contextualised calibration: p(w | x) / p(w); a per-example constant (the
             # normalisation over label words) cancels when classes are normalised.
-            prior = torch.tensor([p for ps in self.word_prior for p in ps], dtype=word_logprobs.dtype,
-                                 device=word_logprobs.device)
+            prior = torch.tensor(
+                [p for ps in self.word_prior for p in ps], dtype=word_logprobs.dtype, device=word_logprobs.device
+            )
             word_logprobs = word_logprobs - prior
         out = []
         start = 0
         for c, ws in enumerate(self.label_words):
-            block = word_logprobs[:, start:start + len(ws)]
+            block = word_logprobs[:, start : start + len(ws)]
             if weights is not None or self.aggregation == "weighted":
                 if weights is not None:
-                    logw = torch.log_softmax(weights[start:start + len(ws)], dim=0)
+                    logw = torch.log_softmax(weights[start : start + len(ws)], dim=0)
                 else:
                     w = torch.tensor(self.weights[c], dtype=block.dtype, device=block.device)  # type: ignore[index]
                     logw = torch.log(w.clamp_min(1e-12) / w.clamp_min(1e-12).sum())
@@ -239,7 +246,7 @@ class Verbalizer:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Verbalizer":
+    def from_dict(cls, data: Mapping[str, Any]) -> Verbalizer:
         if not isinstance(data, Mapping) or "label_words" not in data:
             raise AutoPromptError("verbalizer JSON needs a 'label_words' key")
         words = data["label_words"]
@@ -255,8 +262,9 @@ class Verbalizer:
         if isinstance(words, Mapping):
             bad = next((k for k, v in words.items() if not isinstance(v, (str, list, tuple))), None)
             if bad is not None:
-                raise AutoPromptError(f"verbalizer: class {bad!r} needs a word or a list of words, "
-                                      f"got {words[bad]!r:.60}")
+                raise AutoPromptError(
+                    f"verbalizer: class {bad!r} needs a word or a list of words, got {words[bad]!r:.60}"
+                )
             labels = tuple(words.keys())
             if all(k.isdigit() for k in labels):
                 labels = ()
@@ -269,13 +277,14 @@ def _number_rows(value: Any, key: str) -> tuple[tuple[float, ...], ...]:
     """Per-class lists of numbers (weights, priors) from JSON, or one clear error."""
     ok = isinstance(value, (list, tuple)) and all(
         isinstance(row, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in row)
-        for row in value)
+        for row in value
+    )
     if not ok:
         raise AutoPromptError(f"verbalizer {key} must be a list of number lists (one per class), got {value!r:.60}")
     return tuple(tuple(float(x) for x in row) for row in value)
 
 
-def as_verbalizer(value: "Verbalizer | Mapping[str, Any] | Sequence[Any]") -> Verbalizer:
+def as_verbalizer(value: Verbalizer | Mapping[str, Any] | Sequence[Any]) -> Verbalizer:
     """Accept a Verbalizer, its JSON dict, or a plain ``{label: words}`` mapping."""
     if isinstance(value, Verbalizer):
         return value

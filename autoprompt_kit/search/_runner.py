@@ -15,10 +15,11 @@ import logging
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -29,22 +30,41 @@ from ..artifact import BEST_SCHEMA_VERSION, Prompt, model_reference
 from ..errors import AutoPromptError
 from ..io import write_json_atomic
 from ..prompts import Template
-from ._storage import (OWNER, bookkept, check_url, claim, fail_dead_trials, public_url, running_elsewhere, storage_lock,
-                       take_trials_atomically)
 from . import report as reporting
+from ._storage import (
+    OWNER,
+    bookkept,
+    check_url,
+    claim,
+    fail_dead_trials,
+    public_url,
+    running_elsewhere,
+    storage_lock,
+    take_trials_atomically,
+)
 from .base import SearchContext, Searcher, TrialOutcome
-from .folds import (SELECTIONS, Fold, fold_task, gold_logprob, labelled_pool, make_folds, pooled_result, refit_task,
-                    selection_bias, standard_error)
+from .folds import (
+    SELECTIONS,
+    Fold,
+    fold_task,
+    gold_logprob,
+    labelled_pool,
+    make_folds,
+    pooled_result,
+    refit_task,
+    selection_bias,
+    standard_error,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///runs/autoprompt.db"
-QUEUED = "~autoprompt.queued"           # a queued trial's candidate key (bookkeeping: sorts last, see _storage)
+QUEUED = "~autoprompt.queued"  # a queued trial's candidate key (bookkeeping: sorts last, see _storage)
 ARTIFACT_KEYS = "~autoprompt.artifacts"  # names of the user attributes a trial's method produced
-CANDIDATE = "~candidate"                 # the trial's whole prompt as JSON (what best.json and refit read)
-PREDICTIONS = "~dev_predictions"         # class index per dev (or out-of-fold) example
-PROMPT_DIR = "prompt_dir"               # a trained trial's prompt folder
-REFIT = "refit:"                        # study attribute prefix: a cross-validated winner refit on all data
+CANDIDATE = "~candidate"  # the trial's whole prompt as JSON (what best.json and refit read)
+PREDICTIONS = "~dev_predictions"  # class index per dev (or out-of-fold) example
+PROMPT_DIR = "prompt_dir"  # a trained trial's prompt folder
+REFIT = "refit:"  # study attribute prefix: a cross-validated winner refit on all data
 SCHEMA_VERSION = BEST_SCHEMA_VERSION
 
 
@@ -57,7 +77,7 @@ def open_storage(url: str | None, heartbeat: int = 30) -> optuna.storages.RDBSto
     """An Optuna RDB storage with heartbeats: a trial whose process died is failed and retried."""
     url = check_url(url or default_storage())
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return _rdb_storage(url, heartbeat, lock=True)
 
 
@@ -65,7 +85,7 @@ def open_existing_storage(url: str | None, heartbeat: int = 30) -> optuna.storag
     """The storage a view reads (``studies``, ``trials``): None when an SQLite file does not exist,
     so that looking creates no file (neither the database, its folder nor its lock file)."""
     url = check_url(url or DEFAULT_STORAGE)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).expanduser().is_file():
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).expanduser().is_file():
         return None
     return _rdb_storage(url, heartbeat, lock=False)
 
@@ -78,7 +98,9 @@ def _rdb_storage(url: str, heartbeat: int, lock: bool) -> optuna.storages.RDBSto
             # Optuna 4.9 renamed the retry hook; older releases (>= 3.6 is supported) only have the old one.
             retry: dict[str, Any]
             if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
-                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+                retry = {
+                    "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                }
             else:
                 retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
             # Two processes creating a fresh storage's tables at once collide (alembic_version): one at a time.
@@ -108,8 +130,9 @@ def _creation_lock(url: str) -> Iterator[None]:
         engine.dispose()
 
 
-def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: dict[str, Any] | None = None,
-               create: bool = True) -> optuna.Study:
+def open_study(
+    name: str, storage: optuna.storages.RDBStorage, seed: int, meta: dict[str, Any] | None = None, create: bool = True
+) -> optuna.Study:
     """Create the study, or load it to resume; checks it was made by the same method."""
     sampler = optuna.samplers.TPESampler(seed=seed)
     # Iterative methods report dev scores per epoch (warm-up 1); cross-validation reports the running
@@ -121,8 +144,9 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         except KeyError:
             raise AutoPromptError(f"no study named {name!r} in this storage") from None
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                direction="maximize", load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
+    )
     if meta:
         made_by = study.user_attrs.get("method")
         if made_by and made_by != meta.get("method"):
@@ -135,9 +159,15 @@ def open_study(name: str, storage: optuna.storages.RDBStorage, seed: int, meta: 
 
 
 #: What a study's fingerprint holds (see :func:`run_search`) → how a difference is named.
-FINGERPRINT = {"space": "another space", "task": "another task", "selection": "another selection",
-               "model": "another model",
-               "weights": "other model weights", "kind": "another kind", "precision": "another precision"}
+FINGERPRINT = {
+    "space": "another space",
+    "task": "another task",
+    "selection": "another selection",
+    "model": "another model",
+    "weights": "other model weights",
+    "kind": "another kind",
+    "precision": "another precision",
+}
 
 
 def _check_fingerprint(name: str, study: optuna.Study, now: dict[str, str]) -> None:
@@ -153,6 +183,7 @@ def _check_fingerprint(name: str, study: optuna.Study, now: dict[str, str]) -> N
     if "model" in differ and "weights" in differ:
         differ.remove("weights")  # another model has other weights: saying so adds nothing
     if differ:
+
         def shown(what: str, value: str) -> str:  # digests cut to 12 characters, names in full
             pin, _, digest = value.partition(":")
             if what == "weights":
@@ -160,8 +191,10 @@ def _check_fingerprint(name: str, study: optuna.Study, now: dict[str, str]) -> N
             return f"{what} {value[:12] if what in ('space', 'task') else value}"
 
         pairs = "; ".join(f"{shown(w, before[w])}, now {shown(w, now[w]).removeprefix(w + ' ')}" for w in differ)
-        raise AutoPromptError(f"study {name!r} was run with {' and '.join(FINGERPRINT[w] for w in differ)} ({pairs}); "
-                              "resuming would mix their results: give a new --study name")
+        raise AutoPromptError(
+            f"study {name!r} was run with {' and '.join(FINGERPRINT[w] for w in differ)} ({pairs}); "
+            "resuming would mix their results: give a new --study name"
+        )
     if stored and set(now) - set(stored):
         study.set_user_attr("fingerprint", {**now, **stored})
 
@@ -181,8 +214,9 @@ def _legacy_model_fingerprint(recorded: Any, now: dict[str, Any]) -> dict[str, s
     return out
 
 
-def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int,
-               shuffle: bool = True) -> int:
+def fill_queue(
+    study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int, shuffle: bool = True
+) -> int:
     """Enqueue distinct candidates so the study holds ``n_trials`` of them (finished or pending).
 
     Returns the number enqueued now. Failed trials do not count: the heartbeat's retry callback
@@ -197,13 +231,15 @@ def fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: in
         return _fill_queue(study, grid, n_trials, seed, shuffle)
 
 
-def _fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int,
-                shuffle: bool) -> int:
+def _fill_queue(study: optuna.Study, grid: Sequence[dict[str, Any]], n_trials: int, seed: int, shuffle: bool) -> int:
     # A queued trial carries its candidate's key as a user attribute: WAITING trials have no
     # params yet, and the heartbeat's retry copies keep user attributes.
     key = lambda params: json.dumps(params, sort_keys=True)  # noqa: E731
-    present = {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)
-               if bookkept(t, QUEUED) and t.state != TrialState.FAIL}
+    present = {
+        bookkept(t, QUEUED)
+        for t in study.get_trials(deepcopy=False)
+        if bookkept(t, QUEUED) and t.state != TrialState.FAIL
+    }
     if n_trials > len(grid):
         logger.warning("the space has %d candidates; running %d trials, not %d", len(grid), len(grid), n_trials)
         n_trials = len(grid)
@@ -233,15 +269,15 @@ class SearchJob:
     n_trials: int = 20
     seed: int = 13
     heartbeat: int = 30
-    worker: bool = False                       # a helper process: runs trials, writes nothing
+    worker: bool = False  # a helper process: runs trials, writes nothing
     progress: bool = True
     task_info: dict[str, Any] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
-    trial_dir: str | None = None               # where trials keep trained state (default: beside the storage)
-    budget: float | None = None                # seconds: no trial starts after it is spent (None: no limit)
-    selection: str = "dev"                     # "dev": score on the dev split; "cv": k-fold over train + dev
-    folds: int = 4                             # folds of cross-validated selection
-    command: str | None = None                 # the command line that reproduces the search (the study's note shows it)
+    trial_dir: str | None = None  # where trials keep trained state (default: beside the storage)
+    budget: float | None = None  # seconds: no trial starts after it is spent (None: no limit)
+    selection: str = "dev"  # "dev": score on the dev split; "cv": k-fold over train + dev
+    folds: int = 4  # folds of cross-validated selection
+    command: str | None = None  # the command line that reproduces the search (the study's note shows it)
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -260,12 +296,13 @@ class SearchJob:
         if self.trial_dir:
             return Path(self.trial_dir) / self.study_name
         url = self.storage_url or DEFAULT_STORAGE
-        base = Path(url[len("sqlite:///"):]).expanduser().parent if url.startswith("sqlite:///") else Path("runs")
+        base = Path(url[len("sqlite:///") :]).expanduser().parent if url.startswith("sqlite:///") else Path("runs")
         return base / "trials" / self.study_name
 
 
-def run_search(job: SearchJob, ctx: SearchContext,
-               start_workers: Callable[[], list[Any]] | None = None) -> optuna.Study:
+def run_search(
+    job: SearchJob, ctx: SearchContext, start_workers: Callable[[], list[Any]] | None = None
+) -> optuna.Study:
     """Run (or resume) the study until it holds ``n_trials`` finished trials (a staged method: until
     its last stage is done), or its ``budget`` is spent; return it.
 
@@ -276,8 +313,7 @@ def run_search(job: SearchJob, ctx: SearchContext,
     return run_study(job, ctx, start_workers)
 
 
-def run_study(job: SearchJob, ctx: SearchContext,
-              start_workers: Callable[[], list[Any]] | None = None) -> optuna.Study:
+def run_study(job: SearchJob, ctx: SearchContext, start_workers: Callable[[], list[Any]] | None = None) -> optuna.Study:
     """:func:`run_search` for a caller that has checked the space against the task already
     (:func:`.api.find_prompt` checks before the model loads, a worker's parent before it starts)."""
     if job.n_trials < 1:
@@ -287,11 +323,22 @@ def run_study(job: SearchJob, ctx: SearchContext,
     storage = open_storage(job.storage_url, job.heartbeat)
     config = job.searcher.config.to_dict()
     selection = job.selection_info()
-    fingerprint = {"space": _digest(config), "task": task_fingerprint(ctx.task), "selection": _digest(selection),
-                   **model_fingerprint(job.model_info.get("name"), ctx.harness)}
-    meta = {"method": job.searcher.name, "task": job.task_info, "model": job.model_info, "config": config,
-            "seed": job.seed, "selection": selection, "heartbeat": job.heartbeat,
-            "fingerprint": fingerprint}
+    fingerprint = {
+        "space": _digest(config),
+        "task": task_fingerprint(ctx.task),
+        "selection": _digest(selection),
+        **model_fingerprint(job.model_info.get("name"), ctx.harness),
+    }
+    meta = {
+        "method": job.searcher.name,
+        "task": job.task_info,
+        "model": job.model_info,
+        "config": config,
+        "seed": job.seed,
+        "selection": selection,
+        "heartbeat": job.heartbeat,
+        "fingerprint": fingerprint,
+    }
     # The readable attributes go first: the dashboard lists a study's attributes in the order they were set.
     overview = study_overview(job, ctx, fingerprint)
     study = open_study(job.study_name, storage, job.seed, {**overview, **meta})
@@ -330,16 +377,20 @@ def run_study(job: SearchJob, ctx: SearchContext,
         try:
             outcome = _run_trial(trial, job, ctx, folds, metric, job.budget, started)
         except optuna.TrialPruned:
-            reporting.save_note(study, f"## Trial {trial.number}: pruned\n\n{trial.user_attrs.get('note', '')}\n",
-                                trial._trial_id)
+            reporting.save_note(
+                study, f"## Trial {trial.number}: pruned\n\n{trial.user_attrs.get('note', '')}\n", trial._trial_id
+            )
             raise
         except Exception as exc:  # the dashboard shows the trial failed: its note says why
-            reporting.save_note(study, reporting.failed_note(trial.number, f"`{type(exc).__name__}: {exc}`"),
-                                trial._trial_id)
+            reporting.save_note(
+                study, reporting.failed_note(trial.number, f"`{type(exc).__name__}: {exc}`"), trial._trial_id
+            )
             raise
         cand = outcome.candidate
-        trial.set_user_attr("template", cand.template.display() if len(cand.templates) == 1
-                            else " | ".join(t.display() for t in cand.templates))
+        trial.set_user_attr(
+            "template",
+            cand.template.display() if len(cand.templates) == 1 else " | ".join(t.display() for t in cand.templates),
+        )
         trial.set_user_attr("label_words", json.dumps(cand.verbalizer.to_dict()["label_words"]))
         trial.set_user_attr("prompt", cand.describe())
         trial.set_user_attr(CANDIDATE, cand.to_dict())
@@ -367,8 +418,9 @@ def run_study(job: SearchJob, ctx: SearchContext,
         if (queued and waiting(study) == 0) or spent():
             study.stop()
         if trial.state == TrialState.COMPLETE and not job.worker:  # the study's note follows the best so far
-            reporting.save_note(study, reporting.study_note(study.study_name, overview, best_trial(study), job.command,
-                                                            None))
+            reporting.save_note(
+                study, reporting.study_note(study.study_name, overview, best_trial(study), job.command, None)
+            )
         if not job.progress or trial.state != TrialState.COMPLETE:
             return
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -386,9 +438,12 @@ def run_study(job: SearchJob, ctx: SearchContext,
             clock = f"  [{_clock(elapsed)}, ~{_clock(eta)} left]"
         else:
             clock = f"  [{_clock(elapsed)}]"
-        print(f"[trial {trial.number:3d} · {total}] {'cv' if folds else 'dev'} {metric} {score}  "
-              f"best {best_trial(study).value:.4f}{clock}  "
-              f"{trial.user_attrs.get('prompt', trial.user_attrs.get('template'))}", flush=True)
+        print(
+            f"[trial {trial.number:3d} · {total}] {'cv' if folds else 'dev'} {metric} {score}  "
+            f"best {best_trial(study).value:.4f}{clock}  "
+            f"{trial.user_attrs.get('prompt', trial.user_attrs.get('template'))}",
+            flush=True,
+        )
 
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [report]
     if not queued:
@@ -408,23 +463,35 @@ def run_study(job: SearchJob, ctx: SearchContext,
         # and take over (at once, or after the heartbeat's grace period) the trials of processes that died.
         others = running_elsewhere(study)
         if not others:
-            if staged and not spent() and _next_stage(study, searcher, ctx, seconds_left(), job.progress and not job.worker):
+            if (
+                staged
+                and not spent()
+                and _next_stage(study, searcher, ctx, seconds_left(), job.progress and not job.worker)
+            ):
                 continue
             break
         if _recover(study, job):
             continue
         new = [t.number for t in others if t.number not in announced]
         if new and job.progress and not job.worker:
-            print(f"waiting for running trial(s) {', '.join(map(str, new))} of other processes "
-                  f"(a dead one is retried after the {2 * job.heartbeat} s heartbeat grace period)…", flush=True)
+            print(
+                f"waiting for running trial(s) {', '.join(map(str, new))} of other processes "
+                f"(a dead one is retried after the {2 * job.heartbeat} s heartbeat grace period)…",
+                flush=True,
+            )
         announced.update(new)
         time.sleep(min(2.0, job.heartbeat))
     if spent() and not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise AutoPromptError(f"the budget of {_clock(job.budget)} was spent before any trial finished; rerun with a "
-                              f"larger --budget (the study resumes where it stopped)")
+        raise AutoPromptError(
+            f"the budget of {_clock(job.budget)} was spent before any trial finished; rerun with a "
+            f"larger --budget (the study resumes where it stopped)"
+        )
     if spent() and job.progress and not job.worker:
-        print(f"budget of {_clock(job.budget)} spent: no further trial started "
-              f"({waiting(study)} queued candidate(s) left for a rerun)", flush=True)
+        print(
+            f"budget of {_clock(job.budget)} spent: no further trial started "
+            f"({waiting(study)} queued candidate(s) left for a rerun)",
+            flush=True,
+        )
     for proc in workers:
         if proc.wait() != 0:
             raise AutoPromptError(f"a worker process exited with code {proc.returncode}")
@@ -456,8 +523,9 @@ def _clock(seconds: float | None) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def _next_stage(study: optuna.Study, searcher: Searcher, ctx: SearchContext, seconds_left: float | None,
-                progress: bool) -> bool:
+def _next_stage(
+    study: optuna.Study, searcher: Searcher, ctx: SearchContext, seconds_left: float | None, progress: bool
+) -> bool:
     """Queue what a staged searcher runs next; False when it has nothing left."""
     grid = searcher.next_stage(ctx, study, seconds_left)
     if progress:
@@ -476,8 +544,11 @@ def extend_queue(study: optuna.Study, grid: Sequence[dict[str, Any]]) -> int:
     url, engine = getattr(storage, "url", None), getattr(storage, "engine", None)
     lock = storage_lock(url, f"queue:{study.study_name}", engine) if url is not None else contextlib.nullcontext()
     with lock:
-        present = {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)
-                   if bookkept(t, QUEUED) and t.state != TrialState.FAIL}
+        present = {
+            bookkept(t, QUEUED)
+            for t in study.get_trials(deepcopy=False)
+            if bookkept(t, QUEUED) and t.state != TrialState.FAIL
+        }
         added = 0
         for params in grid:
             key = json.dumps(params, sort_keys=True)
@@ -488,8 +559,15 @@ def extend_queue(study: optuna.Study, grid: Sequence[dict[str, Any]]) -> int:
         return added
 
 
-def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: list[Fold] | None, metric: str,
-               budget: float | None, started: float) -> TrialOutcome:
+def _run_trial(
+    trial: optuna.Trial,
+    job: SearchJob,
+    ctx: SearchContext,
+    folds: list[Fold] | None,
+    metric: str,
+    budget: float | None,
+    started: float,
+) -> TrialOutcome:
     """One trial: on dev, or once per fold (learning from the others) with the out-of-fold score."""
     if folds is None:
         ctx.seed_everything(trial.number)
@@ -522,8 +600,14 @@ def _run_trial(trial: optuna.Trial, job: SearchJob, ctx: SearchContext, folds: l
     assert outcome is not None
     pooled = pooled_result(results, folds, len(ctx.task.label_names))
     value = pooled.accuracy if metric == "accuracy" else pooled.macro_f1
-    cv = {"metric": metric, "mean": value, "se": standard_error(pooled, scores, metric), "n": pooled.n,
-          "folds": len(folds), "fold_scores": scores}
+    cv = {
+        "metric": metric,
+        "mean": value,
+        "se": standard_error(pooled, scores, metric),
+        "n": pooled.n,
+        "folds": len(folds),
+        "fold_scores": scores,
+    }
     trial.set_user_attr("cv", cv)
     return TrialOutcome(outcome.candidate, pooled, outcome.artifacts)
 
@@ -533,10 +617,16 @@ def study_overview(job: SearchJob, ctx: SearchContext, fingerprint: dict[str, st
     searcher = job.searcher
     stages = list(getattr(searcher.config, "stages", []) or []) if searcher.staged else []
     grid = None if searcher.staged else searcher.grid()
-    space = reporting.space_label({} if searcher.staged else searcher.config.axes(), None if grid is None else len(grid),
-                                  stages)
-    return reporting.study_overview(searcher.name, ctx.task.summary(), fingerprint, space,
-                                    reporting.metric_name(ctx.task.metric, job.selection_info()))
+    space = reporting.space_label(
+        {} if searcher.staged else searcher.config.axes(), None if grid is None else len(grid), stages
+    )
+    return reporting.study_overview(
+        searcher.name,
+        ctx.task.summary(),
+        fingerprint,
+        space,
+        reporting.metric_name(ctx.task.metric, job.selection_info()),
+    )
 
 
 def describe_study(study: optuna.Study, job: SearchJob, ctx: SearchContext, overview: dict[str, str]) -> None:
@@ -551,19 +641,37 @@ def describe_study(study: optuna.Study, job: SearchJob, ctx: SearchContext, over
             study.set_user_attr(key, value)
 
 
-def _report_trial(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, ctx: SearchContext, cv: bool,
-                  metric: str, value: float, store: Any) -> None:
+def _report_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    outcome: TrialOutcome,
+    ctx: SearchContext,
+    cv: bool,
+    metric: str,
+    value: float,
+    store: Any,
+) -> None:
     """The trial's note (Markdown) and its dev (or out-of-fold) predictions as a CSV artifact."""
     examples = labelled_pool(ctx.task) if cv else ctx.task.dev
     names = list(ctx.task.label_names)
     seconds = time.perf_counter()
-    note = reporting.trial_note(trial.number, outcome.candidate, outcome.dev, examples, names, metric, value,
-                                trial.user_attrs.get("cv"), float(trial.user_attrs.get("seconds", 0.0)))
+    note = reporting.trial_note(
+        trial.number,
+        outcome.candidate,
+        outcome.dev,
+        examples,
+        names,
+        metric,
+        value,
+        trial.user_attrs.get("cv"),
+        float(trial.user_attrs.get("seconds", 0.0)),
+    )
     reporting.save_note(study, note, trial._trial_id)
     with reporting.scratch() as tmp:
         path = Path(tmp) / f"trial-{trial.number}-{'oof' if cv else 'dev'}-predictions.csv"
-        path.write_text(reporting.predictions_csv(reporting.prediction_rows(outcome.dev, examples, names)),
-                        encoding="utf-8")
+        path.write_text(
+            reporting.predictions_csv(reporting.prediction_rows(outcome.dev, examples, names)), encoding="utf-8"
+        )
         reporting.upload(store, study, trial._trial_id, path, mimetype="text/csv")
     logger.debug("trial %d report in %.2f s", trial.number, time.perf_counter() - seconds)
 
@@ -573,8 +681,7 @@ def complexity(prompt: Prompt) -> int:
     state): the tie-breaker that prefers the simpler of two equally good prompts."""
     words = sum(len(ws) for ws in prompt.verbalizer.label_words) - prompt.verbalizer.num_classes
     demos = prompt.demonstrations.per_class if prompt.demonstrations is not None else 0
-    return (len(prompt.templates) + words + (prompt.verbalizer.calibration != "none") + demos
-            + 2 * int(prompt.trained))
+    return len(prompt.templates) + words + (prompt.verbalizer.calibration != "none") + demos + 2 * int(prompt.trained)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -586,8 +693,14 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         raise AutoPromptError(f"study {study.study_name!r} has no completed trial yet")
     top = max(t.value for t in done)  # type: ignore[type-var]
     tied = [t for t in done if t.value == top]
-    return min(tied, key=lambda t: (t.user_attrs.get("complexity", 0),
-                                    -float(t.user_attrs.get("dev_gold_logprob", float("-inf"))), t.number))
+    return min(
+        tied,
+        key=lambda t: (
+            t.user_attrs.get("complexity", 0),
+            -float(t.user_attrs.get("dev_gold_logprob", float("-inf"))),
+            t.number,
+        ),
+    )
 
 
 def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
@@ -598,14 +711,17 @@ def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    revived += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                if t.number not in stale_before]
+    revived += [
+        t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in stale_before
+    ]
     for number in revived:  # its retry gets a new number (and folder): what the dead one saved is garbage
         _drop_trial_folder(job.trial_root(), number)
     note_revived(study, revived, job.heartbeat)
     if revived and job.progress and not job.worker:
-        print(f"trial(s) {', '.join(map(str, sorted(revived)))} of a process that is gone: failed and queued again",
-              flush=True)
+        print(
+            f"trial(s) {', '.join(map(str, sorted(revived)))} of a process that is gone: failed and queued again",
+            flush=True,
+        )
     return revived
 
 
@@ -620,8 +736,10 @@ def note_revived(study: optuna.Study, numbers: Sequence[int], heartbeat: int) ->
             continue
         owner = bookkept(t, OWNER) or {}
         who = f"process {owner.get('pid')} on {owner.get('host')}" if owner.get("pid") else "its process"
-        reason = (f"{who} stopped while running it (killed, or its machine went down): no heartbeat for "
-                  f"{2 * heartbeat} s, or the process is gone. The trial was failed and its candidate queued again.")
+        reason = (
+            f"{who} stopped while running it (killed, or its machine went down): no heartbeat for "
+            f"{2 * heartbeat} s, or the process is gone. The trial was failed and its candidate queued again."
+        )
         reporting.save_note(study, reporting.failed_note(number, reason), t._trial_id)
 
 
@@ -640,7 +758,9 @@ def recover_for_view(study: optuna.Study) -> list[int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        revived += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
+        revived += [
+            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before
+        ]
     note_revived(study, revived, heartbeat)
     return revived
 
@@ -736,16 +856,19 @@ def trial_prompt(trial: optuna.trial.FrozenTrial) -> Prompt:
 def _prompt_from(folder: str | None, candidate: dict[str, Any] | None, number: int) -> Prompt:
     if folder:
         if not Path(folder).is_dir():
-            raise AutoPromptError(f"trial {number}'s trained state {folder!r} is gone (was the trial "
-                                  "folder deleted or written on another machine?)")
+            raise AutoPromptError(
+                f"trial {number}'s trained state {folder!r} is gone (was the trial "
+                "folder deleted or written on another machine?)"
+            )
         return Prompt.load(folder)
     if candidate is None:
         raise AutoPromptError(f"trial {number} recorded no prompt")
     return Prompt.from_dict(candidate)
 
 
-def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, seconds: float,
-                    test_split: str, prompt: Prompt | None = None) -> dict[str, Any]:
+def build_best_json(
+    study: optuna.Study, job: SearchJob, test: Any | None, seconds: float, test_split: str, prompt: Prompt | None = None
+) -> dict[str, Any]:
     """The document a search job writes (schema: ``autoprompt_kit/schemas/best.schema.json``).
 
     It is the study's record; its ``prompt`` key embeds the found prompt's manifest (and, once
@@ -761,29 +884,52 @@ def build_best_json(study: optuna.Study, job: SearchJob, test: Any | None, secon
         "method": job.searcher.name,
         "template": manifest["templates"][0],
         "verbalizer": manifest["verbalizer"],
-        **({"templates": manifest["templates"], "ensemble": manifest.get("ensemble"), "weights": manifest.get("weights")}
-           if len(found.templates) > 1 else {}),
+        **(
+            {
+                "templates": manifest["templates"],
+                "ensemble": manifest.get("ensemble"),
+                "weights": manifest.get("weights"),
+            }
+            if len(found.templates) > 1
+            else {}
+        ),
         "prompt": manifest,
         "model": job.model_info,
         "task": job.task_info,
         "metrics": _selection_metrics(best, job.task_info.get("splits", {}).get("dev"), study),
-        "study": {"name": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
-                  "best_trial": best.number, "trials": counts, "direction": "maximize"},
+        "study": {
+            "name": study.study_name,
+            "storage": public_url(job.storage_url or DEFAULT_STORAGE),
+            "best_trial": best.number,
+            "trials": counts,
+            "direction": "maximize",
+        },
         "params": best.params,
         "config": job.searcher.config.to_dict(),
         "seed": job.seed,
         "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 2),
-        "candidates": [{"trial": t.number, "value": t.value, **{k: t.user_attrs.get(k) for k in ("template", "label_words")},
-                        "params": t.params} for t in ranked],
+        "candidates": [
+            {
+                "trial": t.number,
+                "value": t.value,
+                **{k: t.user_attrs.get(k) for k in ("template", "label_words")},
+                "params": t.params,
+            }
+            for t in ranked
+        ],
     }
     stages: dict[str, dict[str, Any]] = {}
     for t in ranked:  # a staged search: each stage's best candidate (ranked is best first)
         stage = t.params.get("stage")
         if isinstance(stage, str) and stage not in stages:
-            stages[stage] = {"trial": t.number, "value": t.value, "candidate": t.params.get(stage),
-                             **({"se": t.user_attrs["cv"]["se"]} if t.user_attrs.get("cv") else {})}
+            stages[stage] = {
+                "trial": t.number,
+                "value": t.value,
+                "candidate": t.params.get(stage),
+                **({"se": t.user_attrs["cv"]["se"]} if t.user_attrs.get("cv") else {}),
+            }
     if stages:
         doc["stages"] = stages
     keys = bookkept(best, ARTIFACT_KEYS) or []
@@ -818,8 +964,16 @@ def prompt_folder(out: str | Path) -> Path:
     return out.with_suffix(".prompt") if out.suffix == ".json" else out.with_name(out.name + ".prompt")
 
 
-def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, test_split: str | None = "test",
-                  out: str | Path | None = None, seconds: float = 0.0, progress: bool = False) -> SearchResult:
+def finish_search(
+    study: optuna.Study,
+    job: SearchJob,
+    ctx: SearchContext,
+    *,
+    test_split: str | None = "test",
+    out: str | Path | None = None,
+    seconds: float = 0.0,
+    progress: bool = False,
+) -> SearchResult:
     """The post-study phase every caller shares: best trial → prompt (trained state restored) →
     test pass → best.json (+ the prompt folder beside it).
 
@@ -834,19 +988,27 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     # The reference last: a local folder or GGUF file is recorded by its absolute path, with its pin.
     prompt.model = {**job.model_info, **model_reference(job.model_info.get("name"), harness)}
     prompt.provenance = {
-        "method": job.searcher.name, "study": study.study_name, "storage": public_url(job.storage_url or DEFAULT_STORAGE),
-        "trial": best.number, "params": best.params, "task": job.task_info, "seed": job.seed, "version": __version__,
+        "method": job.searcher.name,
+        "study": study.study_name,
+        "storage": public_url(job.storage_url or DEFAULT_STORAGE),
+        "trial": best.number,
+        "params": best.params,
+        "task": job.task_info,
+        "seed": job.seed,
+        "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metrics": _selection_metrics(best, len(task.dev), study),
     }
     if "dev" in prompt.provenance["metrics"]:
-        prompt.provenance["metrics"]["dev"].update(fingerprint=task.dev.fingerprint,
-                                                   predictions=bookkept(best, PREDICTIONS))
+        prompt.provenance["metrics"]["dev"].update(
+            fingerprint=task.dev.fingerprint, predictions=bookkept(best, PREDICTIONS)
+        )
     test = None
     if test_split:
         if test_split not in task.splits:
-            raise AutoPromptError(f"--test-split {test_split!r} is not a split of task {task.name!r} "
-                                  f"(splits: {', '.join(task.splits)})")
+            raise AutoPromptError(
+                f"--test-split {test_split!r} is not a split of task {task.name!r} (splits: {', '.join(task.splits)})"
+            )
         if progress:
             print(f"scoring the best prompt on {test_split} ({len(task[test_split])} examples)…", flush=True)
         shown, harness.progress = harness.progress, progress
@@ -867,8 +1029,14 @@ def finish_search(study: optuna.Study, job: SearchJob, ctx: SearchContext, *, te
     return SearchResult(prompt, doc, study, test)
 
 
-def report_best(study: optuna.Study, job: SearchJob, ctx: SearchContext, best: optuna.trial.FrozenTrial,
-                prompt: Prompt, out: str | Path | None) -> None:
+def report_best(
+    study: optuna.Study,
+    job: SearchJob,
+    ctx: SearchContext,
+    best: optuna.trial.FrozenTrial,
+    prompt: Prompt,
+    out: str | Path | None,
+) -> None:
     """The best trial's artifacts (confusion matrix PNG, the prompt folder as a zip) and the study's
     final note. A file already stored for this trial (a rerun) is not stored twice."""
     store = reporting.artifact_store(job.storage_url or DEFAULT_STORAGE)
@@ -896,33 +1064,46 @@ def report_best(study: optuna.Study, job: SearchJob, ctx: SearchContext, best: o
             folder = prompt_folder(out) if out else Path(tmp) / "prompt"
             if not folder.is_dir():
                 prompt.save(folder)
-            reporting.upload(store, study, best._trial_id, reporting.zip_folder(folder, archive),
-                             mimetype="application/zip")
+            reporting.upload(
+                store, study, best._trial_id, reporting.zip_folder(folder, archive), mimetype="application/zip"
+            )
     overview = {k: study.user_attrs[k] for k in reporting.READABLE if k in study.user_attrs}
-    reporting.save_note(study, reporting.study_note(study.study_name, overview, best, job.command,
-                                                    str(out) if out else None) + extra)
+    reporting.save_note(
+        study, reporting.study_note(study.study_name, overview, best, job.command, str(out) if out else None) + extra
+    )
 
 
-def _selection_metrics(best: optuna.trial.FrozenTrial, dev_n: int | None,
-                       study: optuna.Study | None = None) -> dict[str, Any]:
+def _selection_metrics(
+    best: optuna.trial.FrozenTrial, dev_n: int | None, study: optuna.Study | None = None
+) -> dict[str, Any]:
     """What the best trial was chosen on: its dev scores, or its cross-validated score with the
     estimate corrected for having been chosen as the best of many (:func:`.folds.selection_bias`)."""
     cv = best.user_attrs.get("cv")
     if cv:
-        out = {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
-               "metric": cv["metric"], "se": cv["se"], "n": cv["n"], "folds": cv["folds"],
-               "fold_scores": cv["fold_scores"]}
+        out = {
+            "accuracy": best.user_attrs["dev_accuracy"],
+            "macro_f1": best.user_attrs["dev_macro_f1"],
+            "metric": cv["metric"],
+            "se": cv["se"],
+            "n": cv["n"],
+            "folds": cv["folds"],
+            "fold_scores": cv["fold_scores"],
+        }
         if study is not None:
-            rivals = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                      if len((t.user_attrs.get("cv") or {}).get("fold_scores", [])) == len(cv["fold_scores"])]
+            rivals = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if len((t.user_attrs.get("cv") or {}).get("fold_scores", [])) == len(cv["fold_scores"])
+            ]
             winner = next((i for i, t in enumerate(rivals) if t.number == best.number), None)
             if winner is not None:
                 bias = selection_bias([t.user_attrs["cv"]["fold_scores"] for t in rivals], winner)
                 value = out["accuracy"] if cv["metric"] == "accuracy" else out["macro_f1"]
                 out.update(selection_bias=bias, estimate=value - bias, candidates=len(rivals))
         return {"cv": out}
-    return {"dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"],
-                    "n": dev_n}}
+    return {
+        "dev": {"accuracy": best.user_attrs["dev_accuracy"], "macro_f1": best.user_attrs["dev_macro_f1"], "n": dev_n}
+    }
 
 
 def refit(study: optuna.Study, job: SearchJob, ctx: SearchContext, progress: bool = False) -> None:
@@ -938,8 +1119,10 @@ def refit(study: optuna.Study, job: SearchJob, ctx: SearchContext, progress: boo
         study.set_user_attr(key, {"candidate": bookkept(best, CANDIDATE), PROMPT_DIR: best.user_attrs.get(PROMPT_DIR)})
         return
     if progress:
-        print(f"refitting trial {best.number} on all {len(ctx.task.train) + len(ctx.task.dev)} labelled examples…",
-              flush=True)
+        print(
+            f"refitting trial {best.number} on all {len(ctx.task.train) + len(ctx.task.dev)} labelled examples…",
+            flush=True,
+        )
     full = SearchContext(refit_task(ctx.task), ctx.harness, ctx.seed)
     full.seed_everything(best.number)
     cand = job.searcher.refit(FixedTrial(best.params, number=best.number), full)
@@ -974,26 +1157,40 @@ def summary(study: optuna.Study, doc: dict[str, Any], out: str | None, top: int 
         for stage, b in doc["stages"].items():
             se = f" ± {b['se']:.3f}" if "se" in b else ""
             lines.append(f"  {stage:15s} {b['value']:.4f}{se}  #{b['trial']:<3d} {b['candidate']}")
-    lines.append(f"top {min(top, len(doc['candidates']))} on {'cross-validation' if 'cv' in doc['metrics'] else 'dev'}:")
+    lines.append(
+        f"top {min(top, len(doc['candidates']))} on {'cross-validation' if 'cv' in doc['metrics'] else 'dev'}:"
+    )
     for c in doc["candidates"][:top]:
         lines.append(f"  #{c['trial']:<3d} {c['value']:.4f}  {c['template']}  {c['label_words']}")
     best = Template.from_dict(doc["template"]).display()  # filled trigger slots shown as [token]
     lines.append(f"best prompt: {best}" + (f"  (ensemble of {len(doc['templates'])})" if doc.get("templates") else ""))
-    lines.append(f"label words: {json.dumps(doc['verbalizer']['label_words'])}  calibration: {doc['verbalizer']['calibration']}")
+    lines.append(
+        f"label words: {json.dumps(doc['verbalizer']['label_words'])}  calibration: {doc['verbalizer']['calibration']}"
+    )
     demos = doc.get("prompt", {}).get("demonstrations")
     if demos:
-        how = f"fixed set {demos['fixed']}" if "fixed" in demos else f"{demos['per_class']} per class, {demos['selection']}"
-        lines.append(f"demonstrations: {how}, {demos['order']}, separator {demos['separator']!r} "
-                     f"(from {len(demos['pool'])} train examples)")
+        how = (
+            f"fixed set {demos['fixed']}"
+            if "fixed" in demos
+            else f"{demos['per_class']} per class, {demos['selection']}"
+        )
+        lines.append(
+            f"demonstrations: {how}, {demos['order']}, separator {demos['separator']!r} "
+            f"(from {len(demos['pool'])} train examples)"
+        )
     for split, m in doc["metrics"].items():
         se = f" ± {m['se']:.4f}" if "se" in m else ""
         on_f1 = m.get("metric") == "macro_f1"
         how = f", {m['folds']}-fold cross-validation over train + dev" if "folds" in m else ""
-        lines.append(f"{split:5s} accuracy {m['accuracy']:.4f}{'' if on_f1 else se}  macro-F1 {m['macro_f1']:.4f}"
-                     f"{se if on_f1 else ''}  (n={m['n']}{how})")
+        lines.append(
+            f"{split:5s} accuracy {m['accuracy']:.4f}{'' if on_f1 else se}  macro-F1 {m['macro_f1']:.4f}"
+            f"{se if on_f1 else ''}  (n={m['n']}{how})"
+        )
         if "estimate" in m:
-            lines.append(f"      estimate for new data {m['estimate']:.4f} ({m.get('metric')}: the score above less "
-                         f"{m['selection_bias']:.4f}, what winning among {m['candidates']} candidates on the same folds adds)")
+            lines.append(
+                f"      estimate for new data {m['estimate']:.4f} ({m.get('metric')}: the score above less "
+                f"{m['selection_bias']:.4f}, what winning among {m['candidates']} candidates on the same folds adds)"
+            )
     if out:
         folder = doc.get("prompt", {}).get("path")
         lines.append(f"wrote {out}" + (f" and the prompt folder {Path(out).parent / folder}" if folder else ""))
@@ -1022,11 +1219,20 @@ def storage_summaries(url: str | None) -> list[dict[str, Any]] | None:
             best = None
         task: dict[str, Any] = attrs["task"] if isinstance(attrs.get("task"), dict) else {}
         model: dict[str, Any] = attrs["model"] if isinstance(attrs.get("model"), dict) else {}
-        out.append({"name": name, "method": attrs.get("method"), "task": task.get("name"),
-                    "model": attrs.get("Model") or model.get("name"), "trials": len(trials), "states": states,
-                    "best": None if best is None else best.value, "best_trial": None if best is None else best.number,
-                    "metric": study.metric_names[0] if study.metric_names else None,
-                    "template": None if best is None else best.user_attrs.get("template")})
+        out.append(
+            {
+                "name": name,
+                "method": attrs.get("method"),
+                "task": task.get("name"),
+                "model": attrs.get("Model") or model.get("name"),
+                "trials": len(trials),
+                "states": states,
+                "best": None if best is None else best.value,
+                "best_trial": None if best is None else best.number,
+                "metric": study.metric_names[0] if study.metric_names else None,
+                "template": None if best is None else best.user_attrs.get("template"),
+            }
+        )
     return out
 
 
@@ -1038,7 +1244,15 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         seconds = t.user_attrs.get("seconds")
         if seconds is None and t.datetime_start and t.datetime_complete:
             seconds = round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": dict(t.params),
-                     "seconds": seconds, "prompt": t.user_attrs.get("prompt"),
-                     **({"note": t.user_attrs["note"]} if t.user_attrs.get("note") else {})})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "params": dict(t.params),
+                "seconds": seconds,
+                "prompt": t.user_attrs.get("prompt"),
+                **({"note": t.user_attrs["note"]} if t.user_attrs.get("note") else {}),
+            }
+        )
     return rows

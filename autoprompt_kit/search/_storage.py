@@ -46,11 +46,17 @@ def bookkept(t: Any, key: str) -> Any:
     """A bookkeeping attribute of a trial, also under the name an older version gave it (no ``~``)."""
     attrs = t.user_attrs
     return attrs[key] if key in attrs else attrs.get(key.removeprefix(BOOKKEEPING))
+
+
 LOCK_TIMEOUT = 600.0
 
 _DRIVERS = {  # dialect+driver → importable module that provides it
-    "postgresql+psycopg2": "psycopg2", "postgresql+psycopg": "psycopg", "postgresql+pg8000": "pg8000",
-    "mysql+pymysql": "pymysql", "mysql+mysqldb": "MySQLdb", "mariadb+mysqldb": "MySQLdb",
+    "postgresql+psycopg2": "psycopg2",
+    "postgresql+psycopg": "psycopg",
+    "postgresql+pg8000": "pg8000",
+    "mysql+pymysql": "pymysql",
+    "mysql+mysqldb": "MySQLdb",
+    "mariadb+mysqldb": "MySQLdb",
 }
 
 
@@ -66,8 +72,10 @@ def public_url(url: str) -> str:
             netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     if "?" in rest:
         path, query = rest.split("?", 1)
-        pairs = [(k, "***" if k.lower() in ("password", "passwd", "pwd") else v)
-                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        pairs = [
+            (k, "***" if k.lower() in ("password", "passwd", "pwd") else v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
         rest = f"{path}?{urlencode(pairs, safe='*/')}"
     return f"{scheme}{netloc}{rest}"
 
@@ -98,18 +106,24 @@ def check_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise AutoPromptError(f"--storage {public_url(url)!r} is not a database URL (e.g. sqlite:///runs/autoprompt.db "
-                              "or postgresql+psycopg2://user@host/db)") from None
+        raise AutoPromptError(
+            f"--storage {public_url(url)!r} is not a database URL (e.g. sqlite:///runs/autoprompt.db "
+            "or postgresql+psycopg2://user@host/db)"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
-            raise AutoPromptError("--storage sqlite:// is an in-memory database that other processes and later runs "
-                                  "cannot see; give a file: sqlite:///runs/autoprompt.db")
+            raise AutoPromptError(
+                "--storage sqlite:// is an in-memory database that other processes and later runs "
+                "cannot see; give a file: sqlite:///runs/autoprompt.db"
+            )
         _check_sqlite_folder(url, Path(parsed.database).expanduser())
         return url
     if backend not in ("postgresql", "mysql", "mariadb", "oracle", "mssql"):
-        raise AutoPromptError(f"--storage {public_url(url)!r}: unknown database {backend!r}; use sqlite:///FILE or "
-                              "postgresql+psycopg2://user@host/db")
+        raise AutoPromptError(
+            f"--storage {public_url(url)!r}: unknown database {backend!r}; use sqlite:///FILE or "
+            "postgresql+psycopg2://user@host/db"
+        )
     driver = parsed.drivername.partition("+")[2] or {"mysql": "mysqldb", "mariadb": "mysqldb"}.get(backend, "")
     if backend == "postgresql" and "+" not in parsed.drivername:
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
@@ -117,7 +131,9 @@ def check_url(url: str) -> str:
         driver = "psycopg"
     module = _DRIVERS.get(f"{backend}+{driver}")
     if module and importlib.util.find_spec(module) is None:
-        package = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient"}.get(module, module)
+        package = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient"}.get(
+            module, module
+        )
         raise AutoPromptError(f"--storage {public_url(url)!r} needs the {module} driver: pip install {package}")
     return url
 
@@ -200,8 +216,9 @@ def _engine(study: optuna.Study) -> Any:
     return getattr(getattr(study._storage, "_backend", study._storage), "engine", None)
 
 
-def _set_state_if(engine: Any, trial_id: int, was: TrialState, now: TrialState,
-                  owner: dict[str, Any] | None = None) -> bool:
+def _set_state_if(
+    engine: Any, trial_id: int, was: TrialState, now: TrialState, owner: dict[str, Any] | None = None
+) -> bool:
     """Move a trial from state ``was`` to ``now`` (and record ``owner``) in one transaction, only if
     it is still in state ``was``; True if this call moved it.
 
@@ -215,8 +232,9 @@ def _set_state_if(engine: Any, trial_id: int, was: TrialState, now: TrialState,
     trials, attrs = models.TrialModel, models.TrialUserAttributeModel
     stamp = {"datetime_start" if now == TrialState.RUNNING else "datetime_complete": datetime.now()}
     with engine.begin() as conn:
-        moved = conn.execute(sa.update(trials).where(trials.trial_id == trial_id, trials.state == was)
-                             .values(state=now, **stamp)).rowcount
+        moved = conn.execute(
+            sa.update(trials).where(trials.trial_id == trial_id, trials.state == was).values(state=now, **stamp)
+        ).rowcount
         if moved != 1:
             return False
         if owner is not None:  # the same transaction: no moment when the trial runs without an owner
@@ -234,8 +252,18 @@ def take_trial(study: optuna.Study) -> int:
         if _set_state_if(engine, t._trial_id, TrialState.WAITING, TrialState.RUNNING, {**_me(), "trial": t.number}):
             return t._trial_id
     template = optuna.trial.FrozenTrial(
-        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(), datetime_complete=None,
-        params={}, distributions={}, user_attrs={OWNER: _me()}, system_attrs={}, intermediate_values={}, trial_id=-1)
+        number=-1,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={OWNER: _me()},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
     return study._storage.create_new_trial(study._study_id, template_trial=template)
 
 
@@ -299,7 +327,10 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
                 failed.append(t._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another process did it first
-    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or getattr(storage, "get_failed_trial_callback")
+    # Optuna 4.9 renamed the hook; the old name is all that releases before it have.
+    old_getter = getattr(storage, "get_failed_trial_callback", None)
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None) or old_getter
+    assert getter is not None, "every supported Optuna storage has one of the two"
     callback = getter()
     numbers = []
     for trial_id in failed:
@@ -313,6 +344,8 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
 def running_elsewhere(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Running trials of other processes (live, or not known to be dead)."""
     me = _me()
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if (_owner(t) or {}).get("pid") != me["pid"] or (_owner(t) or {}).get("host") != me["host"]]
-
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if (_owner(t) or {}).get("pid") != me["pid"] or (_owner(t) or {}).get("host") != me["host"]
+    ]

@@ -13,13 +13,26 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AutoPromptError
-from ._runner import (DEFAULT_STORAGE, SearchJob, SearchResult, best_candidate, default_storage, default_study_name,
-                      finish_search, model_fingerprint, open_storage, open_study, parse_budget, prompt_folder,
-                      run_study)
+from ._runner import (
+    DEFAULT_STORAGE,
+    SearchJob,
+    SearchResult,
+    best_candidate,
+    default_storage,
+    default_study_name,
+    finish_search,
+    model_fingerprint,
+    open_storage,
+    open_study,
+    parse_budget,
+    prompt_folder,
+    run_study,
+)
 from .base import SearchConfig, SearchContext, get_searcher
 
 if TYPE_CHECKING:
@@ -34,15 +47,33 @@ DEFAULT_SHOTS = 16
 _SHOWN_SETTINGS = ("template", "templates", "label_words", "seed_words", "calibration", "sources")
 
 
-def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str, Any] | str | Path | None = None, *,
-                harness: "Harness | None" = None, trials: int = 20, storage: str | None = None,
-                study: str | None = None, seed: int = 13, test_split: str | None = "test",
-                out: str | Path | None = None, budget: str | float | None = None, selection: str | None = None,
-                folds: int = 4, progress: bool = False, trial_dir: str | Path | None = None,
-                shots: int | None = None, max_examples: int | None = None, model: str | None = None,
-                kind: str | None = None, harness_options: dict[str, Any] | None = None, heartbeat: int = 30,
-                workers: int = 1, verbose: bool = False,
-                command: Callable[[str, dict[str, Any]], str] | None = None) -> SearchResult:
+def find_prompt(
+    method: str,
+    task: Task | str,
+    space: SearchConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    harness: Harness | None = None,
+    trials: int = 20,
+    storage: str | None = None,
+    study: str | None = None,
+    seed: int = 13,
+    test_split: str | None = "test",
+    out: str | Path | None = None,
+    budget: str | float | None = None,
+    selection: str | None = None,
+    folds: int = 4,
+    progress: bool = False,
+    trial_dir: str | Path | None = None,
+    shots: int | None = None,
+    max_examples: int | None = None,
+    model: str | None = None,
+    kind: str | None = None,
+    harness_options: dict[str, Any] | None = None,
+    heartbeat: int = 30,
+    workers: int = 1,
+    verbose: bool = False,
+    command: Callable[[str, dict[str, Any]], str] | None = None,
+) -> SearchResult:
     """Search ``task`` with ``method`` and return the found prompt (it predicts and saves).
 
     Everything is checked before the study opens (the space against the task before the model
@@ -94,8 +125,10 @@ def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str,
     if selection == "cv" and folds < 2:
         raise AutoPromptError(f"--folds must be at least 2, got {folds}")
     if workers > 1 and (not isinstance(task, str) or harness is not None):
-        raise AutoPromptError("workers > 1 load the task and the model again in each worker: give the task by "
-                              "name or path and the model by `model`, not as objects")
+        raise AutoPromptError(
+            "workers > 1 load the task and the model again in each worker: give the task by "
+            "name or path and the model by `model`, not as objects"
+        )
     if out:
         _check_out(out)
     # Everything that can be wrong with the input is found before the storage is touched or the model loads.
@@ -108,13 +141,16 @@ def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str,
         source = task.name
         task_info = task.info(seed=seed)
     if test_split and test_split not in task.splits:
-        raise AutoPromptError(f"--test-split {test_split!r} is not a split of {task.name!r} "
-                              f"(splits: {', '.join(task.splits)}; '' = none)")
+        raise AutoPromptError(
+            f"--test-split {test_split!r} is not a split of {task.name!r} (splits: {', '.join(task.splits)}; '' = none)"
+        )
     if config is None:  # the default space, read off the task
         config = default_space(method, task)
         if verbose:
-            print(f"space    built from the task (write it to edit: autoprompt-kit space {method} --task "
-                  f"{source} --out space.yaml):")
+            print(
+                f"space    built from the task (write it to edit: autoprompt-kit space {method} --task "
+                f"{source} --out space.yaml):"
+            )
             print("\n".join(f"         {line}" for line in _shown_settings(config.to_yaml())))
     if not by_name:
         # A space given to the Python verb records its method; the CLI's --space YAML is kept as
@@ -142,40 +178,81 @@ def find_prompt(method: str, task: "Task | str", space: SearchConfig | dict[str,
     model_info = {"name": harness.model_name, "kind": harness.kind}
     # Without a study name, the name carries a tag of the model: another model starts its own study.
     space_tag = (Path(space).stem if isinstance(space, (str, Path)) else "task") if by_name else "api"
-    name = study or default_study_name(open_storage(storage, heartbeat), f"{method}-{task.name}-{space_tag}-s{seed}",
-                                       model_fingerprint(model_info["name"], harness))
-    note = (command(name, task_info) if command
-            else _api_command(method, name, storage, trials, seed, budget, chosen, folds))
-    job = SearchJob(searcher, name, storage, n_trials=trials, seed=seed, heartbeat=heartbeat, progress=progress,
-                    task_info=task_info, model_info=model_info, budget=seconds, selection=selection, folds=folds,
-                    trial_dir=str(trial_dir) if trial_dir else None, command=note)
+    name = study or default_study_name(
+        open_storage(storage, heartbeat),
+        f"{method}-{task.name}-{space_tag}-s{seed}",
+        model_fingerprint(model_info["name"], harness),
+    )
+    note = (
+        command(name, task_info)
+        if command
+        else _api_command(method, name, storage, trials, seed, budget, chosen, folds)
+    )
+    job = SearchJob(
+        searcher,
+        name,
+        storage,
+        n_trials=trials,
+        seed=seed,
+        heartbeat=heartbeat,
+        progress=progress,
+        task_info=task_info,
+        model_info=model_info,
+        budget=seconds,
+        selection=selection,
+        folds=folds,
+        trial_dir=str(trial_dir) if trial_dir else None,
+        command=note,
+    )
     _check_trial_root(job.trial_root(), given=bool(trial_dir))
     open_storage(storage, heartbeat)
     if verbose:
         print(f"task     {task.summary()}")
         print(f"model    {model_info['name']} ({harness.kind}, {harness.device})")
         size = "stages sized to the budget" if searcher.staged else f"{trials} trials"
-        print(f"study    {name} in {public_url(storage or DEFAULT_STORAGE)}; {size}"
-              + (f", {workers} workers" if workers > 1 else "")
-              + (f", budget {budget or searcher_cls.default_budget}" if seconds else "")
-              + (f", selection by {folds}-fold cross-validation over train + dev" if selection == "cv" else ""))
+        print(
+            f"study    {name} in {public_url(storage or DEFAULT_STORAGE)}; {size}"
+            + (f", {workers} workers" if workers > 1 else "")
+            + (f", budget {budget or searcher_cls.default_budget}" if seconds else "")
+            + (f", selection by {folds}-fold cross-validation over train + dev" if selection == "cv" else "")
+        )
     start_workers = None
     if workers > 1:
         from .worker import WorkerJob
 
-        worker_job = WorkerJob(method=method, space=config.to_dict(), study=name, task=dict(
-            source=task_source(source), shots=shots, seed=seed, max_examples=max_examples), model=model, kind=kind,
-            harness={**(harness_options or {}), "precision": harness.precision}, trials=trials, seed=seed,
-            heartbeat=heartbeat, trial_dir=job.trial_dir, budget=seconds, selection=selection, folds=folds,
-            task_info=task_info, model_info=model_info)
+        worker_job = WorkerJob(
+            method=method,
+            space=config.to_dict(),
+            study=name,
+            task=dict(source=task_source(source), shots=shots, seed=seed, max_examples=max_examples),
+            model=model,
+            kind=kind,
+            harness={**(harness_options or {}), "precision": harness.precision},
+            trials=trials,
+            seed=seed,
+            heartbeat=heartbeat,
+            trial_dir=job.trial_dir,
+            budget=seconds,
+            selection=selection,
+            folds=folds,
+            task_info=task_info,
+            model_info=model_info,
+        )
         start_workers = _WorkerStarter(worker_job, workers - 1, storage)
     try:
         found = run_study(job, ctx, start_workers)
     finally:
         if start_workers is not None:
             start_workers.cleanup()
-    return finish_search(found, job, ctx, test_split=test_split or None, out=out or None,
-                         seconds=time.perf_counter() - start, progress=progress and verbose)
+    return finish_search(
+        found,
+        job,
+        ctx,
+        test_split=test_split or None,
+        out=out or None,
+        seconds=time.perf_counter() - start,
+        progress=progress and verbose,
+    )
 
 
 class _WorkerStarter:
@@ -195,8 +272,10 @@ class _WorkerStarter:
         self.path = path = self.job.save()
         # They die with this process, even when it is killed with SIGKILL; the storage URL (perhaps
         # with a password) goes through the environment, not the command line or the job file.
-        procs = [subprocess.Popen(worker_command(path), env=child_env(self.storage), preexec_fn=die_with_parent)
-                 for _ in range(self.count)]
+        procs = [
+            subprocess.Popen(worker_command(path), env=child_env(self.storage), preexec_fn=die_with_parent)
+            for _ in range(self.count)
+        ]
         forward_signals(procs)
         return procs
 
@@ -205,33 +284,44 @@ class _WorkerStarter:
             Path(self.path).unlink(missing_ok=True)
 
 
-def load_search_task(source: str, shots: int | None, seed: int, max_examples: int | None,
-                     note: bool = False) -> tuple["Task", int | None]:
+def load_search_task(
+    source: str, shots: int | None, seed: int, max_examples: int | None, note: bool = False
+) -> tuple[Task, int | None]:
     """The task ``source`` names and the shots used: ``shots`` per class for train and dev (0: the
     full splits), or :data:`DEFAULT_SHOTS` lowered to fit a small file (``note``: said on stderr).
     Errors name the CLI's flags."""
     from ..data import load_task
 
     if not str(source).strip():
-        raise AutoPromptError("--task is empty; give a built-in task (mr, tweets, amazon, nyt, fortunes, spam), "
-                              "a local file or folder, or a HF dataset name")
+        raise AutoPromptError(
+            "--task is empty; give a built-in task (mr, tweets, amazon, nyt, fortunes, spam), "
+            "a local file or folder, or a HF dataset name"
+        )
     if shots is not None and shots < 0:
         raise AutoPromptError(f"--shots must be 0 (the full splits) or a positive integer, got {shots}")
     if max_examples is not None and max_examples < 1:
         raise AutoPromptError(f"--max-examples must be a positive integer, got {max_examples}")
     fit = shots is None
-    task = load_task(source, shots=DEFAULT_SHOTS if fit else (shots or None), seed=seed, max_examples=max_examples,
-                     fit_shots=fit, shots_flag="--shots")
+    task = load_task(
+        source,
+        shots=DEFAULT_SHOTS if fit else (shots or None),
+        seed=seed,
+        max_examples=max_examples,
+        fit_shots=fit,
+        shots_flag="--shots",
+    )
     if fit:
         if note and task.shots is not None and task.shots < DEFAULT_SHOTS:
-            print(f"shots    {task.name}'s smallest class is too small for the default {DEFAULT_SHOTS} per class: "
-                  f"using --shots {task.shots} (train and dev {task.shots} per class; set --shots to choose)",
-                  file=sys.stderr)
+            print(
+                f"shots    {task.name}'s smallest class is too small for the default {DEFAULT_SHOTS} per class: "
+                f"using --shots {task.shots} (train and dev {task.shots} per class; set --shots to choose)",
+                file=sys.stderr,
+            )
         shots = task.shots
     return task, shots
 
 
-def default_space(method: str, task: "Task") -> SearchConfig:
+def default_space(method: str, task: Task) -> SearchConfig:
     """A method's default search space for a task (what ``autoprompt-kit space`` writes)."""
     config = get_searcher(method).config_class.for_task(task)
     config.method = method
@@ -285,7 +375,9 @@ def _check_out(out: str | Path, flag: str = "--out") -> None:
     writable_target(path, f"{flag} {str(out)!r}", f"give a file name such as {str(path / 'best.json')!r}")
     folder = prompt_folder(path)
     if folder.exists() and not folder.is_dir():
-        raise AutoPromptError(f"--out {str(out)!r}: the prompt folder {str(folder)!r} would go beside it, but a file has that name")
+        raise AutoPromptError(
+            f"--out {str(out)!r}: the prompt folder {str(folder)!r} would go beside it, but a file has that name"
+        )
 
 
 def _check_trial_root(root: Path, given: bool) -> None:
@@ -296,16 +388,21 @@ def _check_trial_root(root: Path, given: bool) -> None:
     for part in (root, *root.parents):
         if part.exists():
             if not part.is_dir():
-                raise AutoPromptError(f"--trial-dir: trials would save under {str(root)!r}, but {str(part)!r} "
-                                      "is a file; remove it or give another --trial-dir")
+                raise AutoPromptError(
+                    f"--trial-dir: trials would save under {str(root)!r}, but {str(part)!r} "
+                    "is a file; remove it or give another --trial-dir"
+                )
             break
     if given:
         target = root / "trial-0"
-        writable_target(target, f"--trial-dir {str(target)!r}", f"give a file name such as {str(target / 'best.json')!r}")
+        writable_target(
+            target, f"--trial-dir {str(target)!r}", f"give a file name such as {str(target / 'best.json')!r}"
+        )
 
 
-def _api_command(method: str, study: str, storage: str | None, trials: int, seed: int, budget: Any,
-                 selection: str | None, folds: int) -> str:
+def _api_command(
+    method: str, study: str, storage: str | None, trials: int, seed: int, budget: Any, selection: str | None, folds: int
+) -> str:
     """The call that resumes this search, for the study's note (``task`` is the caller's own)."""
     from ._storage import public_url
 
@@ -316,7 +413,7 @@ def _api_command(method: str, study: str, storage: str | None, trials: int, seed
     return f"autoprompt_kit.find_prompt({', '.join(args)})"
 
 
-def load_best(study: str, storage: str | None = None) -> "Prompt":
+def load_best(study: str, storage: str | None = None) -> Prompt:
     """The best prompt of a stored study, with what its trial trained (no test pass, nothing written)."""
     found = open_study(study, open_storage(storage), seed=0, create=False)
     return best_candidate(found)[1]

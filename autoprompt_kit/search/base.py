@@ -15,9 +15,10 @@ import logging
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def _encode(options: Sequence[Any]) -> list[Any]:
     return [str(i) for i in range(len(options))]
 
 
-def suggest(trial: "optuna.Trial", name: str, options: Sequence[Any]) -> Any:
+def suggest(trial: optuna.Trial, name: str, options: Sequence[Any]) -> Any:
     """The trial's value of one axis; values Optuna cannot store (mappings, lists) go by their
     readable form, or by their index (then the value is recorded beside it as ``<name>_value``).
 
@@ -95,7 +96,7 @@ def _validating(post_init: Callable[[Any], None]) -> Callable[[Any], None]:
     subclass's ``__post_init__`` that calls its parent's does not validate a half-checked config."""
 
     @functools.wraps(post_init)
-    def __post_init__(self: "SearchConfig") -> None:
+    def __post_init__(self: SearchConfig) -> None:
         post_init(self)
         if type(self).__post_init__ is __post_init__:
             self.validate()
@@ -131,7 +132,7 @@ class SearchConfig:
         self.check_points()
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], strict: bool = True) -> "SearchConfig":
+    def from_dict(cls, data: dict[str, Any], strict: bool = True) -> SearchConfig:
         """Build from a dict, checking every value's type against the field's annotation.
 
         An unknown key is an error with a "did you mean" suggestion (a typo would silently run the
@@ -148,7 +149,9 @@ class SearchConfig:
             for key in unknown:
                 close = difflib.get_close_matches(key, names, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            message = f"unknown setting(s) for {cls.__name__.removesuffix('Config') or cls.__name__}: {', '.join(hints)}"
+            message = (
+                f"unknown setting(s) for {cls.__name__.removesuffix('Config') or cls.__name__}: {', '.join(hints)}"
+            )
             if strict:
                 raise AutoPromptError(f"{message}; known: {', '.join(names)}")
             logger.warning("ignoring %s", message)
@@ -159,15 +162,17 @@ class SearchConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchConfig":
+    def from_yaml(cls, path: str | Path) -> SearchConfig:
         """A space file: size, nesting and YAML alias expansion are bounded (:func:`autoprompt_kit.io.load_yaml`)."""
         from ..io import load_yaml
 
         data = load_yaml(path, "search space")
         if data is None or data == {}:
             # Said here, not as whichever setting happens to be checked first.
-            raise AutoPromptError(f"search space {str(path)!r} is empty; write one with `autoprompt-kit space METHOD "
-                                  "--task TASK --out space.yaml`, or leave out --space to build it from the task")
+            raise AutoPromptError(
+                f"search space {str(path)!r} is empty; write one with `autoprompt-kit space METHOD "
+                "--task TASK --out space.yaml`, or leave out --space to build it from the task"
+            )
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,7 +210,7 @@ class SearchConfig:
         encoded = {name: dict(zip(map(_key, values), _encode(values))) for name, values in self.axes().items()}
         return [{name: encoded[name][_key(v)] for name, v in point.items()} for point in self.points()]
 
-    def sample(self, trial: "optuna.Trial") -> dict[str, Any]:
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The trial's value of every axis (its enqueued grid point), decoded."""
         point = {name: suggest(trial, name, values) for name, values in self.axes().items()}
         if not self.valid_point(point):
@@ -213,7 +218,7 @@ class SearchConfig:
         return point
 
     @classmethod
-    def for_task(cls, task: "Task") -> "SearchConfig":
+    def for_task(cls, task: Task) -> SearchConfig:
         """The default space for a task: templates and label words read off the task itself (class
         names → words, single texts or pairs → templates; :mod:`autoprompt_kit.prompts.defaults`),
         every other setting at its default, then the method's own :meth:`task_defaults`."""
@@ -234,7 +239,7 @@ class SearchConfig:
         return cls.from_dict(values)
 
     @classmethod
-    def task_defaults(cls, task: "Task") -> dict[str, Any]:
+    def task_defaults(cls, task: Task) -> dict[str, Any]:
         """Settings a method sets differently when its space is built from a task (override)."""
         return {}
 
@@ -248,8 +253,13 @@ class SearchConfig:
             value = values[f.name]
             nested = isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value))
             # JSON is YAML: scalars and flat lists inline; mappings as indented blocks
-            text = (yaml.safe_dump({f.name: value}, default_flow_style=None, sort_keys=False, allow_unicode=True,
-                                   width=110).rstrip() if nested else f"{f.name}: {json.dumps(value, ensure_ascii=False)}")
+            text = (
+                yaml.safe_dump(
+                    {f.name: value}, default_flow_style=None, sort_keys=False, allow_unicode=True, width=110
+                ).rstrip()
+                if nested
+                else f"{f.name}: {json.dumps(value, ensure_ascii=False)}"
+            )
             help_text = f.metadata.get("help")
             if help_text and "\n" not in text:
                 lines.append(f"{text}  # {help_text}")
@@ -257,7 +267,7 @@ class SearchConfig:
                 lines.extend(([f"# {help_text}"] if help_text else []) + [text])
         return "\n".join(lines) + "\n"
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         """Check the space's templates and label words against a task before anything runs: the
         fields a template reads, and the class names, order and count of every label-word set.
         Fields say what they hold with ``metadata={"role": "template" | "templates" | "label_words" |
@@ -292,8 +302,11 @@ def _type_name(hint: Any) -> str:
         return "a mapping"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
-            " (or null)" if type(None) in args else "")
-    return {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(hint, getattr(hint, "__name__", str(hint)))
+            " (or null)" if type(None) in args else ""
+        )
+    return {int: "an integer", float: "a number", str: "text", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def _conforms(value: Any, hint: Any) -> bool:
@@ -307,8 +320,9 @@ def _conforms(value: Any, hint: Any) -> bool:
     if origin in (list, tuple):
         return isinstance(value, (list, tuple)) and (not args or all(_conforms(v, args[0]) for v in value))
     if origin is dict:
-        return isinstance(value, dict) and (len(args) < 2 or all(_conforms(k, args[0]) and _conforms(v, args[1])
-                                                                   for k, v in value.items()))
+        return isinstance(value, dict) and (
+            len(args) < 2 or all(_conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items())
+        )
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
@@ -339,8 +353,10 @@ def check_type(name: str, value: Any, hint: Any) -> None:
         if wants_mapping and isinstance(value, dict) and any(not isinstance(k, str) for k in value):
             key = next(k for k in value if not isinstance(k, str))
             # YAML reads `0:` as a number: the real mistake is the key, not the mapping's values.
-            raise AutoPromptError(f"setting {name!r}: class names must be text, got {type(key).__name__} "
-                                  f"{short_repr(key)}; quote it in YAML ('{key}':)")
+            raise AutoPromptError(
+                f"setting {name!r}: class names must be text, got {type(key).__name__} "
+                f"{short_repr(key)}; quote it in YAML ('{key}':)"
+            )
         shown = short_repr(value)
         tip = ""
         if typing.get_origin(hint) is list and not isinstance(value, (list, tuple)):
@@ -354,7 +370,7 @@ class TrialOutcome:
     same object a search returns and a user loads), its dev result, extra artifacts."""
 
     candidate: Prompt
-    dev: "EvalResult"
+    dev: EvalResult
     artifacts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -362,12 +378,12 @@ class TrialOutcome:
 class SearchContext:
     """Everything a trial may use: the task (few-shot train/dev), the harness and the seed."""
 
-    task: "Task"
-    harness: "Harness"
+    task: Task
+    harness: Harness
     seed: int
     #: Under cross-validated selection, the fold this run of the trial learns and is scored in
     #: (``task.train`` / ``task.dev`` are then its two sides); None otherwise.
-    fold: "Fold | None" = None
+    fold: Fold | None = None
 
     def seed_everything(self, offset: int = 0) -> None:
         import random
@@ -402,7 +418,7 @@ class Searcher(ABC):
     #: Trials only score (no training, no gradients): ``--precision auto`` may pick int8.
     scores_only: ClassVar[bool] = False
 
-    def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
+    def prepare(self, ctx: SearchContext, study: optuna.Study) -> None:  # noqa: B027 (an optional hook)
         """Work shared by every trial, done once before :meth:`grid` (e.g. generating candidates).
 
         Results that are costly to recompute belong in the study's user attributes, so a resumed
@@ -421,7 +437,7 @@ class Searcher(ABC):
             role, value = f.metadata.get("role"), getattr(self.config, f.name)
             if not value or role not in ("label_words", "label_word_sets"):
                 continue
-            for words in (value if role == "label_word_sets" else [value]):
+            for words in value if role == "label_word_sets" else [value]:
                 try:
                     check_words_fit(ctx.harness, words)
                 except AutoPromptError as exc:
@@ -440,7 +456,9 @@ class Searcher(ABC):
     #: the backbone asks :meth:`next_stage` whenever the queue is empty, until it returns None.
     staged: ClassVar[bool] = False
 
-    def next_stage(self, ctx: SearchContext, study: "optuna.Study", seconds_left: float | None) -> list[dict[str, Any]] | None:
+    def next_stage(
+        self, ctx: SearchContext, study: optuna.Study, seconds_left: float | None
+    ) -> list[dict[str, Any]] | None:
         """The parameter sets still to run (a staged search): the current stage's that are not yet
         queued, or the next stage's, built from the finished trials; None when the search is done.
         Must be deterministic given the study, so that a resumed job and extra workers agree."""
@@ -451,7 +469,7 @@ class Searcher(ABC):
         refit on every labelled example); False when every fold gives the same candidate."""
         return True
 
-    def refit(self, trial: "optuna.trial.FixedTrial", ctx: SearchContext) -> Prompt:
+    def refit(self, trial: optuna.trial.FixedTrial, ctx: SearchContext) -> Prompt:
         """The candidate of ``trial``'s parameters learnt from ``ctx.task.train`` (every labelled
         example, in a refit). By default the trial is run again and its dev score dropped; a method
         that can build without scoring overrides this."""
@@ -463,7 +481,7 @@ class Searcher(ABC):
         return True
 
     @abstractmethod
-    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+    def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         """Sample settings from ``trial``, build a candidate, score it on ``ctx.task.dev``.
 
         Iterative methods report intermediate dev scores with ``trial.report`` and honour
@@ -471,7 +489,7 @@ class Searcher(ABC):
         """
 
 
-def check_words_fit(harness: "Harness", words: Any) -> None:
+def check_words_fit(harness: Harness, words: Any) -> None:
     """Every label word in ``words`` (label → word(s)) tokenizes to something the model reads and,
     on models that read it in the input, leaves room in the model's maximum length."""
     if not isinstance(words, dict):
@@ -479,13 +497,15 @@ def check_words_fit(harness: "Harness", words: Any) -> None:
     encoder = harness.encoder
     room = encoder.max_length - 8  # the template, a few text tokens and the special tokens need some
     for label, ws in words.items():
-        for word in ([ws] if isinstance(ws, str) else ws or []):
+        for word in [ws] if isinstance(ws, str) else ws or []:
             if not isinstance(word, str) or not word.strip():
                 continue
             ids = encoder.word_ids(word, True)
             if harness.kind != "seq2seq" and len(ids) > room:  # T5 reads the word in its decoder
-                raise AutoPromptError(f"label word {word[:30]!r}… of class {label!r} is {len(ids):,} tokens: it does not "
-                                      f"fit the model's maximum length ({encoder.max_length} tokens)")
+                raise AutoPromptError(
+                    f"label word {word[:30]!r}… of class {label!r} is {len(ids):,} tokens: it does not "
+                    f"fit the model's maximum length ({encoder.max_length} tokens)"
+                )
 
 
 REGISTRY: dict[str, type[Searcher]] = {}

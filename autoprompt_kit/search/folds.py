@@ -9,8 +9,9 @@ the pooled out-of-fold predictions, reported with its standard error.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,19 +31,19 @@ class Fold:
 
     number: int
     k: int
-    pool: "Split"
+    pool: Split
     train: np.ndarray
     held_out: np.ndarray
 
 
-def labelled_pool(task: "Task") -> "Split":
+def labelled_pool(task: Task) -> Split:
     """Every labelled example a search may use: the train split, then the dev split."""
     from ..data import Split
 
     return Split(list(task.train) + list(task.dev), name="pool", label_names=task.label_names)
 
 
-def make_folds(task: "Task", k: int, seed: int) -> list[Fold]:
+def make_folds(task: Task, k: int, seed: int) -> list[Fold]:
     """``k`` stratified folds of :func:`labelled_pool` (each class spread evenly, order seeded)."""
     pool = labelled_pool(task)
     labels = pool.labels
@@ -50,8 +51,10 @@ def make_folds(task: "Task", k: int, seed: int) -> list[Fold]:
     if k < 2:
         raise AutoPromptError(f"--folds must be at least 2, got {k}")
     if len(pool) < k:
-        raise AutoPromptError(f"cross-validation with {k} folds needs at least {k} labelled examples (train + dev "
-                              f"hold {len(pool)}); lower --folds")
+        raise AutoPromptError(
+            f"cross-validation with {k} folds needs at least {k} labelled examples (train + dev "
+            f"hold {len(pool)}); lower --folds"
+        )
     rng = np.random.default_rng(seed)
     assignment = np.empty(len(pool), dtype=int)
     offset = 0
@@ -68,7 +71,7 @@ def make_folds(task: "Task", k: int, seed: int) -> list[Fold]:
     return folds
 
 
-def fold_task(task: "Task", fold: Fold) -> "Task":
+def fold_task(task: Task, fold: Fold) -> Task:
     """The task a method sees in one fold: ``train`` = the other folds, ``dev`` = the held-out one."""
     from ..data import Task
 
@@ -79,7 +82,7 @@ def fold_task(task: "Task", fold: Fold) -> "Task":
     return Task(task.name, list(task.label_names), splits, metric=task.metric, description=task.description)
 
 
-def refit_task(task: "Task") -> "Task":
+def refit_task(task: Task) -> Task:
     """The task a cross-validated winner is refit on: every labelled example is train (and dev)."""
     from ..data import Task
 
@@ -88,7 +91,7 @@ def refit_task(task: "Task") -> "Task":
     return Task(task.name, list(task.label_names), splits, metric=task.metric, description=task.description)
 
 
-def pooled_result(results: Sequence["EvalResult"], folds: Sequence[Fold], num_classes: int) -> "EvalResult":
+def pooled_result(results: Sequence[EvalResult], folds: Sequence[Fold], num_classes: int) -> EvalResult:
     """The out-of-fold result over the whole pool, in pool order (each example scored once, by a
     candidate that did not learn from it)."""
     from ..harness import EvalResult
@@ -101,11 +104,12 @@ def pooled_result(results: Sequence["EvalResult"], folds: Sequence[Fold], num_cl
         class_lp[fold.held_out] = result.class_logprobs
         labels[fold.held_out] = result.labels
     seen = labels >= 0
-    return EvalResult.from_class_logprobs(class_lp[seen], labels[seen], word_logprobs=np.zeros((int(seen.sum()), 0)),
-                                          num_classes=num_classes)
+    return EvalResult.from_class_logprobs(
+        class_lp[seen], labels[seen], word_logprobs=np.zeros((int(seen.sum()), 0)), num_classes=num_classes
+    )
 
 
-def standard_error(result: "EvalResult", fold_scores: Sequence[float], metric: str) -> float:
+def standard_error(result: EvalResult, fold_scores: Sequence[float], metric: str) -> float:
     """Standard error of the estimate: binomial over the pooled examples for accuracy; across
     folds for macro-F1 (no per-example form)."""
     if metric == "accuracy":
@@ -115,7 +119,7 @@ def standard_error(result: "EvalResult", fold_scores: Sequence[float], metric: s
     return float(scores.std(ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else float("nan")
 
 
-def gold_logprob(result: "EvalResult") -> float:
+def gold_logprob(result: EvalResult) -> float:
     """Mean log-probability of the gold class: the tie-breaker between equally accurate prompts."""
     lp = np.asarray(result.class_logprobs, dtype=float)
     if not len(lp) or not lp.shape[1]:

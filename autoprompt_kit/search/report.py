@@ -15,8 +15,9 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -60,8 +61,9 @@ def space_label(axes: dict[str, list[Any]], n_candidates: int | None, stages: Se
     return f"{parts} ({n_candidates} candidates)" if n_candidates is not None else parts
 
 
-def study_overview(method: str, task_summary: str, fingerprint: dict[str, str], space: str,
-                   metric: str) -> dict[str, str]:
+def study_overview(
+    method: str, task_summary: str, fingerprint: dict[str, str], space: str, metric: str
+) -> dict[str, str]:
     """The readable study attributes (:data:`READABLE`)."""
     return {"Method": method, "Task": task_summary, "Model": model_label(fingerprint), "Space": space, "Metric": metric}
 
@@ -95,7 +97,7 @@ def _md(text: Any, limit: int = 120) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def probabilities(result: "EvalResult") -> np.ndarray:
+def probabilities(result: EvalResult) -> np.ndarray:
     """Class probabilities ``(N, C)`` from the result's class log-probabilities (softmax per row)."""
     lp = np.asarray(result.class_logprobs, dtype=float)
     if not lp.size:
@@ -105,15 +107,22 @@ def probabilities(result: "EvalResult") -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def prediction_rows(result: "EvalResult", examples: "Split", label_names: Sequence[str]) -> list[dict[str, Any]]:
+def prediction_rows(result: EvalResult, examples: Split, label_names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per scored example: text, gold, predicted and the predicted class's probability."""
     probs = probabilities(result)
     rows = []
     for i, (ex, gold, pred) in enumerate(zip(examples, result.labels, result.predictions)):
         text = ex.text_a if ex.text_b is None else f"{ex.text_a} ‖ {ex.text_b}"
-        rows.append({"index": i, "text": text, "gold": label_names[int(gold)], "predicted": label_names[int(pred)],
-                     "probability": float(probs[i, int(pred)]) if probs.size else float("nan"),
-                     "correct": int(gold) == int(pred)})
+        rows.append(
+            {
+                "index": i,
+                "text": text,
+                "gold": label_names[int(gold)],
+                "predicted": label_names[int(pred)],
+                "probability": float(probs[i, int(pred)]) if probs.size else float("nan"),
+                "correct": int(gold) == int(pred),
+            }
+        )
     return rows
 
 
@@ -126,8 +135,17 @@ def predictions_csv(rows: Sequence[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def trial_note(number: int, prompt: "Prompt", result: "EvalResult", examples: "Split", label_names: Sequence[str],
-               metric: str, value: float, cv: dict[str, Any] | None, seconds: float) -> str:
+def trial_note(
+    number: int,
+    prompt: Prompt,
+    result: EvalResult,
+    examples: Split,
+    label_names: Sequence[str],
+    metric: str,
+    value: float,
+    cv: dict[str, Any] | None,
+    seconds: float,
+) -> str:
     """A finished trial's note: the prompt as the model reads it on one real example, the label
     words, calibration, demonstrations, trained state, the score with its n, and the predictions."""
     rows = prediction_rows(result, examples, label_names)
@@ -135,12 +153,18 @@ def trial_note(number: int, prompt: "Prompt", result: "EvalResult", examples: "S
     lines = [f"## Trial {number}: {prompt.describe()}", ""]
     shown = "macro-F1" if metric == "macro_f1" else metric
     if cv:
-        lines.append(f"**CV {shown} {value:.4f} ± {cv['se']:.4f}** (n={cv['n']}, {cv['folds']}-fold cross-validation "
-                     f"over train + dev; folds: {', '.join(f'{s:.3f}' for s in cv['fold_scores'])})")
+        lines.append(
+            f"**CV {shown} {value:.4f} ± {cv['se']:.4f}** (n={cv['n']}, {cv['folds']}-fold cross-validation "
+            f"over train + dev; folds: {', '.join(f'{s:.3f}' for s in cv['fold_scores'])})"
+        )
     else:
         se = math.sqrt(max(value * (1 - value), 0.0) / max(result.n, 1)) if metric == "accuracy" else None
-        lines.append(f"**dev {shown} {value:.4f}**" + (f" ± {se:.4f}" if se is not None else "") + f" (n={result.n})"
-                     + f" · accuracy {result.accuracy:.4f} · macro-F1 {result.macro_f1:.4f} · {seconds:.1f} s")
+        lines.append(
+            f"**dev {shown} {value:.4f}**"
+            + (f" ± {se:.4f}" if se is not None else "")
+            + f" (n={result.n})"
+            + f" · accuracy {result.accuracy:.4f} · macro-F1 {result.macro_f1:.4f} · {seconds:.1f} s"
+        )
     lines += ["", "### Prompt"]
     for i, template in enumerate(prompt.templates):
         weight = f" (weight {prompt.weights[i]:.3f})" if prompt.weights and len(prompt.templates) > 1 else ""
@@ -149,27 +173,44 @@ def trial_note(number: int, prompt: "Prompt", result: "EvalResult", examples: "S
         import textwrap
 
         rendered = textwrap.fill(prompt.templates[0].fill(example, "[mask]")[:1500], 100)  # no sideways scrolling
-        lines += ["", f"Rendered on a {'dev' if not cv else 'labelled'} example (gold: {label_names[example.label]}):",
-                  "", "```text", rendered, "```"]
+        lines += [
+            "",
+            f"Rendered on a {'dev' if not cv else 'labelled'} example (gold: {label_names[example.label]}):",
+            "",
+            "```text",
+            rendered,
+            "```",
+        ]
     lines += ["", "| class | label words |", "|---|---|"]
     labels = prompt.verbalizer.labels or list(label_names)
     for label, words in zip(labels, prompt.verbalizer.label_words):
         lines.append(f"| {_md(label)} | {_md(', '.join(words))} |")
-    lines += ["", f"- calibration: **{prompt.verbalizer.calibration}**",
-              f"- demonstrations: {prompt.demonstrations.describe() if prompt.demonstrations is not None else 'none'}",
-              f"- trained state: {trained_state(prompt)}"]
+    lines += [
+        "",
+        f"- calibration: **{prompt.verbalizer.calibration}**",
+        f"- demonstrations: {prompt.demonstrations.describe() if prompt.demonstrations is not None else 'none'}",
+        f"- trained state: {trained_state(prompt)}",
+    ]
     errors = [r for r in rows if not r["correct"]]
     table = sorted(rows, key=lambda r: (r["correct"], -r["probability"]))[:PREDICTION_ROWS]
-    lines += ["", f"### {'Out-of-fold' if cv else 'Dev'} predictions ({len(errors)} wrong of {len(rows)}; "
-              f"errors first, {len(table)} shown)", "", "| # | text | gold | predicted | p |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"### {'Out-of-fold' if cv else 'Dev'} predictions ({len(errors)} wrong of {len(rows)}; "
+        f"errors first, {len(table)} shown)",
+        "",
+        "| # | text | gold | predicted | p |",
+        "|---|---|---|---|---|",
+    ]
     for r in table:
         mark = "" if r["correct"] else " ✗"
-        lines.append(f"| {r['index']} | {_md(r['text'], 90)} | {_md(r['gold'])} | {_md(r['predicted'])}{mark} "
-                     f"| {r['probability']:.2f} |")
+        lines.append(
+            f"| {r['index']} | {_md(r['text'], 90)} | {_md(r['gold'])} | {_md(r['predicted'])}{mark} "
+            f"| {r['probability']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def trained_state(prompt: "Prompt") -> str:
+def trained_state(prompt: Prompt) -> str:
     """``none``, or the kind and size of what the prompt carries (head, delta, fine-tuned weights)."""
     parts = []
     if prompt.head is not None:
@@ -183,23 +224,39 @@ def failed_note(number: int, reason: str) -> str:
     return f"## Trial {number}: failed\n\n{reason}\n"
 
 
-def study_note(study_name: str, overview: dict[str, str], best: optuna.trial.FrozenTrial | None,
-               search_command: str | None, out: str | None) -> str:
+def study_note(
+    study_name: str,
+    overview: dict[str, str],
+    best: optuna.trial.FrozenTrial | None,
+    search_command: str | None,
+    out: str | None,
+) -> str:
     """The study's note: what was searched, the best prompt so far, how to reproduce and use it."""
     lines = [f"# {study_name}", ""]
     lines += [f"- **{key.lower()}**: {_md(value, 300)}" for key, value in overview.items()]
     if best is not None:
-        lines += ["", f"## Best so far: trial {best.number}, {overview.get('Metric', 'value')} {best.value:.4f}", "",
-                  "Of tied trials the simpler prompt wins, then the more confident one (optuna-dashboard's "
-                  "\"Best Trial\" badge marks the first of them).", "",
-                  f"- prompt: `{best.user_attrs.get('prompt', '')}`",
-                  f"- template: `{best.user_attrs.get('template', '')}`",
-                  f"- label words: `{best.user_attrs.get('label_words', '')}`"]
+        lines += [
+            "",
+            f"## Best so far: trial {best.number}, {overview.get('Metric', 'value')} {best.value:.4f}",
+            "",
+            "Of tied trials the simpler prompt wins, then the more confident one (optuna-dashboard's "
+            '"Best Trial" badge marks the first of them).',
+            "",
+            f"- prompt: `{best.user_attrs.get('prompt', '')}`",
+            f"- template: `{best.user_attrs.get('template', '')}`",
+            f"- label words: `{best.user_attrs.get('label_words', '')}`",
+        ]
     if search_command:
         language = "bash" if search_command.startswith("autoprompt-kit") else "python"
         lines += ["", "## Reproduce", "", f"```{language}", search_command, "```"]
-    lines += ["", "## Use", "", "```bash", f"autoprompt-kit predict --prompt {out or 'best.json'} --input texts.txt",
-              "```"]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"autoprompt-kit predict --prompt {out or 'best.json'} --input texts.txt",
+        "```",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +264,7 @@ def study_note(study_name: str, overview: dict[str, str], best: optuna.trial.Fro
 def artifact_dir(storage_url: str) -> Path:
     """Where a storage's artifacts live: ``artifacts/`` beside an SQLite file, else ``runs/artifacts``."""
     if storage_url.startswith("sqlite:///"):
-        return Path(storage_url[len("sqlite:///"):]).expanduser().parent / ARTIFACT_DIR
+        return Path(storage_url[len("sqlite:///") :]).expanduser().parent / ARTIFACT_DIR
     return Path("runs") / ARTIFACT_DIR
 
 
@@ -220,7 +277,9 @@ def artifact_store(storage_url: str) -> Any:
     return FileSystemArtifactStore(str(folder))
 
 
-def upload(store: Any, study: optuna.Study, trial_id: int | None, path: Path, mimetype: str | None = None) -> str | None:
+def upload(
+    store: Any, study: optuna.Study, trial_id: int | None, path: Path, mimetype: str | None = None
+) -> str | None:
     """Upload one file to the study (``trial_id`` None) or a trial; its artifact id, or None on failure.
 
     Optuna refuses to attach anything to a finished trial, but the best trial is only known once
@@ -239,8 +298,13 @@ def upload(store: Any, study: optuna.Study, trial_id: int | None, path: Path, mi
                 return _upload_to_finished(store, study, trial_id, path, mimetype)
         with warnings.catch_warnings():  # the artifact API is "experimental" in Optuna 3.x/4.x
             warnings.simplefilter("ignore")
-            return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=target,
-                                   storage=study._storage, mimetype=mimetype)
+            return upload_artifact(
+                artifact_store=store,
+                file_path=str(path),
+                study_or_trial=target,
+                storage=study._storage,
+                mimetype=mimetype,
+            )
     except Exception as exc:  # noqa: BLE001 — an artifact must never fail a search
         logger.warning("artifact %s not stored: %s", path.name, exc)
         return None
@@ -259,19 +323,27 @@ def _upload_to_finished(store: Any, study: optuna.Study, trial_id: int, path: Pa
         raise RuntimeError("the trial is finished and the storage is not a database")
     artifact_id = str(uuid.uuid4())
     guessed, encoding = mimetypes.guess_type(path.name)
-    meta = {"artifact_id": artifact_id, "filename": path.name,
-            "mimetype": mimetype or guessed or "application/octet-stream", "encoding": encoding}
+    meta = {
+        "artifact_id": artifact_id,
+        "filename": path.name,
+        "mimetype": mimetype or guessed or "application/octet-stream",
+        "encoding": encoding,
+    }
     with open(path, "rb") as fh:
         store.write(artifact_id, fh)
     table = models.TrialSystemAttributeModel
     with engine.begin() as conn:  # the value is the JSON of a JSON string, as Optuna stores it
-        conn.execute(sa.insert(table).values(trial_id=trial_id, key=f"artifacts:{artifact_id}",
-                                             value_json=json.dumps(json.dumps(meta))))
+        conn.execute(
+            sa.insert(table).values(
+                trial_id=trial_id, key=f"artifacts:{artifact_id}", value_json=json.dumps(json.dumps(meta))
+            )
+        )
     return artifact_id
 
 
-def confusion_png(labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str], title: str,
-                  path: Path) -> bool:
+def confusion_png(
+    labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str], title: str, path: Path
+) -> bool:
     """A confusion-matrix PNG (gold rows × predicted columns); False when matplotlib is missing."""
     try:
         import matplotlib
@@ -295,8 +367,9 @@ def confusion_png(labels: Sequence[int], predictions: Sequence[int], label_names
     top = matrix.max() or 1
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > top / 2 else "black")
+            ax.text(
+                j, i, str(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > top / 2 else "black"
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

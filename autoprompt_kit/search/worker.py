@@ -17,9 +17,10 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import AutoPromptError
 
@@ -34,20 +35,20 @@ class WorkerJob:
     one study, one precision), and the study's settings."""
 
     method: str
-    space: dict[str, Any]                       # the space's settings (``SearchConfig.to_dict``)
+    space: dict[str, Any]  # the space's settings (``SearchConfig.to_dict``)
     study: str
-    task: dict[str, Any]                        # load_task arguments: source, shots (0: full splits), seed, max_examples
-    model: str | None = None                    # name or folder (None: the embedded default)
+    task: dict[str, Any]  # load_task arguments: source, shots (0: full splits), seed, max_examples
+    model: str | None = None  # name or folder (None: the embedded default)
     kind: str | None = None
     harness: dict[str, Any] = field(default_factory=dict)  # Harness keyword arguments (batch_size, precision, …)
     trials: int = 20
     seed: int = 13
     heartbeat: int = 30
     trial_dir: str | None = None
-    budget: float | None = None                 # seconds
+    budget: float | None = None  # seconds
     selection: str = "dev"
     folds: int = 4
-    task_info: dict[str, Any] = field(default_factory=dict)   # what the study records (as the leader's)
+    task_info: dict[str, Any] = field(default_factory=dict)  # what the study records (as the leader's)
     model_info: dict[str, Any] = field(default_factory=dict)
     version: int = JOB_VERSION
 
@@ -55,7 +56,7 @@ class WorkerJob:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "WorkerJob":
+    def from_json(cls, text: str) -> WorkerJob:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != JOB_VERSION:
             raise AutoPromptError(f"not a worker job of version {JOB_VERSION}")
@@ -73,7 +74,7 @@ class WorkerJob:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "WorkerJob":
+    def load(cls, path: str | Path) -> WorkerJob:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
 
 
@@ -91,15 +92,35 @@ def run_worker(job: WorkerJob, storage: str | None) -> None:
     from .base import SearchContext, get_searcher
 
     searcher_cls = get_searcher(job.method)
-    task = load_task(job.task["source"], shots=job.task.get("shots") or None, seed=job.task.get("seed", job.seed),
-                     max_examples=job.task.get("max_examples"), shots_flag="--shots")
+    task = load_task(
+        job.task["source"],
+        shots=job.task.get("shots") or None,
+        seed=job.task.get("seed", job.seed),
+        max_examples=job.task.get("max_examples"),
+        shots_flag="--shots",
+    )
     searcher = searcher_cls(searcher_cls.config_class.from_dict(job.space))
     harness = Harness(job.model, kind=job.kind, **{**job.harness, "progress": False})
     ctx = SearchContext(task=task, harness=harness, seed=job.seed)
-    run_study(SearchJob(searcher=searcher, study_name=job.study, storage_url=storage, n_trials=job.trials,
-                        seed=job.seed, heartbeat=job.heartbeat, worker=True, progress=False,
-                        trial_dir=job.trial_dir, task_info=job.task_info, model_info=job.model_info,
-                        budget=job.budget, selection=job.selection, folds=job.folds), ctx)
+    run_study(
+        SearchJob(
+            searcher=searcher,
+            study_name=job.study,
+            storage_url=storage,
+            n_trials=job.trials,
+            seed=job.seed,
+            heartbeat=job.heartbeat,
+            worker=True,
+            progress=False,
+            trial_dir=job.trial_dir,
+            task_info=job.task_info,
+            model_info=job.model_info,
+            budget=job.budget,
+            selection=job.selection,
+            folds=job.folds,
+        ),
+        ctx,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

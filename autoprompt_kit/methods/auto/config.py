@@ -21,31 +21,64 @@ DEMO_SELECTIONS = ("random", "similar")
 
 @dataclass
 class AutoConfig(SearchConfig):
-    templates: list[str] = field(default_factory=list, metadata={
-        "role": "templates", "help": "templates to compose (the first one is where the words are chosen)"})
-    label_words: dict[str, Any] = field(default_factory=dict, metadata={
-        "role": "label_words", "help": "the class-name words (label → words): the verbalizer every stage starts from"})
-    stages: list[str] = field(default_factory=lambda: list(STAGES), metadata={
-        "help": f"stages to run, in this order: {', '.join(STAGES)}"})
-    label_search: bool = field(default=True, metadata={
-        "help": "words stage: also LM-BFF's label-word search (one word per class, beam search for many classes)"})
-    kpt: bool = field(default=True, metadata={
-        "help": "words stage: also KPT's expansion of the class names (WordNet; VADER for sentiment polarities), "
-                "refined on the training texts, contextual calibration"})
-    drop_unread_words: bool = field(default=True, metadata={
-        "help": "words stage: drop class-name words the model never puts at the mask for a training example of "
-                "their own class"})
+    templates: list[str] = field(
+        default_factory=list,
+        metadata={"role": "templates", "help": "templates to compose (the first one is where the words are chosen)"},
+    )
+    label_words: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "role": "label_words",
+            "help": "the class-name words (label → words): the verbalizer every stage starts from",
+        },
+    )
+    stages: list[str] = field(
+        default_factory=lambda: list(STAGES), metadata={"help": f"stages to run, in this order: {', '.join(STAGES)}"}
+    )
+    label_search: bool = field(
+        default=True,
+        metadata={
+            "help": "words stage: also LM-BFF's label-word search (one word per class, beam search for many classes)"
+        },
+    )
+    kpt: bool = field(
+        default=True,
+        metadata={
+            "help": "words stage: also KPT's expansion of the class names (WordNet; VADER for sentiment polarities), "
+            "refined on the training texts, contextual calibration"
+        },
+    )
+    drop_unread_words: bool = field(
+        default=True,
+        metadata={
+            "help": "words stage: drop class-name words the model never puts at the mask for a training example of "
+            "their own class"
+        },
+    )
     label_search_k: int = field(default=20, metadata={"help": "label-word search: candidate words per class"})
     keep: int = field(default=2, metadata={"help": "best candidates of a stage that seed the next"})
-    per_class: list[int] = field(default_factory=lambda: [1, 2], metadata={
-        "help": "demonstrations stage: demonstrations per class to try (0, the prompt without, is always a candidate)"})
-    demo_selection: list[str] = field(default_factory=lambda: ["random", "similar"], metadata={
-        "help": "demonstrations stage: random and/or similar (nearest by sentence embedding; skipped when no "
-                "encoder is installed)"})
+    per_class: list[int] = field(
+        default_factory=lambda: [1, 2],
+        metadata={
+            "help": "demonstrations stage: demonstrations per class to try "
+            "(0, the prompt without, is always a candidate)"
+        },
+    )
+    demo_selection: list[str] = field(
+        default_factory=lambda: ["random", "similar"],
+        metadata={
+            "help": "demonstrations stage: random and/or similar (nearest by sentence embedding; skipped when no "
+            "encoder is installed)"
+        },
+    )
     separator: str = field(default=" ", metadata={"help": "demonstrations stage: text between two demonstrations"})
-    encoder: str | None = field(default=None, metadata={"help": "sentence encoder of similar (default all-MiniLM-L6-v2)"})
-    head: list[str] = field(default_factory=lambda: ["combined", "proto"], metadata={
-        "help": "trained stage: ProtoVerb heads to try (combined with the words, or prototypes alone)"})
+    encoder: str | None = field(
+        default=None, metadata={"help": "sentence encoder of similar (default all-MiniLM-L6-v2)"}
+    )
+    head: list[str] = field(
+        default_factory=lambda: ["combined", "proto"],
+        metadata={"help": "trained stage: ProtoVerb heads to try (combined with the words, or prototypes alone)"},
+    )
     ensemble_size: int = field(default=3, metadata={"help": "ensemble stage: templates averaged (0 = no ensemble)"})
 
     def __post_init__(self) -> None:
@@ -53,7 +86,9 @@ class AutoConfig(SearchConfig):
             raise AutoPromptError("the auto space needs at least one template under 'templates'")
         for t in self.templates:
             if DEMO_FIELD in Template(t).fields:
-                raise AutoPromptError(f"template {t!r} must not read {{{DEMO_FIELD}}}: the demonstrations stage adds it")
+                raise AutoPromptError(
+                    f"template {t!r} must not read {{{DEMO_FIELD}}}: the demonstrations stage adds it"
+                )
         if not isinstance(self.label_words, dict) or len(self.label_words) < 2:
             raise AutoPromptError("the auto space needs label_words: a mapping of every label to its word(s)")
         Verbalizer.from_words(self.label_words)
@@ -78,11 +113,14 @@ class AutoConfig(SearchConfig):
     def grid(self) -> list[dict[str, Any]] | None:
         return None  # staged: the candidates come stage by stage
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         super().check_task(task)
-        counts = [int((task.train.labels == c).sum() + (task.dev.labels == c).sum())
-                  for c in range(len(task.label_names))]
+        counts = [
+            int((task.train.labels == c).sum() + (task.dev.labels == c).sum()) for c in range(len(task.label_names))
+        ]
         if min(counts) < 2:
             c = counts.index(min(counts))
-            raise AutoPromptError(f"auto needs at least 2 labelled examples (train + dev) of every class; "
-                                  f"{task.label_names[c]!r} has {counts[c]}")
+            raise AutoPromptError(
+                f"auto needs at least 2 labelled examples (train + dev) of every class; "
+                f"{task.label_names[c]!r} has {counts[c]}"
+            )

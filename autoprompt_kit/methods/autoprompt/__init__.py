@@ -19,8 +19,24 @@ weights; the top ``k`` per class become the verbalizer.
 
 from .config import AutoPromptConfig
 from .searcher import AutoPromptSearcher
-from .triggers import (TriggerSearch, TriggerSearchResult, init_triggers, label_token_search, named_triggers,
-                       resize_triggers, trigger_token_mask)
+from .triggers import (
+    TriggerSearch,
+    TriggerSearchResult,
+    init_triggers,
+    label_token_search,
+    named_triggers,
+    resize_triggers,
+    trigger_token_mask,
+)
 
-__all__ = ["AutoPromptConfig", "AutoPromptSearcher", "TriggerSearch", "TriggerSearchResult", "init_triggers",
-           "label_token_search", "named_triggers", "resize_triggers", "trigger_token_mask"]
+__all__ = [
+    "AutoPromptConfig",
+    "AutoPromptSearcher",
+    "TriggerSearch",
+    "TriggerSearchResult",
+    "init_triggers",
+    "label_token_search",
+    "named_triggers",
+    "resize_triggers",
+    "trigger_token_mask",
+]

@@ -14,8 +14,12 @@ from .triggers import resize_triggers
 
 @dataclass
 class AutoPromptConfig(SearchConfig):
-    template: str = field(default="{text_a} {trigger*3} {mask}.", metadata={"role": "template", "help": "template with trigger slots"})
-    label_words: dict[str, Any] | None = field(default=None, metadata={"role": "label_words", "help": "fixed label words (label → words)"})
+    template: str = field(
+        default="{text_a} {trigger*3} {mask}.", metadata={"role": "template", "help": "template with trigger slots"}
+    )
+    label_words: dict[str, Any] | None = field(
+        default=None, metadata={"role": "label_words", "help": "fixed label words (label → words)"}
+    )
     label_search: bool = field(default=False, metadata={"help": "find label tokens instead (AutoPrompt §2.2)"})
     label_tokens_per_class: int = field(default=3, metadata={"help": "label tokens per class when searching"})
     num_triggers: list[int] = choice([3], help="choices for the trigger count")
@@ -34,7 +38,11 @@ class AutoPromptConfig(SearchConfig):
         from ...prompts.defaults import is_pair_task
 
         # Triggers between the input and the mask, as the paper's templates put them.
-        return {"template": "{text_a} {text_b} {trigger*3} {mask}." if is_pair_task(task) else "{text_a} {trigger*3} {mask}."}
+        return {
+            "template": "{text_a} {text_b} {trigger*3} {mask}."
+            if is_pair_task(task)
+            else "{text_a} {trigger*3} {mask}."
+        }
 
     def __post_init__(self) -> None:
         resize_triggers(Template(self.template), 1)  # validates the template and its trigger slots

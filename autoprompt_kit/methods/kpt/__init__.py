@@ -10,15 +10,57 @@ through knowledge bases, refined on unlabelled support data and calibrated by ea
 See :mod:`.knowledge` (sources, WordNet set-up, KB file format) and :mod:`.refine` (the pipeline).
 """
 
-from .knowledge import (WORDNET_INSTALL, embedding_neighbours, install_wordnet_from, read_kb, seed_valences,
-                        vader_class_words, vader_words, wordnet, wordnet_related)
-from .refine import (Expansion, ExpansionSettings, KPTResult, RefineSettings, SupportScores, expand, learn_weights,
-                     refine, single_token_logprobs, support_scores, support_scores_from_hidden, vocabulary_statistics)
 from .config import KPTConfig
+from .knowledge import (
+    WORDNET_INSTALL,
+    embedding_neighbours,
+    install_wordnet_from,
+    read_kb,
+    seed_valences,
+    vader_class_words,
+    vader_words,
+    wordnet,
+    wordnet_related,
+)
+from .refine import (
+    Expansion,
+    ExpansionSettings,
+    KPTResult,
+    RefineSettings,
+    SupportScores,
+    expand,
+    learn_weights,
+    refine,
+    single_token_logprobs,
+    support_scores,
+    support_scores_from_hidden,
+    vocabulary_statistics,
+)
 from .searcher import KPTSearcher, support_split
 
-__all__ = ["WORDNET_INSTALL", "Expansion", "ExpansionSettings", "KPTConfig", "KPTResult", "KPTSearcher",
-           "RefineSettings", "SupportScores", "embedding_neighbours", "expand", "install_wordnet_from",
-           "learn_weights", "read_kb", "refine", "seed_valences", "single_token_logprobs", "support_scores",
-           "support_scores_from_hidden", "support_split", "vader_class_words", "vader_words", "vocabulary_statistics",
-           "wordnet", "wordnet_related"]
+__all__ = [
+    "WORDNET_INSTALL",
+    "Expansion",
+    "ExpansionSettings",
+    "KPTConfig",
+    "KPTResult",
+    "KPTSearcher",
+    "RefineSettings",
+    "SupportScores",
+    "embedding_neighbours",
+    "expand",
+    "install_wordnet_from",
+    "learn_weights",
+    "read_kb",
+    "refine",
+    "seed_valences",
+    "single_token_logprobs",
+    "support_scores",
+    "support_scores_from_hidden",
+    "support_split",
+    "vader_class_words",
+    "vader_words",
+    "vocabulary_statistics",
+    "wordnet",
+    "wordnet_related",
+]

@@ -25,37 +25,62 @@ def _sources(choice: str) -> tuple[str, ...]:
 
 @dataclass
 class KPTConfig(SearchConfig):
-    template: str = field(default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt template"})
-    seed_words: dict[str, Any] = field(default_factory=dict,
-                                       metadata={"role": "label_words", "help": "label → seed word(s), the class names KPT expands"})
-    sources: list[str] = choice(["wordnet+vader"], help="choices: '+'-joined knowledge sources from wordnet, vader, kb, "
-                                                        "embedding")
-    wordnet_relations: list[str] = field(default_factory=lambda: list(knowledge.WORDNET_RELATIONS),
-                                         metadata={"help": "WordNet relations followed"})
+    template: str = field(
+        default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt template"}
+    )
+    seed_words: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"role": "label_words", "help": "label → seed word(s), the class names KPT expands"},
+    )
+    sources: list[str] = choice(
+        ["wordnet+vader"], help="choices: '+'-joined knowledge sources from wordnet, vader, kb, embedding"
+    )
+    wordnet_relations: list[str] = field(
+        default_factory=lambda: list(knowledge.WORDNET_RELATIONS), metadata={"help": "WordNet relations followed"}
+    )
     depth: list[int] = choice([1], help="choices: hypernym/hyponym steps")
     wordnet_senses: int = field(default=3, metadata={"help": "WordNet senses (most frequent first) per seed"})
     vader_threshold: list[float] = choice([2.0], help="choices: minimum |valence| of VADER words")
     vader_max_words: int = field(default=150, metadata={"help": "strongest VADER words per class"})
     kb_file: str | None = field(default=None, metadata={"help": "knowledge-base file (key<TAB>w1,w2 or JSON)"})
     neighbours: int = field(default=20, metadata={"help": "output-embedding neighbours per seed"})
-    on_missing_seed: str = field(default="warn",
-                                 metadata={"help": "a seed unknown to WordNet: warn (keep it) or error"})
+    on_missing_seed: str = field(
+        default="warn", metadata={"help": "a seed unknown to WordNet: warn (keep it) or error"}
+    )
     max_tokens: list[int] = choice([1], help="choices: tokens per word")
-    prior_cut: list[float] = choice([0.5], help="choices: drop words whose support prior is below this vocabulary quantile")
-    relevance_cut: list[float] = choice([0.0], help="choices: fraction of each class's non-seed words with the lowest "
-                                                    "relevance dropped (after min_relevance)")
-    min_relevance: list[float] = choice([0.3], help="choices: lowest correlation with the own class's seeds over the "
-                                                    "support texts (and above every other class's); -1 = off")
-    presence_rank: int = field(default=1000, metadata={
-        "help": "a word must be among the model's N most likely vocabulary words at the mask for some support texts "
-                "(0 = off)"})
-    presence_min: float = field(default=0.02, metadata={
-        "help": "the fraction of support texts (at least one) that must have the word in their presence_rank top"})
+    prior_cut: list[float] = choice(
+        [0.5], help="choices: drop words whose support prior is below this vocabulary quantile"
+    )
+    relevance_cut: list[float] = choice(
+        [0.0],
+        help="choices: fraction of each class's non-seed words with the lowest relevance dropped (after min_relevance)",
+    )
+    min_relevance: list[float] = choice(
+        [0.3],
+        help="choices: lowest correlation with the own class's seeds over the "
+        "support texts (and above every other class's); -1 = off",
+    )
+    presence_rank: int = field(
+        default=1000,
+        metadata={
+            "help": "a word must be among the model's N most likely vocabulary words at the mask "
+            "for some support texts "
+            "(0 = off)"
+        },
+    )
+    presence_min: float = field(
+        default=0.02,
+        metadata={
+            "help": "the fraction of support texts (at least one) that must have the word in their presence_rank top"
+        },
+    )
     calibration: list[str] = choice(["contextual"], help="choices: contextual (divide by the prior) and/or none")
     aggregation: list[str] = choice(["mean"], help="choices: mean, max, sum")
     learn_weights: list[bool] = choice([False], help="choices: train per-word weights on the few-shot train split")
-    support_size: int = field(default=200, metadata={
-        "help": "unlabelled support examples (the task's 'unlabeled' split, else train) for priors"})
+    support_size: int = field(
+        default=200,
+        metadata={"help": "unlabelled support examples (the task's 'unlabeled' split, else train) for priors"},
+    )
     epochs: int = field(default=5, metadata={"help": "epochs of weight learning"})
     lr: float = field(default=0.06, metadata={"help": "learning rate of weight learning"})
 
@@ -85,16 +110,29 @@ class KPTConfig(SearchConfig):
     def settings(self, point: dict[str, Any]) -> tuple[ExpansionSettings, RefineSettings]:
         """The expansion and refinement settings of one trial's parameters."""
         expansion = ExpansionSettings(
-            sources=_sources(point["sources"]), relations=tuple(self.wordnet_relations), depth=point["depth"],
-            senses=self.wordnet_senses, vader_threshold=point["vader_threshold"], vader_max_words=self.vader_max_words,
-            kb_file=self.kb_file, neighbours=self.neighbours, on_missing_seed=self.on_missing_seed)
+            sources=_sources(point["sources"]),
+            relations=tuple(self.wordnet_relations),
+            depth=point["depth"],
+            senses=self.wordnet_senses,
+            vader_threshold=point["vader_threshold"],
+            vader_max_words=self.vader_max_words,
+            kb_file=self.kb_file,
+            neighbours=self.neighbours,
+            on_missing_seed=self.on_missing_seed,
+        )
         refinement = RefineSettings(
-            max_tokens=point["max_tokens"], prior_cut=point["prior_cut"], relevance_cut=point["relevance_cut"],
-            calibration=point["calibration"], aggregation=point["aggregation"], min_relevance=point["min_relevance"],
-            presence_rank=self.presence_rank, presence_min=self.presence_min)
+            max_tokens=point["max_tokens"],
+            prior_cut=point["prior_cut"],
+            relevance_cut=point["relevance_cut"],
+            calibration=point["calibration"],
+            aggregation=point["aggregation"],
+            min_relevance=point["min_relevance"],
+            presence_rank=self.presence_rank,
+            presence_min=self.presence_min,
+        )
         return expansion, refinement
 
-    def check_task(self, task: "Task") -> None:
+    def check_task(self, task: Task) -> None:
         """Also refuse the VADER source before the study opens when the task's classes are not
         sentiment polarities (its lexicon would add sentiment words to topic classes)."""
         super().check_task(task)

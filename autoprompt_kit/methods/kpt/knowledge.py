@@ -36,9 +36,10 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,9 +53,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WORDNET_INSTALL = ("install it with `apt-get install wordnet-base wordnet-sense-index` (Debian/Ubuntu) or "
-                   "`python -c 'import nltk; nltk.download(\"wordnet\")'` (needs internet), or point $NLTK_DATA "
-                   "at a folder holding corpora/wordnet")
+WORDNET_INSTALL = (
+    "install it with `apt-get install wordnet-base wordnet-sense-index` (Debian/Ubuntu) or "
+    "`python -c 'import nltk; nltk.download(\"wordnet\")'` (needs internet), or point $NLTK_DATA "
+    "at a folder holding corpora/wordnet"
+)
 WORDNET_PACKAGES = ("wordnet-base", "wordnet-sense-index")
 _DEB_WORDNET_DIR = "usr/share/wordnet/"
 WORDNET_RELATIONS = ("synonyms", "similar", "derived", "hypernyms", "hyponyms")
@@ -64,15 +67,33 @@ SOURCES = ("wordnet", "vader", "kb", "embedding")
 # wordnet-base omits it). Columns: number, name, syntactic category (1 noun, 2 verb, 3 adj, 4 adv).
 _LEXNAMES = (
     ["adj.all 3", "adj.pert 3", "adv.all 4"]
-    + [f"noun.{n} 1" for n in ("Tops act animal artifact attribute body cognition communication event feeling food "
-                                "group location motive object person phenomenon plant possession process quantity "
-                                "relation shape state substance time").split()]
-    + [f"verb.{n} 2" for n in ("body change cognition communication competition consumption contact creation "
-                                "emotion motion perception possession social stative weather").split()]
+    + [
+        f"noun.{n} 1"
+        for n in (
+            "Tops act animal artifact attribute body cognition communication event feeling food "
+            "group location motive object person phenomenon plant possession process quantity "
+            "relation shape state substance time"
+        ).split()
+    ]
+    + [
+        f"verb.{n} 2"
+        for n in (
+            "body change cognition communication competition consumption contact creation "
+            "emotion motion perception possession social stative weather"
+        ).split()
+    ]
     + ["adj.ppl 3"]
 )
-_WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv", "index.noun", "index.verb", "index.adj",
-                  "index.adv")
+_WORDNET_FILES = (
+    "data.noun",
+    "data.verb",
+    "data.adj",
+    "data.adv",
+    "index.noun",
+    "index.verb",
+    "index.adj",
+    "index.adv",
+)
 _WORD = re.compile(r"^[A-Za-z][A-Za-z' -]*[A-Za-z]$|^[A-Za-z]$")
 
 
@@ -139,9 +160,9 @@ def fetch_wordnet(own_root: Path) -> Path:
         source = Path(tmp) / "dict"
         source.mkdir()
         for deb in debs.values():
-            contents = read_deb(deb, lambda p: p.startswith(_DEB_WORDNET_DIR) and "/" not in p[len(_DEB_WORDNET_DIR):])
+            contents = read_deb(deb, lambda p: p.startswith(_DEB_WORDNET_DIR) and "/" not in p[len(_DEB_WORDNET_DIR) :])
             for path, data in contents.files.items():
-                (source / path[len(_DEB_WORDNET_DIR):]).write_bytes(data)
+                (source / path[len(_DEB_WORDNET_DIR) :]).write_bytes(data)
         missing = [f for f in _WORDNET_FILES if not (source / f).is_file()]
         if missing:
             raise AutoPromptError(f"the Debian packages {' '.join(WORDNET_PACKAGES)} lack the WordNet files {missing}")
@@ -208,8 +229,9 @@ def _clean(word: str) -> str | None:
     return word
 
 
-def wordnet_related(word: str, *, relations: Sequence[str] = WORDNET_RELATIONS, depth: int = 1,
-                    senses: int = 3) -> dict[str, str] | None:
+def wordnet_related(
+    word: str, *, relations: Sequence[str] = WORDNET_RELATIONS, depth: int = 1, senses: int = 3
+) -> dict[str, str] | None:
     """Words related to ``word`` in WordNet: ``{related: relation}``; None if WordNet lacks the word.
 
     ``senses`` limits the synsets used (WordNet lists a word's senses most frequent first, and rare
@@ -219,7 +241,7 @@ def wordnet_related(word: str, *, relations: Sequence[str] = WORDNET_RELATIONS, 
     if bad:
         raise AutoPromptError(f"unknown WordNet relation(s) {bad}; choose from {WORDNET_RELATIONS}")
     wn = wordnet()
-    synsets = wn.synsets(word.replace(" ", "_"))[:max(1, senses)]
+    synsets = wn.synsets(word.replace(" ", "_"))[: max(1, senses)]
     if not synsets:
         return None
     out: dict[str, str] = {}
@@ -240,8 +262,10 @@ def wordnet_related(word: str, *, relations: Sequence[str] = WORDNET_RELATIONS, 
             for lemma in syn.lemmas():
                 if lemma.name().lower() == word.lower().replace(" ", "_"):
                     add([d.name() for d in lemma.derivationally_related_forms() + lemma.pertainyms()], "derived")
-        for rel, step in (("hypernyms", lambda s: s.hypernyms() + s.instance_hypernyms()),
-                          ("hyponyms", lambda s: s.hyponyms())):
+        for rel, step in (
+            ("hypernyms", lambda s: s.hypernyms() + s.instance_hypernyms()),
+            ("hyponyms", lambda s: s.hyponyms()),
+        ):
             if rel not in relations:
                 continue
             frontier = [syn]
@@ -272,8 +296,9 @@ def vader_lexicon(path: str | None = None) -> dict[str, float]:
     return out
 
 
-def vader_words(seeds: Sequence[str], *, threshold: float, max_words: int,
-                lexicon: Mapping[str, float] | None = None) -> tuple[dict[str, str], int]:
+def vader_words(
+    seeds: Sequence[str], *, threshold: float, max_words: int, lexicon: Mapping[str, float] | None = None
+) -> tuple[dict[str, str], int]:
     """Lexicon words with one class's seed polarity: ``({word: "vader±v"}, polarity)``.
 
     The class's polarity is the sign of its seeds' mean valence (0 → no words: a class whose seeds
@@ -310,17 +335,23 @@ def seed_valences(seeds: Mapping[str, Sequence[str]], lexicon: Mapping[str, floa
         else:
             unknown.append(label)
     if unknown or not (any(v < 0 for v in valence.values()) and any(v > 0 for v in valence.values())):
-        why = (f"the seeds of {len(unknown)} class(es) ({', '.join(repr(u) for u in unknown[:5])}"
-               f"{', …' if len(unknown) > 5 else ''}) have no VADER valence" if unknown
-               else "no class is negative or none is positive")
-        raise AutoPromptError(f"the 'vader' knowledge source needs sentiment classes (one negative, one positive, "
-                              f"every class with a seed word VADER rates): {why}; drop 'vader' from sources "
-                              "(use wordnet, kb or embedding), or give such seed words")
+        why = (
+            f"the seeds of {len(unknown)} class(es) ({', '.join(repr(u) for u in unknown[:5])}"
+            f"{', …' if len(unknown) > 5 else ''}) have no VADER valence"
+            if unknown
+            else "no class is negative or none is positive"
+        )
+        raise AutoPromptError(
+            f"the 'vader' knowledge source needs sentiment classes (one negative, one positive, "
+            f"every class with a seed word VADER rates): {why}; drop 'vader' from sources "
+            "(use wordnet, kb or embedding), or give such seed words"
+        )
     return valence
 
 
-def vader_class_words(seeds: Mapping[str, Sequence[str]], *, threshold: float, max_words: int,
-                      lexicon: Mapping[str, float] | None = None) -> dict[str, dict[str, str]]:
+def vader_class_words(
+    seeds: Mapping[str, Sequence[str]], *, threshold: float, max_words: int, lexicon: Mapping[str, float] | None = None
+) -> dict[str, dict[str, str]]:
     """VADER lexicon words for every class of a sentiment task: ``{label: {word: "vader±v"}}``.
 
     Classes are checked by :func:`seed_valences`. A word with ``|valence| >= threshold`` goes to the
@@ -338,8 +369,10 @@ def vader_class_words(seeds: Mapping[str, Sequence[str]], *, threshold: float, m
         same = [(abs(v - cv), label) for label, cv in valence.items() if cv * v > 0]
         if same:
             out[min(same, key=lambda x: x[0])[1]].append((word, v))  # min keeps the first of equal distances
-    return {label: {w: f"vader{v:+.1f}" for w, v in sorted(ws, key=lambda x: -abs(x[1]))[:max_words]}
-            for label, ws in out.items()}
+    return {
+        label: {w: f"vader{v:+.1f}" for w, v in sorted(ws, key=lambda x: -abs(x[1]))[:max_words]}
+        for label, ws in out.items()
+    }
 
 
 def read_kb(path: str | Path) -> dict[str, list[str]]:
@@ -364,20 +397,25 @@ def read_kb(path: str | Path) -> dict[str, list[str]]:
                 continue
             if "\t" not in line:
                 # The line itself is not shown: kb_file may name any file (a space file from someone else).
-                raise AutoPromptError(f"knowledge-base file {str(path)!r} line {lineno}: expected "
-                                      "'key<TAB>word1,word2,...' (no tab found)")
+                raise AutoPromptError(
+                    f"knowledge-base file {str(path)!r} line {lineno}: expected "
+                    "'key<TAB>word1,word2,...' (no tab found)"
+                )
             key, words = line.split("\t", 1)
             out.setdefault(key.strip().lower(), []).extend(w for w in words.split(","))
     out = {k: [w.strip() for w in ws if w.strip()] for k, ws in out.items()}
     out = {k: ws for k, ws in out.items() if ws}
     if not out:
-        raise AutoPromptError(f"knowledge-base file {str(path)!r} has no entries (expected 'key<TAB>word1,word2' "
-                              "lines or a JSON object of key → words)")
+        raise AutoPromptError(
+            f"knowledge-base file {str(path)!r} has no entries (expected 'key<TAB>word1,word2' "
+            "lines or a JSON object of key → words)"
+        )
     return out
 
 
-def embedding_neighbours(harness: "Harness", seeds: Sequence[str], k: int,
-                         candidates: torch.Tensor | None = None) -> dict[str, str]:
+def embedding_neighbours(
+    harness: Harness, seeds: Sequence[str], k: int, candidates: torch.Tensor | None = None
+) -> dict[str, str]:
     """The ``k`` vocabulary words nearest to each single-token seed by output-embedding cosine.
 
     ``candidates`` is a boolean mask over the vocabulary (default: alphabetic, lower-case, word-initial

@@ -40,8 +40,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -100,8 +101,9 @@ class Expansion:
         return sorted({w for ws in self.words for w in ws})
 
 
-def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
-           harness: "Harness | None" = None) -> Expansion:
+def expand(
+    seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings, harness: Harness | None = None
+) -> Expansion:
     """Gather related words for every class and drop words claimed by two classes (not seeds)."""
     labels = list(seeds)
     seed_lists = [[w.strip() for w in seeds[label]] for label in labels]
@@ -110,9 +112,13 @@ def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
     if "kb" in settings.sources and not settings.kb_file:
         raise AutoPromptError("the 'kb' source needs kb_file (a knowledge-base file)")
     kb = knowledge.read_kb(settings.kb_file) if "kb" in settings.sources and settings.kb_file else {}
-    vader = (knowledge.vader_class_words(dict(zip(labels, seed_lists)), threshold=settings.vader_threshold,
-                                         max_words=settings.vader_max_words)
-             if "vader" in settings.sources else {})
+    vader = (
+        knowledge.vader_class_words(
+            dict(zip(labels, seed_lists)), threshold=settings.vader_threshold, max_words=settings.vader_max_words
+        )
+        if "vader" in settings.sources
+        else {}
+    )
     found: list[dict[str, list[str]]] = []
     for label, class_seeds in zip(labels, seed_lists):
         words: dict[str, list[str]] = {w: ["seed"] for w in class_seeds}
@@ -123,11 +129,14 @@ def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
 
         if "wordnet" in settings.sources:
             for seed in class_seeds:
-                related = knowledge.wordnet_related(seed, relations=settings.relations, depth=settings.depth,
-                                                    senses=settings.senses)
+                related = knowledge.wordnet_related(
+                    seed, relations=settings.relations, depth=settings.depth, senses=settings.senses
+                )
                 if related is None:
-                    msg = (f"seed word {seed!r} (class {label!r}) is not in WordNet; it is kept but expands "
-                           "through the other sources only")
+                    msg = (
+                        f"seed word {seed!r} (class {label!r}) is not in WordNet; it is kept but expands "
+                        "through the other sources only"
+                    )
                     if settings.on_missing_seed == "error":
                         raise AutoPromptError(msg.split(";")[0] + " (set on_missing_seed: warn to continue without it)")
                     logger.warning(msg)
@@ -155,8 +164,14 @@ def expand(seeds: Mapping[str, Sequence[str]], settings: ExpansionSettings,
         for w in words:
             if len(owners[w]) > 1 and w not in seed_sets[c]:
                 others = [labels[o] for o in owners[w] if o != c]
-                removed.append({"word": w, "class": labels[c], "reason": f"also found for {', '.join(others)}",
-                                "sources": words[w]})
+                removed.append(
+                    {
+                        "word": w,
+                        "class": labels[c],
+                        "reason": f"also found for {', '.join(others)}",
+                        "sources": words[w],
+                    }
+                )
                 continue
             keep.append(w)
         # Seeds first, in the user's order; then the rest as found.
@@ -193,11 +208,11 @@ class SupportScores:
         return {w: i for i, w in enumerate(self.words)}
 
 
-def _space_before_mask(harness: "Harness", template: Template, example: Any) -> bool:
+def _space_before_mask(harness: Harness, template: Template, example: Any) -> bool:
     return harness.encoder.encode(template, example).space_before_mask
 
 
-def vocabulary_statistics(harness: "Harness", hidden: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+def vocabulary_statistics(harness: Harness, hidden: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
     """From mask hidden states ``(N, d)``: the mean-probability prior of every vocabulary token
     ``(V,)`` (log) and, per example, the ``top`` largest log-probabilities among the vocabulary's
     word tokens ``(N, top)`` — one streamed pass through the output layer."""
@@ -213,9 +228,16 @@ def vocabulary_statistics(harness: "Harness", hidden: torch.Tensor, top: int) ->
     return (total / hidden.shape[0]).clamp_min(1e-30).log().float().cpu(), torch.cat(tops)
 
 
-def support_scores(harness: "Harness", support: "Split", template: Template | str, words: Sequence[str],
-                   previous: SupportScores | None = None, max_tokens: int | None = None,
-                   always: Sequence[str] = (), presence_rank: int = 1000) -> SupportScores:
+def support_scores(
+    harness: Harness,
+    support: Split,
+    template: Template | str,
+    words: Sequence[str],
+    previous: SupportScores | None = None,
+    max_tokens: int | None = None,
+    always: Sequence[str] = (),
+    presence_rank: int = 1000,
+) -> SupportScores:
     """Scores of ``words`` on the support set: the full-vocabulary mean prior and each example's
     top ``presence_rank`` word-token log-probabilities (one pass, skipped when ``previous`` has
     them) and exact scores of the words not in ``previous`` (one pass).
@@ -254,13 +276,20 @@ def support_scores(harness: "Harness", support: "Split", template: Template | st
     ntok = [len(harness.encoder.word_ids(w, space)) for w in new]
     if previous is None:
         return SupportScores(new, lp, prior, vocab_prior, ntok, too_long, top)
-    return SupportScores(previous.words + new, torch.cat([previous.word_logprobs, lp], dim=1),
-                         torch.cat([previous.word_prior, prior]), vocab_prior, previous.num_tokens + ntok, too_long,
-                         top)
+    return SupportScores(
+        previous.words + new,
+        torch.cat([previous.word_logprobs, lp], dim=1),
+        torch.cat([previous.word_prior, prior]),
+        vocab_prior,
+        previous.num_tokens + ntok,
+        too_long,
+        top,
+    )
 
 
-def support_scores_from_hidden(harness: "Harness", hidden: torch.Tensor, words: Sequence[str],
-                               space_before: bool = True, presence_rank: int = 1000) -> SupportScores:
+def support_scores_from_hidden(
+    harness: Harness, hidden: torch.Tensor, words: Sequence[str], space_before: bool = True, presence_rank: int = 1000
+) -> SupportScores:
     """:func:`support_scores` from cached mask hidden states (single-token words only).
 
     For scripts that score one support set many times: ``hidden = harness.mask_hidden(support,
@@ -274,7 +303,7 @@ def support_scores_from_hidden(harness: "Harness", hidden: torch.Tensor, words: 
     return SupportScores(words, lp, vocab[torch.tensor(ids)], vocab[mask], [1] * len(words), top_logprobs=top)
 
 
-def single_token_ids(harness: "Harness", words: Sequence[str], space_before: bool = True) -> list[int]:
+def single_token_ids(harness: Harness, words: Sequence[str], space_before: bool = True) -> list[int]:
     ids = []
     for w in words:
         tok = harness.encoder.word_ids(w, space_before)
@@ -284,8 +313,9 @@ def single_token_ids(harness: "Harness", words: Sequence[str], space_before: boo
     return ids
 
 
-def single_token_logprobs(harness: "Harness", hidden: torch.Tensor, words: Sequence[str],
-                          space_before: bool = True, normalise: bool = True) -> torch.Tensor:
+def single_token_logprobs(
+    harness: Harness, hidden: torch.Tensor, words: Sequence[str], space_before: bool = True, normalise: bool = True
+) -> torch.Tensor:
     """``(N, W)`` log-probabilities of single-token words from mask hidden states, normalised over
     ``words`` — what ``Harness.score`` returns for a verbalizer of single-token words — or, with
     ``normalise=False``, over the whole vocabulary (absolute, comparable across word sets)."""
@@ -325,8 +355,9 @@ class RefineSettings:
         if self.max_tokens < 1:
             raise AutoPromptError("max_tokens must be at least 1")
         if not 0.0 <= self.prior_cut < 1.0 or not 0.0 <= self.relevance_cut < 1.0:
-            raise AutoPromptError(f"prior_cut and relevance_cut are fractions in [0, 1), got {self.prior_cut}, "
-                                  f"{self.relevance_cut}")
+            raise AutoPromptError(
+                f"prior_cut and relevance_cut are fractions in [0, 1), got {self.prior_cut}, {self.relevance_cut}"
+            )
         if self.calibration not in ("contextual", "none"):
             raise AutoPromptError(f"KPT calibration is 'contextual' or 'none', got {self.calibration!r}")
         if self.aggregation not in ("mean", "max", "sum"):
@@ -334,8 +365,10 @@ class RefineSettings:
         if not -1.0 <= self.min_relevance < 1.0:
             raise AutoPromptError(f"min_relevance is a correlation in [-1, 1) (-1: off), got {self.min_relevance}")
         if self.presence_rank < 0 or not 0.0 <= self.presence_min <= 1.0:
-            raise AutoPromptError(f"presence_rank must be >= 0 (0: off) and presence_min a fraction in [0, 1], got "
-                                  f"{self.presence_rank}, {self.presence_min}")
+            raise AutoPromptError(
+                f"presence_rank must be >= 0 (0: off) and presence_min a fraction in [0, 1], got "
+                f"{self.presence_rank}, {self.presence_min}"
+            )
 
 
 @dataclass
@@ -348,8 +381,12 @@ class KPTResult:
 
     def artifacts(self) -> dict[str, Any]:
         counts = {label: len(ws) for label, ws in self.kept.items()}
-        return {"kept_words": self.kept, "removed_words": self.removed, "kept_counts": counts,
-                "removed_count": len(self.removed)}
+        return {
+            "kept_words": self.kept,
+            "removed_words": self.removed,
+            "kept_counts": counts,
+            "removed_count": len(self.removed),
+        }
 
 
 def _presence(scores: SupportScores, settings: RefineSettings) -> tuple[torch.Tensor, int] | None:
@@ -360,8 +397,10 @@ def _presence(scores: SupportScores, settings: RefineSettings) -> tuple[torch.Te
     kept = scores.top_logprobs.shape[1]
     # Fewer kept than asked is fine only when they are all the vocabulary's word tokens (a small model).
     if settings.presence_rank > kept and kept < scores.vocab_prior.shape[0]:
-        raise AutoPromptError(f"presence_rank {settings.presence_rank} is above the {kept} top words per text the "
-                              "support scores kept; compute them with support_scores(..., presence_rank=…)")
+        raise AutoPromptError(
+            f"presence_rank {settings.presence_rank} is above the {kept} top words per text the "
+            "support scores kept; compute them with support_scores(..., presence_rank=…)"
+        )
     threshold = scores.top_logprobs[:, min(settings.presence_rank, kept) - 1]
     hits = (scores.word_logprobs >= threshold[:, None] - 1e-4).sum(dim=0)  # a word token ties with itself
     need = max(1, math.ceil(settings.presence_min * scores.word_logprobs.shape[0] - 1e-9))
@@ -374,17 +413,19 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
     removed = list(expansion.removed)
     missing = [w for ws in expansion.words for w in ws if w not in col and w not in scores.too_long]
     if missing:
-        raise AutoPromptError(f"support scores lack {len(missing)} candidate words (e.g. {missing[:3]}); "
-                              "compute them for every expanded word")
+        raise AutoPromptError(
+            f"support scores lack {len(missing)} candidate words (e.g. {missing[:3]}); "
+            "compute them for every expanded word"
+        )
     seed_sets = [set(s) for s in expansion.seeds]
-    threshold = (float(torch.quantile(scores.vocab_prior, settings.prior_cut)) if settings.prior_cut > 0
-                 else -math.inf)
+    threshold = float(torch.quantile(scores.vocab_prior, settings.prior_cut)) if settings.prior_cut > 0 else -math.inf
     presence = _presence(scores, settings)
     n_support = scores.word_logprobs.shape[0]
 
     def drop(w: str, c: int, reason: str) -> None:
-        removed.append({"word": w, "class": expansion.labels[c], "reason": reason,
-                        "sources": expansion.sources[c].get(w, [])})
+        removed.append(
+            {"word": w, "class": expansion.labels[c], "reason": reason, "sources": expansion.sources[c].get(w, [])}
+        )
 
     classes: list[list[str]] = []
     for c, words in enumerate(expansion.words):
@@ -398,8 +439,10 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
             if reason is None and w not in seed_sets[c]:
                 i = col[w]
                 if float(scores.word_prior[i]) < threshold:
-                    reason = (f"prior {math.exp(scores.word_prior[i]):.2e} below the {settings.prior_cut:.0%} "
-                              f"vocabulary quantile {math.exp(threshold):.2e}")
+                    reason = (
+                        f"prior {math.exp(scores.word_prior[i]):.2e} below the {settings.prior_cut:.0%} "
+                        f"vocabulary quantile {math.exp(threshold):.2e}"
+                    )
             if reason:
                 drop(w, c, reason)
             else:
@@ -412,8 +455,12 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
         for c, ws in enumerate(classes):
             for w in [w for w in ws if w not in seed_sets[c] and int(presence[0][col[w]]) < presence[1]]:
                 ws.remove(w)
-                drop(w, c, f"among the model's top {settings.presence_rank} words for {int(presence[0][col[w]])} of "
-                           f"{n_support} support texts (needs {presence[1]})")
+                drop(
+                    w,
+                    c,
+                    f"among the model's top {settings.presence_rank} words for {int(presence[0][col[w]])} of "
+                    f"{n_support} support texts (needs {presence[1]})",
+                )
     if settings.min_relevance > -1.0:
         for c, ws in enumerate(classes):
             for w in [w for w in ws if w not in seed_sets[c]]:
@@ -421,8 +468,10 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
                 if relevance[w] < settings.min_relevance:
                     reason = f"relevance {relevance[w]:.3f} below min_relevance {settings.min_relevance}"
                 elif other is not None and other_score >= relevance[w]:
-                    reason = (f"follows class {expansion.labels[other]!r} ({other_score:.3f}) at least as much as "
-                              f"its own ({relevance[w]:.3f})")
+                    reason = (
+                        f"follows class {expansion.labels[other]!r} ({other_score:.3f}) at least as much as "
+                        f"its own ({relevance[w]:.3f})"
+                    )
                 else:
                     continue
                 ws.remove(w)
@@ -436,14 +485,22 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
                 ws.remove(w)
                 drop(w, c, f"relevance {score:.3f} in the class's lowest {settings.relevance_cut:.0%}")
     prior = tuple(tuple(float(scores.word_prior[col[w]]) for w in ws) for ws in classes)
-    verbalizer = Verbalizer(tuple(tuple(ws) for ws in classes), labels=tuple(expansion.labels),
-                            aggregation=settings.aggregation, calibration=settings.calibration, word_prior=prior)
+    verbalizer = Verbalizer(
+        tuple(tuple(ws) for ws in classes),
+        labels=tuple(expansion.labels),
+        aggregation=settings.aggregation,
+        calibration=settings.calibration,
+        word_prior=prior,
+    )
     kept = {}
     for c, (label, ws) in enumerate(zip(expansion.labels, classes)):
         entries = []
         for w in ws:
-            entry: dict[str, Any] = {"word": w, "prior": float(f"{math.exp(scores.word_prior[col[w]]):.3g}"),
-                                     "relevance": round(relevance[w], 4)}
+            entry: dict[str, Any] = {
+                "word": w,
+                "prior": float(f"{math.exp(scores.word_prior[col[w]]):.3g}"),
+                "relevance": round(relevance[w], 4),
+            }
             if presence is not None:
                 entry["presence"] = round(int(presence[0][col[w]]) / n_support, 4)
             entry["sources"] = expansion.sources[c].get(w, [])
@@ -452,15 +509,16 @@ def refine(expansion: Expansion, scores: SupportScores, settings: RefineSettings
     return KPTResult(verbalizer, removed, kept)
 
 
-def _relevance(classes: Sequence[Sequence[str]], seeds: Sequence[Sequence[str]],
-               scores: SupportScores) -> tuple[dict[str, float], dict[str, tuple[int | None, float]]]:
+def _relevance(
+    classes: Sequence[Sequence[str]], seeds: Sequence[Sequence[str]], scores: SupportScores
+) -> tuple[dict[str, float], dict[str, tuple[int | None, float]]]:
     """Each word's correlation with its own class's seed profile over the support texts, and the
     other class it correlates with most (with that correlation); see the module docstring."""
     col = scores.index()
     words = [w for ws in classes for w in ws]
     owner = torch.tensor([c for c, ws in enumerate(classes) for _ in ws])
     idx = torch.tensor([col[w] for w in words])
-    calibrated = scores.word_logprobs[:, idx].double() - scores.word_prior[idx].double()   # (N, W)
+    calibrated = scores.word_logprobs[:, idx].double() - scores.word_prior[idx].double()  # (N, W)
     # Per text, what it does to label words in general: the mean over classes (each class counts
     # once, however many words it has) of its words' scores. Removing it leaves how a text favours
     # one class's words over the others'.
@@ -469,7 +527,7 @@ def _relevance(classes: Sequence[Sequence[str]], seeds: Sequence[Sequence[str]],
     centred = centred - centred.mean(dim=0)
     pos = {w: i for i, w in enumerate(words)}
     profiles = torch.stack([centred[:, [pos[s] for s in ss if s in pos]].mean(dim=1) for ss in seeds], dim=1)
-    corr = (torch.nn.functional.normalize(centred.T, dim=1) @ torch.nn.functional.normalize(profiles.T, dim=1).T)
+    corr = torch.nn.functional.normalize(centred.T, dim=1) @ torch.nn.functional.normalize(profiles.T, dim=1).T
     relevance, closest = {}, {}
     for j, w in enumerate(words):
         c = int(owner[j])
@@ -494,8 +552,17 @@ def frozen(model: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def learn_weights(harness: "Harness", train: "Split", template: Template | str, verbalizer: Verbalizer, *,
-                  epochs: int = 5, lr: float = 0.06, batch_size: int = 8, seed: int = 0) -> tuple[Verbalizer, list[float]]:
+def learn_weights(
+    harness: Harness,
+    train: Split,
+    template: Template | str,
+    verbalizer: Verbalizer,
+    *,
+    epochs: int = 5,
+    lr: float = 0.06,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> tuple[Verbalizer, list[float]]:
     """KPT's learnable refinement: per-word weights (softmax within class) trained on labelled data.
 
     Returns the verbalizer with ``aggregation: weighted`` and the learned weights, and the epoch losses.
@@ -506,10 +573,20 @@ def learn_weights(harness: "Harness", train: "Split", template: Template | str, 
         return verbalizer.class_logprobs(out.word_logprobs.float(), weights=logits)
 
     with frozen(harness.model):
-        losses = harness.train(train, template, verbalizer, [logits], epochs=epochs, lr=lr, batch_size=batch_size,
-                               head=head, loss_fn=torch.nn.functional.nll_loss, seed=seed)
+        losses = harness.train(
+            train,
+            template,
+            verbalizer,
+            [logits],
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            head=head,
+            loss_fn=torch.nn.functional.nll_loss,
+            seed=seed,
+        )
     weights, start = [], 0
     for ws in verbalizer.label_words:
-        weights.append(tuple(torch.softmax(logits.detach()[start:start + len(ws)], dim=0).cpu().tolist()))
+        weights.append(tuple(torch.softmax(logits.detach()[start : start + len(ws)], dim=0).cpu().tolist()))
         start += len(ws)
     return verbalizer.replace(aggregation="weighted", weights=[list(w) for w in weights]), losses

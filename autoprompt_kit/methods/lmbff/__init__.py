@@ -11,16 +11,44 @@ and :mod:`.searcher` (the study: ranking, trials). Demonstrations are
 """
 
 from ...demonstrations import DEMO_FIELD, SentenceEncoder, demonstration_template
-from .finetune import FineTunedWeights, prompt_finetune, restored_weights
-from .generation import (SEQ2SEQ_FORMATS, CausalTemplateGenerator, GeneratedTemplate, Seq2SeqTemplateGenerator,
-                         span_token_mask)
-from .label_words import (EXHAUSTIVE_LIMIT, LABEL_SEARCH_STRATEGIES, AssignmentSearch, LabelWordSearchResult,
-                          label_word_search, search_assignments)
 from .config import FINETUNE_PARAMETERS, LMBFFConfig
+from .finetune import FineTunedWeights, prompt_finetune, restored_weights
+from .generation import (
+    SEQ2SEQ_FORMATS,
+    CausalTemplateGenerator,
+    GeneratedTemplate,
+    Seq2SeqTemplateGenerator,
+    span_token_mask,
+)
+from .label_words import (
+    EXHAUSTIVE_LIMIT,
+    LABEL_SEARCH_STRATEGIES,
+    AssignmentSearch,
+    LabelWordSearchResult,
+    label_word_search,
+    search_assignments,
+)
 from .searcher import LMBFFSearcher
 
-__all__ = ["DEMO_FIELD", "EXHAUSTIVE_LIMIT", "FINETUNE_PARAMETERS", "FineTunedWeights", "LABEL_SEARCH_STRATEGIES", "SEQ2SEQ_FORMATS",
-           "AssignmentSearch", "CausalTemplateGenerator", "GeneratedTemplate", "LMBFFConfig", "LMBFFSearcher",
-           "LabelWordSearchResult", "SentenceEncoder", "Seq2SeqTemplateGenerator",
-           "demonstration_template", "label_word_search", "prompt_finetune", "restored_weights",
-           "search_assignments", "span_token_mask"]
+__all__ = [
+    "DEMO_FIELD",
+    "EXHAUSTIVE_LIMIT",
+    "FINETUNE_PARAMETERS",
+    "FineTunedWeights",
+    "LABEL_SEARCH_STRATEGIES",
+    "SEQ2SEQ_FORMATS",
+    "AssignmentSearch",
+    "CausalTemplateGenerator",
+    "GeneratedTemplate",
+    "LMBFFConfig",
+    "LMBFFSearcher",
+    "LabelWordSearchResult",
+    "SentenceEncoder",
+    "Seq2SeqTemplateGenerator",
+    "demonstration_template",
+    "label_word_search",
+    "prompt_finetune",
+    "restored_weights",
+    "search_assignments",
+    "span_token_mask",
+]

@@ -4,9 +4,10 @@ fine-tuned weights a found prompt carries (the trained state of kind ``model_wei
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -34,9 +35,18 @@ def restored_weights(model: torch.nn.Module) -> Iterator[None]:
                 p.copy_(saved[name])
 
 
-def prompt_finetune(harness: "Harness", train: Split, template: Template | str, verbalizer: Verbalizer, *,
-                    epochs: int = 10, lr: float = 1e-5, batch_size: int = 8, seed: int = 0,
-                    parameters: Sequence[torch.nn.Parameter] | None = None) -> list[float]:
+def prompt_finetune(
+    harness: Harness,
+    train: Split,
+    template: Template | str,
+    verbalizer: Verbalizer,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-5,
+    batch_size: int = 8,
+    seed: int = 0,
+    parameters: Sequence[torch.nn.Parameter] | None = None,
+) -> list[float]:
     """LM-BFF's prompt-based fine-tuning: cross-entropy over the label words' class scores at the mask,
     all model weights trained (or ``parameters``). Returns the loss of each epoch."""
     params = list(parameters) if parameters is not None else list(harness.model.parameters())
@@ -54,7 +64,7 @@ class FineTunedWeights:
     tensors: dict[str, torch.Tensor]
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "FineTunedWeights":
+    def of(cls, model: torch.nn.Module) -> FineTunedWeights:
         return cls({n: p.detach().cpu().clone() for n, p in model.named_parameters()})
 
     def parameters(self) -> int:
@@ -63,15 +73,15 @@ class FineTunedWeights:
     def manifest(self) -> dict[str, Any]:
         return {"file": MODEL_FILE, "tensors": len(self.tensors), "parameters": self.parameters()}
 
-    def save(self, folder: Path, prompt: "Prompt") -> None:
+    def save(self, folder: Path, prompt: Prompt) -> None:
         save_tensors(self.tensors, folder / MODEL_FILE)
 
     @classmethod
-    def read(cls, entry: Any, folder: Path | None) -> "FineTunedWeights":
+    def read(cls, entry: Any, folder: Path | None) -> FineTunedWeights:
         return cls(read_tensors(folder, (entry or {}).get("file", MODEL_FILE), "fine-tuned weights"))
 
     @contextlib.contextmanager
-    def applied(self, harness: "Harness") -> Iterator[None]:
+    def applied(self, harness: Harness) -> Iterator[None]:
         saved: dict[str, torch.Tensor] = {}
         params = dict(harness.model.named_parameters())
         try:
@@ -81,8 +91,10 @@ class FineTunedWeights:
             with torch.no_grad():
                 for name, value in self.tensors.items():
                     if tuple(value.shape) != tuple(params[name].shape):
-                        raise AutoPromptError(f"fine-tuned weight {name!r} has shape {tuple(value.shape)}, "
-                                              f"the model's is {tuple(params[name].shape)}")
+                        raise AutoPromptError(
+                            f"fine-tuned weight {name!r} has shape {tuple(value.shape)}, "
+                            f"the model's is {tuple(params[name].shape)}"
+                        )
                     saved[name] = params[name].detach().clone()
                     params[name].copy_(value.to(params[name].device, params[name].dtype))
             yield

@@ -15,8 +15,9 @@ after the mask cannot change a causal LM's scores, so only a fixed ``suffix`` fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,7 +43,7 @@ class GeneratedTemplate:
     span_tokens: list[str] = field(default_factory=list)
 
 
-def span_token_mask(harness: "Harness", ascii_only: bool = True) -> torch.Tensor:
+def span_token_mask(harness: Harness, ascii_only: bool = True) -> torch.Tensor:
     """Tokens a generated span may use: no special tokens, braces, angle brackets, newlines or tabs."""
     strings = token_strings(harness.tokenizer)
     vocab = harness.head.weight.shape[0]
@@ -71,8 +72,18 @@ class CausalTemplateGenerator:
         chunk: rows per output-layer chunk (memory bound: ``chunk × V`` floats).
     """
 
-    def __init__(self, harness: "Harness", *, beam: int = 32, max_span_tokens: int = 5, min_span_tokens: int = 1,
-                 context: str = "{text_a}", suffix: str = ".", ascii_only: bool = True, chunk: int = 256) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        *,
+        beam: int = 32,
+        max_span_tokens: int = 5,
+        min_span_tokens: int = 1,
+        context: str = "{text_a}",
+        suffix: str = ".",
+        ascii_only: bool = True,
+        chunk: int = 256,
+    ) -> None:
         if harness.kind != "causal":
             raise AutoPromptError(f"CausalTemplateGenerator needs a causal LM, got a {harness.kind} model")
         if beam < 1 or max_span_tokens < 1 or not 0 <= min_span_tokens <= max_span_tokens:
@@ -111,8 +122,8 @@ class CausalTemplateGenerator:
         ids = torch.full((n, width), h.pad_id, dtype=torch.long)
         attn = torch.zeros((n, width), dtype=torch.long)
         for i, p in enumerate(prefixes):  # left padding: every row's next token sits at the end
-            ids[i, width - len(p):] = torch.tensor(p)
-            attn[i, width - len(p):] = 1
+            ids[i, width - len(p) :] = torch.tensor(p)
+            attn[i, width - len(p) :] = 1
         ids, attn = ids.to(dev), attn.to(dev)
         positions = (attn.cumsum(1) - 1).clamp_min(0)
         allowed = span_token_mask(h, self.ascii_only).to(dev)
@@ -134,8 +145,9 @@ class CausalTemplateGenerator:
                         text = self.template_text(hyp)
                         score = float(lm[b] + label[b])
                         if text not in finished or finished[text].score < score:
-                            finished[text] = GeneratedTemplate(text, score, "causal",
-                                                               h.tokenizer.convert_ids_to_tokens(list(hyp)))
+                            finished[text] = GeneratedTemplate(
+                                text, score, "causal", h.tokenizer.convert_ids_to_tokens(list(hyp))
+                            )
                 if step == self.max_span:
                     break
                 scores = (lm[:, None] + total).masked_fill(~allowed, float("-inf")).flatten()
@@ -155,15 +167,22 @@ class CausalTemplateGenerator:
 class Seq2SeqTemplateGenerator:
     """The paper's T5 generation: sentinel spans around the label word, one beam over all examples."""
 
-    def __init__(self, harness: "Harness", *, beam: int = 100, max_tokens: int = 20, ascii_only: bool = True,
-                 chunk: int = 256) -> None:
+    def __init__(
+        self, harness: Harness, *, beam: int = 100, max_tokens: int = 20, ascii_only: bool = True, chunk: int = 256
+    ) -> None:
         if harness.kind != "seq2seq":
             raise AutoPromptError(f"Seq2SeqTemplateGenerator needs a seq2seq (T5-style) model, got {harness.kind}")
         tok = harness.tokenizer
         self.sentinels = [tok.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(3)]
         if any(s is None or s == tok.unk_token_id for s in self.sentinels):
             raise AutoPromptError("the seq2seq tokenizer has no <extra_id_0..2> sentinel tokens (T5-style needed)")
-        self.harness, self.beam, self.max_tokens, self.ascii_only, self.chunk = harness, beam, max_tokens, ascii_only, chunk
+        self.harness, self.beam, self.max_tokens, self.ascii_only, self.chunk = (
+            harness,
+            beam,
+            max_tokens,
+            ascii_only,
+            chunk,
+        )
 
     def source(self, example: Example, word: str, fmt: str) -> str:
         """The T5 input for one example (sentence(s), sentinels, label word)."""
@@ -183,7 +202,7 @@ class Seq2SeqTemplateGenerator:
         body = list(tokens)
         cut = body.index(self.sentinels[1]) if self.sentinels[1] in body else len(body)
         x = tok.decode(body[:cut], skip_special_tokens=True).strip()
-        y = tok.decode(body[cut + 1:], skip_special_tokens=True).strip()
+        y = tok.decode(body[cut + 1 :], skip_special_tokens=True).strip()
         middle = " ".join(p for p in (x, "{mask}") if p)
         if y:
             middle += ("" if y[0] in ".,!?;:" else " ") + y
@@ -193,15 +212,18 @@ class Seq2SeqTemplateGenerator:
             return middle + " {text_a}"
         return "{text_a} " + middle + " {text_b}"
 
-    def generate(self, examples: Sequence[Example], verbalizer: Verbalizer, formats: Sequence[str] = ("after",),
-                 keep: int = 50) -> list[GeneratedTemplate]:
+    def generate(
+        self, examples: Sequence[Example], verbalizer: Verbalizer, formats: Sequence[str] = ("after",), keep: int = 50
+    ) -> list[GeneratedTemplate]:
         """Top templates over ``formats`` (each format keeps ``keep // len(formats)``, as the paper keeps beam/2)."""
         out: list[GeneratedTemplate] = []
         for fmt in formats:
             out.extend(self._generate(list(examples), verbalizer, fmt, max(1, keep // len(formats))))
         return sorted(out, key=lambda g: -g.score)
 
-    def _generate(self, examples: list[Example], verbalizer: Verbalizer, fmt: str, keep: int) -> list[GeneratedTemplate]:
+    def _generate(
+        self, examples: list[Example], verbalizer: Verbalizer, fmt: str, keep: int
+    ) -> list[GeneratedTemplate]:
         h, dev, tok = self.harness, self.harness.device, self.harness.tokenizer
         if not examples:
             raise AutoPromptError("template generation needs train examples")
@@ -217,15 +239,23 @@ class Seq2SeqTemplateGenerator:
         finished: dict[str, GeneratedTemplate] = {}
         with torch.inference_mode():
             enc_hidden = h.model.get_encoder()(input_ids=ids, attention_mask=attn).last_hidden_state
-            for step in range(self.max_tokens):
+            for _ in range(self.max_tokens):
                 total = torch.zeros(len(hyps), base.shape[0], device=dev)
                 rows = len(hyps) * n
                 for lo in range(0, rows, self.chunk):
                     r = torch.arange(lo, min(lo + self.chunk, rows), device=dev)
                     dec = torch.tensor([start + list(hyps[i]) for i in (r // n).tolist()], device=dev)
                     with h.autocast():
-                        logits = h.model(encoder_outputs=(enc_hidden[r % n],), attention_mask=attn[r % n],
-                                         decoder_input_ids=dec, use_cache=False).logits[:, -1].float()
+                        logits = (
+                            h.model(
+                                encoder_outputs=(enc_hidden[r % n],),
+                                attention_mask=attn[r % n],
+                                decoder_input_ids=dec,
+                                use_cache=False,
+                            )
+                            .logits[:, -1]
+                            .float()
+                        )
                     total.index_add_(0, r // n, torch.log_softmax(logits, dim=-1))
                 scores = lm[:, None] + total
                 for b, hyp in enumerate(hyps):

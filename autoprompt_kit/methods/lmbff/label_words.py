@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,20 +35,20 @@ EXHAUSTIVE_LIMIT = 20_000
 @dataclass
 class LabelWordSearchResult:
     verbalizer: Verbalizer
-    per_class: list[list[str]]                       # the top-k candidate words of each class
-    ranked: list[dict[str, Any]]                     # assignments: words, train_accuracy, dev_accuracy
-    strategy: str = "exhaustive"                     # how assignments were searched: exhaustive or beam
-    scored: int = 0                                  # assignments (full or partial) scored on train
-    seconds: float = 0.0                             # the assignment search alone (after the (N, V) pass)
+    per_class: list[list[str]]  # the top-k candidate words of each class
+    ranked: list[dict[str, Any]]  # assignments: words, train_accuracy, dev_accuracy
+    strategy: str = "exhaustive"  # how assignments were searched: exhaustive or beam
+    scored: int = 0  # assignments (full or partial) scored on train
+    seconds: float = 0.0  # the assignment search alone (after the (N, V) pass)
 
 
 @dataclass
 class AssignmentSearch:
     """Assignments of one candidate per class, best first (indices into each class's candidates)."""
 
-    combos: torch.Tensor                             # (M, C) long: column c indexes class c's candidates
-    accuracy: torch.Tensor                           # (M,) zero-shot train accuracy
-    margin: torch.Tensor                             # (M,) mean gold-class margin (the tie-break)
+    combos: torch.Tensor  # (M, C) long: column c indexes class c's candidates
+    accuracy: torch.Tensor  # (M,) zero-shot train accuracy
+    margin: torch.Tensor  # (M,) mean gold-class margin (the tie-break)
     strategy: str
     scored: int
 
@@ -57,7 +58,7 @@ class _AssignmentScorer:
     of the candidate words (one column block per class), optionally restricted to a class subset."""
 
     def __init__(self, cand_lp: torch.Tensor, labels: np.ndarray, num: int, k: int) -> None:
-        self.lp = cand_lp.float()                    # (N, C*k)
+        self.lp = cand_lp.float()  # (N, C*k)
         self.labels = torch.tensor(np.array(labels, dtype=np.int64))
         self.num, self.k = num, k
         self.scored = 0
@@ -67,11 +68,11 @@ class _AssignmentScorer:
         c = combos.shape[1] if classes is None else classes
         keep = self.labels < c
         lp, gold = self.lp[keep], self.labels[keep]
-        cols = combos[:, :c] + torch.arange(c)[None] * self.k          # (M, c) columns of lp
+        cols = combos[:, :c] + torch.arange(c)[None] * self.k  # (M, c) columns of lp
         accs, margins = [], []
-        step = max(1, 4_000_000 // max(1, len(gold) * c))             # bound the (N, m, c) block's memory
+        step = max(1, 4_000_000 // max(1, len(gold) * c))  # bound the (N, m, c) block's memory
         for lo in range(0, len(cols), step):
-            scores = lp[:, cols[lo:lo + step]]                           # (N, m, c)
+            scores = lp[:, cols[lo : lo + step]]  # (N, m, c)
             acc = (scores.argmax(-1) == gold[:, None]).float().mean(0)
             gold_s = scores.gather(2, gold[:, None, None].expand(-1, scores.shape[1], 1)).squeeze(2)
             is_gold = torch.nn.functional.one_hot(gold, c).bool()[:, None, :]
@@ -95,9 +96,17 @@ def _distinct(cand: torch.Tensor, combos: torch.Tensor) -> torch.Tensor:
     return (ids[:, 1:] != ids[:, :-1]).all(dim=1) if combos.shape[1] > 1 else torch.ones(len(combos), dtype=torch.bool)
 
 
-def search_assignments(cand_lp: torch.Tensor, labels: np.ndarray, cand: torch.Tensor, keep: int, *,
-                       strategy: str = "auto", beam: int = 100, exhaustive_limit: int = EXHAUSTIVE_LIMIT,
-                       max_combinations: int = 200_000) -> AssignmentSearch:
+def search_assignments(
+    cand_lp: torch.Tensor,
+    labels: np.ndarray,
+    cand: torch.Tensor,
+    keep: int,
+    *,
+    strategy: str = "auto",
+    beam: int = 100,
+    exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+    max_combinations: int = 200_000,
+) -> AssignmentSearch:
     """The ``keep`` best assignments (one distinct candidate word per class) by zero-shot accuracy.
 
     Args:
@@ -118,14 +127,16 @@ def search_assignments(cand_lp: torch.Tensor, labels: np.ndarray, cand: torch.Te
     if beam < 1:
         raise AutoPromptError(f"label_beam must be at least 1, got {beam}")
     num, k = cand.shape
-    total = k ** num
+    total = k**num
     if strategy == "auto":
         strategy = "exhaustive" if total <= exhaustive_limit else "beam"
     score = _AssignmentScorer(cand_lp, labels, num, k)
     if strategy == "exhaustive":
         if total > max_combinations:
-            raise AutoPromptError(f"exhaustive label-word search would score {total:,} assignments ({k}^{num}), more "
-                                  f"than {max_combinations:,}; use label_search_strategy: beam (or auto), or lower k")
+            raise AutoPromptError(
+                f"exhaustive label-word search would score {total:,} assignments ({k}^{num}), more "
+                f"than {max_combinations:,}; use label_search_strategy: beam (or auto), or lower k"
+            )
         combos = torch.cartesian_prod(*[torch.arange(k)] * num).reshape(-1, num)
         combos = combos[_distinct(cand, combos)]
         if len(combos) == 0:
@@ -147,8 +158,15 @@ def search_assignments(cand_lp: torch.Tensor, labels: np.ndarray, cand: torch.Te
     return AssignmentSearch(combos[order], acc[order], margin[order], strategy, score.scored)
 
 
-def _polish(start: torch.Tensor, score: _AssignmentScorer, cand: torch.Tensor, pool: torch.Tensor,
-            pool_acc: torch.Tensor, pool_margin: torch.Tensor, sweeps: int = 3) -> torch.Tensor:
+def _polish(
+    start: torch.Tensor,
+    score: _AssignmentScorer,
+    cand: torch.Tensor,
+    pool: torch.Tensor,
+    pool_acc: torch.Tensor,
+    pool_margin: torch.Tensor,
+    sweeps: int = 3,
+) -> torch.Tensor:
     """Coordinate ascent from each of ``start``: swap one class's word for the best alternative
     while that raises (accuracy, margin); returns ``pool`` plus the improved assignments, deduplicated."""
     num, k = cand.shape
@@ -165,18 +183,30 @@ def _polish(start: torch.Tensor, score: _AssignmentScorer, cand: torch.Tensor, p
                 acc, margin = score(trials)
                 top = int(_rank(trials, acc, margin)[0])
                 if (float(acc[top]), float(margin[top])) > (float(best[0][0]), float(best[1][0])):
-                    current, best, moved = trials[top].clone(), (acc[top:top + 1], margin[top:top + 1]), True
+                    current, best, moved = trials[top].clone(), (acc[top : top + 1], margin[top : top + 1]), True
             if not moved:
                 break
         found.append(current[None])
     return torch.unique(torch.cat(found), dim=0)
 
 
-def label_word_search(harness: "Harness", train: Split, dev: Split, template: Template | str,
-                      label_names: Sequence[str], *, k: int = 20, n_assignments: int = 10,
-                      candidates: str = "contrastive", pool: int = 1000, lowercase_only: bool = True,
-                      strategy: str = "auto", beam: int = 100, exhaustive_limit: int = EXHAUSTIVE_LIMIT,
-                      max_combinations: int = 200_000) -> LabelWordSearchResult:
+def label_word_search(
+    harness: Harness,
+    train: Split,
+    dev: Split,
+    template: Template | str,
+    label_names: Sequence[str],
+    *,
+    k: int = 20,
+    n_assignments: int = 10,
+    candidates: str = "contrastive",
+    pool: int = 1000,
+    lowercase_only: bool = True,
+    strategy: str = "auto",
+    beam: int = 100,
+    exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+    max_combinations: int = 200_000,
+) -> LabelWordSearchResult:
     """LM-BFF's automatic label words with a fixed template.
 
     Candidates per class (``k`` whole-word tokens):
@@ -207,9 +237,11 @@ def label_word_search(harness: "Harness", train: Split, dev: Split, template: Te
     if missing:
         raise AutoPromptError(f"label-word search: no train example of class(es) {missing}")
     vocab = harness.head.weight.shape[0]
-    usable = word_token_mask(harness.tokenizer, vocab, word_initial=True, alphabetic=True, lowercase_only=lowercase_only)
+    usable = word_token_mask(
+        harness.tokenizer, vocab, word_initial=True, alphabetic=True, lowercase_only=lowercase_only
+    )
     strings = token_strings(harness.tokenizer)
-    lp_train = harness.mask_logprobs(train, template, reduce=None)          # (N, V): small, few-shot
+    lp_train = harness.mask_logprobs(train, template, reduce=None)  # (N, V): small, few-shot
     if candidates == "contrastive":
         overall = lp_train.exp().mean(dim=0).masked_fill(~usable, 0.0)
         keep = torch.zeros_like(usable)
@@ -222,20 +254,39 @@ def label_word_search(harness: "Harness", train: Split, dev: Split, template: Te
         if candidates == "contrastive":
             score = score - lp_train[~in_class].mean(dim=0)
         per_class_ids.append(score.masked_fill(~usable, float("-inf")).topk(min(k, int(usable.sum()))).indices.tolist())
-    cand = torch.tensor(per_class_ids)                                       # (C, k)
+    cand = torch.tensor(per_class_ids)  # (C, k)
     start = time.perf_counter()
-    found = search_assignments(lp_train[:, cand.flatten()], labels, cand, n_assignments, strategy=strategy,
-                               beam=beam, exhaustive_limit=exhaustive_limit, max_combinations=max_combinations)
+    found = search_assignments(
+        lp_train[:, cand.flatten()],
+        labels,
+        cand,
+        n_assignments,
+        strategy=strategy,
+        beam=beam,
+        exhaustive_limit=exhaustive_limit,
+        max_combinations=max_combinations,
+    )
     seconds = time.perf_counter() - start
-    logger.info("label-word search: %s over %d^%d assignments, %d scored in %.2fs", found.strategy, cand.shape[1],
-                num, found.scored, seconds)
+    logger.info(
+        "label-word search: %s over %d^%d assignments, %d scored in %.2fs",
+        found.strategy,
+        cand.shape[1],
+        num,
+        found.scored,
+        seconds,
+    )
     dev_lp = harness.mask_logprobs(dev, template, reduce=None)[:, cand.flatten()]
     dev_acc, _ = _AssignmentScorer(dev_lp, dev.labels, num, cand.shape[1])(found.combos)
     ranked: list[dict[str, Any]] = []
     for j in range(len(found.combos)):
         words = [word_of(strings[int(cand[c, int(found.combos[j, c])])])[0] for c in range(num)]
-        ranked.append({"words": dict(zip(label_names, words)), "train_accuracy": float(found.accuracy[j]),
-                       "dev_accuracy": float(dev_acc[j])})
+        ranked.append(
+            {
+                "words": dict(zip(label_names, words)),
+                "train_accuracy": float(found.accuracy[j]),
+                "dev_accuracy": float(dev_acc[j]),
+            }
+        )
     ranked.sort(key=lambda r: (-r["dev_accuracy"], -r["train_accuracy"]))
     per_class = [[word_of(strings[i])[0] for i in ids] for ids in per_class_ids]
     best = Verbalizer.from_words({name: [w] for name, w in ranked[0]["words"].items()})

@@ -43,5 +43,15 @@ from .head import INFERENCE, SMALL_CLASS, ProtoSettings, PrototypeHead
 from .searcher import ProtoVerbSearcher
 from .training import Clustering, cluster_mask_embeddings, prototype_words, train_prototypes
 
-__all__ = ["INFERENCE", "SMALL_CLASS", "Clustering", "ProtoSettings", "ProtoVerbConfig", "ProtoVerbSearcher",
-           "PrototypeHead", "cluster_mask_embeddings", "prototype_words", "train_prototypes"]
+__all__ = [
+    "INFERENCE",
+    "SMALL_CLASS",
+    "Clustering",
+    "ProtoSettings",
+    "ProtoVerbConfig",
+    "ProtoVerbSearcher",
+    "PrototypeHead",
+    "cluster_mask_embeddings",
+    "prototype_words",
+    "train_prototypes",
+]

@@ -14,9 +14,13 @@ from .head import ProtoSettings
 
 @dataclass
 class ProtoVerbConfig(SearchConfig):
-    template: str = field(default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt template"})
-    label_words: dict[str, Any] = field(default_factory=dict, metadata={"role": "label_words", 
-        "help": "the manual verbalizer (label → words), used by combined inference"})
+    template: str = field(
+        default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt template"}
+    )
+    label_words: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"role": "label_words", "help": "the manual verbalizer (label → words), used by combined inference"},
+    )
     calibration: str = field(default="none", metadata={"help": "the manual verbalizer's calibration"})
     proj_dim: list[int] = choice([64], help="choices: projection size")
     prototypes_per_class: list[int] = choice([1], help="choices: K per class")
@@ -27,8 +31,10 @@ class ProtoVerbConfig(SearchConfig):
     steps: int = field(default=100, metadata={"help": "optimisation steps (batches of batch_size)"})
     lr: float = field(default=0.01, metadata={"help": "learning rate (Adam)"})
     batch_size: int = field(default=64, metadata={"help": "examples per step"})
-    on_small_class: str = field(default="reduce", metadata={
-        "help": "a class with fewer examples than K: reduce (one prototype per example) or error"})
+    on_small_class: str = field(
+        default="reduce",
+        metadata={"help": "a class with fewer examples than K: reduce (one prototype per example) or error"},
+    )
     top_words: int = field(default=10, metadata={"help": "words shown per prototype"})
 
     def __post_init__(self) -> None:
@@ -42,13 +48,20 @@ class ProtoVerbConfig(SearchConfig):
         if self.top_words < 1:
             raise AutoPromptError("top_words must be at least 1")
 
-
     def check_point(self, point: dict[str, Any]) -> None:
         self.settings(point)
 
     def settings(self, point: dict[str, Any]) -> ProtoSettings:
         """The head's settings for one trial's parameters."""
-        return ProtoSettings(proj_dim=point["proj_dim"], prototypes_per_class=point["prototypes_per_class"],
-                             temperature=point["temperature"], instance_weight=point["instance_weight"],
-                             inference=point["inference"], steps=self.steps, lr=self.lr, batch_size=self.batch_size,
-                             manual_weight=self.manual_weight, on_small_class=self.on_small_class)
+        return ProtoSettings(
+            proj_dim=point["proj_dim"],
+            prototypes_per_class=point["prototypes_per_class"],
+            temperature=point["temperature"],
+            instance_weight=point["instance_weight"],
+            inference=point["inference"],
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            manual_weight=self.manual_weight,
+            on_small_class=self.on_small_class,
+        )

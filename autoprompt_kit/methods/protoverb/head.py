@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -65,8 +66,17 @@ class PrototypeHead(nn.Module):
     manual_mean: torch.Tensor
     manual_std: torch.Tensor
 
-    def __init__(self, hidden_size: int, proj_dim: int, prototype_labels: Sequence[int], num_classes: int, *,
-                 temperature: float = 0.1, inference: str = "combined", manual_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        proj_dim: int,
+        prototype_labels: Sequence[int],
+        num_classes: int,
+        *,
+        temperature: float = 0.1,
+        inference: str = "combined",
+        manual_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         labels = torch.tensor(list(prototype_labels), dtype=torch.long)
         if sorted(set(labels.tolist())) != list(range(num_classes)):
@@ -123,11 +133,18 @@ class PrototypeHead(nn.Module):
             self.proto_std.copy_(proto.std(0).clamp_min(1e-6) if len(proto) > 1 else torch.ones_like(self.proto_std))
             if manual is not None:
                 self.manual_mean.copy_(manual.float().mean(0))
-                self.manual_std.copy_(manual.float().std(0).clamp_min(1e-6) if len(manual) > 1
-                                      else torch.ones_like(self.manual_std))
+                self.manual_std.copy_(
+                    manual.float().std(0).clamp_min(1e-6) if len(manual) > 1 else torch.ones_like(self.manual_std)
+                )
 
-    def evaluate(self, harness: "Harness", split: "Split", template: Template | str, verbalizer: Verbalizer,
-                 label_names: Sequence[str] | None = None) -> "EvalResult":
+    def evaluate(
+        self,
+        harness: Harness,
+        split: Split,
+        template: Template | str,
+        verbalizer: Verbalizer,
+        label_names: Sequence[str] | None = None,
+    ) -> EvalResult:
         """Accuracy / macro-F1 on a split: one harness pass (word scores + mask hidden states)."""
         from ...harness import EvalResult
 
@@ -139,18 +156,31 @@ class PrototypeHead(nn.Module):
         assert out.hidden is not None
         manual = verbalizer.class_logprobs(out.word_logprobs.float())
         with torch.no_grad():
-            class_lp = self.class_logprobs(out.hidden.float().to(self.prototypes.device), manual.to(self.prototypes.device))
+            class_lp = self.class_logprobs(
+                out.hidden.float().to(self.prototypes.device), manual.to(self.prototypes.device)
+            )
         labels = np.array([e.label for e in split])
-        return EvalResult.from_class_logprobs(class_lp, labels, word_logprobs=out.word_logprobs.float(),
-                                              num_classes=self.num_classes, seconds=time.perf_counter() - start,
-                                              template=template.display(),
-                                              extra={"manual_class_logprobs": manual.cpu().numpy()})
+        return EvalResult.from_class_logprobs(
+            class_lp,
+            labels,
+            word_logprobs=out.word_logprobs.float(),
+            num_classes=self.num_classes,
+            seconds=time.perf_counter() - start,
+            template=template.display(),
+            extra={"manual_class_logprobs": manual.cpu().numpy()},
+        )
 
     # -- saving -------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
-        return {"hidden_size": self.proj.in_features, "proj_dim": self.proj.out_features,
-                "prototype_labels": self.prototype_labels.tolist(), "num_classes": self.num_classes,
-                "temperature": self.temperature, "inference": self.inference, "manual_weight": self.manual_weight}
+        return {
+            "hidden_size": self.proj.in_features,
+            "proj_dim": self.proj.out_features,
+            "prototype_labels": self.prototype_labels.tolist(),
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+            "inference": self.inference,
+            "manual_weight": self.manual_weight,
+        }
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -163,36 +193,55 @@ class PrototypeHead(nn.Module):
         return self._tensors()
 
     @classmethod
-    def from_saved(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "PrototypeHead":
+    def from_saved(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PrototypeHead:
         """Rebuild from :meth:`head_config` and :meth:`head_tensors` (a saved prompt's head)."""
-        needed = ("hidden_size", "proj_dim", "prototype_labels", "num_classes", "temperature", "inference",
-                  "manual_weight")
+        needed = (
+            "hidden_size",
+            "proj_dim",
+            "prototype_labels",
+            "num_classes",
+            "temperature",
+            "inference",
+            "manual_weight",
+        )
         missing = [k for k in needed if k not in config]
         if missing:
             raise AutoPromptError(f"the saved ProtoVerb head's config lacks {', '.join(missing)}")
         try:
             return cls._build(config, tensors)
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise AutoPromptError(f"the saved ProtoVerb head does not match its config: {str(exc).splitlines()[0][:200]}") from None
+            raise AutoPromptError(
+                f"the saved ProtoVerb head does not match its config: {str(exc).splitlines()[0][:200]}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": "protoverb", "config": …, "safetensors_b64": …}`` — JSON-safe, re-loadable."""
         from safetensors.torch import save
 
-        return {"kind": "protoverb", "config": self._meta(),
-                "safetensors_b64": base64.b64encode(save(self._tensors())).decode("ascii")}
+        return {
+            "kind": "protoverb",
+            "config": self._meta(),
+            "safetensors_b64": base64.b64encode(save(self._tensors())).decode("ascii"),
+        }
 
     @classmethod
-    def _build(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "PrototypeHead":
-        head = cls(meta["hidden_size"], meta["proj_dim"], meta["prototype_labels"], meta["num_classes"],
-                   temperature=meta["temperature"], inference=meta["inference"], manual_weight=meta["manual_weight"])
+    def _build(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PrototypeHead:
+        head = cls(
+            meta["hidden_size"],
+            meta["proj_dim"],
+            meta["prototype_labels"],
+            meta["num_classes"],
+            temperature=meta["temperature"],
+            inference=meta["inference"],
+            manual_weight=meta["manual_weight"],
+        )
         tensors = dict(tensors)
         tensors["prototype_labels"] = tensors["prototype_labels"].long()
         head.load_state_dict(tensors)
         return head
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrototypeHead":
+    def from_dict(cls, data: dict[str, Any]) -> PrototypeHead:
         from safetensors.torch import load
 
         if data.get("kind") != "protoverb" or "config" not in data or "safetensors_b64" not in data:
@@ -210,7 +259,7 @@ class PrototypeHead(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "PrototypeHead":
+    def load(cls, folder: str | Path) -> PrototypeHead:
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -218,8 +267,9 @@ class PrototypeHead(nn.Module):
             raise AutoPromptError(f"{folder} has no protoverb.json + protoverb.safetensors")
         from ...io import load_json
 
-        return cls._build(load_json(folder / "protoverb.json", "prototype head"),
-                          load_file(str(folder / "protoverb.safetensors")))
+        return cls._build(
+            load_json(folder / "protoverb.json", "prototype head"), load_file(str(folder / "protoverb.safetensors"))
+        )
 
 
 HEADS[PrototypeHead.kind] = PrototypeHead

@@ -4,8 +4,9 @@ prototype stands for, and unsupervised clustering of mask states."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,14 +29,24 @@ def _kmeans(x: np.ndarray, k: int, seed: int, spherical: bool = True) -> tuple[n
     import faiss
 
     x = np.ascontiguousarray(x, dtype=np.float32)
-    km: Any = faiss.Kmeans(x.shape[1], k, niter=25, seed=seed, spherical=spherical, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=100000)
+    km: Any = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=25,
+        seed=seed,
+        spherical=spherical,
+        verbose=False,
+        min_points_per_centroid=1,
+        max_points_per_centroid=100000,
+    )
     km.train(x)
     _, assign = km.index.search(x, 1)
     return km.centroids.copy(), assign[:, 0]
 
 
-def _contrastive_losses(head: PrototypeHead, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _contrastive_losses(
+    head: PrototypeHead, hidden: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Instance–prototype InfoNCE and instance–instance supervised contrastive loss."""
     z = head.embed(hidden)
     sims = z @ nn.functional.normalize(head.prototypes, dim=-1).T / head.temperature  # (B, P)
@@ -60,9 +71,15 @@ def _label_tensor(labels: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Te
     return torch.as_tensor(list(labels), dtype=torch.long)
 
 
-def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int,
-                     settings: ProtoSettings, *, manual: torch.Tensor | None = None,
-                     seed: int = 0) -> tuple[PrototypeHead, list[dict[str, float]]]:
+def train_prototypes(
+    hidden: torch.Tensor,
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    num_classes: int,
+    settings: ProtoSettings,
+    *,
+    manual: torch.Tensor | None = None,
+    seed: int = 0,
+) -> tuple[PrototypeHead, list[dict[str, float]]]:
     """Train a :class:`PrototypeHead` on mask hidden states ``(N, d)`` of labelled examples.
 
     Returns the head (z-score statistics fitted on the same examples) and the loss history.
@@ -79,14 +96,22 @@ def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | np.ndarray | 
     for c, n in enumerate(counts):
         if n < k:
             if settings.on_small_class == "error":
-                raise AutoPromptError(f"ProtoVerb: class {c} has {n} training examples, fewer than "
-                                      f"prototypes_per_class={k} (set on_small_class: reduce to use {n})")
+                raise AutoPromptError(
+                    f"ProtoVerb: class {c} has {n} training examples, fewer than "
+                    f"prototypes_per_class={k} (set on_small_class: reduce to use {n})"
+                )
             logger.warning("ProtoVerb: class %d has %d examples < %d prototypes; using %d", c, n, k, n)
         per_class.append(min(n, k))
     proto_labels = [c for c, m in enumerate(per_class) for _ in range(m)]
-    head = PrototypeHead(hidden.shape[1], settings.proj_dim, proto_labels, num_classes,
-                         temperature=settings.temperature, inference=settings.inference,
-                         manual_weight=settings.manual_weight)
+    head = PrototypeHead(
+        hidden.shape[1],
+        settings.proj_dim,
+        proto_labels,
+        num_classes,
+        temperature=settings.temperature,
+        inference=settings.inference,
+        manual_weight=settings.manual_weight,
+    )
     with torch.no_grad():
         head.input_mean.copy_(hidden.mean(0))
         head.input_std.copy_(hidden.std(0).clamp_min(1e-6) if len(hidden) > 1 else torch.ones(hidden.shape[1]))
@@ -107,14 +132,20 @@ def train_prototypes(hidden: torch.Tensor, labels: Sequence[int] | np.ndarray | 
         loss.backward()
         opt.step()
         if step % 10 == 0 or step == settings.steps - 1:
-            history.append({"step": step, "loss": float(loss.detach()), "proto": float(proto_loss.detach()),
-                            "instance": float(inst_loss.detach())})
+            history.append(
+                {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "proto": float(proto_loss.detach()),
+                    "instance": float(inst_loss.detach()),
+                }
+            )
     head.eval()
     head.fit_statistics(hidden, manual)
     return head, history
 
 
-def _word_index(harness: "Harness", projection: nn.Linear | None) -> tuple[Any, list[int]]:
+def _word_index(harness: Harness, projection: nn.Linear | None) -> tuple[Any, list[int]]:
     """faiss inner-product index over the output embeddings of the vocabulary's word tokens
     (projected and normalised when ``projection`` is given) and the token id of each row."""
     import faiss
@@ -129,7 +160,7 @@ def _word_index(harness: "Harness", projection: nn.Linear | None) -> tuple[Any, 
     return index, ids.tolist()
 
 
-def _words(harness: "Harness", index: Any, ids: list[int], queries: np.ndarray, k: int) -> list[list[str]]:
+def _words(harness: Harness, index: Any, ids: list[int], queries: np.ndarray, k: int) -> list[list[str]]:
     from ...models.vocab import token_strings, word_of
 
     strings = token_strings(harness.tokenizer)
@@ -137,8 +168,13 @@ def _words(harness: "Harness", index: Any, ids: list[int], queries: np.ndarray, 
     return [[word_of(strings[ids[j]])[0] for j in row if j >= 0] for row in found]
 
 
-def prototype_words(harness: "Harness", head: PrototypeHead, hidden: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor,
-                    k: int = 10) -> list[dict[str, Any]]:
+def prototype_words(
+    harness: Harness,
+    head: PrototypeHead,
+    hidden: torch.Tensor,
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    k: int = 10,
+) -> list[dict[str, Any]]:
     """Interpret each prototype: its nearest words in the projected space, and the distinctive words
     of the training instances nearest to it (see the module docstring). One dict per prototype."""
     y = _label_tensor(labels)
@@ -158,8 +194,16 @@ def prototype_words(harness: "Harness", head: PrototypeHead, hidden: torch.Tenso
         centroids.append(members.mean(0) if len(members) else hidden.mean(0))
     raw_index, raw_ids = _word_index(harness, None)
     predicted = _words(harness, raw_index, raw_ids, (torch.stack(centroids) - hidden.mean(0)).numpy(), k)
-    return [{"prototype": p, "class": int(head.prototype_labels[p]), "members": sizes[p], "nearest_words": near[p],
-             "distinctive_words": predicted[p] if sizes[p] else []} for p in range(len(protos))]
+    return [
+        {
+            "prototype": p,
+            "class": int(head.prototype_labels[p]),
+            "members": sizes[p],
+            "nearest_words": near[p],
+            "distinctive_words": predicted[p] if sizes[p] else [],
+        }
+        for p in range(len(protos))
+    ]
 
 
 @dataclass
@@ -178,8 +222,16 @@ class Clustering:
         return out
 
 
-def cluster_mask_embeddings(harness: "Harness", split: "Split", template: Template | str, k: int, *,
-                            seed: int = 0, top_words: int = 10, hidden: torch.Tensor | None = None) -> Clustering:
+def cluster_mask_embeddings(
+    harness: Harness,
+    split: Split,
+    template: Template | str,
+    k: int,
+    *,
+    seed: int = 0,
+    top_words: int = 10,
+    hidden: torch.Tensor | None = None,
+) -> Clustering:
     """Cluster unlabelled mask hidden states into ``k`` groups (faiss spherical k-means on the
     standardised states); each cluster's words are those its mean state raises most relative to the
     mean of all states (the logit difference, through the output embeddings).
@@ -195,8 +247,9 @@ def cluster_mask_embeddings(harness: "Harness", split: "Split", template: Templa
         raise AutoPromptError(f"cannot make {k} clusters from {len(hidden)} examples")
     standard = (hidden - hidden.mean(0)) / hidden.std(0).clamp_min(1e-6)
     _, assign = _kmeans(nn.functional.normalize(standard, dim=-1).numpy(), k, seed)
-    means = torch.stack([hidden[torch.from_numpy(assign == c)].mean(0) if (assign == c).any()
-                         else hidden.mean(0) for c in range(k)])
+    means = torch.stack(
+        [hidden[torch.from_numpy(assign == c)].mean(0) if (assign == c).any() else hidden.mean(0) for c in range(k)]
+    )
     index, ids = _word_index(harness, None)
     words = _words(harness, index, ids, (means - hidden.mean(0)).numpy(), top_words)
     labels = np.array([e.label for e in split])

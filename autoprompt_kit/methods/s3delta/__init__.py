@@ -31,10 +31,39 @@ dashboard. Training always runs through ``Harness.train`` with the template and 
 
 from .config import GATE_COSTS, GATE_OPTIMIZERS, KIND_TARGETS, LINEAR, STRATEGIES, S3DeltaConfig
 from .searcher import S3DeltaSearcher
-from .structure_search import (GateController, S3DeltaResult, blackbox_structure, budget_params, check_budget,
-                               describe_budget, group_of, s3delta_search, search_space, select_within_budget,
-                               solve_shift, train_structure)
+from .structure_search import (
+    GateController,
+    S3DeltaResult,
+    blackbox_structure,
+    budget_params,
+    check_budget,
+    describe_budget,
+    group_of,
+    s3delta_search,
+    search_space,
+    select_within_budget,
+    solve_shift,
+    train_structure,
+)
 
-__all__ = ["GATE_COSTS", "GATE_OPTIMIZERS", "KIND_TARGETS", "LINEAR", "STRATEGIES", "GateController", "S3DeltaConfig",
-           "S3DeltaResult", "S3DeltaSearcher", "blackbox_structure", "budget_params", "check_budget", "describe_budget",
-           "group_of", "s3delta_search", "search_space", "select_within_budget", "solve_shift", "train_structure"]
+__all__ = [
+    "GATE_COSTS",
+    "GATE_OPTIMIZERS",
+    "KIND_TARGETS",
+    "LINEAR",
+    "STRATEGIES",
+    "GateController",
+    "S3DeltaConfig",
+    "S3DeltaResult",
+    "S3DeltaSearcher",
+    "blackbox_structure",
+    "budget_params",
+    "check_budget",
+    "describe_budget",
+    "group_of",
+    "s3delta_search",
+    "search_space",
+    "select_within_budget",
+    "solve_shift",
+    "train_structure",
+]

@@ -23,45 +23,76 @@ class S3DeltaConfig(SearchConfig):
     """Search space and schedule of S3Delta. List values are sampled per trial by the study."""
 
     method: str = "s3delta"
-    template: str = field(default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt the delta is trained with"})
+    template: str = field(
+        default="{text_a} It was {mask}.", metadata={"role": "template", "help": "the prompt the delta is trained with"}
+    )
     label_words: dict[str, list[str]] = field(
         default_factory=lambda: {"negative": ["terrible"], "positive": ["great"]},
-        metadata={"role": "label_words", "help": "verbalizer: label → words"})
+        metadata={"role": "label_words", "help": "verbalizer: label → words"},
+    )
     strategy: str = field(default="differentiable", metadata={"help": "differentiable (bi-level) or blackbox (TPE)"})
-    budget_percent: float = field(default=0.01, metadata={
-        "help": "trainable parameters as a percentage of the backbone (0.01 = 0.01%)"})
-    lora_targets: list[str] = field(default_factory=lambda: list(LINEAR), metadata={
-        "help": "module patterns that get a LoRA candidate"})
-    bitfit_targets: list[str] = field(default_factory=list, metadata={
-        "help": "module patterns that get a BitFit candidate (off by default: new biases on Gemma diverge at "
-                "the shared learning rate — measured 0.58 on MR)"})
-    ln_targets: list[str] = field(default_factory=lambda: [r".*layers\.\d+\..*norm"], metadata={
-        "help": "norm patterns that get a LayerNorm-tuning candidate"})
-    adapter_targets: list[str] = field(default_factory=lambda: ["self_attn.o_proj", "mlp.down_proj"], metadata={
-        "help": "outputs (after attention / after FFN) that get an adapter candidate"})
+    budget_percent: float = field(
+        default=0.01, metadata={"help": "trainable parameters as a percentage of the backbone (0.01 = 0.01%)"}
+    )
+    lora_targets: list[str] = field(
+        default_factory=lambda: list(LINEAR), metadata={"help": "module patterns that get a LoRA candidate"}
+    )
+    bitfit_targets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "module patterns that get a BitFit candidate (off by default: new biases on Gemma diverge at "
+            "the shared learning rate — measured 0.58 on MR)"
+        },
+    )
+    ln_targets: list[str] = field(
+        default_factory=lambda: [r".*layers\.\d+\..*norm"],
+        metadata={"help": "norm patterns that get a LayerNorm-tuning candidate"},
+    )
+    adapter_targets: list[str] = field(
+        default_factory=lambda: ["self_attn.o_proj", "mlp.down_proj"],
+        metadata={"help": "outputs (after attention / after FFN) that get an adapter candidate"},
+    )
     lora_rank: int = field(default=1, metadata={"help": "rank of each LoRA candidate (paper: 1)"})
     adapter_bottleneck: int = field(default=1, metadata={"help": "bottleneck of each adapter candidate"})
-    warmup_epochs: int = field(default=2, metadata={
-        "help": "epochs of training the module weights before the gates move (every delta starts at zero, "
-                "so a gate has no gradient until its module has learnt something)"})
+    warmup_epochs: int = field(
+        default=2,
+        metadata={
+            "help": "epochs of training the module weights before the gates move (every delta starts at zero, "
+            "so a gate has no gradient until its module has learnt something)"
+        },
+    )
     search_epochs: int = field(default=6, metadata={"help": "epochs of the bi-level search over train"})
     epochs: int = field(default=6, metadata={"help": "epochs of re-training the found structure"})
     lr: float = field(default=5e-3, metadata={"help": "learning rate of the delta weights"})
     gate_lr: list[float] = choice([0.1], help="choices: learning rate of the gate logits")
-    gate_cost: list[str] = choice(["none"], help=(
-        "choices: none, or per_parameter: each gate's gradient divided by its module's size (relative to the "
-        "mean), so the gates rank value per parameter — the greedy knapsack order"))
-    gate_optimizer: str = field(default="normalized_sgd", metadata={
-        "help": "normalized_sgd (gradient / its RMS over all gates: keeps which gate matters more) or adam "
-                "(per-gate scaling: with few steps every helpful gate moves by the same lr)"})
+    gate_cost: list[str] = choice(
+        ["none"],
+        help=(
+            "choices: none, or per_parameter: each gate's gradient divided by its module's size (relative to the "
+            "mean), so the gates rank value per parameter — the greedy knapsack order"
+        ),
+    )
+    gate_optimizer: str = field(
+        default="normalized_sgd",
+        metadata={
+            "help": "normalized_sgd (gradient / its RMS over all gates: keeps which gate matters more) or adam "
+            "(per-gate scaling: with few steps every helpful gate moves by the same lr)"
+        },
+    )
     beta: float = field(default=1.0, metadata={"help": "sigmoid temperature of the shifted global sigmoid"})
     temperature: list[float] = choice([0.5], help="choices: relaxed-Bernoulli temperature")
     batch_size: int = field(default=8, metadata={"help": "examples per step (train and dev)"})
-    spaces: list[str] | None = field(default=None, metadata={
-        "help": "module kinds in the space, sampled per trial, each a '+'-joined subset of lora, bitfit, ln, "
-                "adapter (e.g. [lora+ln+adapter, lora+ln]); None: every kind whose *_targets list is given"})
-    layer_choices: list[str] = field(default_factory=lambda: ["all", "upper", "lower", "even"], metadata={
-        "help": "blackbox: which layers the switched-on groups cover"})
+    spaces: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "module kinds in the space, sampled per trial, each a '+'-joined subset of lora, bitfit, ln, "
+            "adapter (e.g. [lora+ln+adapter, lora+ln]); None: every kind whose *_targets list is given"
+        },
+    )
+    layer_choices: list[str] = field(
+        default_factory=lambda: ["all", "upper", "lower", "even"],
+        metadata={"help": "blackbox: which layers the switched-on groups cover"},
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -90,8 +121,9 @@ class S3DeltaConfig(SearchConfig):
         for space in self.spaces or []:
             kinds = space.split("+") if isinstance(space, str) else []
             if not kinds or any(k not in KIND_TARGETS for k in kinds):
-                raise AutoPromptError(f"spaces entries are '+'-joined module kinds from {sorted(KIND_TARGETS)}, "
-                                      f"got {space!r}")
+                raise AutoPromptError(
+                    f"spaces entries are '+'-joined module kinds from {sorted(KIND_TARGETS)}, got {space!r}"
+                )
             if not any(getattr(self, KIND_TARGETS[k]) for k in kinds):
                 raise AutoPromptError(f"space {space!r} is empty: none of its kinds has targets")
         if self.spaces is not None and not self.spaces:

@@ -5,14 +5,20 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ...artifact import Prompt
 from ...delta import Delta, DeltaState, count_parameters
 from ...errors import AutoPromptError
 from ...prompts import as_template
-from ...artifact import Prompt
 from ...search.base import SearchContext, Searcher, TrialOutcome, register
 from .config import S3DeltaConfig
-from .structure_search import (blackbox_structure, budget_params, check_budget, s3delta_search, search_space,
-                               train_structure)
+from .structure_search import (
+    blackbox_structure,
+    budget_params,
+    check_budget,
+    s3delta_search,
+    search_space,
+    train_structure,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -20,7 +26,8 @@ if TYPE_CHECKING:
 
 @register
 class S3DeltaSearcher(Searcher):
-    """One trial = one structure under the budget (found by bi-level search or sampled by TPE), re-trained and scored on dev."""
+    """One trial = one structure under the budget (found by bi-level search or sampled by TPE),
+    re-trained and scored on dev."""
 
     name = "s3delta"
     config_class = S3DeltaConfig
@@ -60,8 +67,18 @@ class S3DeltaSearcher(Searcher):
             cfg = cfg.restricted(info["space"])
         if cfg.strategy == "differentiable":
             gate_lr, temp, cost = point["gate_lr"], point["temperature"], point["gate_cost"]
-            found = s3delta_search(harness, task.train, task.dev, template, verbalizer, cfg, seed=seed,
-                                   gate_lr=gate_lr, temperature=temp, gate_cost=cost)
+            found = s3delta_search(
+                harness,
+                task.train,
+                task.dev,
+                template,
+                verbalizer,
+                cfg,
+                seed=seed,
+                gate_lr=gate_lr,
+                temperature=temp,
+                gate_cost=cost,
+            )
             structure = found.structure
             info["search_seconds"] = round(found.seconds, 2)
             info["candidates"] = found.candidates
@@ -76,9 +93,14 @@ class S3DeltaSearcher(Searcher):
         try:
             dev = harness.evaluate(task.dev, template, verbalizer)
             backbone = count_parameters(harness.model)
-            info.update(parameters=delta.num_parameters(), fraction=delta.num_parameters() / backbone,
-                        modules=len(structure), table=delta.table(harness), structure=structure,
-                        seconds=round(time.perf_counter() - start, 2))
+            info.update(
+                parameters=delta.num_parameters(),
+                fraction=delta.num_parameters() / backbone,
+                modules=len(structure),
+                table=delta.table(harness),
+                structure=structure,
+                seconds=round(time.perf_counter() - start, 2),
+            )
         finally:
             delta.detach()
         # The trained delta travels with the prompt: the backbone saves it with the trial.

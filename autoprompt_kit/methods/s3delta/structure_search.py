@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
 def search_space(harness: Any, config: S3DeltaConfig) -> list[dict[str, Any]]:
     """Every candidate entry (kind × module) of the space on this backbone."""
     specs = []
@@ -54,18 +55,24 @@ def budget_params(harness: Any, budget_percent: float) -> int:
 def check_budget(budget: int, sizes: Sequence[int]) -> None:
     """A clear error when no structure can meet the budget, or when it does not constrain anything."""
     if budget < min(sizes):
-        raise AutoPromptError(f"a budget of {budget:,} parameters fits no candidate: the smallest has {min(sizes):,} "
-                              "(raise budget_percent or add smaller candidates)")
+        raise AutoPromptError(
+            f"a budget of {budget:,} parameters fits no candidate: the smallest has {min(sizes):,} "
+            "(raise budget_percent or add smaller candidates)"
+        )
     if budget >= sum(sizes):
-        raise AutoPromptError(f"a budget of {budget:,} parameters covers the whole search space ({sum(sizes):,}); "
-                              "lower budget_percent or widen the space")
+        raise AutoPromptError(
+            f"a budget of {budget:,} parameters covers the whole search space ({sum(sizes):,}); "
+            "lower budget_percent or widen the space"
+        )
 
 
 def solve_shift(alpha: torch.Tensor, sizes: torch.Tensor, budget: float, beta: float = 1.0, iters: int = 100) -> float:
     """The shift ``b`` with ``Σ σ((α_i − b)/β)·c_i = budget`` (bisection; the sum decreases in ``b``)."""
     total = float(sizes.sum())
     if not 0 < budget < total:
-        raise AutoPromptError(f"the budget {budget:,.0f} must lie strictly between 0 and the space's {total:,.0f} parameters")
+        raise AutoPromptError(
+            f"the budget {budget:,.0f} must lie strictly between 0 and the space's {total:,.0f} parameters"
+        )
     a = alpha.detach().double()
     c = sizes.double()
     lo, hi = float(a.min()) - 60 * beta, float(a.max()) + 60 * beta
@@ -140,10 +147,18 @@ class S3DeltaResult:
     logits: list[float] = field(default_factory=list)
 
 
-def s3delta_search(harness: Harness, train: Split, dev: Split, template: Template | str,
-                   verbalizer: Verbalizer | dict[str, Any], config: S3DeltaConfig, seed: int = 0,
-                   gate_lr: float | None = None, temperature: float | None = None,
-                   gate_cost: str | None = None) -> S3DeltaResult:
+def s3delta_search(
+    harness: Harness,
+    train: Split,
+    dev: Split,
+    template: Template | str,
+    verbalizer: Verbalizer | dict[str, Any],
+    config: S3DeltaConfig,
+    seed: int = 0,
+    gate_lr: float | None = None,
+    temperature: float | None = None,
+    gate_cost: str | None = None,
+) -> S3DeltaResult:
     """Bi-level differentiable structure search; returns the structure (not trained)."""
     start = time.perf_counter()
     template = as_template(template)
@@ -154,15 +169,19 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     delta = Delta.from_structure(harness, entries)
     sizes = delta.module_parameters()
     check_budget(budget, sizes)
-    controller = GateController(sizes, budget, config.beta,
-                                float(temperature if temperature is not None else config.temperature[0]))
+    controller = GateController(
+        sizes, budget, config.beta, float(temperature if temperature is not None else config.temperature[0])
+    )
     controller.to(next(harness.model.parameters()).device)
     for i, module in enumerate(delta.deltas):
-        module.gate = (lambda i=i: controller.gate(i))
+        module.gate = lambda i=i: controller.gate(i)
     lr = float(gate_lr if gate_lr is not None else config.gate_lr[0])
     cost = gate_cost or config.gate_cost[0]
-    gate_opt = (torch.optim.Adam([controller.alpha], lr=lr) if config.gate_optimizer == "adam"
-                else torch.optim.SGD([controller.alpha], lr=lr))
+    gate_opt = (
+        torch.optim.Adam([controller.alpha], lr=lr)
+        if config.gate_optimizer == "adam"
+        else torch.optim.SGD([controller.alpha], lr=lr)
+    )
     dev_examples = list(dev)
     rng = np.random.default_rng(seed)
     history: list[dict[str, float]] = []
@@ -187,19 +206,43 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
             # matters more on dev moves further (Adam would move every consistent gate by lr).
             grad.div_(grad.pow(2).mean().sqrt().clamp_min(1e-12))
         gate_opt.step()
-        history.append({"step": step, "dev_loss": float(loss.detach()), "shift": controller.shift,
-                        "expected_params": controller.expected_parameters(), "gate_grad_norm": grad_norm})
+        history.append(
+            {
+                "step": step,
+                "dev_loss": float(loss.detach()),
+                "shift": controller.shift,
+                "expected_params": controller.expected_parameters(),
+                "gate_grad_norm": grad_norm,
+            }
+        )
 
     harness.input_hooks.insert(0, controller.resample)
     controller.sampling = True
     delta.attach(harness)
     try:
         if config.warmup_epochs > 0:
-            harness.train(train, template, verbalizer, delta.parameters(), epochs=config.warmup_epochs, lr=config.lr,
-                          batch_size=config.batch_size, seed=seed)
+            harness.train(
+                train,
+                template,
+                verbalizer,
+                delta.parameters(),
+                epochs=config.warmup_epochs,
+                lr=config.lr,
+                batch_size=config.batch_size,
+                seed=seed,
+            )
         if config.search_epochs > 0:
-            harness.train(train, template, verbalizer, delta.parameters(), epochs=config.search_epochs, lr=config.lr,
-                          batch_size=config.batch_size, seed=seed + 1, on_step=gate_step)
+            harness.train(
+                train,
+                template,
+                verbalizer,
+                delta.parameters(),
+                epochs=config.search_epochs,
+                lr=config.lr,
+                batch_size=config.batch_size,
+                seed=seed + 1,
+                on_step=gate_step,
+            )
     finally:
         delta.detach()
         controller.sampling = False
@@ -210,8 +253,17 @@ def s3delta_search(harness: Harness, train: Split, dev: Split, template: Templat
     structure = [entries[i] for i in chosen]
     used = sum(sizes[i] for i in chosen)
     table = structure_table(structure, [sizes[i] for i in chosen], count_parameters(harness.model))
-    return S3DeltaResult(structure, used, budget, probs, len(entries), table, time.perf_counter() - start, history,
-                         controller.alpha.detach().cpu().tolist())
+    return S3DeltaResult(
+        structure,
+        used,
+        budget,
+        probs,
+        len(entries),
+        table,
+        time.perf_counter() - start,
+        history,
+        controller.alpha.detach().cpu().tolist(),
+    )
 
 
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -220,22 +272,36 @@ _LAYER = re.compile(r"\.(\d+)\.")
 def group_of(entry: dict[str, Any]) -> tuple[str, int | None]:
     """``("lora:self_attn.q_proj", layer)`` — the switch group of an entry and its layer."""
     m = _LAYER.search(entry["target"])
-    position = entry["target"][m.end():] if m else entry["target"]
+    position = entry["target"][m.end() :] if m else entry["target"]
     return f"{entry['kind']}:{position}", int(m.group(1)) if m else None
 
 
-def blackbox_structure(trial: optuna.Trial, entries: list[dict[str, Any]], sizes: Sequence[int], budget: int,
-                       config: S3DeltaConfig, seed: int) -> list[int]:
+def blackbox_structure(
+    trial: optuna.Trial,
+    entries: list[dict[str, Any]],
+    sizes: Sequence[int],
+    budget: int,
+    config: S3DeltaConfig,
+    seed: int,
+) -> list[int]:
     """One TPE-sampled structure: group switches × a layer subset, repaired to the budget."""
     groups = sorted({group_of(e)[0] for e in entries})
     layers = sorted({g for e in entries if (g := group_of(e)[1]) is not None})
     on = {g for g in groups if suggest(trial, f"on[{g}]", [False, True])}
     layer_choice = suggest(trial, "layers", list(config.layer_choices))
     half = layers[len(layers) // 2] if layers else 0
-    keep_layer = {"all": lambda i: True, "upper": lambda i: i >= half, "lower": lambda i: i < half,
-                  "even": lambda i: i % 2 == 0, "odd": lambda i: i % 2 == 1}[layer_choice]
-    chosen = [i for i, e in enumerate(entries) if group_of(e)[0] in on
-              and (group_of(e)[1] is None or keep_layer(group_of(e)[1]))]
+    keep_layer = {
+        "all": lambda i: True,
+        "upper": lambda i: i >= half,
+        "lower": lambda i: i < half,
+        "even": lambda i: i % 2 == 0,
+        "odd": lambda i: i % 2 == 1,
+    }[layer_choice]
+    chosen = [
+        i
+        for i, e in enumerate(entries)
+        if group_of(e)[0] in on and (group_of(e)[1] is None or keep_layer(group_of(e)[1]))
+    ]
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(chosen))
     # Repair: drop random members until the structure fits the budget.
@@ -247,14 +313,29 @@ def blackbox_structure(trial: optuna.Trial, entries: list[dict[str, Any]], sizes
     return sorted(int(i) for i in order)
 
 
-def train_structure(harness: Harness, structure: list[dict[str, Any]], train: Split, template: Template,
-                    verbalizer: Verbalizer, config: S3DeltaConfig, seed: int) -> Delta:
+def train_structure(
+    harness: Harness,
+    structure: list[dict[str, Any]],
+    train: Split,
+    template: Template,
+    verbalizer: Verbalizer,
+    config: S3DeltaConfig,
+    seed: int,
+) -> Delta:
     """Re-train a structure from scratch (fresh initialisation); returns it attached."""
     torch.manual_seed(seed)
     delta = Delta.from_structure(harness, structure).attach(harness)
     try:
-        harness.train(train, template, verbalizer, delta.parameters(), epochs=config.epochs, lr=config.lr,
-                      batch_size=config.batch_size, seed=seed)
+        harness.train(
+            train,
+            template,
+            verbalizer,
+            delta.parameters(),
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            seed=seed,
+        )
     except BaseException:
         delta.detach()
         raise
@@ -265,6 +346,8 @@ def describe_budget(harness: Any, config: S3DeltaConfig) -> str:
     entries = search_space(harness, config)
     sizes = Delta.from_structure(harness, entries).module_parameters()
     budget = budget_params(harness, config.budget_percent)
-    return (f"{len(entries)} candidates, {sum(sizes):,} parameters in all; budget {budget:,} "
-            f"({config.budget_percent}% of {count_parameters(harness.model):,}); "
-            f"the space is {math.fsum(sizes) / max(1, budget):.1f}x the budget")
+    return (
+        f"{len(entries)} candidates, {sum(sizes):,} parameters in all; budget {budget:,} "
+        f"({config.budget_percent}% of {count_parameters(harness.model):,}); "
+        f"the space is {math.fsum(sizes) / max(1, budget):.1f}x the budget"
+    )

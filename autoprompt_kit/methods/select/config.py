@@ -12,13 +12,18 @@ from ...search.base import ENSEMBLE_WEIGHTINGS, SearchConfig, choice
 
 @dataclass
 class SelectConfig(SearchConfig):
-    templates: list[str] = field(default_factory=list, metadata={"role": "templates", "help": "manual templates to choose from"})
+    templates: list[str] = field(
+        default_factory=list, metadata={"role": "templates", "help": "manual templates to choose from"}
+    )
     label_words: list[dict[str, Any]] = field(
-        default_factory=list, metadata={"role": "label_word_sets", "help": "label-word sets: each maps every label to its word(s)"})
+        default_factory=list,
+        metadata={"role": "label_word_sets", "help": "label-word sets: each maps every label to its word(s)"},
+    )
     calibration: list[str] = choice(["none"], help="none and/or content_free")
     aggregation: str = field(default="mean", metadata={"help": "how a class's words combine"})
     ensembles: list[str] = field(
-        default_factory=list, metadata={"help": "also try the ensemble of all templates: uniform and/or dev"})
+        default_factory=list, metadata={"help": "also try the ensemble of all templates: uniform and/or dev"}
+    )
 
     @classmethod
     def task_defaults(cls, task: Any) -> dict[str, Any]:
@@ -35,8 +40,11 @@ class SelectConfig(SearchConfig):
             if not isinstance(words, dict):
                 raise AutoPromptError(f"each label-word set must map labels to words, got {words!r}")
             for calibration in self.calibration:
-                Verbalizer.from_words(words, aggregation=self.aggregation,
-                                      calibration=calibration if calibration in CALIBRATIONS else "none")
+                Verbalizer.from_words(
+                    words,
+                    aggregation=self.aggregation,
+                    calibration=calibration if calibration in CALIBRATIONS else "none",
+                )
         bad = [c for c in self.calibration if c not in CALIBRATIONS]
         if bad or not self.calibration:
             raise AutoPromptError(f"calibration must be a non-empty list of {CALIBRATIONS}, got {self.calibration}")
@@ -47,8 +55,11 @@ class SelectConfig(SearchConfig):
     def axes(self) -> dict[str, list[Any]]:
         """A template (its text), or an ensemble of all of them; a label-word set (stored in the
         study as its words, e.g. ``terrible/great``)."""
-        return {"template": list(self.templates) + [self.ensemble_label(e) for e in self.ensembles],
-                "label_words": list(self.label_words), "calibration": list(self.calibration)}
+        return {
+            "template": list(self.templates) + [self.ensemble_label(e) for e in self.ensembles],
+            "label_words": list(self.label_words),
+            "calibration": list(self.calibration),
+        }
 
     def ensemble_label(self, weighting: str) -> str:
         """The template parameter of an ensemble trial: ``ensemble of 4 (uniform)``."""

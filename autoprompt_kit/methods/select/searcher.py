@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...artifact import Prompt
 from ...errors import AutoPromptError
 from ...prompts import Template, Verbalizer
-from ...artifact import Prompt
 from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register
 from .config import SelectConfig
 
@@ -30,36 +30,41 @@ class TemplateSelection(Searcher):
     #: pass. The scores equal a fresh pass's; False recomputes every trial (what benchmarks compare).
     score_cache = True
 
-    def prepare(self, ctx: SearchContext, study: "optuna.Study") -> None:
+    def prepare(self, ctx: SearchContext, study: optuna.Study) -> None:
         """Refuse a study made before parameters were stored readably (templates and label-word
         sets by index): its candidates would be queued again under their new names."""
         import re
 
         legacy = re.compile(r"\d+|ensemble-(uniform|dev)")
         # A queued trial has no params yet: its candidate is in the fixed parameters Optuna keeps for it.
-        values = [(t.params or t.system_attrs.get("fixed_params") or {}).get("template", "")
-                  for t in study.get_trials(deepcopy=False)]
+        values = [
+            (t.params or t.system_attrs.get("fixed_params") or {}).get("template", "")
+            for t in study.get_trials(deepcopy=False)
+        ]
         if any(legacy.fullmatch(str(v)) for v in values):
-            raise AutoPromptError(f"study {study.study_name!r} was made by an older autoprompt-kit that stored templates "
-                                  "and label words by index; resuming it would run its candidates again: give a new "
-                                  "--study name")
+            raise AutoPromptError(
+                f"study {study.study_name!r} was made by an older autoprompt-kit that stored templates "
+                "and label words by index; resuming it would run its candidates again: give a new "
+                "--study name"
+            )
 
-    def run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+    def run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         if not self.score_cache:
             return self._run_trial(trial, ctx)
         store: OrderedDict[Any, torch.Tensor] = self.__dict__.setdefault("_states", OrderedDict())
         with ctx.harness.score_cache(store):
             return self._run_trial(trial, ctx)
 
-    def _run_trial(self, trial: "optuna.Trial", ctx: SearchContext) -> TrialOutcome:
+    def _run_trial(self, trial: optuna.Trial, ctx: SearchContext) -> TrialOutcome:
         cfg = self.config
         point = cfg.sample(trial)
         template, words, calibration = point["template"], point["label_words"], point["calibration"]
         verbalizer = Verbalizer.from_words(words, calibration=calibration, aggregation=cfg.aggregation)
         names = ctx.task.label_names
         if not verbalizer.labels:
-            verbalizer = Verbalizer.from_words(dict(zip(names, verbalizer.label_words)), calibration=calibration,
-                                               aggregation=cfg.aggregation)
+            verbalizer = Verbalizer.from_words(
+                dict(zip(names, verbalizer.label_words)), calibration=calibration, aggregation=cfg.aggregation
+            )
         ensembles = {cfg.ensemble_label(e): e for e in cfg.ensembles}
         if template in ensembles:
             weighting = ensembles[template]
