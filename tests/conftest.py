@@ -1,13 +1,27 @@
-"""Shared fixtures: tiny random models of every kind with small real (trained) tokenizers.
+"""Shared fixtures: tiny random models of every kind with small real (trained) tokenizers, a
+``make_harness`` factory over them, and ``run_cli`` — the command line run in this process.
 
 No real masked LM or T5 weights exist offline, so the mechanics of those paths are tested on
 random models built from configs; accuracy is tested on the real default model (slow tests).
+
+Test files import the plain helpers (``from conftest import run_cli``): ``tests/`` is on sys.path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import random
+import signal
+import subprocess
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +131,22 @@ def tiny_model_dir(tmp_path_factory, tiny_models):
 
 
 @pytest.fixture(scope="session")
+def make_harness(tiny_models):
+    """``make_harness(arch="gpt2", precision="fp32", **kw)``: a :class:`Harness` on a tiny model, no progress bar.
+
+    ``precision`` defaults to fp32 (exact comparisons; on CUDA the harness's own default is bf16);
+    ``precision=None`` is the harness's default. Other keywords (``batch_size``, ``device``, …) go to Harness.
+    """
+    from autoprompt_kit import Harness
+
+    def make(arch: str = "gpt2", precision: str | None = "fp32", **kw):
+        model, tok, kind = tiny_models[arch]
+        return Harness(model, tok, kind=kind, progress=False, precision=precision, **kw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def real_harness():
     """The embedded default model (Gemma 3 270M); converted once into the cache."""
     from autoprompt_kit import Harness
@@ -132,3 +162,112 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+# -- the CLI in this process --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _process_state_restored() -> Iterator[None]:
+    """Whatever ``main()`` may change for the whole process is put back afterwards: environment, cwd,
+    signal handlers, logging levels and handlers, warnings filters, torch threads/dtype and RNGs."""
+    import optuna
+    from transformers.utils import logging as hf_logging
+
+    env, cwd = dict(os.environ), os.getcwd()
+    signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    root = logging.getLogger()
+    root_handlers, root_level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("huggingface_hub",)}
+    optuna_verbosity, hf_verbosity = optuna.logging.get_verbosity(), hf_logging.get_verbosity()
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    rng = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        if os.environ != env:
+            os.environ.clear()
+            os.environ.update(env)
+        os.chdir(cwd)
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
+        root.handlers[:] = root_handlers
+        root.setLevel(root_level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        optuna.logging.set_verbosity(optuna_verbosity)
+        hf_logging.set_verbosity(hf_verbosity)
+        (hf_logging.enable_progress_bar if hf_bars else hf_logging.disable_progress_bar)()
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.set_rng_state(rng[0])
+        random.setstate(rng[1])
+        np.random.set_state(rng[2])
+
+
+@contextlib.contextmanager
+def _log_streams_to(err: io.StringIO) -> Iterator[None]:
+    """Log records reach ``err`` as they would reach a fresh process's stderr: the root handler that
+    ``main()``'s ``basicConfig`` adds there (under pytest the root already has handlers, so it adds
+    none) and every library's own stderr handler (optuna's, bound to the stderr of its import)."""
+    plain = [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+             for h in getattr(lg, "handlers", []) if type(h) is logging.StreamHandler]
+    before = [h.setStream(err) for h in plain]
+    root = logging.getLogger()
+    ours = logging.StreamHandler(err)
+    ours.setFormatter(logging.Formatter("%(message)s"))
+    ours.setLevel(logging.WARNING)
+    root.addHandler(ours)
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(ours)
+        root.setLevel(level)
+        for h, stream in zip(plain, before):
+            h.setStream(stream)
+
+
+def _universal_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as subprocess.run(text=True) reads a pipe
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float | None = None,
+            **_ignored) -> subprocess.CompletedProcess:
+    """``autoprompt-kit ARGS`` in this process: ``autoprompt_kit.cli.main(argv)`` with stdin/stdout/stderr
+    captured and SystemExit caught; returns what ``subprocess.run(..., capture_output=True, text=True)``
+    would (``returncode``, ``stdout``, ``stderr``). An uncaught exception is exit 1 with its traceback on
+    stderr, as in a fresh interpreter. ``timeout`` (and ``env=`` etc. of the old subprocess helpers) is
+    accepted and ignored: pytest-timeout bounds the test.
+
+    For what only a real process shows (signals, kill -9, worker processes, the console script,
+    import-time behaviour) use ``subprocess`` and ``sys.executable -m autoprompt_kit.cli``.
+    """
+    from autoprompt_kit.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()), encoding="utf-8")
+    with _process_state_restored(), _log_streams_to(err), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err), _stdin(stdin):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse (--help, bad choices) and sys.exit()
+            code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+        except Exception:  # noqa: BLE001 — what the interpreter would print and exit with
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["autoprompt-kit", *argv], code or 0, _universal_newlines(out.getvalue()),
+                                       _universal_newlines(err.getvalue()))
+
+
+@contextlib.contextmanager
+def _stdin(stream) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
