@@ -154,14 +154,24 @@ def real_harness():
     return Harness(batch_size=16, progress=False, precision="fp32")  # exactness tests stay fp32
 
 
+#: Per-test time limits (pytest-timeout) for the marked tests; the rest get ``timeout`` in pyproject.toml.
+TIMEOUTS = {"slow": 3600, "services": 2400}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests run only with ``-m slow`` (CI runs them in a second step)."""
-    if "slow" in (config.getoption("-m") or "") or os.environ.get("AUTOPROMPT_KIT_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow end-to-end test; run with -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    """Slow tests run only with ``-m slow`` (``make test``'s second step), services tests only with
+    ``-m services`` (``make test-services``, its own CI step); both get longer time limits."""
+    chosen = config.getoption("-m") or ""
+    for marker, seconds in TIMEOUTS.items():
+        run = marker in chosen or os.environ.get(f"AUTOPROMPT_KIT_{marker.upper()}") == "1"
+        skip = pytest.mark.skip(reason=f"{marker} test; run with -m {marker}")
+        for item in items:
+            if item.get_closest_marker(marker) is None:
+                continue
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(seconds))
+            if not run:
+                item.add_marker(skip)
 
 
 # -- the CLI in this process --------------------------------------------------------------------------
