@@ -239,6 +239,30 @@ def _log_streams_to(err: io.StringIO) -> Iterator[None]:
             h.setStream(stream)
 
 
+#: The warnings filters of a fresh interpreter (no ``-W``, no PYTHONWARNINGS), first match first.
+_FRESH_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, ""),
+                  ("ignore", PendingDeprecationWarning, ""), ("ignore", ImportWarning, ""),
+                  ("ignore", ResourceWarning, "")]
+
+
+@contextlib.contextmanager
+def _warnings_to(err: io.StringIO) -> Iterator[None]:
+    """Warnings filtered as in a fresh interpreter and printed to ``err`` (not recorded by pytest), so a
+    warning counts against "one line on stderr" as it would in a real run. The libraries' own targeted
+    ``ignore`` filters (torch adds some on import) stay. Inside _process_state_restored, whose
+    catch_warnings puts the filters and ``showwarning`` back."""
+    libraries = [f for f in warnings.filters if f[0] == "ignore" and (f[1] is not None or f[3] is not None)]
+    warnings.resetwarnings()
+    for action, category, module in reversed(_FRESH_FILTERS):  # each one goes in front
+        warnings.filterwarnings(action, category=category, module=module)
+    for _, message, category, module, lineno in reversed(libraries):
+        warnings.filterwarnings("ignore", message=message.pattern if message else "", category=category,
+                                module=module.pattern if module else "", lineno=lineno)
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+        warnings.formatwarning(message, category, filename, lineno, line))
+    yield
+
+
 def _universal_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")  # as subprocess.run(text=True) reads a pipe
 
@@ -259,7 +283,7 @@ def run_cli(*args: str, input: str | None = None, timeout: float | None = None,
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()), encoding="utf-8")
-    with _process_state_restored(), _log_streams_to(err), contextlib.redirect_stdout(out), \
+    with _process_state_restored(), _warnings_to(err), _log_streams_to(err), contextlib.redirect_stdout(out), \
             contextlib.redirect_stderr(err), _stdin(stdin):
         try:
             code = main(argv)
