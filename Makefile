@@ -1,10 +1,11 @@
 # The two commands of the README:  make demo  (a real search on the embedded default model)
-#                                  make test  (the whole test suite, slow end-to-end tests included)
+#                                  make test  (the fast suite, then the slow end-to-end tests; CI also
+#                                              runs make test-services: PostgreSQL, Chromium)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo demo-evaluate test test-fast docs bench gpu-check clean
+.PHONY: install demo demo-evaluate test test-fast test-slow test-services lint docs bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,12 +28,28 @@ demo-evaluate: install
 		--template "{text_a} It was {mask}." --words negative=terrible --words positive=great --calibration both
 
 # pytest exits 5 when it collects no test: that is not a failure here.
+# make test = the fast suite (tiny random models, in-process CLI), then the slow end-to-end tests.
 test: install
 	$(VENV)/bin/pytest -q -x; rc=$$?; [ $$rc -eq 5 ] && rc=0; [ $$rc -eq 0 ] || exit $$rc
 	$(VENV)/bin/pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 test-fast: install
 	$(VENV)/bin/pytest -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+test-slow: install
+	$(VENV)/bin/pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Tests that start PostgreSQL, optuna-dashboard and headless Chromium (apt-get installs them as root
+# on first use): a CI step of their own, not part of make test.
+test-services: install
+	$(VENV)/bin/pytest -q -m services; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# ruff (lint rules and the formatter's check, line length 120) and mypy over the package.
+lint: install
+	$(PIP) install -q -e ".[lint]"
+	$(VENV)/bin/ruff check autoprompt_kit
+	$(VENV)/bin/ruff format --check autoprompt_kit
+	$(VENV)/bin/mypy
 
 # The manual (docs/) as a site in site/; broken links and missing pages fail the build.
 docs: install

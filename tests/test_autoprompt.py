@@ -22,11 +22,6 @@ TRAIN = Split([Example(t, y) for t, y in [
 VERB = Verbalizer.from_words({"negative": ["bad"], "positive": ["good"]}, aggregation="sum")
 
 
-def harness(tiny_models, arch):
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=8, precision="fp32")  # exact checks, any device
-
-
 def test_resize_triggers():
     t = resize_triggers(Template("{text_a} {trigger} {trigger} {mask}."), 4)
     assert t.num_triggers == 4 and t.text == "{text_a} {trigger*4} {mask}."
@@ -36,8 +31,8 @@ def test_resize_triggers():
 
 @pytest.mark.parametrize("arch, loss", [("bert", "likelihood"), ("gpt2", "likelihood"), ("t5", "likelihood"),
                                         ("gpt2", "cross_entropy")])
-def test_batched_candidate_losses_equal_one_forward_per_candidate(tiny_models, arch, loss):
-    h = harness(tiny_models, arch)
+def test_batched_candidate_losses_equal_one_forward_per_candidate(make_harness, arch, loss):
+    h = make_harness(arch, batch_size=8)
     template = init_triggers(h, Template("{text_a} {trigger*2} {mask}."), "mask")
     mask = trigger_token_mask(h, VERB, word_initial=False)  # tiny vocabularies have few whole words
     search = TriggerSearch(h, VERB, num_candidates=5, token_mask=mask, seed=0, loss=loss)
@@ -52,8 +47,8 @@ def test_batched_candidate_losses_equal_one_forward_per_candidate(tiny_models, a
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "gemma3", "t5"])
-def test_trigger_search_runs_on_every_model_kind(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_trigger_search_runs_on_every_model_kind(make_harness, arch):
+    h = make_harness(arch, batch_size=8)
     template = init_triggers(h, Template("{text_a} {trigger*2} {mask}."), "mask")
     search = TriggerSearch(h, VERB, num_candidates=4, batch_size=4, token_mask=trigger_token_mask(h, VERB, word_initial=False), seed=1)
     seen = []
@@ -67,8 +62,8 @@ def test_trigger_search_runs_on_every_model_kind(tiny_models, arch):
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_label_token_search(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_label_token_search(make_harness, arch):
+    h = make_harness(arch, batch_size=8)
     k = 3 if arch == "bert" else 1  # the tiny BPE vocabulary has only a handful of whole words
     verb = label_token_search(h, TRAIN, Template("{text_a} It was {mask}."), ["negative", "positive"], k)
     assert verb.labels == ("negative", "positive") and all(1 <= len(ws) <= k for ws in verb.label_words)
@@ -84,8 +79,8 @@ def five_class_split(name: str, offset: int, n: int) -> Split:
     return Split([Example(texts[offset + i], i % 5) for i in range(n)], name=name, label_names=FIVE)
 
 
-def test_label_token_search_with_five_classes(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_label_token_search_with_five_classes(make_harness):
+    h = make_harness("bert", batch_size=8)
     train = five_class_split("train", 0, 20)
     verb = label_token_search(h, train, Template("{text_a} It was {mask}."), FIVE, 2)
     assert verb.labels == tuple(FIVE) and all(len(ws) == 2 for ws in verb.label_words)
@@ -95,8 +90,8 @@ def test_label_token_search_with_five_classes(tiny_models):
         label_token_search(h, train[train.labels < 4], Template("{text_a} It was {mask}."), FIVE, 2)
 
 
-def test_autoprompt_study_searches_label_tokens_for_five_classes(tiny_models, tmp_path):
-    h = harness(tiny_models, "bert")
+def test_autoprompt_study_searches_label_tokens_for_five_classes(make_harness, tmp_path):
+    h = make_harness("bert", batch_size=8)
     task = Task("five", FIVE, {"train": five_class_split("train", 0, 20), "dev": five_class_split("dev", 20, 10),
                                "test": five_class_split("test", 30, 10)})
     config = AutoPromptConfig(template="{text_a} {trigger*2} {mask} .", label_search=True, label_tokens_per_class=2,
@@ -110,8 +105,8 @@ def test_autoprompt_study_searches_label_tokens_for_five_classes(tiny_models, tm
     assert not set(trial.user_attrs["trigger_ids"]) & {i for w in verb.flat_words for i in h.encoder.word_ids(w, True)}
 
 
-def test_bad_settings(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_bad_settings(make_harness):
+    h = make_harness("gpt2", batch_size=8)
     with pytest.raises(AutoPromptError, match="at least 1"):
         TriggerSearch(h, VERB, num_candidates=0)
     with pytest.raises(AutoPromptError, match="removes every token"):

@@ -1,19 +1,32 @@
-"""CLI behaviour that needs no model: help, and exit code 2 with one clear line on bad input."""
+"""CLI behaviour that needs no model: help, and exit code 2 with one clear line on bad input.
+
+In-process (``run_cli`` calls ``main(argv)``); one smoke test runs the installed ``autoprompt-kit``.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import run_cli as cli
 
 W = ["--words", "negative=terrible", "--words", "positive=great"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
-                          timeout=120, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                                            **__import__("os").environ})
+def test_the_console_script_exits_2_with_one_error_line():
+    """The one run of the real executable (the ``[project.scripts]`` entry, a fresh interpreter): an
+    error is exit status 2 and one ``error:`` line on stderr — what every in-process test assumes."""
+    exe = Path(sys.executable).with_name("autoprompt-kit")
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe}: pip install -e .")
+    proc = subprocess.run([str(exe), "evaluate", "--words", "oops"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: " + proc.stderr.strip().split("error: ", 1)[1]]
+    assert "expected LABEL=word1,word2" in proc.stderr
 
 
 def test_help_everywhere():

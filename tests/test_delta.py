@@ -29,9 +29,8 @@ SPECS = {
 
 
 @pytest.fixture(scope="module")
-def harness(tiny_models):
-    model, tok, kind = tiny_models["gemma3"]
-    return Harness(model, tok, kind=kind, progress=False)
+def harness(make_harness):
+    return make_harness("gemma3", precision=None)
 
 
 def scores(harness: Harness, template: str = TEMPLATE) -> torch.Tensor:

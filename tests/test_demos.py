@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoprompt_kit import AutoPromptError, Example, Harness, Prompt, Split, Template, Verbalizer
+from autoprompt_kit import AutoPromptError, Example, Prompt, Split, Template, Verbalizer
 from autoprompt_kit.data import Task
 from autoprompt_kit.demonstrations import DEMO_FIELD, Demonstrations, demonstration_template, sentence_encoder
 from autoprompt_kit.methods.demos import DemosConfig, select_fixed_demonstrations
@@ -28,11 +28,6 @@ DEV = Split([Example(t, y) for t, y in [("i loved the ending", 1), ("the film wa
                                         ("great fun to watch", 1), ("not good", 0)]], name="dev", label_names=LABELS)
 WORDS = {"negative": ["bad"], "positive": ["good"]}
 TEMPLATE = "{text_a} It was {mask}."
-
-
-def harness(tiny_models, arch: str = "gpt2") -> Harness:
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=4, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +74,7 @@ def test_orders(encoder_dir):
     assert fixed.choose(DEV) == [[4, 1]] * len(DEV)
 
 
-def test_rendered_field_and_placement(tiny_models):
+def test_rendered_field_and_placement(tiny_models, make_harness):
     d = demos(1, "fixed", fixed=[1, 0], separator="\n")
     verbalizer = Verbalizer.from_words(WORDS)
     shown, template = d.apply(DEV, TEMPLATE, verbalizer, "causal")
@@ -96,7 +91,7 @@ def test_rendered_field_and_placement(tiny_models):
     with pytest.raises(AutoPromptError, match="already reads"):
         d.apply(DEV, "{demos} {text_a} It was {mask}.", verbalizer, "causal")
     for arch in ("bert", "t5", "gpt2"):
-        h = harness(tiny_models, arch)
+        h = make_harness(arch, batch_size=4)
         assert Prompt([Template(TEMPLATE)], verbalizer).with_demonstrations(d).evaluate(DEV, h).n == len(DEV)
     # An ensemble: each member renders its own demonstrations, then the members are averaged.
     members = [Template(TEMPLATE), Template("{text_a} All in all, it was {mask}.")]
@@ -106,8 +101,8 @@ def test_rendered_field_and_placement(tiny_models):
     assert "All in all, it was bad." in d.apply(DEV, members[1], verbalizer, "causal")[0][0].meta[DEMO_FIELD]
 
 
-def test_demonstrations_that_do_not_fit_are_dropped_farthest_first(tiny_models):
-    h = harness(tiny_models)  # 128 positions
+def test_demonstrations_that_do_not_fit_are_dropped_farthest_first(make_harness):
+    h = make_harness(batch_size=4)  # 128 positions
     long_pool = Split([Example(" ".join([TRAIN[i].text_a] * 3), TRAIN[i].label) for i in range(len(TRAIN))])
     d = Demonstrations(long_pool, LABELS, 3, "random", "shuffled", seed=0)
     verbalizer = Verbalizer.from_words(WORDS)
@@ -120,8 +115,8 @@ def test_demonstrations_that_do_not_fit_are_dropped_farthest_first(tiny_models):
         assert h.encoder.encode(template, ex, h.encoder.reserve(verbalizer.flat_words)).truncated == 0
 
 
-def test_content_free_inputs_carry_the_demonstrations(tiny_models):
-    h = harness(tiny_models)
+def test_content_free_inputs_carry_the_demonstrations(make_harness):
+    h = make_harness(batch_size=4)
     verbalizer = Verbalizer.from_words(WORDS, calibration="content_free")
     template = demonstration_template(TEMPLATE, "causal")
 
@@ -147,8 +142,8 @@ def test_content_free_inputs_carry_the_demonstrations(tiny_models):
     assert not torch.allclose(prior(fixed[0].meta[DEMO_FIELD]), prior("N/A"))  # what the demonstrations change
 
 
-def test_manifest_round_trip_and_bad_manifests(tiny_models, tmp_path, encoder_dir):
-    h = harness(tiny_models)
+def test_manifest_round_trip_and_bad_manifests(make_harness, tmp_path, encoder_dir):
+    h = make_harness(batch_size=4)
     base = Prompt([Template(TEMPLATE)], Verbalizer.from_words(WORDS), label_names=LABELS)
     assert base.to_dict()["format_version"] == 1  # prompts without demonstrations stay readable by version 1
     for d in (demos(2, "random", "shuffled", seed=5, separator="\n"), demos(1, "fixed", fixed=[3, 2]),
@@ -175,8 +170,8 @@ def test_manifest_round_trip_and_bad_manifests(tiny_models, tmp_path, encoder_di
             Prompt.from_dict({**good, "demonstrations": {**good["demonstrations"], **change}})
 
 
-def test_fixed_set_selection_scores_each_set_outside_itself(tiny_models):
-    h = harness(tiny_models)
+def test_fixed_set_selection_scores_each_set_outside_itself(make_harness):
+    h = make_harness(batch_size=4)
     prompt = Prompt([Template(TEMPLATE)], Verbalizer.from_words(WORDS))
     chosen, ranked = select_fixed_demonstrations(h, prompt, TRAIN, LABELS, 1, seed=0, candidates=4)
     assert len(ranked) == 4 and len({tuple(r["fixed"]) for r in ranked}) == 4
@@ -229,13 +224,13 @@ def _run(h, config: DemosConfig, tmp_path, trials: int):
     return finish_search(run_search(job, ctx), job, ctx, test_split="test", out=tmp_path / "best.json")
 
 
-def test_search_space_grid_and_a_search_from_a_saved_prompt(tiny_models, tmp_path):
+def test_search_space_grid_and_a_search_from_a_saved_prompt(make_harness, tmp_path):
     config = DemosConfig(template=TEMPLATE, label_words=WORDS, per_class=[0, 1], selection=["random", "similar"],
                          order=["balanced", "similar_last"], separator=[" "], calibration=["none", "content_free"])
     grid = config.grid()
     assert len(grid) == 2 + 3 * 2  # per_class 0 once per calibration; similar_last only with similar
     assert {"per_class": "0", "selection": "none", "order": "none", "separator": "none", "calibration": "none"} in grid
-    h = harness(tiny_models)
+    h = make_harness(batch_size=4)
     found = Prompt([Template("{text_a} All in all, it was {mask}.")],
                    Verbalizer.from_words({"negative": ["awful"], "positive": ["fun"]}), label_names=LABELS)
     saved = found.save(tmp_path / "found.prompt")

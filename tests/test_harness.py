@@ -20,12 +20,6 @@ EXAMPLES = Split([
 VERB = Verbalizer.from_words({"negative": ["bad", "awful"], "positive": ["great", "lovely"]})
 
 
-def harness(tiny_models, arch, **kw):
-    model, tok, kind = tiny_models[arch]
-    kw.setdefault("precision", "fp32")  # exact comparisons below; on CUDA the default is bf16
-    return Harness(model, tok, kind=kind, progress=False, **kw)
-
-
 def plain_word_logprobs(h: Harness, template: Template, example: Example, words) -> torch.Tensor:
     """Reference: one unpadded forward per (example, word), full logits, no harness tricks."""
     enc = h.encoder.encode(template, example)
@@ -56,8 +50,8 @@ def plain_word_logprobs(h: Harness, template: Template, example: Example, words)
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("text", ["{text_a} It was {mask}.", "{text_a} All in all, a {mask} movie overall!"])
-def test_scores_equal_a_plain_forward(tiny_models, arch, text):
-    h = harness(tiny_models, arch, batch_size=3)
+def test_scores_equal_a_plain_forward(make_harness, arch, text):
+    h = make_harness(arch, batch_size=3)
     template = Template(text)
     assert any(len(h.encoder.word_ids(w, True)) > 1 for w in VERB.flat_words), "need a multi-token word"
     got = h.score(EXAMPLES, template, VERB, exact=True).word_logprobs.cpu()
@@ -66,8 +60,8 @@ def test_scores_equal_a_plain_forward(tiny_models, arch, text):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_label_rows_only_path_gives_the_same_class_scores(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_label_rows_only_path_gives_the_same_class_scores(make_harness, arch):
+    h = make_harness(arch)
     candidates = ["bad", "good", "great", "awful", "the", "was", "film", "movie", "and", "it", "of", "is", "a", "with"]
     single = [w for w in candidates if len(h.encoder.word_ids(w, True)) == 1][:4]
     assert len(single) == 4
@@ -80,16 +74,16 @@ def test_label_rows_only_path_gives_the_same_class_scores(tiny_models, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batching_and_padding_do_not_change_scores(tiny_models, arch):
-    one = harness(tiny_models, arch, batch_size=1).score(EXAMPLES, "{text_a} It was {mask}.", VERB, exact=True)
-    many = harness(tiny_models, arch, batch_size=16).score(EXAMPLES, "{text_a} It was {mask}.", VERB, exact=True)
+def test_batching_and_padding_do_not_change_scores(make_harness, arch):
+    one = make_harness(arch, batch_size=1).score(EXAMPLES, "{text_a} It was {mask}.", VERB, exact=True)
+    many = make_harness(arch, batch_size=16).score(EXAMPLES, "{text_a} It was {mask}.", VERB, exact=True)
     torch.testing.assert_close(one.word_logprobs, many.word_logprobs, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])
-def test_streamed_chunks_give_the_same_scores_and_hidden_states(tiny_models, arch):
-    whole = harness(tiny_models, arch, batch_size=2)
-    streamed = harness(tiny_models, arch, batch_size=2)
+def test_streamed_chunks_give_the_same_scores_and_hidden_states(make_harness, arch):
+    whole = make_harness(arch, batch_size=2)
+    streamed = make_harness(arch, batch_size=2)
     streamed.stream_items = 2  # 5 examples → chunks of 2, 2, 1
     templates = ["{text_a} It was {mask}.", "{text_a} Overall {mask}"]
     # CUDA picks kernels by batch shape (fp32 too): the same rows in other batches agree to ~1e-2 there.
@@ -106,8 +100,8 @@ def test_streamed_chunks_give_the_same_scores_and_hidden_states(tiny_models, arc
     assert whole.evaluate(EXAMPLES, templates[0], VERB).accuracy == streamed.evaluate(EXAMPLES, templates[0], VERB).accuracy
 
 
-def test_tokenisation_cache_is_bounded_by_examples(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_tokenisation_cache_is_bounded_by_examples(make_harness):
+    h = make_harness("gpt2")
     h.cache_items = 6
     for t in ["{text_a} It was {mask}.", "{text_a} Overall {mask}", "Review: {text_a} Verdict: {mask}."]:
         h.evaluate(EXAMPLES, t, VERB)
@@ -115,8 +109,8 @@ def test_tokenisation_cache_is_bounded_by_examples(tiny_models):
     assert sum(map(len, h.prompt_cache.entries.values())) <= 6 and len(h.prompt_cache.entries) == 1
 
 
-def test_evaluate_many_equals_separate_evaluations(tiny_models):
-    h = harness(tiny_models, "gpt2", batch_size=4)
+def test_evaluate_many_equals_separate_evaluations(make_harness):
+    h = make_harness("gpt2", batch_size=4)
     templates = ["{text_a} It was {mask}.", "{text_a} Overall {mask}", "Review: {text_a} Verdict: {mask}."]
     together = h.evaluate_many(EXAMPLES, templates, VERB)
     for t, res in zip(templates, together):
@@ -127,8 +121,8 @@ def test_evaluate_many_equals_separate_evaluations(tiny_models):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_calibration_divides_by_the_content_free_prior(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_calibration_divides_by_the_content_free_prior(make_harness, arch):
+    h = make_harness(arch)
     plain = h.evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
     cal = h.evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB.replace(calibration="content_free"))
     prior = h.class_prior("{text_a} It was {mask}.", VERB).cpu()
@@ -140,9 +134,9 @@ def test_calibration_divides_by_the_content_free_prior(tiny_models, arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_content_free_prior_of_a_template_with_only_spaces_after_the_field(tiny_models, arch):
+def test_content_free_prior_of_a_template_with_only_spaces_after_the_field(make_harness, arch):
     # The empty content-free input leaves the prompt starting with the space before the triggers.
-    h = harness(tiny_models, arch)
+    h = make_harness(arch)
     template = Template("{text_a} {trigger*2} {mask}.").with_triggers([5, 6])
     prior = h.class_prior(template, VERB)
     assert prior.shape == (2,) and torch.isfinite(prior).all()
@@ -156,8 +150,8 @@ FIVE_SPLIT = Split([Example(e.text_a + suffix, (i + j) % 5) for j, suffix in enu
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_content_free_calibration_with_five_classes(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_content_free_calibration_with_five_classes(make_harness, arch):
+    h = make_harness(arch)
     plain = h.evaluate(FIVE_SPLIT, "{text_a} It was {mask}.", FIVE)
     cal = h.evaluate(FIVE_SPLIT, "{text_a} It was {mask}.", FIVE.replace(calibration="content_free"))
     prior = h.class_prior("{text_a} It was {mask}.", FIVE).cpu()
@@ -187,8 +181,8 @@ def test_macro_f1_counts_classes_never_predicted():
         classification_metrics(y, p + 1, 5)
 
 
-def test_metrics_are_accuracy_and_macro_f1(tiny_models):
-    res = harness(tiny_models, "bert").evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
+def test_metrics_are_accuracy_and_macro_f1(make_harness):
+    res = make_harness("bert").evaluate(EXAMPLES, "{text_a} It was {mask}.", VERB)
     from sklearn.metrics import f1_score
 
     assert res.accuracy == pytest.approx((res.predictions == EXAMPLES.labels).mean())
@@ -197,8 +191,8 @@ def test_metrics_are_accuracy_and_macro_f1(tiny_models):
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "t5"])
-def test_mask_hidden_state_is_the_output_layer_input(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_mask_hidden_state_is_the_output_layer_input(make_harness, arch):
+    h = make_harness(arch)
     template = Template("{text_a} It was {mask}.")
     hidden = h.mask_hidden(EXAMPLES, template)
     captured = []
@@ -216,8 +210,8 @@ def test_mask_hidden_state_is_the_output_layer_input(tiny_models, arch):
         handle.remove()
 
 
-def test_mask_logprobs_full_vocabulary(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_mask_logprobs_full_vocabulary(make_harness):
+    h = make_harness("gpt2")
     full = h.mask_logprobs(EXAMPLES, "{text_a} It was {mask}.", reduce=None)
     assert full.shape == (5, len(h.tokenizer))
     torch.testing.assert_close(full.exp().sum(1), torch.ones(5))
@@ -226,8 +220,8 @@ def test_mask_logprobs_full_vocabulary(tiny_models):
 
 
 @pytest.mark.parametrize("arch, loss", [(a, "likelihood") for a in ARCHS] + [("gpt2", "cross_entropy")])
-def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models, arch, loss):
-    h = harness(tiny_models, arch, batch_size=2)
+def test_embedding_gradient_matches_autograd_through_a_plain_forward(tiny_models, make_harness, arch, loss):
+    h = make_harness(arch, batch_size=2)
     model, tok, _ = tiny_models[arch]
     trig = tok.convert_tokens_to_ids(tok.tokenize(" movie" if arch == "gpt2" else "movie"))[0]
     template = Template("{text_a} {trigger} {trigger} {mask}.").with_triggers([trig, trig])
@@ -276,8 +270,8 @@ def test_train_lowers_the_loss_and_changes_predictions_scores(tiny_models):
     assert not model.training
 
 
-def test_train_with_a_custom_head_and_learned_word_weights(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_train_with_a_custom_head_and_learned_word_weights(make_harness):
+    h = make_harness("bert")
     weights = torch.nn.Parameter(torch.zeros(len(VERB.flat_words), device=h.device))
     losses = h.train(EXAMPLES, "{text_a} It was {mask}.", VERB, [weights], epochs=20, lr=0.1, batch_size=5,
                      head=lambda out: VERB.class_logprobs(out.word_logprobs, weights=weights))
@@ -285,8 +279,8 @@ def test_train_with_a_custom_head_and_learned_word_weights(tiny_models):
     assert weights.grad is not None and weights.abs().sum() > 0
 
 
-def test_soft_embeddings_replace_the_soft_token_inputs(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_soft_embeddings_replace_the_soft_token_inputs(make_harness):
+    h = make_harness("gpt2")
     template = Template("{text_a} {soft} {soft} {mask}")
     base = h.score(EXAMPLES, template, VERB, exact=True).word_logprobs
     d = h.model.get_input_embeddings().weight.shape[1]
@@ -297,8 +291,8 @@ def test_soft_embeddings_replace_the_soft_token_inputs(tiny_models):
         h.score(EXAMPLES, template, VERB, soft_embeddings=torch.zeros(3, d))
 
 
-def test_long_inputs_are_truncated_to_the_model_length(tiny_models):
-    h = harness(tiny_models, "gpt2", max_length=32)
+def test_long_inputs_are_truncated_to_the_model_length(make_harness):
+    h = make_harness("gpt2", max_length=32)
     long = Split([Example("the movie was great " * 40, 1), Example("bad", 0)])
     res = h.evaluate(long, "{text_a} It was {mask}.", VERB)
     assert res.n == 2
@@ -318,14 +312,14 @@ def test_precision_default_and_bad_value(tiny_models):
         Harness(model, tok, kind=kind, progress=False, precision="fp16")
 
 
-def test_label_word_that_tokenizes_to_nothing(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_label_word_that_tokenizes_to_nothing(make_harness):
+    h = make_harness("bert")
     with pytest.raises(AutoPromptError, match="tokenizes to nothing"):
         h.evaluate(EXAMPLES, "{text_a} It was {mask}.", {"negative": "bad", "positive": "\u0301"})
 
 
-def test_verbalizer_labels_must_match_the_task(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_verbalizer_labels_must_match_the_task(make_harness):
+    h = make_harness("bert")
     with pytest.raises(AutoPromptError, match="do not match"):
         h.evaluate(EXAMPLES, "{text_a} {mask}", {"neg": "bad", "pos": "great"}, label_names=["negative", "positive"])
     three = Split([Example("x", 2), Example("y", 0)])
@@ -333,8 +327,8 @@ def test_verbalizer_labels_must_match_the_task(tiny_models):
         h.evaluate(three, "{text_a} {mask}", VERB)
 
 
-def test_empty_split_and_unknown_field(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_empty_split_and_unknown_field(make_harness):
+    h = make_harness("gpt2")
     with pytest.raises(AutoPromptError, match="empty"):
         h.evaluate(Split([], name="dev"), "{text_a} {mask}", VERB)
     with pytest.raises(AutoPromptError, match="unknown field"):
@@ -346,6 +340,6 @@ def test_unknown_model_name():
         Harness("no/such-model-anywhere")
 
 
-def test_embedding_gradient_needs_a_trigger(tiny_models):
+def test_embedding_gradient_needs_a_trigger(make_harness):
     with pytest.raises(AutoPromptError, match="no {trigger} slot"):
-        harness(tiny_models, "gpt2").embedding_gradient(EXAMPLES, "{text_a} {mask}", VERB)
+        make_harness("gpt2").embedding_gradient(EXAMPLES, "{text_a} {mask}", VERB)

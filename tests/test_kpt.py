@@ -45,11 +45,6 @@ def wn():
         pytest.fail(str(exc))
 
 
-def harness(tiny_models, arch="gpt2"):
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=8, precision="fp32")  # exact checks, any device
-
-
 def test_lexnames_and_wordnet_copy(tmp_path):
     lines = knowledge.lexnames_text().splitlines()
     assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1"
@@ -264,11 +259,11 @@ def test_relevance_with_five_classes_drops_a_word_that_follows_another_class():
     assert refine(exp, scores, RefineSettings(prior_cut=0.0, min_relevance=-1.0)).verbalizer.num_classes == 5
 
 
-def test_presence_filter_removes_a_word_the_support_texts_never_bring_up(tiny_models, tmp_path):
+def test_presence_filter_removes_a_word_the_support_texts_never_bring_up(make_harness, tmp_path):
     """A planted word that no support text puts among the model's top words goes; one that many do stays."""
     from autoprompt_kit.models.vocab import token_strings, word_of
 
-    h = harness(tiny_models, "bert")                                       # 24 word tokens (the tiny BPE has 4)
+    h = make_harness("bert", batch_size=8)                                 # 24 word tokens (the tiny BPE has 4)
     full = h.mask_logprobs(TRAIN, TEMPLATE, reduce=None)                   # (N, V)
     vocab = knowledge.vocabulary_words(h)[: full.shape[1]]
     strings = token_strings(h.tokenizer)
@@ -297,8 +292,8 @@ def test_presence_filter_removes_a_word_the_support_texts_never_bring_up(tiny_mo
         refine(exp, scores, RefineSettings(**{**settings, "presence_rank": 5}))
 
 
-def test_kpt_study_with_five_classes(tiny_models, tmp_path):
-    h = harness(tiny_models, "gpt2")
+def test_kpt_study_with_five_classes(make_harness, tmp_path):
+    h = make_harness("gpt2", batch_size=8)
     names = ["c0", "c1", "c2", "c3", "c4"]
     seeds = {"c0": ["bad"], "c1": ["good"], "c2": ["fun"], "c3": ["dull"], "c4": ["nice"]}
     texts = [e.text_a for e in TRAIN]
@@ -340,8 +335,8 @@ def test_contextual_calibration_equals_hand_computation():
         Verbalizer((("bad",), ("good",)), calibration="contextual")
 
 
-def test_support_scores_match_the_harness(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_support_scores_match_the_harness(make_harness):
+    h = make_harness("bert", batch_size=8)
     words = ["bad", "good", "the movie"]
     scores = support_scores(h, TRAIN, TEMPLATE, words)
     direct = h.score(TRAIN, TEMPLATE, Verbalizer((("bad",), ("good",), ("the movie",))), exact=True).word_logprobs
@@ -382,8 +377,8 @@ def test_scores_from_cached_hidden_states_keep_the_output_layer_bias(tiny_models
     torch.testing.assert_close(absolute[0], logits[0, mask_at].log_softmax(-1)[ids], atol=1e-4, rtol=1e-4)
 
 
-def test_learned_weights_lower_the_loss(tiny_models, tmp_path):
-    h = harness(tiny_models, "gpt2")
+def test_learned_weights_lower_the_loss(make_harness, tmp_path):
+    h = make_harness("gpt2", batch_size=8)
     verb = Verbalizer.from_words({"negative": ["bad", "awful", "boring"], "positive": ["good", "great", "fun"]})
     before = [p.detach().clone() for p in h.model.parameters()]
     learned, losses = learn_weights(h, TRAIN, TEMPLATE, verb, epochs=6, lr=0.3, batch_size=8)
@@ -405,8 +400,8 @@ def test_learned_weights_lower_the_loss(tiny_models, tmp_path):
     h.evaluate(TRAIN, TEMPLATE, learned)
 
 
-def test_kpt_study_writes_kept_and_removed_words(tiny_models, tmp_path, wn):
-    h = harness(tiny_models, "gpt2")
+def test_kpt_study_writes_kept_and_removed_words(make_harness, tmp_path, wn):
+    h = make_harness("gpt2", batch_size=8)
     kb = tmp_path / "kb.tsv"
     kb.write_text("bad\tawful,boring,fine\ngood\tgreat,fun,fine\n")
     task = load_task("mr", shots=4, max_examples=80)

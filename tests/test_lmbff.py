@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from autoprompt_kit import AutoPromptError, Example, Harness, Split, Template, Verbalizer
+from autoprompt_kit import AutoPromptError, Example, Split, Template, Verbalizer
 from autoprompt_kit.data import Task
 from autoprompt_kit.demonstrations import SentenceEncoder, add_demonstrations, demonstration_template
 from autoprompt_kit.methods.lmbff import (CausalTemplateGenerator, LMBFFConfig, Seq2SeqTemplateGenerator,
@@ -27,11 +27,6 @@ DEV = Split([Example(t, y) for t, y in [("i loved the ending", 1), ("the film wa
 WORDS = {"negative": ["bad"], "positive": ["good"]}
 
 
-def harness(tiny_models, arch):
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=4, precision="fp32")  # exact checks, any device
-
-
 def plain_causal_score(h, example, span_ids, word):
     """log p(span | s) + log p(first token of word | s, span) with one unpadded, uncached forward."""
     prefix = list(h.encoder.special_prefix) + list(h.encoder.tokenize(example.text_a))
@@ -43,8 +38,8 @@ def plain_causal_score(h, example, span_ids, word):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
-def test_causal_generation_scores_equal_plain_forwards(tiny_models, arch):
-    h = harness(tiny_models, arch)
+def test_causal_generation_scores_equal_plain_forwards(make_harness, arch):
+    h = make_harness(arch, batch_size=4)
     verbalizer = Verbalizer.from_words(WORDS)
     gen = CausalTemplateGenerator(h, beam=6, max_span_tokens=3, ascii_only=False)
     out = gen.generate(TRAIN, verbalizer, keep=10)
@@ -57,8 +52,8 @@ def test_causal_generation_scores_equal_plain_forwards(tiny_models, arch):
         Template(g.template)  # every generated template parses
 
 
-def test_causal_generation_with_full_beam_finds_the_best_one_token_span(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_causal_generation_with_full_beam_finds_the_best_one_token_span(make_harness):
+    h = make_harness("gpt2", batch_size=4)
     verbalizer = Verbalizer.from_words(WORDS)
     gen = CausalTemplateGenerator(h, beam=1000, max_span_tokens=1, ascii_only=False)
     best = gen.generate(TRAIN, verbalizer, keep=1)[0]
@@ -75,8 +70,8 @@ def test_causal_generation_with_full_beam_finds_the_best_one_token_span(tiny_mod
     assert best.template == top and best.score == pytest.approx(scores[top], abs=1e-3)
 
 
-def test_seq2seq_sources_and_span_mapping(tiny_models):
-    h = harness(tiny_models, "t5")
+def test_seq2seq_sources_and_span_mapping(make_harness):
+    h = make_harness("t5", batch_size=4)
     gen = Seq2SeqTemplateGenerator(h, beam=4, max_tokens=5)
     ex = Example("a fine film", 1, text_b="i agree")
     assert gen.source(ex, "good", "after") == "a fine film <extra_id_0> good <extra_id_1>"
@@ -93,8 +88,8 @@ def test_seq2seq_sources_and_span_mapping(tiny_models):
         gen.source(ex, "good", "middle")
 
 
-def test_seq2seq_beam_scores_equal_summed_decoder_likelihoods(tiny_models):
-    h = harness(tiny_models, "t5")
+def test_seq2seq_beam_scores_equal_summed_decoder_likelihoods(make_harness):
+    h = make_harness("t5", batch_size=4)
     gen = Seq2SeqTemplateGenerator(h, beam=5, max_tokens=4, ascii_only=False)
     verbalizer = Verbalizer.from_words(WORDS)
     out = gen.generate(TRAIN, verbalizer, ["after"], keep=5)
@@ -113,8 +108,8 @@ def test_seq2seq_beam_scores_equal_summed_decoder_likelihoods(tiny_models):
         Template(g.template)
 
 
-def test_label_word_search_agrees_with_the_harness(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_label_word_search_agrees_with_the_harness(make_harness):
+    h = make_harness("bert", batch_size=4)
     result = label_word_search(h, TRAIN, DEV, "{text_a} it was {mask} .", LABELS, k=6, n_assignments=4)
     assert len(result.per_class) == 2 and all(len(c) == 6 for c in result.per_class)
     assert len(result.ranked) == 4
@@ -138,8 +133,8 @@ def many_class_split(num_classes: int, per_class: int, name: str) -> Split:
     return Split(examples, name=name, label_names=[f"c{i}" for i in range(num_classes)])
 
 
-def test_beam_search_equals_exhaustive_for_few_classes(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_beam_search_equals_exhaustive_for_few_classes(make_harness):
+    h = make_harness("bert", batch_size=4)
     train, dev = many_class_split(3, 4, "train"), many_class_split(3, 3, "dev")
     names = train.label_names
     exhaustive = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=6, n_assignments=8,
@@ -161,8 +156,8 @@ def test_beam_search_equals_exhaustive_for_few_classes(tiny_models):
     assert max(r["train_accuracy"] for r in narrow.ranked) == best
 
 
-def test_label_word_search_many_classes_is_fast_with_distinct_words(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_label_word_search_many_classes_is_fast_with_distinct_words(make_harness):
+    h = make_harness("bert", batch_size=4)
     train, dev = many_class_split(8, 3, "train"), many_class_split(8, 2, "dev")
     names = train.label_names
     result = label_word_search(h, train, dev, "{text_a} it was {mask} .", names, k=10, n_assignments=5)
@@ -195,13 +190,13 @@ def test_beam_search_finds_a_planted_assignment():
     assert search_assignments(lp, labels, cand, 3).strategy == "beam"   # auto: 8^6 > 20,000
 
 
-def test_label_word_search_needs_every_class(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_label_word_search_needs_every_class(make_harness):
+    h = make_harness("bert", batch_size=4)
     with pytest.raises(AutoPromptError, match="no train example of class"):
         label_word_search(h, TRAIN[[0, 2]], DEV, "{text_a} it was {mask} .", LABELS)
 
 
-def test_demonstrations_one_per_class_never_itself(tiny_models, tmp_path):
+def test_demonstrations_one_per_class_never_itself(tiny_models, make_harness, tmp_path):
     verbalizer = Verbalizer.from_words(WORDS)
     out = add_demonstrations(TRAIN, TRAIN, "{text_a} It was {mask}.", verbalizer, seed=0)
     for ex, orig in zip(out, TRAIN):
@@ -217,14 +212,14 @@ def test_demonstrations_one_per_class_never_itself(tiny_models, tmp_path):
     sim = add_demonstrations(DEV, TRAIN, "{text_a} It was {mask}.", verbalizer, selection="similar",
                              encoder=SentenceEncoder(str(tmp_path)), top_fraction=0.34)
     assert all(ex.get_field("demos").count("It was") == 2 for ex in sim)
-    h = harness(tiny_models, "gpt2")
+    h = make_harness("gpt2", batch_size=4)
     assert h.evaluate(out, demonstration_template("{text_a} It was {mask}.", "causal"), verbalizer).n == len(TRAIN)
     with pytest.raises(AutoPromptError, match="no example of class"):
         add_demonstrations(DEV, TRAIN[[0, 2]], "{text_a} It was {mask}.", verbalizer)
 
 
-def test_prompt_finetune_learns_and_weights_are_restored(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_prompt_finetune_learns_and_weights_are_restored(make_harness):
+    h = make_harness("gpt2", batch_size=4)
     before = {n: p.detach().clone() for n, p in h.model.named_parameters()}
     verbalizer = Verbalizer.from_words(WORDS)
     with restored_weights(h.model):
@@ -249,16 +244,16 @@ def test_config_errors():
         LMBFFConfig(label_words=WORDS, beam=0)
 
 
-def test_masked_lm_needs_a_generator_model(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_masked_lm_needs_a_generator_model(make_harness):
+    h = make_harness("bert", batch_size=4)
     task = Task("toy", LABELS, {"train": TRAIN, "dev": DEV, "test": DEV})
     searcher = get_searcher("lmbff")(LMBFFConfig(label_words=WORDS))
     with pytest.raises(AutoPromptError, match="generator_model"):
         searcher.run_generation(SearchContext(task, h, 13))
 
 
-def test_study_runs_best_first_and_resumes_without_regenerating(tiny_models, tmp_path, monkeypatch):
-    h = harness(tiny_models, "gpt2")
+def test_study_runs_best_first_and_resumes_without_regenerating(make_harness, tmp_path, monkeypatch):
+    h = make_harness("gpt2", batch_size=4)
     task = Task("toy", LABELS, {"train": TRAIN, "dev": DEV, "test": DEV})
     config = LMBFFConfig(label_words=WORDS, search_label_words=True, label_k=3, label_assignments=2, beam=4,
                          max_span_tokens=2, keep_generated=6, top_n=2, ascii_only=False)
@@ -292,21 +287,19 @@ def test_study_runs_best_first_and_resumes_without_regenerating(tiny_models, tmp
 
 
 def test_cli_search_lmbff_writes_generated_templates_to_best_json(tiny_model_dir, tmp_path):
-    import subprocess
-    import sys
     from pathlib import Path
 
     import jsonschema
+    from conftest import run_cli
 
     root = Path(__file__).resolve().parents[1]
     space = tmp_path / "space.yaml"
     space.write_text("method: lmbff\nlabel_words: {negative: [bad], positive: [good]}\nbeam: 4\nmax_span_tokens: 2\n"
                      "keep_generated: 6\ntop_n: 3\nascii_only: false\n")
     out = tmp_path / "best.json"
-    proc = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "search", "lmbff", "--space", str(space),
-                           "--model", tiny_model_dir, "--storage", f"sqlite:///{tmp_path}/s.db", "--trials", "3",
-                           "--max-examples", "160", "--shots", "8", "--quiet", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli("search", "lmbff", "--space", str(space), "--model", tiny_model_dir, "--storage",
+                   f"sqlite:///{tmp_path}/s.db", "--trials", "3", "--max-examples", "160", "--shots", "8", "--quiet",
+                   "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
     jsonschema.validate(doc, json.loads((root / "autoprompt_kit" / "schemas" / "best.schema.json").read_text()))
@@ -317,12 +310,12 @@ def test_cli_search_lmbff_writes_generated_templates_to_best_json(tiny_model_dir
     assert "best prompt:" in proc.stdout
 
 
-def test_masked_lm_with_a_t5_generator_model(tiny_models, tmp_path):
+def test_masked_lm_with_a_t5_generator_model(tiny_models, make_harness, tmp_path):
     """The paper's setting: T5 writes templates, the masked LM scores them."""
     model, tok, _ = tiny_models["t5"]
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    h = harness(tiny_models, "bert")
+    h = make_harness("bert", batch_size=4)
     task = Task("toy", LABELS, {"train": TRAIN, "dev": DEV, "test": DEV})
     config = LMBFFConfig(label_words=WORDS, generator_model=str(tmp_path), formats=["after", "before"], beam=3,
                          max_decode_tokens=4, keep_generated=6, top_n=2, ascii_only=False)

@@ -23,16 +23,11 @@ EXAMPLES = [Example("the movie was great", 1), Example("a bad film with awful di
 VERB = {"negative": ["bad"], "positive": ["great"]}
 
 
-def _harness(tiny_models, arch="gemma3", **kw):
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=4, device="cpu", **kw)
-
-
-def test_auto_keeps_small_models_in_fp32_and_says_why(tiny_models):
-    h = _harness(tiny_models, precision="auto")
+def test_auto_keeps_small_models_in_fp32_and_says_why(make_harness):
+    h = make_harness("gemma3", precision="auto", batch_size=4, device="cpu")
     assert h.precision == "fp32"
     assert h.precision_probe is not None and "small model" in h.precision_probe.line()
-    assert _harness(tiny_models).precision_probe is None  # only auto probes
+    assert make_harness("gemma3", batch_size=4, device="cpu", precision=None).precision_probe is None  # only auto probes
 
 
 @pytest.fixture
@@ -81,8 +76,8 @@ def test_auto_is_remembered_per_machine(tiny_models, fake_clock, tmp_path, monke
     assert again.choice == first.choice and "remembered" in again.reason and len(fake_clock) == n_probes
 
 
-def test_int8_scores_only_and_leaves_the_callers_model_alone(tiny_models):
-    h = _harness(tiny_models, precision="int8")
+def test_int8_scores_only_and_leaves_the_callers_model_alone(tiny_models, make_harness):
+    h = make_harness("gemma3", precision="int8", batch_size=4, device="cpu")
     assert h.precision == "int8"
     assert any(type(m) is torch.ao.nn.quantized.dynamic.Linear for m in h.model.modules())
     assert type(h.head) is nn.Linear  # the output layer is read row by row: never quantised
@@ -93,11 +88,12 @@ def test_int8_scores_only_and_leaves_the_callers_model_alone(tiny_models):
         h.score(EXAMPLES, "{text_a} It was {mask}.", VERB, grad=True)
 
 
-def test_resolved_precision_is_in_the_fingerprint(tiny_models):
+def test_resolved_precision_is_in_the_fingerprint(tiny_models, make_harness):
     model, tok, kind = tiny_models["gpt2"]
     h = Harness(copy.deepcopy(model), tok, kind=kind, progress=False, device="cpu", precision="bf16")
     assert model_fingerprint("m", h)["precision"] == "bf16"
-    assert model_fingerprint("m", _harness(tiny_models, precision="auto"))["precision"] == "fp32"  # never "auto"
+    auto = make_harness("gemma3", precision="auto", batch_size=4, device="cpu")
+    assert model_fingerprint("m", auto)["precision"] == "fp32"  # never "auto"
 
 
 def test_prompt_found_in_bf16_reloads_in_bf16_with_the_same_dev(tiny_model_dir, tmp_path, capsys):

@@ -20,6 +20,7 @@ import jsonschema
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from autoprompt_kit import AutoPromptError, Example, Harness, Prompt, Split, Template, Verbalizer, load_task
 from autoprompt_kit.artifact import STATES, read_tensors, save_tensors
@@ -159,9 +160,7 @@ def test_reloaded_prompt_reproduces_the_best_trial_in_a_fresh_process(method, re
     texts = tmp_path / "dev.jsonl"
     texts.write_text("".join(json.dumps({"id": f"d{i}", "text": e.text_a}) + "\n" for i, e in enumerate(task.dev)))
     pred_out = tmp_path / "pred.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "predict", "--prompt", str(out), "--input",
-                           str(texts), "--out", str(pred_out), "--quiet"], capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    proc = run_cli("predict", "--prompt", str(out), "--input", str(texts), "--out", str(pred_out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in pred_out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"d{i}" for i in range(len(task.dev))]
@@ -285,8 +284,7 @@ def test_predict_cli_formats_and_bad_input(gemma_dir, tmp_path):
     saved = prompt.save(tmp_path / "p")
 
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "predict", "--prompt", str(saved), *args],
-                              capture_output=True, text=True, env=ENV, timeout=300, input=stdin)
+        return run_cli("predict", "--prompt", str(saved), *args, input=stdin)
 
     (tmp_path / "in.csv").write_text('idx,sentence\n7,"a good, fine film"\n9,awful\n')
     proc = run("--input", str(tmp_path / "in.csv"), "--format", "csv", "--out", str(tmp_path / "o.csv"))
@@ -314,6 +312,5 @@ def test_predict_cli_formats_and_bad_input(gemma_dir, tmp_path):
         assert not out.exists() and not list(tmp_path.glob(".out.jsonl.*"))  # no partial file
     pair = Prompt([Template("{text_a} ? {mask} , {text_b}")], Verbalizer.from_words(WORDS),
                   model={"name": gemma_dir, "kind": "causal"}).save(tmp_path / "pair")
-    proc = subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", "predict", "--prompt", str(pair), "--input",
-                           str(tmp_path / "in.csv")], capture_output=True, text=True, env=ENV, timeout=300)
+    proc = run_cli("predict", "--prompt", str(pair), "--input", str(tmp_path / "in.csv"))
     assert proc.returncode == 2 and "reads text_b" in proc.stderr

@@ -35,11 +35,6 @@ def states(counts=(12, 12), d=16, seed=0, spread=1.0):
     return torch.stack(xs), torch.tensor(ys)
 
 
-def harness(tiny_models, arch="gpt2"):
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=8)
-
-
 def test_losses_decrease_and_prototypes_separate_classes():
     x, y = states()
     head, history = train_prototypes(x, y, 2, ProtoSettings(proj_dim=8, steps=60, lr=0.05, inference="proto"))
@@ -95,8 +90,8 @@ def test_head_round_trips_through_json_and_files(tmp_path):
         PrototypeHead.from_dict({"kind": "protoverb"})
 
 
-def test_prototype_words_are_the_nearest_vocabulary_words(tiny_models):
-    h = harness(tiny_models, "bert")
+def test_prototype_words_are_the_nearest_vocabulary_words(make_harness):
+    h = make_harness("bert", batch_size=8, precision=None)
     emb = h.head.weight.detach().float()
     ids = [h.encoder.word_ids(w, True)[0] for w in ("bad", "good")]
     head = PrototypeHead(emb.shape[1], 32, [0, 1], 2, inference="proto")
@@ -110,8 +105,8 @@ def test_prototype_words_are_the_nearest_vocabulary_words(tiny_models):
     assert [w["members"] for w in words] == [1, 1]
 
 
-def test_unsupervised_clusters_report_top_words(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_unsupervised_clusters_report_top_words(make_harness):
+    h = make_harness("gpt2", batch_size=8, precision=None)
     split = load_task("mr", max_examples=60).test
     out = cluster_mask_embeddings(h, split, TEMPLATE, 3, top_words=4)
     assert sum(out.sizes) == len(split) and len(out.top_words) == 3 and all(len(w) == 4 for w in out.top_words)
@@ -120,8 +115,8 @@ def test_unsupervised_clusters_report_top_words(tiny_models):
         cluster_mask_embeddings(h, split, TEMPLATE, 200)
 
 
-def test_protoverb_study_best_json_reloads_the_head(tiny_models, tmp_path):
-    h = harness(tiny_models, "gpt2")
+def test_protoverb_study_best_json_reloads_the_head(make_harness, tmp_path):
+    h = make_harness("gpt2", batch_size=8, precision=None)
     task = load_task("mr", shots=4, max_examples=80)
     # unequal shots: drop one negative training example
     neg = [i for i, e in enumerate(task.train) if e.label == 0][0]
@@ -160,8 +155,8 @@ def test_ten_classes_prototypes_and_combined_inference():
     assert torch.allclose(z_manual.mean(0), torch.zeros(10), atol=1e-5)
 
 
-def test_protoverb_study_with_ten_classes(tiny_models, tmp_path):
-    h = harness(tiny_models, "gpt2")
+def test_protoverb_study_with_ten_classes(make_harness, tmp_path):
+    h = make_harness("gpt2", batch_size=8, precision=None)
     names = [f"c{i}" for i in range(10)]
     texts = [f"{a} {b}" for a in ("the movie", "a film", "the plot", "what a story", "the cast")
              for b in ("was great", "was bad", "is dull", "is fun", "was awful", "is nice", "was boring", "is fine",
@@ -195,8 +190,8 @@ def test_config_errors():
         ProtoSettings(temperature=0)
 
 
-def test_verbalizer_only_manual_is_accepted(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_verbalizer_only_manual_is_accepted(make_harness):
+    h = make_harness("gpt2", batch_size=8, precision=None)
     train = Split([Example("good fun", 1), Example("bad film", 0), Example("great", 1), Example("awful", 0)],
                   label_names=["negative", "positive"])
     out = h.score(train, TEMPLATE, Verbalizer.from_words(WORDS), hidden=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import run_cli as cli
 from optuna.trial import TrialState
 
 from autoprompt_kit import AutoPromptError, Harness, Template, Verbalizer, load_task
@@ -29,11 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 GRID = [{"template": str(i), "label_words": "0", "calibration": "none"} for i in range(8)]
-
-
-def cli(*args: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, **kw)
 
 
 # -- 1. queue filling is atomic across processes ------------------------------------------------------

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import torch
 
-from autoprompt_kit import AutoPromptError, Example, Harness
+from autoprompt_kit import AutoPromptError, Example
 from autoprompt_kit.delta import Delta
 from autoprompt_kit.methods.s3delta import (
     GateController,
@@ -29,9 +29,8 @@ EXAMPLES = [Example("the movie was great", 1), Example("a bad film", 0), Example
 
 
 @pytest.fixture(scope="module")
-def harness(tiny_models):
-    model, tok, kind = tiny_models["gemma3"]
-    return Harness(model, tok, kind=kind, progress=False)
+def harness(make_harness):
+    return make_harness("gemma3", precision=None)
 
 
 @pytest.mark.parametrize("beta", [0.3, 1.0, 3.0])

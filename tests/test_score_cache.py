@@ -8,7 +8,6 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from autoprompt_kit import Harness
 from autoprompt_kit.data import Example, Split
 
 TEXTS = ["the movie was great and the acting was wonderful", "the film was terrible and the plot was boring",
@@ -19,11 +18,6 @@ TEMPLATES = {"mlm": ["{text_a} it was [MASK] .".replace("[MASK]", "{mask}"), "{t
              "causal": ["{text_a} It was {mask}", "{text_a} Overall the film is {mask}"],
              "seq2seq": ["{text_a} it was {mask} .", "{text_a} the film is {mask} ."]}
 WORDS = [{"negative": ["bad"], "positive": ["great"]}, {"negative": ["awful", "boring"], "positive": ["good"]}]
-
-
-def _harness(tiny_models, arch, precision="fp32"):
-    model, tok, kind = tiny_models[arch]
-    return Harness(model, tok, kind=kind, progress=False, batch_size=3, device="cpu", precision=precision)
 
 
 def _runs(h, kind, calibration):
@@ -38,8 +32,8 @@ def _runs(h, kind, calibration):
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "gemma3", "t5"])
 @pytest.mark.parametrize("calibration", ["none", "content_free"])
-def test_kept_states_score_as_a_fresh_pass(tiny_models, arch, calibration):
-    h = _harness(tiny_models, arch)
+def test_kept_states_score_as_a_fresh_pass(tiny_models, make_harness, arch, calibration):
+    h = make_harness(arch, batch_size=3, device="cpu")
     kind = tiny_models[arch][2]
     fresh = _runs(h, kind, calibration)
     store: OrderedDict = OrderedDict()
@@ -56,8 +50,8 @@ def test_kept_states_score_as_a_fresh_pass(tiny_models, arch, calibration):
     assert len(store) > 0 and h._hidden_store is None  # outside the block nothing is kept on the harness
 
 
-def test_bf16_predictions_equal_with_the_cache(tiny_models):
-    h = _harness(tiny_models, "gemma3", precision="bf16")
+def test_bf16_predictions_equal_with_the_cache(make_harness):
+    h = make_harness("gemma3", precision="bf16", batch_size=3, device="cpu")
     fresh = _runs(h, "causal", "content_free")
     with h.score_cache():
         _runs(h, "causal", "content_free")
@@ -68,10 +62,10 @@ def test_bf16_predictions_equal_with_the_cache(tiny_models):
         np.testing.assert_allclose(a.word_logprobs, b.word_logprobs, atol=0.05)
 
 
-def test_words_read_past_the_mask_are_kept_per_word(tiny_models):
+def test_words_read_past_the_mask_are_kept_per_word(make_harness):
     """Multi-token words and text after a causal LM's mask: every word's score is a full-vocabulary
     log-probability of its own, kept per (template, example, word); a new word set runs only its new words."""
-    h = _harness(tiny_models, "gpt2")
+    h = make_harness("gpt2", batch_size=3, device="cpu")
     template = "{text_a} It was {mask}."
     first = {"negative": ["terrible acting"], "positive": ["wonderful"]}
     second = {"negative": ["terrible acting"], "positive": ["fine"]}
@@ -84,7 +78,7 @@ def test_words_read_past_the_mask_are_kept_per_word(tiny_models):
         np.testing.assert_allclose(a.word_logprobs, b.word_logprobs, atol=2e-5)
 
 
-def test_select_trials_reuse_states_with_the_same_values(tiny_models, tmp_path):
+def test_select_trials_reuse_states_with_the_same_values(make_harness, tmp_path):
     import optuna
 
     from autoprompt_kit.data import load_task
@@ -98,7 +92,7 @@ def test_select_trials_reuse_states_with_the_same_values(tiny_models, tmp_path):
                           calibration=["none", "content_free"], ensembles=["uniform"])
     values = {}
     for on in (False, True):
-        h = _harness(tiny_models, "gpt2")
+        h = make_harness("gpt2", batch_size=3, device="cpu")
         searcher = TemplateSelection(config)
         searcher.score_cache = on
         ctx = SearchContext(task=task, harness=h, seed=13)
@@ -117,7 +111,7 @@ def test_select_trials_reuse_states_with_the_same_values(tiny_models, tmp_path):
     assert values[True] == values[False]
 
 
-def test_lmbff_trials_reuse_the_rankings_scores(tiny_models):
+def test_lmbff_trials_reuse_the_rankings_scores(make_harness):
     """Zero-shot LM-BFF: the dev ranking of the generated templates keeps their scores, the trials
     (which re-score the top templates) run no model pass, and every outcome equals a fresh pass's."""
     from autoprompt_kit.data import Task
@@ -130,7 +124,7 @@ def test_lmbff_trials_reuse_the_rankings_scores(tiny_models):
                          keep_generated=6, top_n=2, ascii_only=False, calibration=["content_free", "none"])
     outcomes = {}
     for on in (False, True):
-        h = _harness(tiny_models, "gpt2")
+        h = make_harness("gpt2", batch_size=3, device="cpu")
         searcher = get_searcher("lmbff")(config)
         searcher.score_cache = on
         ctx = SearchContext(task, h, 13)

@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import optuna
 import pytest
+from conftest import run_cli as cli
 from optuna.trial import TrialState
 
 from autoprompt_kit import AutoPromptError, Harness, load_task
@@ -24,11 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "select_sentiment.yaml"
 SCHEMA = json.loads((ROOT / "autoprompt_kit" / "schemas" / "best.schema.json").read_text())
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
 
 
 def search_args(model: str, storage: str, study: str, trials: int, out: Path | None = None, *extra: str) -> list[str]:

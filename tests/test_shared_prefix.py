@@ -36,12 +36,6 @@ TEMPLATES = {
 }
 
 
-def harness(tiny_models, arch: str, **kw) -> Harness:
-    model, tok, kind = tiny_models[arch]
-    kw.setdefault("precision", "fp32")
-    return Harness(model, tok, kind=kind, progress=False, **kw)
-
-
 def count_tokens(h: Harness) -> dict[str, int]:
     """Counts the tokens the model embeds (every forward pass goes through the input embeddings)."""
     seen = {"tokens": 0}
@@ -114,8 +108,8 @@ def test_grouping_skips_the_most_tokens_and_respects_the_minimum_and_read_positi
     assert groups[0].length == 30 == min(read_limit(r) for r in capped)
 
 
-def test_every_group_shares_its_prefix_token_ids_and_reads_after_it(tiny_models):
-    h = harness(tiny_models, "gemma3")
+def test_every_group_shares_its_prefix_token_ids_and_reads_after_it(make_harness):
+    h = make_harness("gemma3")
     rows = rows_of(h, [Template(t) for ts in TEMPLATES.values() for t in ts], EXAMPLES, VERB)
     groups, rest = group_by_prefix(rows, h.shared_prefix_min)
     assert groups and len(rest) < len(rows) // 4
@@ -130,8 +124,8 @@ def test_every_group_shares_its_prefix_token_ids_and_reads_after_it(tiny_models)
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
 @pytest.mark.parametrize("case", list(TEMPLATES))
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
-def test_shared_prefix_scores_equal_whole_rows(tiny_models, arch, case, batch_size):
-    h = harness(tiny_models, arch, batch_size=batch_size)
+def test_shared_prefix_scores_equal_whole_rows(make_harness, arch, case, batch_size):
+    h = make_harness(arch, batch_size=batch_size)
     seen = count_tokens(h)
     templates = [Template(t) for t in TEMPLATES[case]]
     blocks = [EXAMPLES] * len(templates)
@@ -149,11 +143,11 @@ def test_shared_prefix_scores_equal_whole_rows(tiny_models, arch, case, batch_si
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
-def test_long_prefixes_and_long_suffixes_in_one_pass_stay_inside_the_position_table(tiny_models, arch):
+def test_long_prefixes_and_long_suffixes_in_one_pass_stay_inside_the_position_table(make_harness, arch):
     # Every row fits the model's 128 positions, but a batch mixes rows with a ~60-token cached
     # prefix and rows whose suffix is ~60 tokens: padding each row's suffix to the batch's widest
     # must not number its pads past the position table (GPT-2's absolute embeddings index it).
-    h = harness(tiny_models, arch, batch_size=16)
+    h = make_harness(arch, batch_size=16)
     limit = h.model.config.max_position_embeddings if arch == "gemma3" else h.model.config.n_positions
     tail = " ".join(["and the cast was fine"] * 8)
     templates = [Template(tail + " {text_a} it was {mask} ."), Template(tail + " {text_a} overall {mask} !"),
@@ -173,8 +167,8 @@ def test_long_prefixes_and_long_suffixes_in_one_pass_stay_inside_the_position_ta
         assert (a.word_logprobs - b.word_logprobs).abs().max() <= 1e-4
 
 
-def test_the_tiny_gemma_cases_cross_its_sliding_window(tiny_models):
-    h = harness(tiny_models, "gemma3")
+def test_the_tiny_gemma_cases_cross_its_sliding_window(make_harness):
+    h = make_harness("gemma3")
     window = h.model.config.sliding_window
     rows = rows_of(h, [Template(t) for ts in TEMPLATES.values() for t in ts], EXAMPLES, VERB)
     groups, _ = group_by_prefix(rows, h.shared_prefix_min)
@@ -183,8 +177,8 @@ def test_the_tiny_gemma_cases_cross_its_sliding_window(tiny_models):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
-def test_evaluate_many_and_a_demonstration_block_give_the_same_results(tiny_models, arch):
-    h = harness(tiny_models, arch, batch_size=4)
+def test_evaluate_many_and_a_demonstration_block_give_the_same_results(make_harness, arch):
+    h = make_harness(arch, batch_size=4)
     templates = TEMPLATES["text_a first"] + TEMPLATES["demonstrations"]
     verb = Verbalizer.from_words({"negative": ["bad"], "positive": ["great"]}, calibration="content_free")
     h.shared_prefix = False
@@ -197,8 +191,8 @@ def test_evaluate_many_and_a_demonstration_block_give_the_same_results(tiny_mode
         assert abs(a.prior - b.prior).max() <= 1e-4
 
 
-def test_streamed_chunks_keep_each_examples_templates_together(tiny_models):
-    h = harness(tiny_models, "gpt2", batch_size=4)
+def test_streamed_chunks_keep_each_examples_templates_together(make_harness):
+    h = make_harness("gpt2", batch_size=4)
     seen = count_tokens(h)
     templates = [Template(t) for t in TEMPLATES["text_a first"]]
     h.shared_prefix = False
@@ -213,8 +207,8 @@ def test_streamed_chunks_keep_each_examples_templates_together(tiny_models):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
-def test_autoprompt_candidate_losses_are_unchanged(tiny_models, arch):
-    h = harness(tiny_models, arch, batch_size=4)
+def test_autoprompt_candidate_losses_are_unchanged(make_harness, arch):
+    h = make_harness(arch, batch_size=4)
     ids = list(range(20, 32))
     base = Template("{text_a} {trigger*3} {mask}.").with_triggers(ids[:3])
     # candidates for the last slot: every candidate shares review + two triggers with the others
@@ -228,8 +222,8 @@ def test_autoprompt_candidate_losses_are_unchanged(tiny_models, arch):
     assert len(set(round(x, 4) for x in shared)) > 1  # the candidates really differ
 
 
-def test_gradients_keep_the_whole_row_path(tiny_models):
-    h = harness(tiny_models, "gpt2")
+def test_gradients_keep_the_whole_row_path(make_harness):
+    h = make_harness("gpt2")
     seen = count_tokens(h)
     template = TEMPLATES["demonstrations"][0]
     h.shared_prefix = False

@@ -4,26 +4,18 @@ for every method, from the CLI (`space`, and `search` without `--space`) on a 5-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
+from conftest import run_cli as cli
 
 from autoprompt_kit import AutoPromptError, load_task
 from autoprompt_kit.prompts.defaults import PAIR_TEMPLATES, SINGLE_TEMPLATES, label_words, task_label_words
 from autoprompt_kit.search import REGISTRY, get_searcher
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TOPICS = {"sci_tech": "the new chip and the telescope data", "World": "the election and the summit abroad",
           "Business": "stocks fell and the company merged", "Sports": "the team won the final match",
           "not_spam": "see you at lunch tomorrow"}
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "autoprompt_kit.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
 
 
 def _write_splits(folder, rows_for) -> str:
