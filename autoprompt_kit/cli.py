@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from .search._processes import STORAGE_ENV
 from .search._processes import child_env as _child_env
 from .search._processes import die_with_parent as _die_with_parent
 from .search._processes import forward_signals as _forward_signals
+from .search._processes import quiet_logging as _quiet_logging
 from .search.api import DEFAULT_SHOTS
 
 
@@ -928,16 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    # The hub client logs every retry when offline; our own error message says what failed.
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    _quiet_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

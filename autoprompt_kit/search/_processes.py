@@ -50,3 +50,19 @@ def forward_signals(procs: list[Any]) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, handler)
+
+
+def quiet_logging() -> None:
+    """A command's logging: warnings and up, message only; the hub client's retries and
+    transformers' progress bars silenced (the command's own error line says what failed)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass

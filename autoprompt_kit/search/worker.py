@@ -125,19 +125,9 @@ def run_worker(job: WorkerJob, storage: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m autoprompt_kit.search.worker JOB.json``: errors as one ``error: …`` line, code 2."""
-    import logging
+    from ._processes import STORAGE_ENV, quiet_logging
 
-    from ._processes import STORAGE_ENV
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    quiet_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m autoprompt_kit.search.worker JOB.json", file=sys.stderr)
