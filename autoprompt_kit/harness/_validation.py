@@ -5,10 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from ..data import Example, Split
 from ..errors import AutoPromptError
 from ..prompts.template import Template
 from ..prompts.verbalizer import Verbalizer
+from .precision import CHOICES
+
+
+def device_for(device: str | torch.device | None, precision: str | None) -> torch.device:
+    """The device a harness runs on (CUDA when available), refusing one that cannot run here and a
+    precision it cannot use."""
+    try:
+        chosen = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise AutoPromptError(f"unknown device {device!r}; use e.g. 'cuda', 'cuda:1' or 'cpu'") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise AutoPromptError(
+            f"device {device!r} asked for, but CUDA is not available here (torch {torch.__version__}); use 'cpu'"
+        )
+    if precision not in (None, *CHOICES):
+        raise AutoPromptError(f"precision must be 'bf16' or 'fp32' (or 'int8', 'auto'), got {precision!r}")
+    if precision == "int8" and chosen.type != "cpu":
+        raise AutoPromptError("precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on CUDA")
+    return chosen
 
 
 def as_split(split: Split | Sequence[Example]) -> Split:

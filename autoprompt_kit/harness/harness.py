@@ -25,17 +25,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data import Example, Split
 from ..errors import AutoPromptError
-from ..models.loading import KINDS, LoadedModel, detect_kind, load_model
+from ..models.loading import as_loaded
 from ..prompts.template import Template, as_template
 from ..prompts.verbalizer import Verbalizer, as_verbalizer
 from . import _calibration as calibration
 from . import _engine as engine
-from . import _output, _scoring, _validation, decoding, gradients, training
+from . import _evaluation, _output, _scoring, _validation, decoding, gradients, training
 from . import precision as precisions
 from .encoding import PromptCache, PromptEncoder, Row
 from .results import EvalResult, ScoreOutput, classification_metrics
@@ -81,30 +80,8 @@ class Harness:
         progress: bool = True,
         auto_int8: bool = False,
     ) -> None:
-        try:
-            self.device = (
-                torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            )
-        except RuntimeError:
-            raise AutoPromptError(f"unknown device {device!r}; use e.g. 'cuda', 'cuda:1' or 'cpu'") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise AutoPromptError(
-                f"device {device!r} asked for, but CUDA is not available here (torch {torch.__version__}); use 'cpu'"
-            )
-        if precision not in (None, *precisions.CHOICES):
-            raise AutoPromptError(f"precision must be 'bf16' or 'fp32' (or 'int8', 'auto'), got {precision!r}")
-        if precision == "int8" and self.device.type != "cpu":
-            raise AutoPromptError("precision 'int8' (dynamic quantisation) runs on the CPU only; use bf16 on CUDA")
-        if model is None or isinstance(model, str):
-            loaded = load_model(model, kind)
-        elif isinstance(model, LoadedModel):
-            loaded = model
-        else:
-            if tokenizer is None:
-                raise AutoPromptError("pass the tokenizer together with a model object")
-            loaded = LoadedModel(model, tokenizer, kind or detect_kind(model.config), type(model).__name__)
-        if loaded.kind not in KINDS:
-            raise AutoPromptError(f"unknown model kind {loaded.kind!r}; choose one of {KINDS}")
+        self.device = _validation.device_for(device, precision)
+        loaded = as_loaded(model, tokenizer, kind)
         if batch_size < 1:
             raise AutoPromptError("batch_size must be at least 1")
         self.model = loaded.model
@@ -232,44 +209,7 @@ class Harness:
         parsed = [as_template(t) for t in templates]
         verbalizer = as_verbalizer(verbalizer)
         self._check(split, parsed, verbalizer, label_names, checked)
-        calibrate = verbalizer.calibration == "content_free"
-        # Content-free inputs carry each example's demonstrations: one prior per distinct demonstration text.
-        contexts = [calibration.calibration_contexts(t, split) if calibrate else ([], None) for t in parsed]
-        cf = [
-            [e for c in ctx for e in calibration.content_free(t, verbalizer, c)]
-            for t, (ctx, _) in zip(parsed, contexts)
-        ]
-        # The split itself when nothing is appended: its content fingerprint (the tokenisation cache's key) is cached.
-        blocks = [list(split) + c if c else split for c in cf]
-        out = self.score_blocks(parsed, blocks, verbalizer, exact=exact)
-        labels = split.labels if isinstance(split, Split) else np.array([e.label for e in split])
-        results = []
-        seconds = (time.perf_counter() - start) / len(parsed)
-        reserve = self.encoder.reserve(verbalizer.flat_words)
-        for template, block_out, cf_block, (_, group) in zip(parsed, out, cf, contexts):
-            word_lp = block_out.word_logprobs.float()
-            prior = None
-            if calibrate:
-                prior = calibration.prior(verbalizer, word_lp[len(split) :], group)
-                word_lp = word_lp[: len(split)]
-            class_lp = verbalizer.class_logprobs(word_lp, prior=prior)
-            encoded = self.prompt_cache.encode(
-                self.encoder, template, list(split) + cf_block, reserve, self.cache_items
-            )
-            cut = sum(e.truncated > 0 for e in encoded[: len(split)])
-            results.append(
-                EvalResult.from_class_logprobs(
-                    class_lp,
-                    labels,
-                    word_logprobs=word_lp,
-                    num_classes=verbalizer.num_classes,
-                    prior=prior,
-                    seconds=seconds,
-                    template=template.display(),
-                    extra={"truncated": int(cut)},
-                )
-            )
-        return results
+        return _evaluation.evaluate(self, split, parsed, verbalizer, self.score_blocks, exact, start)
 
     def clear_cache(self, pieces: bool = False) -> None:
         """Forget the tokenised prompts kept for splits scored before (streams keep memory flat);

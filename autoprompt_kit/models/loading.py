@@ -269,3 +269,19 @@ def load_model(name: str | None = None, kind: str | None = None, **kwargs: Any) 
         raise AutoPromptError(f"cannot load {name!r} as a {kind} model: {reason}") from None
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, name=name)
+
+
+def as_loaded(model: Any = None, tokenizer: Any = None, kind: str | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` from what a harness accepts: ``None`` (the embedded default), a name or
+    folder, a :class:`LoadedModel`, or a model object with its ``tokenizer``."""
+    if model is None or isinstance(model, str):
+        loaded = load_model(model, kind)
+    elif isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        if tokenizer is None:
+            raise AutoPromptError("pass the tokenizer together with a model object")
+        loaded = LoadedModel(model, tokenizer, kind or detect_kind(model.config), type(model).__name__)
+    if loaded.kind not in KINDS:
+        raise AutoPromptError(f"unknown model kind {loaded.kind!r}; choose one of {KINDS}")
+    return loaded
