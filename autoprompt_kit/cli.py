@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import AutoPromptError
-from .search._processes import STORAGE_ENV
-from .search._processes import child_env as _child_env
-from .search._processes import die_with_parent as _die_with_parent
-from .search._processes import forward_signals as _forward_signals
-from .search._processes import quiet_logging as _quiet_logging
 from .search.api import DEFAULT_SHOTS
+from .search.processes import STORAGE_ENV
+from .search.processes import child_env as _child_env
+from .search.processes import die_with_parent as _die_with_parent
+from .search.processes import forward_signals as _forward_signals
+from .search.processes import quiet_logging as _quiet_logging
 
 
 def _parse_words(values: Sequence[str]) -> dict[str, list[str]]:

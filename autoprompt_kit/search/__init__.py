@@ -16,7 +16,6 @@ from .base import (
 from .folds import Fold, labelled_pool, make_folds
 from .runner import (
     DEFAULT_STORAGE,
-    QUEUED,
     SearchJob,
     SearchResult,
     best_candidate,
@@ -30,6 +29,7 @@ from .runner import (
     open_study,
     parse_budget,
     prompt_folder,
+    queued_key,
     recover_for_view,
     run_search,
     storage_summaries,
@@ -41,7 +41,6 @@ from .runner import (
 __all__ = [
     "DEFAULT_STORAGE",
     "Fold",
-    "QUEUED",
     "REGISTRY",
     "best_trial",
     "labelled_pool",
@@ -65,6 +64,7 @@ __all__ = [
     "open_study",
     "parse_budget",
     "prompt_folder",
+    "queued_key",
     "public_url",
     "recover_for_view",
     "register",

@@ -68,6 +68,12 @@ REFIT = "refit:"  # study attribute prefix: a cross-validated winner refit on al
 SCHEMA_VERSION = BEST_SCHEMA_VERSION
 
 
+def queued_key(trial: Any) -> str | None:
+    """The candidate key a trial was queued with (its parameters as sorted JSON); None for a trial
+    the sampler proposed. Retried copies of a queued trial keep it."""
+    return bookkept(trial, QUEUED)
+
+
 def default_storage() -> str:
     Path("runs").mkdir(exist_ok=True)
     return DEFAULT_STORAGE

@@ -266,7 +266,7 @@ class _WorkerStarter:
     def __call__(self) -> list[Any]:
         import subprocess
 
-        from ._processes import child_env, die_with_parent, forward_signals
+        from .processes import child_env, die_with_parent, forward_signals
         from .worker import worker_command
 
         self.path = path = self.job.save()

@@ -2,7 +2,6 @@
 
 from ._runner import (
     DEFAULT_STORAGE,
-    QUEUED,
     SearchJob,
     SearchResult,
     best_candidate,
@@ -16,6 +15,7 @@ from ._runner import (
     open_study,
     parse_budget,
     prompt_folder,
+    queued_key,
     recover_for_view,
     run_search,
     storage_summaries,
@@ -26,7 +26,6 @@ from ._runner import (
 
 __all__ = [
     "DEFAULT_STORAGE",
-    "QUEUED",
     "SearchJob",
     "SearchResult",
     "best_candidate",
@@ -40,6 +39,7 @@ __all__ = [
     "open_study",
     "parse_budget",
     "prompt_folder",
+    "queued_key",
     "recover_for_view",
     "run_search",
     "storage_summaries",

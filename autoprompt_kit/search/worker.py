@@ -125,7 +125,7 @@ def run_worker(job: WorkerJob, storage: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m autoprompt_kit.search.worker JOB.json``: errors as one ``error: …`` line, code 2."""
-    from ._processes import STORAGE_ENV, quiet_logging
+    from .processes import STORAGE_ENV, quiet_logging
 
     quiet_logging()
     args = list(sys.argv[1:] if argv is None else argv)

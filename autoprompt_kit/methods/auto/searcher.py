@@ -37,10 +37,9 @@ from ...data import Split
 from ...demonstrations import Demonstrations, encoder_package
 from ...errors import AutoPromptError
 from ...prompts import Template, Verbalizer
-from ...search._storage import bookkept
 from ...search.base import SearchContext, Searcher, TrialOutcome, combine_results, register, suggest
 from ...search.folds import labelled_pool
-from ...search.runner import QUEUED
+from ...search.runner import queued_key
 from ..kpt import (
     ExpansionSettings,
     RefineSettings,
@@ -138,7 +137,7 @@ class AutoSearcher(Searcher):
     ) -> list[dict[str, Any]] | None:
         self._load(study)
         queued = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False) if t.params}
-        queued |= {bookkept(t, QUEUED) for t in study.get_trials(deepcopy=False)}
+        queued |= {key for t in study.get_trials(deepcopy=False) if (key := queued_key(t)) is not None}
         for stage in self.config.stages:
             if stage not in self._specs:
                 specs = self._build(stage, ctx, study, seconds_left)
