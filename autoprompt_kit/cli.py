@@ -19,6 +19,7 @@ from .search.processes import child_env as _child_env
 from .search.processes import die_with_parent as _die_with_parent
 from .search.processes import forward_signals as _forward_signals
 from .search.processes import quiet_logging as _quiet_logging
+from .search.processes import run_command as _run_command
 
 
 def _parse_words(values: Sequence[str]) -> dict[str, list[str]]:
@@ -931,14 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except AutoPromptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return _run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

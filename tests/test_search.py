@@ -246,6 +246,25 @@ def test_bad_space_fails_before_the_model_loads_and_the_study_opens(tiny_model_d
     assert not db.exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    (None, "worker job file '{path}' does not exist"),
+    ("{bad", "worker job: not JSON ("),
+    ('{"version": 1, "x": 2}', "worker job: unknown key(s) x"),
+    ('{"version": 0}', "not a worker job of version 1"),
+])
+def test_a_bad_worker_job_file_is_one_error_line(tmp_path, capsys, monkeypatch, content, message):
+    from autoprompt_kit.search import processes, worker
+
+    # In-process: the worker's root log handler would outlive this test's captured stderr.
+    monkeypatch.setattr(processes, "quiet_logging", lambda: None)
+    path = tmp_path / "job.json"
+    if content is not None:
+        path.write_text(content)
+    assert worker.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + message.format(path=path))
+
+
 def test_workers_start_from_a_job_file_not_a_command_line(tiny_model_dir, tmp_path):
     """``--workers 2`` on SQLite: the extra process runs ``python -m autoprompt_kit.search.worker JOB``
     and the two share the study's queue (no candidate twice)."""

@@ -319,14 +319,20 @@ def run_search(
     return run_study(job, ctx, start_workers)
 
 
-def run_study(job: SearchJob, ctx: SearchContext, start_workers: Callable[[], list[Any]] | None = None) -> optuna.Study:
+def run_study(
+    job: SearchJob,
+    ctx: SearchContext,
+    start_workers: Callable[[], list[Any]] | None = None,
+    storage: optuna.storages.RDBStorage | None = None,
+) -> optuna.Study:
     """:func:`run_search` for a caller that has checked the space against the task already
-    (:func:`.api.find_prompt` checks before the model loads, a worker's parent before it starts)."""
+    (:func:`.api.find_prompt` checks before the model loads, a worker's parent before it starts);
+    ``storage``: the job's storage, when the caller has opened it already."""
     if job.n_trials < 1:
         raise AutoPromptError("--trials must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folds = make_folds(ctx.task, job.folds, job.seed) if job.selection == "cv" else None
-    storage = open_storage(job.storage_url, job.heartbeat)
+    storage = storage or open_storage(job.storage_url, job.heartbeat)
     config = job.searcher.config.to_dict()
     selection = job.selection_info()
     fingerprint = {
@@ -712,14 +718,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
     """Fail and re-queue the trials of dead processes: on this host at once, elsewhere after the
     heartbeat's grace period. Returns the trial numbers taken over."""
-    revived = fail_dead_trials(study)
-    stale_before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    revived += [
-        t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in stale_before
-    ]
+    revived = fail_dead_trials(study) + _fail_stale_trials(study)
     for number in revived:  # its retry gets a new number (and folder): what the dead one saved is garbage
         _drop_trial_folder(job.trial_root(), number)
     note_revived(study, revived, job.heartbeat)
@@ -729,6 +728,16 @@ def _recover(study: optuna.Study, job: SearchJob) -> list[int]:
             flush=True,
         )
     return revived
+
+
+def _fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose heartbeat is older than the storage's grace period (Optuna's
+    retry callback queues them again); the numbers of the trials failed."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
 
 
 def note_revived(study: optuna.Study, numbers: Sequence[int], heartbeat: int) -> None:
@@ -760,13 +769,7 @@ def recover_for_view(study: optuna.Study) -> list[int]:
     # By heartbeat only where the study says which interval its processes beat at (a guess could fail live trials).
     if isinstance(recorded, int) and getattr(storage, "heartbeat_interval", None) is not None:
         storage.heartbeat_interval, storage.grace_period = heartbeat, 2 * heartbeat
-        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        revived += [
-            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before
-        ]
+        revived += _fail_stale_trials(study)
     note_revived(study, revived, heartbeat)
     return revived
 

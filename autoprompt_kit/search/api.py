@@ -178,11 +178,14 @@ def find_prompt(
     model_info = {"name": harness.model_name, "kind": harness.kind}
     # Without a study name, the name carries a tag of the model: another model starts its own study.
     space_tag = (Path(space).stem if isinstance(space, (str, Path)) else "task") if by_name else "api"
-    name = study or default_study_name(
-        open_storage(storage, heartbeat),
-        f"{method}-{task.name}-{space_tag}-s{seed}",
-        model_fingerprint(model_info["name"], harness),
-    )
+    # The storage is opened once for the search (a named study's only after its trial folder is checked).
+    opened = None
+    name = study
+    if not name:
+        opened = open_storage(storage, heartbeat)
+        name = default_study_name(
+            opened, f"{method}-{task.name}-{space_tag}-s{seed}", model_fingerprint(model_info["name"], harness)
+        )
     note = (
         command(name, task_info)
         if command
@@ -205,7 +208,7 @@ def find_prompt(
         command=note,
     )
     _check_trial_root(job.trial_root(), given=bool(trial_dir))
-    open_storage(storage, heartbeat)
+    opened = opened or open_storage(storage, heartbeat)
     if verbose:
         print(f"task     {task.summary()}")
         print(f"model    {model_info['name']} ({harness.kind}, {harness.device})")
@@ -220,27 +223,17 @@ def find_prompt(
     if workers > 1:
         from .worker import WorkerJob
 
-        worker_job = WorkerJob(
+        worker_job = WorkerJob.of(
+            job,
             method=method,
-            space=config.to_dict(),
-            study=name,
             task=dict(source=task_source(source), shots=shots, seed=seed, max_examples=max_examples),
             model=model,
             kind=kind,
             harness={**(harness_options or {}), "precision": harness.precision},
-            trials=trials,
-            seed=seed,
-            heartbeat=heartbeat,
-            trial_dir=job.trial_dir,
-            budget=seconds,
-            selection=selection,
-            folds=folds,
-            task_info=task_info,
-            model_info=model_info,
         )
         start_workers = _WorkerStarter(worker_job, workers - 1, storage)
     try:
-        found = run_study(job, ctx, start_workers)
+        found = run_study(job, ctx, start_workers, storage=opened)
     finally:
         if start_workers is not None:
             start_workers.cleanup()

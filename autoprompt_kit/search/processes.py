@@ -4,7 +4,11 @@ through the environment, die with their parent, and get its signals."""
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Any
+
+from ..errors import AutoPromptError
 
 #: The environment variable through which a child process gets the storage URL: a password in a
 #: command line is visible to every user of the machine (``ps``), the environment is not.
@@ -66,3 +70,16 @@ def quiet_logging() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+def run_command(command: Callable[[], int | None]) -> int:
+    """A command's exit code: its own, 2 with one ``error: …`` line for bad input, 130 on Ctrl-C
+    (never a traceback)."""
+    try:
+        return int(command() or 0)
+    except AutoPromptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -7,7 +7,7 @@
 
 Each loads the task and the model again, joins the study (whose queue the leader filled) and
 runs trials until none is left; it writes nothing else. The storage URL (perhaps with a password)
-is not in the file: it comes through the environment (:data:`._processes.STORAGE_ENV`).
+is not in the file: it comes through the environment (:data:`.processes.STORAGE_ENV`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AutoPromptError
+
+if TYPE_CHECKING:
+    from ._runner import SearchJob
+    from .base import Searcher
 
 #: The version of the job file's layout (a worker refuses a file of another version).
 JOB_VERSION = 1
@@ -52,12 +56,70 @@ class WorkerJob:
     model_info: dict[str, Any] = field(default_factory=dict)
     version: int = JOB_VERSION
 
+    @classmethod
+    def of(
+        cls,
+        job: SearchJob,
+        *,
+        method: str,
+        task: dict[str, Any],
+        model: str | None,
+        kind: str | None,
+        harness: dict[str, Any],
+    ) -> WorkerJob:
+        """The job of a worker that joins the leader's ``job``: its study's settings, with how to
+        load the task and the model again."""
+        return cls(
+            method=method,
+            space=job.searcher.config.to_dict(),
+            study=job.study_name,
+            task=task,
+            model=model,
+            kind=kind,
+            harness=harness,
+            trials=job.n_trials,
+            seed=job.seed,
+            heartbeat=job.heartbeat,
+            trial_dir=job.trial_dir,
+            budget=job.budget,
+            selection=job.selection,
+            folds=job.folds,
+            task_info=job.task_info,
+            model_info=job.model_info,
+        )
+
+    def search_job(self, searcher: Searcher, storage: str | None) -> SearchJob:
+        """The leader's :class:`SearchJob` as a worker runs it: trials only, nothing printed or written."""
+        from ._runner import SearchJob
+
+        return SearchJob(
+            searcher=searcher,
+            study_name=self.study,
+            storage_url=storage,
+            n_trials=self.trials,
+            seed=self.seed,
+            heartbeat=self.heartbeat,
+            worker=True,
+            progress=False,
+            trial_dir=self.trial_dir,
+            task_info=self.task_info,
+            model_info=self.model_info,
+            budget=self.budget,
+            selection=self.selection,
+            folds=self.folds,
+        )
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> WorkerJob:
-        data = json.loads(text)
+        from ..io import loads_json
+
+        try:
+            data = loads_json(text, "worker job")
+        except json.JSONDecodeError as exc:
+            raise AutoPromptError(f"worker job: not JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict) or data.get("version") != JOB_VERSION:
             raise AutoPromptError(f"not a worker job of version {JOB_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -75,7 +137,9 @@ class WorkerJob:
 
     @classmethod
     def load(cls, path: str | Path) -> WorkerJob:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        from ..io import read_text
+
+        return cls.from_json(read_text(path, "worker job file"))
 
 
 def worker_command(path: str | Path) -> list[str]:
@@ -88,7 +152,7 @@ def run_worker(job: WorkerJob, storage: str | None) -> None:
     task and the model before it started this process: nothing is checked twice."""
     from ..data import load_task
     from ..harness import Harness
-    from ._runner import SearchJob, run_study
+    from ._runner import run_study
     from .base import SearchContext, get_searcher
 
     searcher_cls = get_searcher(job.method)
@@ -102,45 +166,19 @@ def run_worker(job: WorkerJob, storage: str | None) -> None:
     searcher = searcher_cls(searcher_cls.config_class.from_dict(job.space))
     harness = Harness(job.model, kind=job.kind, **{**job.harness, "progress": False})
     ctx = SearchContext(task=task, harness=harness, seed=job.seed)
-    run_study(
-        SearchJob(
-            searcher=searcher,
-            study_name=job.study,
-            storage_url=storage,
-            n_trials=job.trials,
-            seed=job.seed,
-            heartbeat=job.heartbeat,
-            worker=True,
-            progress=False,
-            trial_dir=job.trial_dir,
-            task_info=job.task_info,
-            model_info=job.model_info,
-            budget=job.budget,
-            selection=job.selection,
-            folds=job.folds,
-        ),
-        ctx,
-    )
+    run_study(job.search_job(searcher, storage), ctx)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m autoprompt_kit.search.worker JOB.json``: errors as one ``error: …`` line, code 2."""
-    from .processes import STORAGE_ENV, quiet_logging
+    from .processes import STORAGE_ENV, quiet_logging, run_command
 
     quiet_logging()
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m autoprompt_kit.search.worker JOB.json", file=sys.stderr)
         return 2
-    try:
-        run_worker(WorkerJob.load(args[0]), os.environ.get(STORAGE_ENV))
-    except AutoPromptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: run_worker(WorkerJob.load(args[0]), os.environ.get(STORAGE_ENV)))
 
 
 if __name__ == "__main__":
